@@ -1,0 +1,1 @@
+//! Integration tests live in `tests/integration/`; this library is intentionally empty.
