@@ -1,1 +1,8 @@
+//! gitfleet producer: the front door. It validates repository definitions (spec a.2, a.3), records each change
+//! together with a PENDING JobResult and an outbox row in one transaction, and relays the outbox to RabbitMQ with
+//! publisher confirms.
+#![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod commands;
+pub mod relay;

@@ -1,0 +1,203 @@
+//! The RabbitMQ topology and a confirming publisher.
+//!
+//! ```text
+//! <prefix>.events (topic) --repo.#--> <prefix>.work (quorum, x-delivery-limit) --dead-letter--> <prefix>.dead
+//! <prefix>.delay (TTL) --expired--> <prefix>.events        deferred events come back after the delay
+//! <prefix>.notifications (topic): repo.synced / repo.sync_failed / repo.deleted, published after commit
+//! ```
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use thiserror::Error;
+
+use crate::settings::AmqpSettings;
+
+/// Header that carries why a message was dead-lettered by a worker.
+pub const REJECT_REASON_HEADER: &str = "x-gitfleet-reject-reason";
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AmqpError {
+    #[error("RabbitMQ error: {0}")]
+    Lapin(#[from] lapin::Error),
+    #[error("RabbitMQ refused the message (publisher confirm nack) on {exchange} with key {routing_key}")]
+    Nacked { exchange: String, routing_key: String },
+}
+
+/// Names of every exchange and queue, derived from one prefix so tests and tenants can run side by side.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    pub events: String,
+    pub work: String,
+    pub dead_exchange: String,
+    pub dead: String,
+    pub delay: String,
+    pub notifications: String,
+    pub delivery_limit: u32,
+    pub defer_delay_ms: u32,
+}
+
+impl Topology {
+    pub fn new(settings: &AmqpSettings) -> Self {
+        let p = &settings.prefix;
+        Self {
+            events: format!("{p}.events"),
+            work: format!("{p}.work"),
+            dead_exchange: format!("{p}.dead"),
+            dead: format!("{p}.dead"),
+            delay: format!("{p}.delay"),
+            notifications: format!("{p}.notifications"),
+            delivery_limit: settings.delivery_limit,
+            defer_delay_ms: settings.defer_delay_ms,
+        }
+    }
+
+    /// Declares everything (idempotent; both the producer and the worker call it at start-up).
+    pub async fn declare(&self, channel: &Channel) -> Result<(), AmqpError> {
+        let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        let queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        for (name, kind) in [
+            (&self.events, ExchangeKind::Topic),
+            (&self.dead_exchange, ExchangeKind::Fanout),
+            (&self.notifications, ExchangeKind::Topic),
+        ] {
+            channel.exchange_declare(name.as_str().into(), kind, durable, FieldTable::default()).await?;
+        }
+
+        let mut work = FieldTable::default();
+        work.insert("x-queue-type".into(), long_string("quorum"));
+        work.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(self.delivery_limit)));
+        work.insert("x-dead-letter-exchange".into(), long_string(&self.dead_exchange));
+        // At-least-once dead-lettering: a message is removed from the work queue only once the dead-letter queue has
+        // it. RabbitMQ requires reject-publish overflow for that strategy.
+        work.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+        work.insert("x-overflow".into(), long_string("reject-publish"));
+        channel.queue_declare(self.work.as_str().into(), queue, work).await?;
+        channel
+            .queue_bind(
+                self.work.as_str().into(),
+                self.events.as_str().into(),
+                "repo.#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        let mut dead = FieldTable::default();
+        dead.insert("x-queue-type".into(), long_string("quorum"));
+        channel.queue_declare(self.dead.as_str().into(), queue, dead).await?;
+        channel
+            .queue_bind(
+                self.dead.as_str().into(),
+                self.dead_exchange.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        // Deferred events wait here and expire back into the events exchange with their original routing key.
+        let mut delay = FieldTable::default();
+        delay.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.defer_delay_ms)));
+        delay.insert("x-dead-letter-exchange".into(), long_string(&self.events));
+        channel.queue_declare(self.delay.as_str().into(), queue, delay).await?;
+        Ok(())
+    }
+}
+
+pub fn long_string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+/// Reads a string header, whatever string type the sender used.
+pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Connects, retrying with exponential backoff and jitter for up to `wait`.
+pub async fn connect(settings: &AmqpSettings, wait: Duration) -> Result<Connection, AmqpError> {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_total_delay(Some(wait))
+        .with_max_times(usize::MAX)
+        .with_jitter();
+    let connection = (|| Connection::connect(&settings.url, ConnectionProperties::default()))
+        .retry(backoff)
+        .notify(|err, after| tracing::warn!(error = %err, ?after, "RabbitMQ not ready, retrying"))
+        .await?;
+    Ok(connection)
+}
+
+/// A channel in confirm mode: `publish` returns only once the broker has taken responsibility for the message.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher").field("channel", &self.channel.id()).finish()
+    }
+}
+
+impl Publisher {
+    pub async fn new(connection: &Connection) -> Result<Self, AmqpError> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel })
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// Publishes persistently and waits for the broker's confirm; a nack is an error.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        let properties = properties.with_delivery_mode(2);
+        let confirm = self
+            .channel
+            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), payload, properties)
+            .await?
+            .await?;
+        if confirm.is_ack() {
+            Ok(())
+        } else {
+            Err(AmqpError::Nacked { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
+        }
+    }
+}
+
+/// Properties of an event message (ARCHITECTURE section 2).
+pub fn event_properties(event_id: &str, traceparent: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("traceparent".into(), long_string(traceparent));
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(event_id.into())
+        .with_headers(headers)
+}
+
+/// A new W3C `traceparent` (version 00, sampled) for a request that starts here.
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}

@@ -1,0 +1,217 @@
+//! JobResults and JobLogEntries (spec f.1, f.2).
+//!
+//! Log entries are written on their own (auto-commit) so they survive a rolled-back sync and can be read while it
+//! runs, as Nautobot's `job_logs` connection does.
+
+use chrono::{DateTime, Utc};
+use gitfleet_shared::event::EventKind;
+use gitfleet_shared::job_result::{JobStatus, LogEntry, LogLevel};
+use serde::Serialize;
+use serde_json::Value;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::GenericClient;
+
+/// What to create: one JobResult per event, keyed by the event id.
+#[derive(Debug, Clone)]
+pub struct NewJobResult<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub task_name: &'a str,
+    pub repository_id: Option<Uuid>,
+    pub kind: Option<EventKind>,
+    pub requested_by: &'a str,
+    pub status: JobStatus,
+}
+
+/// Inserts the JobResult unless one with this id exists. Returns true when it was created.
+pub async fn insert(db: &impl GenericClient, new: &NewJobResult<'_>) -> Result<bool, tokio_postgres::Error> {
+    let kwargs = serde_json::json!({ "repository": new.repository_id });
+    let kind = new.kind.map(EventKind::as_str);
+    let n = db
+        .execute(
+            "INSERT INTO job_result (id, name, task_name, repository_id, event_kind, requested_by, status, task_kwargs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            &[
+                &new.id,
+                &new.name,
+                &new.task_name,
+                &new.repository_id,
+                &kind,
+                &new.requested_by,
+                &new.status.as_str(),
+                &kwargs,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// What happened when a worker tried to start a JobResult.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    Started,
+    /// Already finished: a duplicate delivery.
+    AlreadyTerminal(JobStatus),
+}
+
+/// Moves the JobResult to STARTED (or keeps it STARTED on a redelivery) and names the worker.
+pub async fn start(db: &impl GenericClient, id: Uuid, worker: &str) -> Result<StartOutcome, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "UPDATE job_result SET status = 'STARTED', date_started = COALESCE(date_started, now()), worker = $2
+             WHERE id = $1 AND status NOT IN ('SUCCESS', 'FAILURE', 'REVOKED') RETURNING status",
+            &[&id, &worker],
+        )
+        .await?;
+    if row.is_some() {
+        return Ok(StartOutcome::Started);
+    }
+    let status: String = db.query_one("SELECT status FROM job_result WHERE id = $1", &[&id]).await?.get(0);
+    Ok(StartOutcome::AlreadyTerminal(status.parse().unwrap_or(JobStatus::Failure)))
+}
+
+/// Appends one log entry.
+pub async fn log(db: &impl GenericClient, job_result_id: Uuid, entry: &LogEntry) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "INSERT INTO job_log_entry (id, job_result_id, log_level, grouping, message, log_object)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&Uuid::new_v4(), &job_result_id, &entry.level.as_str(), &entry.grouping, &entry.message, &entry.log_object],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ends the JobResult: status, `result`, `traceback`, `date_done` and the per-level log counts. Does nothing (and
+/// returns false) if it had already ended.
+pub async fn finish(
+    db: &impl GenericClient,
+    id: Uuid,
+    status: JobStatus,
+    result: Option<&Value>,
+    traceback: Option<&str>,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = db
+        .execute(
+            "UPDATE job_result jr SET status = $2, result = $3, traceback = $4, date_done = now(),
+                 date_started = COALESCE(jr.date_started, now()),
+                 debug_log_count = c.debug, success_log_count = c.success, info_log_count = c.info,
+                 warning_log_count = c.warning, error_log_count = c.error
+             FROM (SELECT count(*) FILTER (WHERE log_level = 'debug')::int AS debug,
+                          count(*) FILTER (WHERE log_level = 'success')::int AS success,
+                          count(*) FILTER (WHERE log_level = 'info')::int AS info,
+                          count(*) FILTER (WHERE log_level = 'warning')::int AS warning,
+                          count(*) FILTER (WHERE log_level IN ('failure', 'error', 'critical'))::int AS error
+                   FROM job_log_entry WHERE job_result_id = $1) c
+             WHERE jr.id = $1 AND jr.status NOT IN ('SUCCESS', 'FAILURE', 'REVOKED')",
+            &[&id, &status.as_str(), &result, &traceback],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// A JobResult as `producer job-result show` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResultView {
+    pub id: Uuid,
+    pub name: String,
+    pub task_name: Option<String>,
+    pub repository_id: Option<Uuid>,
+    pub event_kind: Option<String>,
+    pub status: String,
+    pub date_created: DateTime<Utc>,
+    pub date_started: Option<DateTime<Utc>>,
+    pub date_done: Option<DateTime<Utc>>,
+    pub requested_by: Option<String>,
+    pub worker: Option<String>,
+    pub result: Option<Value>,
+    pub traceback: Option<String>,
+    pub debug_log_count: i32,
+    pub success_log_count: i32,
+    pub info_log_count: i32,
+    pub warning_log_count: i32,
+    pub error_log_count: i32,
+    pub logs: Vec<LogView>,
+}
+
+impl JobResultView {
+    pub fn status(&self) -> Option<JobStatus> {
+        self.status.parse().ok()
+    }
+
+    /// `date_done - (date_started or date_created)`, once done.
+    pub fn duration(&self) -> Option<std::time::Duration> {
+        let done = self.date_done?;
+        (done - self.date_started.unwrap_or(self.date_created)).to_std().ok()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogView {
+    pub created: DateTime<Utc>,
+    pub level: String,
+    pub grouping: String,
+    pub message: String,
+    pub log_object: String,
+}
+
+impl LogView {
+    pub fn level(&self) -> Option<LogLevel> {
+        self.level.parse().ok()
+    }
+}
+
+fn view(row: &Row, logs: Vec<LogView>) -> JobResultView {
+    JobResultView {
+        id: row.get("id"),
+        name: row.get("name"),
+        task_name: row.get("task_name"),
+        repository_id: row.get("repository_id"),
+        event_kind: row.get("event_kind"),
+        status: row.get("status"),
+        date_created: row.get("date_created"),
+        date_started: row.get("date_started"),
+        date_done: row.get("date_done"),
+        requested_by: row.get("requested_by"),
+        worker: row.get("worker"),
+        result: row.get("result"),
+        traceback: row.get("traceback"),
+        debug_log_count: row.get("debug_log_count"),
+        success_log_count: row.get("success_log_count"),
+        info_log_count: row.get("info_log_count"),
+        warning_log_count: row.get("warning_log_count"),
+        error_log_count: row.get("error_log_count"),
+        logs,
+    }
+}
+
+/// The JobResult with its log entries in the order they were written.
+pub async fn load(db: &impl GenericClient, id: Uuid) -> Result<Option<JobResultView>, tokio_postgres::Error> {
+    let Some(row) = db.query_opt("SELECT * FROM job_result WHERE id = $1", &[&id]).await? else {
+        return Ok(None);
+    };
+    let logs = db
+        .query(
+            "SELECT created, log_level, grouping, message, log_object FROM job_log_entry
+             WHERE job_result_id = $1 ORDER BY created, seq",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| LogView {
+            created: r.get(0),
+            level: r.get(1),
+            grouping: r.get(2),
+            message: r.get(3),
+            log_object: r.get(4),
+        })
+        .collect();
+    Ok(Some(view(&row, logs)))
+}
+
+/// Just the status, for polling.
+pub async fn status(db: &impl GenericClient, id: Uuid) -> Result<Option<JobStatus>, tokio_postgres::Error> {
+    let row = db.query_opt("SELECT status FROM job_result WHERE id = $1", &[&id]).await?;
+    Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+}

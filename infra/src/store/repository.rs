@@ -1,0 +1,209 @@
+//! Repository definitions (spec a.1 plus `version`, `applied_version` and the tombstone).
+
+use chrono::{DateTime, Utc};
+use gitfleet_shared::event::{RepositoryRef, SlugRef};
+use gitfleet_shared::repo::{Branch, RemoteUrl, RepoName};
+use serde_json::Value;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::GenericClient;
+
+const COLUMNS: &str = "id, name, slug, remote_url, branch, current_head, secrets_group, provided_contents, version, \
+                       applied_version, created, last_updated, deleted_at";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepositoryRow {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub remote_url: String,
+    pub branch: String,
+    pub current_head: String,
+    pub secrets_group: Option<String>,
+    pub provided_contents: Vec<String>,
+    pub version: i64,
+    pub applied_version: i64,
+    pub created: DateTime<Utc>,
+    pub last_updated: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+impl RepositoryRow {
+    fn from_row(row: &Row) -> Self {
+        let provided: Value = row.get("provided_contents");
+        let provided_contents = provided
+            .as_array()
+            .map(|items| items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Self {
+            id: row.get("id"),
+            name: row.get("name"),
+            slug: row.get("slug"),
+            remote_url: row.get("remote_url"),
+            branch: row.get("branch"),
+            current_head: row.get("current_head"),
+            secrets_group: row.get("secrets_group"),
+            provided_contents,
+            version: row.get("version"),
+            applied_version: row.get("applied_version"),
+            created: row.get("created"),
+            last_updated: row.get("last_updated"),
+            deleted_at: row.get("deleted_at"),
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted_at.is_some()
+    }
+
+    /// The event form of this definition. Fails only if a row was written around the producer's validation.
+    pub fn to_ref(&self) -> Result<RepositoryRef, String> {
+        Ok(RepositoryRef {
+            id: self.id,
+            name: RepoName::parse(self.name.clone()).map_err(|e| e.to_string())?,
+            slug: SlugRef::parse(self.slug.clone()).map_err(|e| e.to_string())?,
+            remote_url: RemoteUrl::parse(self.remote_url.clone()).map_err(|e| e.to_string())?,
+            branch: Branch::parse(self.branch.clone()).map_err(|e| e.to_string())?,
+            provided_contents: self.provided_contents.clone(),
+            secrets_group: self.secrets_group.clone(),
+        })
+    }
+}
+
+/// A definition to insert; `version` starts at 1.
+#[derive(Debug, Clone)]
+pub struct NewRepository<'a> {
+    pub id: Uuid,
+    pub name: &'a str,
+    pub slug: &'a str,
+    pub remote_url: &'a str,
+    pub branch: &'a str,
+    pub secrets_group: Option<&'a str>,
+    pub provided_contents: &'a [String],
+}
+
+pub async fn insert(db: &impl GenericClient, new: &NewRepository<'_>) -> Result<RepositoryRow, tokio_postgres::Error> {
+    let sql = format!(
+        "INSERT INTO git_repository (id, name, slug, remote_url, branch, secrets_group, provided_contents)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+    );
+    let provided = serde_json::json!(new.provided_contents);
+    let row = db
+        .query_one(
+            &sql,
+            &[&new.id, &new.name, &new.slug, &new.remote_url, &new.branch, &new.secrets_group, &provided],
+        )
+        .await?;
+    Ok(RepositoryRow::from_row(&row))
+}
+
+/// The live definition with this name.
+pub async fn find_live_by_name(
+    db: &impl GenericClient,
+    name: &str,
+    for_update: bool,
+) -> Result<Option<RepositoryRow>, tokio_postgres::Error> {
+    let lock = if for_update { "FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {COLUMNS} FROM git_repository WHERE name = $1 AND deleted_at IS NULL {lock}");
+    Ok(db.query_opt(&sql, &[&name]).await?.as_ref().map(RepositoryRow::from_row))
+}
+
+/// The newest tombstoned definition with this name.
+pub async fn find_deleted_by_name(
+    db: &impl GenericClient,
+    name: &str,
+) -> Result<Option<RepositoryRow>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM git_repository WHERE name = $1 AND deleted_at IS NOT NULL \
+         ORDER BY deleted_at DESC LIMIT 1"
+    );
+    Ok(db.query_opt(&sql, &[&name]).await?.as_ref().map(RepositoryRow::from_row))
+}
+
+pub async fn find_by_id(db: &impl GenericClient, id: Uuid) -> Result<Option<RepositoryRow>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM git_repository WHERE id = $1");
+    Ok(db.query_opt(&sql, &[&id]).await?.as_ref().map(RepositoryRow::from_row))
+}
+
+/// Every live definition, by name.
+pub async fn list_live(db: &impl GenericClient) -> Result<Vec<RepositoryRow>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM git_repository WHERE deleted_at IS NULL ORDER BY name");
+    Ok(db.query(&sql, &[]).await?.iter().map(RepositoryRow::from_row).collect())
+}
+
+/// Other live definitions on exactly this remote URL (for the overlap rule).
+pub async fn live_with_remote_url(
+    db: &impl GenericClient,
+    remote_url: &str,
+    except: Option<Uuid>,
+) -> Result<Vec<RepositoryRow>, tokio_postgres::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM git_repository WHERE remote_url = $1 AND deleted_at IS NULL \
+         AND ($2::uuid IS NULL OR id <> $2)"
+    );
+    Ok(db.query(&sql, &[&remote_url, &except]).await?.iter().map(RepositoryRow::from_row).collect())
+}
+
+pub async fn slug_is_live(db: &impl GenericClient, slug: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = db
+        .query_one("SELECT EXISTS (SELECT 1 FROM git_repository WHERE slug = $1 AND deleted_at IS NULL)", &[&slug])
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Writes a changed definition and bumps `version`. `reset_head` clears `current_head` (spec a.3 step 8).
+pub async fn update(
+    db: &impl GenericClient,
+    row: &RepositoryRow,
+    reset_head: bool,
+) -> Result<RepositoryRow, tokio_postgres::Error> {
+    let sql = format!(
+        "UPDATE git_repository SET name = $2, remote_url = $3, branch = $4, secrets_group = $5,
+             provided_contents = $6, current_head = CASE WHEN $7 THEN '' ELSE current_head END,
+             version = version + 1, last_updated = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let provided = serde_json::json!(row.provided_contents);
+    let updated = db
+        .query_one(
+            &sql,
+            &[&row.id, &row.name, &row.remote_url, &row.branch, &row.secrets_group, &provided, &reset_head],
+        )
+        .await?;
+    Ok(RepositoryRow::from_row(&updated))
+}
+
+/// A delete request is a definition change too: it gets its own version.
+pub async fn bump_version(db: &impl GenericClient, id: Uuid) -> Result<RepositoryRow, tokio_postgres::Error> {
+    let sql = format!(
+        "UPDATE git_repository SET version = version + 1, last_updated = now() WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    Ok(RepositoryRow::from_row(&db.query_one(&sql, &[&id]).await?))
+}
+
+/// Records a successful sync: the head it checked out and the definition version it applied.
+pub async fn record_sync(
+    db: &impl GenericClient,
+    id: Uuid,
+    head: &str,
+    applied_version: i64,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "UPDATE git_repository SET current_head = $2, applied_version = GREATEST(applied_version, $3) WHERE id = $1",
+        &[&id, &head, &applied_version],
+    )
+    .await
+}
+
+/// Marks the definition deleted. Returns false if it already was.
+pub async fn tombstone(db: &impl GenericClient, id: Uuid, applied_version: i64) -> Result<bool, tokio_postgres::Error> {
+    let n = db
+        .execute(
+            "UPDATE git_repository SET deleted_at = now(), applied_version = GREATEST(applied_version, $2)
+             WHERE id = $1 AND deleted_at IS NULL",
+            &[&id, &applied_version],
+        )
+        .await?;
+    Ok(n == 1)
+}

@@ -1,0 +1,296 @@
+//! `producer` command line.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use deadpool_postgres::Pool;
+use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
+use gitfleet_infra::store::job_result::{self, JobResultView};
+use gitfleet_infra::store::repository;
+use gitfleet_shared::event::{EventKind, RequestedBy};
+use gitfleet_shared::job_result::{JobStatus, format_duration};
+use gitfleet_shared::repo::CommitId;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::commands::{self, CommandError, NewRepo, Outcome, RepoChanges};
+use crate::relay::{self, RelayOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "producer", version, about = "gitfleet producer: define repositories and emit their events")]
+pub struct Cli {
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, change, delete or sync a repository definition.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+    /// Inspect JobResults.
+    #[command(subcommand, name = "job-result")]
+    JobResult(JobResultCommand),
+    /// Publish recorded events to RabbitMQ (runs until SIGTERM or Ctrl-C).
+    Relay {
+        #[command(flatten)]
+        amqp: AmqpSettings,
+        /// Poll interval in milliseconds when no NOTIFY arrives.
+        #[arg(long, env = "GITFLEET_RELAY_POLL_MS", default_value_t = 500)]
+        poll_ms: u64,
+    },
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// Define a new repository and sync it.
+    Create(CreateArgs),
+    /// Change a repository (found by --name) and sync it.
+    Update(UpdateArgs),
+    /// Delete a repository and everything it loaded.
+    Delete(NameArg),
+    /// Sync a repository now.
+    Sync(SyncArgs),
+    /// Fetch and report what a sync would change, changing nothing.
+    DryRun(NameArg),
+    /// List live repositories.
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[arg(long)]
+    pub name: String,
+    /// Defaults to one generated from the name (spec a.2). Immutable once set.
+    #[arg(long)]
+    pub slug: Option<String>,
+    #[arg(long)]
+    pub remote_url: String,
+    /// Branch, tag or commit to sync.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// Provided data types (repeat or separate with commas), e.g. extras.configcontext,extras.job.
+    #[arg(long = "provides", value_delimiter = ',')]
+    pub provides: Vec<String>,
+    #[arg(long)]
+    pub secrets_group: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The repository's current name.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub new_name: Option<String>,
+    /// Only accepted if equal to the current slug: slugs never change.
+    #[arg(long)]
+    pub slug: Option<String>,
+    #[arg(long)]
+    pub remote_url: Option<String>,
+    #[arg(long)]
+    pub branch: Option<String>,
+    /// Replaces the provided data types (repeat or separate with commas).
+    #[arg(long = "provides", value_delimiter = ',', num_args = 0..)]
+    pub provides: Option<Vec<String>>,
+    #[arg(long, conflicts_with = "no_secrets_group")]
+    pub secrets_group: Option<String>,
+    /// Remove the secrets group.
+    #[arg(long)]
+    pub no_secrets_group: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    #[arg(long)]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    #[arg(long)]
+    pub name: String,
+    /// The commit the branch is known to point at (lets a worker skip an unneeded fetch).
+    #[arg(long)]
+    pub target_commit: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobResultCommand {
+    /// Print a JobResult and its log; exits 1 if it FAILED.
+    Show {
+        id: Uuid,
+        /// Wait until the JobResult is SUCCESS or FAILURE.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds (exit 3).
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Exit codes: 0 done, 1 operational failure or a FAILED JobResult, 2 bad input, 3 timed out waiting.
+pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut impl Write) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Repo(command) => Ok(repo(pool, command, out).await?),
+        Command::JobResult(JobResultCommand::Show { id, wait, timeout, format }) => {
+            show(pool, id, wait.then(|| Duration::from_secs(timeout)), format, out).await
+        }
+        Command::Relay { amqp, poll_ms } => {
+            let options = RelayOptions { poll_interval: Duration::from_millis(poll_ms), ..RelayOptions::default() };
+            relay::run(pool.clone(), cli.database, amqp, options, shutdown).await?;
+            Ok(0)
+        }
+        Command::Migrate => Ok(0),
+    }
+}
+
+async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow::Result<i32> {
+    let by = RequestedBy::cli();
+    let result = match command {
+        RepoCommand::Create(a) => {
+            let new = NewRepo {
+                name: a.name,
+                slug: a.slug,
+                remote_url: a.remote_url,
+                branch: Some(a.branch),
+                provided_contents: a.provides,
+                secrets_group: a.secrets_group,
+            };
+            commands::create(pool, new, by).await
+        }
+        RepoCommand::Update(a) => {
+            let secrets_group = if a.no_secrets_group { Some(None) } else { a.secrets_group.map(Some) };
+            let changes = RepoChanges {
+                new_name: a.new_name,
+                slug: a.slug,
+                remote_url: a.remote_url,
+                branch: a.branch,
+                provided_contents: a.provides,
+                secrets_group,
+            };
+            commands::update(pool, &a.name, changes, by).await
+        }
+        RepoCommand::Delete(a) => commands::delete(pool, &a.name, by).await,
+        RepoCommand::Sync(a) => match a.target_commit.map(CommitId::parse).transpose() {
+            Ok(target) => commands::sync(pool, &a.name, EventKind::Sync, target, by).await,
+            Err(e) => Err(CommandError::Invalid(vec![gitfleet_shared::repo::FieldError::field(
+                "target_commit",
+                e.to_string(),
+            )])),
+        },
+        RepoCommand::DryRun(a) => commands::sync(pool, &a.name, EventKind::DryRun, None, by).await,
+        RepoCommand::List => {
+            let client = pool.get().await?;
+            for r in repository::list_live(&**client).await? {
+                let head = if r.current_head.is_empty() { "-" } else { &r.current_head };
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\tversion {} (applied {})",
+                    r.name, r.slug, r.remote_url, r.branch, head, r.version, r.applied_version
+                )?;
+            }
+            return Ok(0);
+        }
+    };
+    match result {
+        Ok(Outcome::Accepted { job_result_id, .. }) => {
+            writeln!(out, "{job_result_id}")?;
+            Ok(0)
+        }
+        Ok(Outcome::AlreadyDeleted { .. }) => {
+            eprintln!("the repository is already deleted; nothing to do");
+            Ok(0)
+        }
+        Err(err) => {
+            for line in err.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            Ok(err.exit_code())
+        }
+    }
+}
+
+async fn show(
+    pool: &Pool,
+    id: Uuid,
+    wait: Option<Duration>,
+    format: Format,
+    out: &mut impl Write,
+) -> anyhow::Result<i32> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    let client = pool.get().await?;
+    loop {
+        let Some(view) = job_result::load(&**client, id).await? else {
+            eprintln!("error: no JobResult with id {id}");
+            return Ok(2);
+        };
+        let terminal = view.status().is_some_and(JobStatus::is_terminal);
+        let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+        if terminal || deadline.is_none() || timed_out {
+            print_view(&view, format, out)?;
+            return Ok(match view.status() {
+                Some(JobStatus::Failure | JobStatus::Revoked) => 1,
+                _ if !terminal && timed_out => {
+                    eprintln!("error: JobResult {id} is still {} after waiting", view.status);
+                    3
+                }
+                _ => 0,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn print_view(view: &JobResultView, format: Format, out: &mut impl Write) -> std::io::Result<()> {
+    if format == Format::Json {
+        let text = serde_json::to_string_pretty(view).map_err(std::io::Error::other)?;
+        return writeln!(out, "{text}");
+    }
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_owned(), |t| t.to_rfc3339());
+    writeln!(out, "JobResult {}  {}", view.id, view.name)?;
+    writeln!(out, "  status:     {}", view.status)?;
+    if let Some(repo) = view.repository_id {
+        writeln!(out, "  repository: {repo}")?;
+    }
+    writeln!(out, "  kind:       {}", view.event_kind.as_deref().unwrap_or("-"))?;
+    writeln!(out, "  created:    {}", view.date_created.to_rfc3339())?;
+    writeln!(out, "  started:    {}", time(view.date_started))?;
+    writeln!(out, "  done:       {}", time(view.date_done))?;
+    if let Some(d) = view.duration() {
+        writeln!(out, "  duration:   {}", format_duration(d))?;
+    }
+    writeln!(out, "  worker:     {}", view.worker.as_deref().unwrap_or("-"))?;
+    if let Some(result) = &view.result {
+        writeln!(out, "  result:     {result}")?;
+    }
+    writeln!(
+        out,
+        "  logs:       {} info, {} success, {} warning, {} error",
+        view.info_log_count, view.success_log_count, view.warning_log_count, view.error_log_count
+    )?;
+    for log in &view.logs {
+        writeln!(
+            out,
+            "    {}  {:<8} {:<24} {}",
+            log.created.format("%H:%M:%S%.3f"),
+            log.level,
+            log.grouping,
+            log.message
+        )?;
+    }
+    Ok(())
+}

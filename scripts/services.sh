@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL, RabbitMQ and an S3-compatible server (moto) run on loopback, installing them from the
+# package registries when missing, and creates gitfleet's database, vhost and bucket. Idempotent.
+#
+#   scripts/services.sh up      start what is not running (default)
+#   scripts/services.sh down    stop only what `up` started
+#   scripts/services.sh status  say what answers
+#
+# Settings (environment): GITFLEET_PG_PORT (5432), GITFLEET_AMQP_PORT (5672), GITFLEET_S3_PORT (5000),
+# GITFLEET_DB (gitfleet), GITFLEET_VHOST (gitfleet), GITFLEET_BUCKET (gitfleet), GITFLEET_SERVICES_DIR (state).
+set -euo pipefail
+
+PG_PORT=${GITFLEET_PG_PORT:-5432}
+AMQP_PORT=${GITFLEET_AMQP_PORT:-5672}
+S3_PORT=${GITFLEET_S3_PORT:-5000}
+DB=${GITFLEET_DB:-gitfleet}
+VHOST=${GITFLEET_VHOST:-gitfleet}
+BUCKET=${GITFLEET_BUCKET:-gitfleet}
+STATE=${GITFLEET_SERVICES_DIR:-/var/tmp/gitfleet-services}
+STARTED="$STATE/started"   # one line per service this script started
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
+  local limit=$1 what=$2; shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "$what did not become ready within ${limit}s"
+    sleep 0.5
+  done
+}
+
+mark_started() { mkdir -p "$STATE"; grep -qx "$1" "$STARTED" 2>/dev/null || echo "$1" >>"$STARTED"; }
+
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found: install $* by hand"
+  [ "$(id -u)" = 0 ] || die "installing $* needs root"
+  if [ "$APT_UPDATED" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  log "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------------- PostgreSQL
+pg_ready() { psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc 'SELECT 1' >/dev/null 2>&1; }
+
+pg_up() {
+  command -v psql >/dev/null && pg_ready && { log "PostgreSQL answers on 127.0.0.1:$PG_PORT"; pg_db; return; }
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql
+  local bindir; bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  # A cluster the machine already has (stopped): start it.
+  if [ -z "$(ss -ltn "sport = :$PG_PORT" 2>/dev/null | tail -n +2)" ] && pg_lsclusters -h 2>/dev/null | awk -v p="$PG_PORT" '$3==p' | grep -q .; then
+    read -r ver name _ < <(pg_lsclusters -h | awk -v p="$PG_PORT" '$3==p')
+    log "starting PostgreSQL cluster $ver/$name"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" start || true
+    if pg_ready; then mark_started "pg-cluster $ver $name"; pg_db; return; fi
+  fi
+  # Otherwise a private cluster with trust auth on loopback, owned by the postgres user.
+  local data="$STATE/pg"
+  mkdir -p "$STATE"; chmod 755 "$STATE"
+  if [ ! -f "$data/PG_VERSION" ]; then
+    install -d -o postgres -g postgres "$data"
+    runuser -u postgres -- "$bindir/initdb" -D "$data" -A trust -U postgres >/dev/null
+  fi
+  log "starting a private PostgreSQL on 127.0.0.1:$PG_PORT"
+  runuser -u postgres -- "$bindir/pg_ctl" -D "$data" -l "$data/server.log" -w \
+    -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=/tmp -c fsync=off -c synchronous_commit=off" start >/dev/null
+  mark_started "pg-private $data"
+  wait_for 30 PostgreSQL pg_ready
+  pg_db
+}
+
+pg_db() {
+  if [ "$(psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname='$DB'")" != 1 ]; then
+    psql -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -qc "CREATE DATABASE $DB" 2>/dev/null || true
+    log "created database $DB"
+  fi
+}
+
+# ------------------------------------------------------------------------------------------------------ RabbitMQ
+rmq_ready() { rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; }
+
+rmq_up() {
+  if ! port_open "$AMQP_PORT"; then
+    command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+    log "starting RabbitMQ on 127.0.0.1:$AMQP_PORT"
+    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$AMQP_PORT rabbitmq-server -detached
+    mark_started rabbitmq
+    wait_for 90 RabbitMQ rmq_ready
+  else
+    log "RabbitMQ answers on 127.0.0.1:$AMQP_PORT"
+  fi
+  if command -v rabbitmqctl >/dev/null; then
+    wait_for 60 "RabbitMQ management commands" rabbitmqctl -q list_vhosts
+    if ! rabbitmqctl -q list_vhosts | grep -qx "$VHOST"; then
+      rabbitmqctl -q add_vhost "$VHOST" >/dev/null
+      log "created vhost $VHOST"
+    fi
+    rabbitmqctl -q set_permissions -p "$VHOST" guest '.*' '.*' '.*' >/dev/null
+  fi
+}
+
+# ------------------------------------------------------------------------------------------------------ S3 (moto)
+s3_ready() { curl -fs -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/data.json"; }
+
+s3_up() {
+  if ! s3_ready; then
+    if ! command -v moto_server >/dev/null; then
+      command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
+      log "installing moto[server] from PyPI"
+      "$(command -v pip3 || command -v pip)" install -q 'moto[server]' 2>/dev/null \
+        || "$(command -v pip3 || command -v pip)" install -q --break-system-packages 'moto[server]'
+      hash -r
+    fi
+    command -v curl >/dev/null || apt_install curl
+    mkdir -p "$STATE"
+    log "starting moto (S3) on 127.0.0.1:$S3_PORT"
+    nohup moto_server -H 127.0.0.1 -p "$S3_PORT" >"$STATE/moto.log" 2>&1 &
+    echo $! >"$STATE/moto.pid"
+    mark_started moto
+    wait_for 30 "moto S3 server" s3_ready
+  else
+    log "S3 (moto) answers on 127.0.0.1:$S3_PORT"
+  fi
+  # Creating an existing bucket is harmless on moto; the request carries no credentials it checks.
+  curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$S3_PORT/$BUCKET" || die "could not create bucket $BUCKET"
+}
+
+# ----------------------------------------------------------------------------------------------------------- main
+down() {
+  [ -f "$STARTED" ] || { log "nothing was started by this script"; return; }
+  tac "$STARTED" | while read -r what a b; do
+    case "$what" in
+      moto) [ -f "$STATE/moto.pid" ] && kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true; rm -f "$STATE/moto.pid"; log "stopped moto" ;;
+      rabbitmq) rabbitmqctl -q stop >/dev/null 2>&1 || true; log "stopped RabbitMQ" ;;
+      pg-cluster) pg_ctlcluster --skip-systemctl-redirect "$a" "$b" stop || true; log "stopped PostgreSQL $a/$b" ;;
+      pg-private) runuser -u postgres -- "$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)/pg_ctl" -D "$a" -m fast stop >/dev/null || true; log "stopped private PostgreSQL" ;;
+    esac
+  done
+  rm -f "$STARTED"
+}
+
+status() {
+  pg_ready && log "PostgreSQL: up" || log "PostgreSQL: down"
+  port_open "$AMQP_PORT" && log "RabbitMQ: up" || log "RabbitMQ: down"
+  s3_ready && log "S3 (moto): up" || log "S3 (moto): down"
+}
+
+case "${1:-up}" in
+  up) pg_up; rmq_up; s3_up; log "ready: postgres://postgres@127.0.0.1:$PG_PORT/$DB amqp://guest:guest@127.0.0.1:$AMQP_PORT/$VHOST http://127.0.0.1:$S3_PORT/$BUCKET" ;;
+  down) down ;;
+  status) status ;;
+  *) die "usage: $0 up|down|status" ;;
+esac

@@ -1,0 +1,178 @@
+//! The consumer loop: competing consumers on the quorum work queue, manual acks, bounded prefetch.
+//!
+//! Each delivery runs in its own task (a panic there is caught and the message handed back). A message is
+//! acknowledged only after its outcome is durable in PostgreSQL; a malformed one is copied to the dead-letter
+//! exchange with the reason in a header, confirmed, and then acknowledged, so it never blocks the queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use gitfleet_infra::amqp::{self, Publisher, REJECT_REASON_HEADER, Topology};
+use gitfleet_shared::event::Event;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::BasicProperties;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::config::WorkerSettings;
+use crate::job::{self, Disposition, JobContext};
+
+/// Runs the worker until `shutdown` is cancelled, reconnecting to RabbitMQ when the connection is lost.
+pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = gitfleet_infra::db::connect(&settings.database, Duration::from_secs(60)).await?;
+    let ctx = Arc::new(JobContext {
+        pool,
+        git_root: settings.git_root(),
+        worker_name: settings.worker_name(),
+        topology: Topology::new(&settings.amqp),
+    });
+    std::fs::create_dir_all(&ctx.git_root)?;
+    tracing::info!(worker = %ctx.worker_name, git_root = %ctx.git_root.display(), prefetch = settings.prefetch, "worker starting");
+
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match session(&settings, &ctx, &shutdown).await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?backoff, "lost RabbitMQ; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    ctx.pool.close();
+    tracing::info!(worker = %ctx.worker_name, "worker stopped");
+    Ok(())
+}
+
+/// One connection's life: consume until shutdown (Ok) or until the connection fails (Err).
+async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let connection = amqp::connect(&settings.amqp, Duration::from_secs(10)).await?;
+    let publisher = Publisher::new(&connection).await?;
+    ctx.topology.declare(publisher.channel()).await?;
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(settings.prefetch.max(1), BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(
+            ctx.topology.work.as_str().into(),
+            ctx.worker_name.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %ctx.topology.work, "consuming");
+
+    let mut tasks = JoinSet::new();
+    let outcome = loop {
+        tokio::select! {
+            delivery = consumer.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    let (ctx, publisher) = (ctx.clone(), publisher.clone());
+                    tasks.spawn(async move { process(&ctx, &publisher, delivery).await });
+                }
+                Some(Err(err)) => break Err(anyhow::Error::from(err)),
+                None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
+            },
+            Some(joined) = tasks.join_next() => {
+                if let Err(err) = joined {
+                    tracing::error!(error = %err, "event task failed");
+                }
+            }
+            () = shutdown.cancelled() => break Ok(()),
+        }
+    };
+
+    if outcome.is_ok() {
+        // Stop taking new events, then let the in-flight ones finish within the grace period.
+        let _ = channel.basic_cancel(ShortString::from(ctx.worker_name.as_str()), BasicCancelOptions::default()).await;
+    }
+    let drained = tokio::time::timeout(settings.shutdown_grace(), async {
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(err) = joined {
+                tracing::error!(error = %err, "event task failed");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(in_flight = tasks.len(), "grace period over: handing unfinished events back");
+        tasks.abort_all();
+    }
+    // Closing the channel returns every unacknowledged message to the queue.
+    let _ = channel.close(200, "worker stopping".into()).await;
+    let _ = connection.close(200, "worker stopping".into()).await;
+    outcome
+}
+
+/// Handles one delivery and settles it exactly once.
+async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
+    let event = match Event::decode(&delivery.data) {
+        Ok(event) => event,
+        Err(err) => {
+            dead_letter(ctx, publisher, delivery, &err.to_string()).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("event", event_id = %event.event_id, kind = %event.kind, repo = %event.repository.slug);
+    let handled = job::handle(ctx, publisher, &event).instrument(span.clone()).await;
+    match handled {
+        Ok(Disposition::Ack) => ack(&delivery).await,
+        Ok(Disposition::Defer) => defer(ctx, publisher, delivery).await,
+        Err(err) => {
+            tracing::warn!(parent: &span, error = %err, "transient failure; returning the event to the queue");
+            // Requeue: the quorum queue counts deliveries and dead-letters after the limit.
+            if let Err(err) = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await {
+                tracing::warn!(error = %err, "could not return the event (it comes back when the channel closes)");
+            }
+        }
+    }
+}
+
+async fn ack(delivery: &Delivery) {
+    if let Err(err) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %err, "ack failed; the event will be redelivered and recognised as done");
+    }
+}
+
+/// Sends the event through the delay queue (confirmed) and acknowledges the original.
+async fn defer(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
+    let published = publisher.publish("", &ctx.topology.delay, &delivery.data, delivery.properties.clone()).await;
+    match published {
+        Ok(()) => ack(&delivery).await,
+        Err(err) => {
+            tracing::warn!(error = %err, "could not defer; returning the event to the queue");
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        }
+    }
+}
+
+/// Copies a message that is not a valid event to the dead-letter exchange with the reason, then acknowledges it.
+async fn dead_letter(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, reason: &str) {
+    tracing::warn!(reason, routing_key = %delivery.routing_key, "malformed message: dead-lettering it");
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(REJECT_REASON_HEADER.into(), amqp::long_string(reason));
+    headers.insert("x-gitfleet-rejected-by".into(), amqp::long_string(&ctx.worker_name));
+    headers.insert("x-original-routing-key".into(), amqp::long_string(delivery.routing_key.as_str()));
+    let properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_content_type(delivery.properties.content_type().clone().unwrap_or_else(|| "application/octet-stream".into()));
+    let properties = match delivery.properties.message_id() {
+        Some(id) => properties.with_message_id(id.clone()),
+        None => properties,
+    };
+    match publisher.publish(&ctx.topology.dead_exchange, "", &delivery.data, properties).await {
+        Ok(()) => ack(&delivery).await,
+        Err(err) => {
+            // Without the copy, let the broker dead-letter it (no reason header, but nothing is lost).
+            tracing::warn!(error = %err, "could not publish to the dead-letter exchange; rejecting");
+            let _ = delivery.acker.reject(lapin::options::BasicRejectOptions { requeue: false }).await;
+        }
+    }
+}

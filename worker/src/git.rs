@@ -1,0 +1,367 @@
+//! Bare mirrors under `GIT_ROOT` and the checkout algorithm of spec b.4, with git2.
+//!
+//! A mirror is a cache, never state: there is no work tree, no index and no `index.lock` to go stale. A new mirror
+//! is fetched into a temporary directory and renamed into place, so a crash never leaves a half-written mirror at
+//! the real path; a mirror that cannot be opened is removed and fetched again. Everything here blocks: call it from
+//! `spawn_blocking`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, Repository, RepositoryInitOptions};
+use gitfleet_shared::repo::{Branch, RefError, check_ref};
+use thiserror::Error;
+
+const REMOTE: &str = "origin";
+const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"];
+
+/// Why a fetch or checkout failed. `Display` is the message the user sees (spec b.4, b.12); `exc_type` names the
+/// class Nautobot would have raised.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GitError {
+    #[error("{0}")]
+    InvalidRef(#[from] RefError),
+    #[error("{0}")]
+    BranchDoesNotExist(String),
+    #[error("{0}")]
+    NotOnBranch(String),
+    #[error("{0}")]
+    Command(String),
+    #[error("{message}")]
+    Git { message: String, class: git2::ErrorClass, code: git2::ErrorCode },
+    #[error("local mirror error at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl GitError {
+    pub fn exc_type(&self) -> &'static str {
+        match self {
+            Self::InvalidRef(_) => "ValueError",
+            Self::BranchDoesNotExist(_) => "BranchDoesNotExist",
+            Self::NotOnBranch(_) => "RuntimeError",
+            Self::Command(_) | Self::Git { .. } => "GitCommandError",
+            Self::Io { .. } => "OSError",
+        }
+    }
+
+    /// Network and local I/O trouble may pass; a missing branch or a refused credential will not.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Git { class, code, .. } => {
+                matches!(class, git2::ErrorClass::Net | git2::ErrorClass::Os | git2::ErrorClass::Http)
+                    && *code != git2::ErrorCode::Auth
+                    && *code != git2::ErrorCode::Certificate
+            }
+            Self::Io { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+impl From<git2::Error> for GitError {
+    fn from(err: git2::Error) -> Self {
+        Self::Git { message: err.message().to_owned(), class: err.class(), code: err.code() }
+    }
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> GitError + '_ {
+    move |source| GitError::Io { path: path.to_owned(), source }
+}
+
+/// What the branch string turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefKind {
+    Branch,
+    Tag,
+    Commit,
+}
+
+/// The outcome of a fetch and checkout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    /// Full commit id.
+    pub head: String,
+    pub kind: RefKind,
+    /// True when the mirror did not exist (or was unusable) and was fetched from scratch.
+    pub cloned: bool,
+}
+
+/// The mirror of one repository: `GIT_ROOT/<slug>`.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    root: PathBuf,
+    slug: String,
+}
+
+impl Mirror {
+    pub fn new(root: impl Into<PathBuf>, slug: impl Into<String>) -> Self {
+        Self { root: root.into(), slug: slug.into() }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.root.join(&self.slug)
+    }
+
+    /// Fetches `url` into the mirror (creating or repairing it) and resolves `branch` (spec b.4).
+    pub fn fetch_and_checkout(&self, url: &str, branch: &Branch, pinned: Option<&str>) -> Result<Checkout, GitError> {
+        if let Some(commit) = pinned.filter(|c| !c.is_empty()) {
+            check_ref("commit", commit)?;
+        }
+        let (repo, cloned) = self.open_or_clone(url)?;
+        let (head, kind) = resolve(&repo, branch, pinned)?;
+        Ok(Checkout { head, kind, cloned })
+    }
+
+    /// Removes the mirror. Returns false if there was none.
+    pub fn remove(&self) -> Result<bool, GitError> {
+        let path = self.path();
+        match fs::remove_dir_all(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    fn open_or_clone(&self, url: &str) -> Result<(Repository, bool), GitError> {
+        let path = self.path();
+        if path.exists() {
+            match Repository::open_bare(&path) {
+                Ok(repo) => {
+                    if repo.find_remote(REMOTE).ok().and_then(|r| r.url().ok().map(str::to_owned)).as_deref() != Some(url) {
+                        // Picks up a changed remote_url (spec b.3 step 5).
+                        repo.remote_set_url(REMOTE, url)?;
+                    }
+                    fetch(&repo)?;
+                    return Ok((repo, false));
+                }
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "unusable mirror, fetching it again");
+                    fs::remove_dir_all(&path).map_err(io(&path))?;
+                }
+            }
+        }
+        fs::create_dir_all(&self.root).map_err(io(&self.root))?;
+        let tmp = self.root.join(format!(".tmp-{}-{}", self.slug, uuid::Uuid::new_v4().simple()));
+        let result = (|| {
+            let mut opts = RepositoryInitOptions::new();
+            opts.bare(true).no_reinit(true);
+            let repo = Repository::init_opts(&tmp, &opts)?;
+            repo.config()?.set_bool("gc.autoDetach", false)?;
+            repo.remote(REMOTE, url)?;
+            fetch(&repo)?;
+            Ok::<_, GitError>(())
+        })();
+        if let Err(err) = result {
+            let _ = fs::remove_dir_all(&tmp);
+            return Err(err);
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        Ok((Repository::open_bare(&path)?, true))
+    }
+}
+
+fn fetch(repo: &Repository) -> Result<(), GitError> {
+    let mut remote = repo.find_remote(REMOTE)?;
+    let mut options = FetchOptions::new();
+    options.prune(FetchPrune::On).download_tags(AutotagOption::None);
+    remote.fetch(&REFSPECS, Some(&mut options), None)?;
+    Ok(())
+}
+
+/// The checkout algorithm of spec b.4, on a fetched mirror: classify `branch` as a branch, a tag or a commit (in
+/// that order), check a pinned commit against it, and return the commit to use.
+pub fn resolve(repo: &Repository, branch: &Branch, pinned: Option<&str>) -> Result<(String, RefKind), GitError> {
+    let b = branch.as_str();
+    let pinned = pinned.filter(|c| !c.is_empty());
+
+    if let Ok(reference) = repo.find_reference(&format!("refs/remotes/{REMOTE}/{b}")) {
+        let tip = reference.peel_to_commit()?.id();
+        let Some(c) = pinned else {
+            return Ok((tip.to_string(), RefKind::Branch));
+        };
+        let commit = find_commit(repo, c)?;
+        if commit == tip || repo.graph_descendant_of(tip, commit)? {
+            return Ok((commit.to_string(), RefKind::Branch));
+        }
+        return Err(GitError::NotOnBranch(format!("Requested to check out commit {c}, but it's not part of branch {b}!")));
+    }
+
+    if let Ok(reference) = repo.find_reference(&format!("refs/tags/{b}")) {
+        let sha = reference.peel_to_commit()?.id().to_string();
+        if let Some(c) = pinned
+            && !sha.starts_with(c)
+        {
+            return Err(GitError::NotOnBranch(format!(
+                "Requested to check out tag {b} and commit {c} together, but tag {b} is actually commit {sha}!"
+            )));
+        }
+        return Ok((sha, RefKind::Tag));
+    }
+
+    if branch.may_be_commit() {
+        if let Some(c) = pinned
+            && !c.starts_with(b)
+            && !b.starts_with(c)
+        {
+            return Err(GitError::NotOnBranch(format!(
+                "Requested to check out both {b} and {c} together, but {b} is neither a branch, a tag, nor the same \
+                 commit hash!"
+            )));
+        }
+        return match repo.find_commit_by_prefix(&b.to_ascii_lowercase()) {
+            Ok(commit) => Ok((commit.id().to_string(), RefKind::Commit)),
+            Err(_) => Err(GitError::Command(format!("error: pathspec '{b}' did not match any file(s) known to git"))),
+        };
+    }
+
+    if repo.references()?.flatten().next().is_none() {
+        // The remote has no commits at all: the branch cannot exist yet (spec b.12).
+        return Err(GitError::BranchDoesNotExist(format!(
+            "Please create branch '{b}' in upstream and try again. If this is a new repo, please add a commit before \
+             syncing."
+        )));
+    }
+    Err(GitError::BranchDoesNotExist(format!(
+        "{b} does not appear to be an existing branch, tag, or possible commit hash. Please check your upstream \
+         repository and the data you are using."
+    )))
+}
+
+fn find_commit(repo: &Repository, c: &str) -> Result<Oid, GitError> {
+    let object = repo.revparse_single(c).ok().and_then(|o| o.peel_to_commit().ok());
+    object.map(|commit| commit.id()).ok_or_else(|| GitError::Command(format!("malformed object name {c}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::process::Command;
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// A remote with main = c0 -> c1 -> c2, tag `v1` on c1 and branch `side` on c0 + one commit.
+    fn remote(dir: &Path) -> [String; 4] {
+        git(dir, &["init", "-q", "-b", "main"]);
+        let mut ids = Vec::new();
+        for n in 0..3 {
+            fs::write(dir.join("f.txt"), n.to_string()).unwrap();
+            git(dir, &["add", "."]);
+            git(dir, &["commit", "-qm", &format!("c{n}")]);
+            ids.push(git(dir, &["rev-parse", "HEAD"]));
+            if n == 1 {
+                git(dir, &["tag", "-a", "v1", "-m", "v1"]);
+            }
+        }
+        git(dir, &["checkout", "-q", "-b", "side", &ids[0]]);
+        fs::write(dir.join("g.txt"), "side").unwrap();
+        git(dir, &["add", "."]);
+        git(dir, &["commit", "-qm", "side"]);
+        ids.push(git(dir, &["rev-parse", "HEAD"]));
+        git(dir, &["checkout", "-q", "main"]);
+        [ids[0].clone(), ids[1].clone(), ids[2].clone(), ids[3].clone()]
+    }
+
+    fn checkout(mirror: &Mirror, url: &str, b: &str, pinned: Option<&str>) -> Result<Checkout, GitError> {
+        mirror.fetch_and_checkout(url, &Branch::parse(b).unwrap(), pinned)
+    }
+
+    #[test]
+    fn branch_tag_and_commit_classes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let [c0, c1, c2, side] = remote(&src);
+        let url = format!("file://{}", src.display());
+        let mirror = Mirror::new(tmp.path().join("root"), "r");
+
+        let first = checkout(&mirror, &url, "main", None).unwrap();
+        assert_eq!((first.head.as_str(), first.kind, first.cloned), (c2.as_str(), RefKind::Branch, true));
+        assert!(!checkout(&mirror, &url, "main", None).unwrap().cloned);
+        assert_eq!(checkout(&mirror, &url, "side", None).unwrap().head, side);
+        let tag = checkout(&mirror, &url, "v1", None).unwrap();
+        assert_eq!((tag.head.as_str(), tag.kind), (c1.as_str(), RefKind::Tag));
+        let commit = checkout(&mirror, &url, &c0[..7], None).unwrap();
+        assert_eq!((commit.head.as_str(), commit.kind), (c0.as_str(), RefKind::Commit));
+        assert_eq!(checkout(&mirror, &url, &c0.to_uppercase()[..8], None).unwrap().head, c0);
+
+        for short in ["a", "ab", "abc"] {
+            let err = checkout(&mirror, &url, short, None).unwrap_err();
+            assert!(matches!(err, GitError::BranchDoesNotExist(_)), "{short}: {err}");
+        }
+        let err = checkout(&mirror, &url, "nope", None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "nope does not appear to be an existing branch, tag, or possible commit hash. Please check your upstream \
+             repository and the data you are using."
+        );
+        let err = checkout(&mirror, &url, "deadbeef", None).unwrap_err();
+        assert_eq!(err.to_string(), "error: pathspec 'deadbeef' did not match any file(s) known to git");
+    }
+
+    #[test]
+    fn pinned_commits_are_checked_against_the_ref() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let [c0, c1, _c2, side] = remote(&src);
+        let url = format!("file://{}", src.display());
+        let mirror = Mirror::new(tmp.path().join("root"), "r");
+
+        assert_eq!(checkout(&mirror, &url, "main", Some(&c1)).unwrap().head, c1);
+        assert_eq!(checkout(&mirror, &url, "main", Some("")).unwrap().kind, RefKind::Branch, "empty = unspecified");
+        let err = checkout(&mirror, &url, "main", Some(&side)).unwrap_err();
+        assert_eq!(err.to_string(), format!("Requested to check out commit {side}, but it's not part of branch main!"));
+        let err = checkout(&mirror, &url, "main", Some("non-existent")).unwrap_err();
+        assert_eq!(err.to_string(), "malformed object name non-existent");
+        let err = checkout(&mirror, &url, "v1", Some(&c0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("Requested to check out tag v1 and commit {c0} together, but tag v1 is actually commit {c1}!")
+        );
+        for bad in ["--detach", "-f", "abc def"] {
+            assert!(matches!(checkout(&mirror, &url, "main", Some(bad)), Err(GitError::InvalidRef(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn force_push_url_change_and_corrupt_mirror() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let [c0, ..] = remote(&src);
+        let url = format!("file://{}", src.display());
+        let mirror = Mirror::new(tmp.path().join("root"), "r");
+        checkout(&mirror, &url, "main", None).unwrap();
+
+        git(&src, &["reset", "-q", "--hard", &c0]);
+        assert_eq!(checkout(&mirror, &url, "main", None).unwrap().head, c0, "a force-push is followed");
+
+        let moved = tmp.path().join("moved");
+        fs::rename(&src, &moved).unwrap();
+        let new_url = format!("file://{}", moved.display());
+        assert_eq!(checkout(&mirror, &new_url, "main", None).unwrap().head, c0);
+        let config = fs::read_to_string(mirror.path().join("config")).unwrap();
+        assert!(config.contains(&new_url), "remote re-pointed: {config}");
+
+        fs::write(mirror.path().join("HEAD"), "garbage").unwrap();
+        fs::remove_dir_all(mirror.path().join("objects")).unwrap();
+        let repaired = checkout(&mirror, &new_url, "main", None).unwrap();
+        assert!(repaired.cloned, "an unusable mirror is fetched again");
+        assert!(mirror.remove().unwrap());
+        assert!(!mirror.remove().unwrap());
+    }
+}
