@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <prefix>.events (topic) --repo.#--> <prefix>.work (quorum, x-delivery-limit) --dead-letter--> <prefix>.dead
-//! <prefix>.delay (TTL) --expired--> <prefix>.events        deferred events come back after the delay
+//! <prefix>.delay (TTL) --expired, key repo.deferred--> <prefix>.events   deferred events come back after the delay
 //! <prefix>.notifications (topic): repo.synced / repo.sync_failed / repo.deleted, published after commit
 //! ```
 
@@ -17,6 +17,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use thiserror::Error;
 
 use crate::settings::AmqpSettings;
+
+/// Routing key of events coming back from the delay queue (the kind is in the payload).
+pub const DEFERRED_ROUTING_KEY: &str = "repo.deferred";
 
 /// Header that carries why a message was dead-lettered by a worker.
 pub const REJECT_REASON_HEADER: &str = "x-gitfleet-reject-reason";
@@ -106,6 +109,7 @@ impl Topology {
         let mut delay = FieldTable::default();
         delay.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.defer_delay_ms)));
         delay.insert("x-dead-letter-exchange".into(), long_string(&self.events));
+        delay.insert("x-dead-letter-routing-key".into(), long_string(DEFERRED_ROUTING_KEY));
         channel.queue_declare(self.delay.as_str().into(), queue, delay).await?;
         Ok(())
     }

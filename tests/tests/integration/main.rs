@@ -1,1 +1,9 @@
+//! Integration tests against real PostgreSQL, RabbitMQ and git remotes (`make services` starts them).
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod contract;
+mod delete;
+mod fleet;
+mod support;
+mod sync;
+mod validation;

@@ -1,0 +1,112 @@
+//! More than one worker: the per-repository lock, deferral, and what happens to bad messages.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use futures_util::StreamExt;
+use gitfleet_infra::amqp::{self, Publisher, REJECT_REASON_HEADER, header_str};
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::FieldTable;
+
+use crate::support::git::Remote;
+use crate::support::TestEnv;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_twenty_events_never_overlap_on_one_repository() -> Result<()> {
+    let mut env = TestEnv::with_defer_delay(50).await?;
+    env.start_fleet(2);
+    let remote = Remote::new(env.tmp.path(), "data")?;
+    remote.commit("c0", &[("n.txt", "0")])?;
+    let name = format!("Busy {}", env.id);
+
+    let mut jobs = vec![env.create(&name, &remote.file_url(), "main").await?];
+    let mut last = String::new();
+    for n in 1..20 {
+        if n % 5 == 0 {
+            last = remote.commit(&format!("c{n}"), &[("n.txt", &n.to_string())])?;
+        }
+        jobs.push(env.sync(&name).await?);
+    }
+    let mut workers = std::collections::BTreeSet::new();
+    let mut repo_id = None;
+    for id in &jobs {
+        let view = env.wait_job(*id).await?;
+        assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+        workers.insert(view.worker.clone().unwrap());
+        repo_id = view.repository_id;
+    }
+    let repo = env.repo(repo_id.unwrap()).await?;
+    assert_eq!(repo.current_head, last, "the last holding of the lock saw the final push");
+
+    // The workers' own record of lock holding: 20 holdings, each released before the next began.
+    let client = env.pool.get().await?;
+    let rows = client
+        .query(
+            "SELECT worker, acquired_at, released_at FROM sync_lock_log WHERE repository_id = $1 ORDER BY acquired_at",
+            &[&repo.id],
+        )
+        .await?;
+    assert_eq!(rows.len(), 20, "one holding per event");
+    for pair in rows.windows(2) {
+        let released: Option<chrono::DateTime<chrono::Utc>> = pair[0].get(2);
+        let next_acquired: chrono::DateTime<chrono::Utc> = pair[1].get(1);
+        let released = released.expect("every holding was released");
+        assert!(released <= next_acquired, "holdings overlap: {released} > {next_acquired}");
+    }
+    eprintln!("20 events, workers used: {workers:?}");
+    drop(client);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_keeps_going() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.start_fleet(1);
+    let topology = env.topology();
+    let connection = amqp::connect(&env.amqp, Duration::from_secs(5)).await?;
+    let publisher = Publisher::new(&connection).await?;
+    topology.declare(publisher.channel()).await?;
+
+    let bad: [(&str, &[u8]); 3] = [
+        ("not json", b"definitely { not json"),
+        ("wrong schema", br#"{"schema": 2, "event_id": "x"}"#),
+        ("bad branch", br#"{"schema":1,"event_id":"1b4e28ba-2fa1-11d2-883f-0016d3cca427","kind":"sync","repository":{"id":"1b4e28ba-2fa1-11d2-883f-0016d3cca427","name":"x","slug":"x","remote_url":"file:///x","branch":"--upload-pack=evil","provided_contents":[],"secrets_group":null},"version":1,"target_commit":null,"requested_at":"2026-11-22T06:00:00Z","requested_by":"cli"}"#),
+    ];
+    for (label, body) in bad {
+        let properties = BasicProperties::default().with_message_id(label.into());
+        publisher.publish(&topology.events, "repo.sync", body, properties).await?;
+    }
+
+    // Every one of them arrives in the dead-letter queue with the reason.
+    let channel = connection.create_channel().await?;
+    let mut dead = channel
+        .basic_consume(topology.dead.as_str().into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let Ok(Some(delivery)) = tokio::time::timeout_at(deadline.into(), dead.next()).await else {
+            bail!("only {} dead letters arrived: {reasons:?}", reasons.len());
+        };
+        let delivery = delivery?;
+        let reason = header_str(&delivery.properties, REJECT_REASON_HEADER).unwrap_or_default();
+        let label = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        reasons.push((label, reason));
+    }
+    for (label, reason) in &reasons {
+        assert!(reason.starts_with("malformed event:"), "{label}: {reason}");
+    }
+    let reason_of = |label: &str| reasons.iter().find(|(l, _)| l == label).map(|(_, r)| r.clone()).unwrap();
+    assert!(reason_of("wrong schema").contains("unsupported event schema 2"), "{reasons:?}");
+    assert!(reason_of("bad branch").contains("must not start with '-'"), "{reasons:?}");
+
+    // The worker is still consuming.
+    let remote = Remote::new(env.tmp.path(), "data")?;
+    remote.commit("first", &[("README.md", "one")])?;
+    let view = env.wait_job(env.create(&format!("After {}", env.id), &remote.file_url(), "main").await?).await?;
+    assert_eq!(view.status, "SUCCESS");
+    let _ = connection.close(200, "done".into()).await;
+    env.teardown().await
+}

@@ -1,0 +1,153 @@
+//! Real git remotes for the tests: bare repositories written with the git command line, served over file://,
+//! `git daemon` (git://) and `git http-backend` behind lighttpd (http://).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use super::{free_port, wait_port};
+
+pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Nautobot Automation")
+        .env("GIT_AUTHOR_EMAIL", "nautobot@nautobot.com")
+        .env("GIT_COMMITTER_NAME", "Nautobot Automation")
+        .env("GIT_COMMITTER_EMAIL", "nautobot@nautobot.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .with_context(|| format!("running git {args:?}"))?;
+    if !out.status.success() {
+        bail!("git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+/// A bare repository (the remote) and a work tree that pushes to it.
+pub struct Remote {
+    pub bare: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Remote {
+    /// An empty bare repository named `<name>.git` under `dir`, with a work tree beside it.
+    pub fn new(dir: &Path, name: &str) -> Result<Self> {
+        let bare = dir.join(format!("{name}.git"));
+        let work = dir.join(format!("{name}-work"));
+        std::fs::create_dir_all(&work)?;
+        git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().context("path")?])?;
+        git(&work, &["init", "-q", "-b", "main"])?;
+        git(&work, &["remote", "add", "origin", bare.to_str().context("path")?])?;
+        Ok(Self { bare, work })
+    }
+
+    pub fn file_url(&self) -> String {
+        format!("file://{}", self.bare.display())
+    }
+
+    /// Writes the files, commits on the current branch, pushes it, and returns the commit id.
+    pub fn commit(&self, message: &str, files: &[(&str, &str)]) -> Result<String> {
+        for (path, content) in files {
+            let path = self.work.join(path);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(path, content)?;
+        }
+        git(&self.work, &["add", "-A"])?;
+        git(&self.work, &["commit", "-q", "--allow-empty", "-m", message])?;
+        let branch = git(&self.work, &["rev-parse", "--abbrev-ref", "HEAD"])?;
+        git(&self.work, &["push", "-q", "origin", &branch])?;
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// An annotated tag on HEAD, pushed.
+    pub fn tag(&self, tag: &str) -> Result<()> {
+        git(&self.work, &["tag", "-a", tag, "-m", tag])?;
+        git(&self.work, &["push", "-q", "origin", tag])?;
+        Ok(())
+    }
+}
+
+/// A running server process, killed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `git daemon` serving every repository under `base` on a loopback port.
+pub async fn git_daemon(base: &Path) -> Result<Server> {
+    let port = free_port();
+    let child = Command::new("git")
+        .args([
+            "daemon",
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            "--export-all",
+            "--reuseaddr",
+            &format!("--base-path={}", base.display()),
+            &base.display().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting git daemon")?;
+    let server = Server { child, port };
+    wait_port(port).await?;
+    Ok(server)
+}
+
+/// lighttpd running `git http-backend` as CGI for every repository under `base`, at `http://127.0.0.1:PORT/git/`.
+pub async fn git_http(base: &Path, state: &Path) -> Result<Server> {
+    let lighttpd = ["/usr/sbin/lighttpd", "/usr/local/sbin/lighttpd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("lighttpd is not installed (make test-deps)")?;
+    let exec_path = git(base, &["--exec-path"])?;
+    let port = free_port();
+    std::fs::create_dir_all(state)?;
+    let conf = state.join("lighttpd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"server.modules = ("mod_alias", "mod_cgi", "mod_setenv")
+server.bind = "127.0.0.1"
+server.port = {port}
+server.document-root = "{state}"
+server.errorlog = "{state}/error.log"
+server.pid-file = "{state}/lighttpd.pid"
+alias.url = ("/git" => "{exec_path}/git-http-backend")
+$HTTP["url"] =~ "^/git" {{
+    cgi.assign = ("" => "")
+    setenv.add-environment = (
+        "GIT_PROJECT_ROOT" => "{base}",
+        "GIT_HTTP_EXPORT_ALL" => "1",
+        "GIT_CONFIG_COUNT" => "1",
+        "GIT_CONFIG_KEY_0" => "safe.directory",
+        "GIT_CONFIG_VALUE_0" => "*"
+    )
+}}
+"#,
+            state = state.display(),
+            base = base.display(),
+        ),
+    )?;
+    let child = Command::new(lighttpd)
+        .args(["-D", "-f", &conf.display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting lighttpd")?;
+    let server = Server { child, port };
+    wait_port(port).await?;
+    Ok(server)
+}

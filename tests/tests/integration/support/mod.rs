@@ -1,0 +1,210 @@
+//! Test helpers: each test gets its own PostgreSQL schema, its own exchange and queue names, its own `GIT_ROOT`
+//! and its own git remotes, so tests run in parallel against the real services and leave nothing behind.
+
+pub mod git;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use deadpool_postgres::Pool;
+use gitfleet_infra::amqp::{self, Topology};
+use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
+use gitfleet_infra::store::job_result::{self, JobResultView};
+use gitfleet_infra::store::repository::{self, RepositoryRow};
+use gitfleet_producer::commands::{self, NewRepo, Outcome};
+use gitfleet_shared::event::RequestedBy;
+use gitfleet_shared::job_result::JobStatus;
+use gitfleet_worker::WorkerSettings;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// One test's private slice of the services.
+pub struct TestEnv {
+    pub id: String,
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub pool: Pool,
+    pub tmp: tempfile::TempDir,
+    components: Vec<(CancellationToken, JoinHandle<()>)>,
+}
+
+impl TestEnv {
+    pub async fn new() -> Result<Self> {
+        Self::with_defer_delay(200).await
+    }
+
+    pub async fn with_defer_delay(defer_delay_ms: u32) -> Result<Self> {
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database = DatabaseSettings {
+            url: env_or("GITFLEET_TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gitfleet"),
+            schema: format!("t_{id}"),
+            pool_size: 8,
+        };
+        let amqp = AmqpSettings {
+            url: env_or("GITFLEET_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/gitfleet"),
+            prefix: format!("test.{id}"),
+            delivery_limit: 3,
+            defer_delay_ms,
+        };
+        let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20))
+            .await
+            .context("PostgreSQL (run `make services`)")?;
+        Ok(Self { id, database, amqp, pool, tmp: tempfile::tempdir()?, components: Vec::new() })
+    }
+
+    pub fn git_root(&self) -> PathBuf {
+        self.tmp.path().join("git-root")
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(&self.amqp)
+    }
+
+    pub fn worker_settings(&self, name: &str) -> WorkerSettings {
+        WorkerSettings {
+            database: self.database.clone(),
+            amqp: self.amqp.clone(),
+            git_root: Some(self.git_root()),
+            prefetch: 4,
+            name: Some(name.to_owned()),
+            shutdown_grace_secs: 10,
+        }
+    }
+
+    /// Starts an in-process worker; it stops when the test env is torn down.
+    pub fn start_worker(&mut self, name: &str) {
+        let settings = self.worker_settings(name);
+        let token = CancellationToken::new();
+        let child = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(err) = gitfleet_worker::run(settings, child).await {
+                eprintln!("worker failed: {err:#}");
+            }
+        });
+        self.components.push((token, handle));
+    }
+
+    /// Starts an in-process outbox relay.
+    pub fn start_relay(&mut self) {
+        let (pool, database, amqp) = (self.pool.clone(), self.database.clone(), self.amqp.clone());
+        let token = CancellationToken::new();
+        let child = token.clone();
+        let options = gitfleet_producer::relay::RelayOptions {
+            poll_interval: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let handle = tokio::spawn(async move {
+            if let Err(err) = gitfleet_producer::relay::run(pool, database, amqp, options, child).await {
+                eprintln!("relay failed: {err:#}");
+            }
+        });
+        self.components.push((token, handle));
+    }
+
+    /// Starts `workers` workers and one relay.
+    pub fn start_fleet(&mut self, workers: usize) {
+        for n in 0..workers {
+            self.start_worker(&format!("worker-{n}"));
+        }
+        self.start_relay();
+    }
+
+    pub async fn create(&self, name: &str, remote_url: &str, branch: &str) -> Result<Uuid> {
+        let new = NewRepo {
+            name: name.to_owned(),
+            remote_url: remote_url.to_owned(),
+            branch: Some(branch.to_owned()),
+            ..NewRepo::default()
+        };
+        accepted(commands::create(&self.pool, new, RequestedBy::cli()).await?)
+    }
+
+    pub async fn sync(&self, name: &str) -> Result<Uuid> {
+        accepted(commands::sync(&self.pool, name, gitfleet_shared::event::EventKind::Sync, None, RequestedBy::cli()).await?)
+    }
+
+    pub async fn repo(&self, id: Uuid) -> Result<RepositoryRow> {
+        let client = self.pool.get().await?;
+        repository::find_by_id(&**client, id).await?.context("repository row")
+    }
+
+    /// Waits (bounded) until the JobResult is terminal and returns it with its logs.
+    pub async fn wait_job(&self, id: Uuid) -> Result<JobResultView> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let client = self.pool.get().await?;
+            if let Some(view) = job_result::load(&**client, id).await?
+                && view.status().is_some_and(JobStatus::is_terminal)
+            {
+                return Ok(view);
+            }
+            drop(client);
+            if Instant::now() > deadline {
+                bail!("JobResult {id} not terminal after {DEADLINE:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every component, then drops the schema and the broker objects.
+    pub async fn teardown(mut self) -> Result<()> {
+        for (token, _) in &self.components {
+            token.cancel();
+        }
+        for (_, handle) in self.components.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(15), handle).await;
+        }
+        let client = self.pool.get().await?;
+        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.database.schema)).await?;
+        drop(client);
+        self.pool.close();
+        let connection = amqp::connect(&self.amqp, Duration::from_secs(5)).await?;
+        let channel = connection.create_channel().await?;
+        let t = self.topology();
+        for queue in [&t.work, &t.dead, &t.delay] {
+            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+        }
+        for exchange in [&t.events, &t.dead_exchange, &t.notifications] {
+            channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+        }
+        let _ = connection.close(200, "test done".into()).await;
+        Ok(())
+    }
+}
+
+fn accepted(outcome: Outcome) -> Result<Uuid> {
+    outcome.job_result_id().context("expected an accepted event")
+}
+
+/// Asserts a log entry with this level, grouping and message substring exists.
+pub fn assert_log(view: &JobResultView, level: &str, grouping: &str, needle: &str) {
+    let found = view.logs.iter().any(|l| l.level == level && l.grouping == grouping && l.message.contains(needle));
+    assert!(found, "no {level}/{grouping} log containing {needle:?} in {:#?}", view.logs);
+}
+
+/// A free TCP port on loopback (bound, then released for a server to take).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
+}
+
+/// Waits (bounded) until something accepts connections on the port.
+pub async fn wait_port(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("nothing listens on 127.0.0.1:{port}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

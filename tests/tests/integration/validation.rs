@@ -1,0 +1,154 @@
+//! The definition rules (spec a.2, a.3) through the producer, with their exact messages, and the CLI's exit code.
+
+use anyhow::Result;
+use clap::Parser;
+use gitfleet_producer::cli::{self, Cli};
+use gitfleet_producer::commands::{self, CommandError, NewRepo, RepoChanges};
+use gitfleet_shared::event::RequestedBy;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::TestEnv;
+
+fn repo(name: &str, url: &str, provides: &[&str]) -> NewRepo {
+    NewRepo {
+        name: name.to_owned(),
+        remote_url: url.to_owned(),
+        provided_contents: provides.iter().map(|s| (*s).to_owned()).collect(),
+        ..NewRepo::default()
+    }
+}
+
+/// The messages of a refused command, as the CLI prints them.
+fn refusal(result: Result<gitfleet_producer::commands::Outcome, CommandError>) -> Vec<String> {
+    match result {
+        Err(CommandError::Invalid(errors)) => errors.into_iter().map(|e| e.message).collect(),
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_rule() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let (pool, by) = (&env.pool, RequestedBy::cli);
+    let url = format!("http://localhost/duplicates-{}.git", env.id);
+    let id = &env.id;
+    commands::create(pool, repo(&format!("Jobs {id}"), &url, &["extras.job"]), by()).await?;
+    commands::create(pool, repo(&format!("Contexts {id}"), &url, &["extras.configcontext"]), by()).await?;
+
+    let expected = format!(
+        "Another Git repository already configured for remote URL {url} provides contents overlapping with this \
+         repository."
+    );
+    let refused = commands::create(pool, repo(&format!("More jobs {id}"), &url, &["extras.job", "extras.exporttemplate"]), by()).await;
+    assert_eq!(refusal(refused), vec![expected.clone()]);
+    // Updating the second one into the first one's contents is refused the same way.
+    let changes = RepoChanges { provided_contents: Some(vec!["extras.job".into()]), ..RepoChanges::default() };
+    assert_eq!(refusal(commands::update(pool, &format!("Contexts {id}"), changes, by()).await), vec![expected]);
+    // No URL normalization, and an empty provided_contents never conflicts.
+    commands::create(pool, repo(&format!("Slash {id}"), &format!("{url}/"), &["extras.job"]), by()).await?;
+    commands::create(pool, repo(&format!("Nothing {id}"), &url, &[]), by()).await?;
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slug_rules() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let (pool, by) = (&env.pool, RequestedBy::cli);
+    let url = format!("http://localhost/slugs-{}.git", env.id);
+    let client = pool.get().await?;
+
+    // Generated from the name (spec a.2).
+    commands::create(pool, repo("1 Very-Bad Git_____Repo Name (2)", &url, &[]), by()).await?;
+    let slug: String = client
+        .query_one("SELECT slug FROM git_repository WHERE name = '1 Very-Bad Git_____Repo Name (2)'", &[])
+        .await?
+        .get(0);
+    assert_eq!(slug, "a1_very_bad_git_____repo_name_2");
+
+    // Names that would clobber a Python module.
+    assert_eq!(refusal(commands::create(pool, repo("sys", &url, &[]), by()).await), vec![
+        "Please choose a different slug; 'sys' is a Python builtin"
+    ]);
+    assert_eq!(refusal(commands::create(pool, repo("Tkinter", &url, &[]), by()).await), vec![
+        "Please choose a different slug; 'tkinter' is the name of an installed Python package"
+    ]);
+    let mut explicit = repo("Anything", &url, &[]);
+    explicit.slug = Some("nautobot".into());
+    assert_eq!(refusal(commands::create(pool, explicit, by()).await), vec![
+        "Please choose a different slug; 'nautobot' is the name of an installed Python package"
+    ]);
+    // Two names that slugify alike: AutoSlugField's `-2` is not an identifier (spec h.18).
+    commands::create(pool, repo("My Repo", &url, &[]), by()).await?;
+    assert_eq!(refusal(commands::create(pool, repo("My  Repo!", &url, &[]), by()).await), vec![
+        "Please choose a different slug; 'my_repo-2' is not a valid identifier"
+    ]);
+    // Slugs never change.
+    let changes = RepoChanges { slug: Some("other_slug".into()), ..RepoChanges::default() };
+    assert_eq!(refusal(commands::update(pool, "My Repo", changes, by()).await), vec![
+        "Slug cannot be changed once set. Current slug is my_repo, requested slug is other_slug"
+    ]);
+    // Names are unique among live repositories.
+    let refused = refusal(commands::create(pool, repo("My Repo", &format!("{url}x"), &[]), by()).await);
+    assert!(refused.contains(&"Git repository with this Name already exists.".to_owned()), "{refused:?}");
+    drop(client);
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_and_url_rules_and_the_cli_exit_code() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let (pool, by) = (&env.pool, RequestedBy::cli);
+    let url = format!("http://localhost/branches-{}.git", env.id);
+    for (branch, message) in [
+        ("", "branch must be a non-empty string".to_owned()),
+        (" main", "Invalid branch ' main': must not contain whitespace".to_owned()),
+        ("main\n", "Invalid branch 'main\n': must not contain whitespace".to_owned()),
+        ("--orphan", "Invalid branch '--orphan': must not start with '-'".to_owned()),
+    ] {
+        let mut new = repo(&format!("Branch {}", env.id), &url, &[]);
+        new.branch = Some(branch.to_owned());
+        assert_eq!(refusal(commands::create(pool, new, by()).await), vec![message]);
+    }
+    let mut bad_url = repo(&format!("Url {}", env.id), "https://user:token@example.com/r.git", &[]);
+    bad_url.branch = Some("-x".into());
+    assert_eq!(refusal(commands::create(pool, bad_url, by()).await), vec![
+        "The URL must not contain a password or token: put credentials in a secrets group.",
+        "Invalid branch '-x': must not start with '-'",
+    ]);
+
+    // A new branch resets current_head (spec a.3 step 8).
+    let accepted = commands::create(pool, repo(&format!("Reset {}", env.id), &url, &[]), by()).await?;
+    let client = pool.get().await?;
+    client.execute("UPDATE git_repository SET current_head = repeat('a', 40) WHERE name = $1", &[&format!("Reset {}", env.id)]).await?;
+    let changes = RepoChanges { branch: Some("develop".into()), ..RepoChanges::default() };
+    commands::update(pool, &format!("Reset {}", env.id), changes, by()).await?;
+    let head: String = client
+        .query_one("SELECT current_head FROM git_repository WHERE name = $1", &[&format!("Reset {}", env.id)])
+        .await?
+        .get(0);
+    assert_eq!(head, "");
+    assert!(accepted.job_result_id().is_some());
+
+    // The CLI: validation errors exit 2; an unknown data type too.
+    let base = ["producer", "--database-url", &env.database.url, "--database-schema", &env.database.schema];
+    for extra in [
+        vec!["repo", "create", "--name", "cli", "--remote-url", "file:///tmp/x.git", "--branch=-x"],
+        vec!["repo", "create", "--name", "cli", "--remote-url", "file:///tmp/x.git", "--provides", "extras.nope"],
+        vec!["repo", "sync", "--name", "no such repository"],
+    ] {
+        let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+        let code = cli::run(Cli::parse_from(&args), pool, CancellationToken::new(), &mut Vec::new()).await?;
+        assert_eq!(code, 2, "{extra:?}");
+    }
+    let args: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["repo", "create", "--name", "cli ok", "--remote-url", "file:///tmp/x.git", "--provides", "extras.job,extras.configcontext"])
+        .collect();
+    let mut out = Vec::new();
+    assert_eq!(cli::run(Cli::parse_from(&args), pool, CancellationToken::new(), &mut out).await?, 0);
+    let printed = String::from_utf8(out)?;
+    assert!(uuid::Uuid::parse_str(printed.trim()).is_ok(), "prints the JobResult id: {printed:?}");
+    drop(client);
+    env.teardown().await
+}
