@@ -6,13 +6,32 @@ use clap::Args;
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseSettings {
     /// PostgreSQL connection URL (libpq form). Never logged: it may carry a password.
-    #[arg(id = "database_url", long = "database-url", value_name = "URL", env = "GITFLEET_DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/gitfleet", hide_env_values = true)]
+    #[arg(
+        id = "database_url",
+        long = "database-url",
+        value_name = "URL",
+        env = "GITFLEET_DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/gitfleet",
+        hide_env_values = true
+    )]
     pub url: String,
     /// Schema that holds gitfleet's tables (created when missing). Empty means the server's default search path.
-    #[arg(id = "database_schema", long = "database-schema", value_name = "SCHEMA", env = "GITFLEET_DATABASE_SCHEMA", default_value = "")]
+    #[arg(
+        id = "database_schema",
+        long = "database-schema",
+        value_name = "SCHEMA",
+        env = "GITFLEET_DATABASE_SCHEMA",
+        default_value = ""
+    )]
     pub schema: String,
     /// Maximum connections in the pool.
-    #[arg(id = "database_pool_size", long = "database-pool-size", value_name = "N", env = "GITFLEET_DATABASE_POOL_SIZE", default_value_t = 8)]
+    #[arg(
+        id = "database_pool_size",
+        long = "database-pool-size",
+        value_name = "N",
+        env = "GITFLEET_DATABASE_POOL_SIZE",
+        default_value_t = 8
+    )]
     pub pool_size: usize,
 }
 
@@ -20,10 +39,23 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Args)]
 pub struct AmqpSettings {
     /// AMQP URL, vhost included. Never logged: it carries a password.
-    #[arg(id = "amqp_url", long = "amqp-url", value_name = "URL", env = "GITFLEET_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/gitfleet", hide_env_values = true)]
+    #[arg(
+        id = "amqp_url",
+        long = "amqp-url",
+        value_name = "URL",
+        env = "GITFLEET_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/gitfleet",
+        hide_env_values = true
+    )]
     pub url: String,
     /// Prefix of every exchange and queue name (`<prefix>.events`, `<prefix>.work`, ...).
-    #[arg(id = "amqp_prefix", long = "amqp-prefix", value_name = "PREFIX", env = "GITFLEET_AMQP_PREFIX", default_value = "gitfleet")]
+    #[arg(
+        id = "amqp_prefix",
+        long = "amqp-prefix",
+        value_name = "PREFIX",
+        env = "GITFLEET_AMQP_PREFIX",
+        default_value = "gitfleet"
+    )]
     pub prefix: String,
     /// Deliveries of one message before the work queue dead-letters it (quorum queue `x-delivery-limit`).
     #[arg(long = "delivery-limit", env = "GITFLEET_DELIVERY_LIMIT", default_value_t = 5)]

@@ -4,15 +4,15 @@
 use chrono::Utc;
 use deadpool_postgres::Pool;
 use gitfleet_infra::amqp::new_traceparent;
-use gitfleet_infra::store::{job_result, outbox, repository};
 use gitfleet_infra::store::repository::{NewRepository, RepositoryRow};
+use gitfleet_infra::store::{job_result, outbox, repository};
 use gitfleet_shared::event::{Event, EventKind, RequestedBy, SchemaVersion, Version};
 use gitfleet_shared::job_result::{
     DELETE_TASK_NAME, DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME, JobStatus, SYNC_JOB_NAME, SYNC_TASK_NAME,
 };
 use gitfleet_shared::repo::{
-    BUILTIN_CONTENT_TYPES, Branch, CommitId, FieldError, OtherRepository, RemoteUrl, RepoName, RepoSlug,
-    check_overlap, parse_provided_contents, slugify_dashes_to_underscores,
+    BUILTIN_CONTENT_TYPES, Branch, CommitId, FieldError, OtherRepository, RemoteUrl, RepoName, RepoSlug, check_overlap,
+    parse_provided_contents, slugify_dashes_to_underscores,
 };
 use thiserror::Error;
 use tokio_postgres::GenericClient;
@@ -171,8 +171,9 @@ fn map_write_error(err: tokio_postgres::Error) -> CommandError {
 /// Validates and records a new repository, with a create event (a create is "create and sync").
 pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Result<Outcome, CommandError> {
     let branch = new.branch.clone().unwrap_or_else(|| Branch::default().to_string());
-    let provided = check_fields(&new.name, &new.remote_url, &branch, &new.provided_contents, new.secrets_group.as_deref())
-        .map_err(CommandError::Invalid)?;
+    let provided =
+        check_fields(&new.name, &new.remote_url, &branch, &new.provided_contents, new.secrets_group.as_deref())
+            .map_err(CommandError::Invalid)?;
 
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;

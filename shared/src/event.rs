@@ -201,9 +201,9 @@ impl RequestedBy {
     pub fn parse(value: impl Into<String>) -> Result<Self, RequestedByError> {
         let value = value.into();
         let ok = value == "cli"
-            || ["api:", "webhook:"].iter().any(|prefix| {
-                value.strip_prefix(prefix).is_some_and(|rest| !rest.is_empty() && rest.len() <= 200)
-            });
+            || ["api:", "webhook:"]
+                .iter()
+                .any(|prefix| value.strip_prefix(prefix).is_some_and(|rest| !rest.is_empty() && rest.len() <= 200));
         if ok { Ok(Self(value)) } else { Err(RequestedByError(value)) }
     }
 

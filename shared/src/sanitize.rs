@@ -15,8 +15,7 @@ fn patterns() -> &'static [(Regex, String); 2] {
         let url_userinfo = Regex::new(r"(?i)(https?://)?\S+\s*@").unwrap();
         #[allow(clippy::unwrap_used)]
         let named_secret =
-            Regex::new(r#"(?i)(username|password|passwd|pwd|secret|secrets)(["']?(?:\s+is.?|:)?\s+)\S+["']?"#)
-                .unwrap();
+            Regex::new(r#"(?i)(username|password|passwd|pwd|secret|secrets)(["']?(?:\s+is.?|:)?\s+)\S+["']?"#).unwrap();
         [(url_userinfo, format!("${{1}}{REDACTED}@")), (named_secret, format!("${{1}}${{2}}{REDACTED}"))]
     })
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use gitfleet_infra::amqp::{self, Publisher, REJECT_REASON_HEADER, Topology};
 use gitfleet_shared::event::Event;
+use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
-use lapin::BasicProperties;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -120,7 +120,8 @@ async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
             return;
         }
     };
-    let span = tracing::info_span!("event", event_id = %event.event_id, kind = %event.kind, repo = %event.repository.slug);
+    let span =
+        tracing::info_span!("event", event_id = %event.event_id, kind = %event.kind, repo = %event.repository.slug);
     let handled = job::handle(ctx, publisher, &event).instrument(span.clone()).await;
     match handled {
         Ok(Disposition::Ack) => ack(&delivery).await,
@@ -128,7 +129,9 @@ async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
         Err(err) => {
             tracing::warn!(parent: &span, error = %err, "transient failure; returning the event to the queue");
             // Requeue: the quorum queue counts deliveries and dead-letters after the limit.
-            if let Err(err) = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await {
+            if let Err(err) =
+                delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
+            {
                 tracing::warn!(error = %err, "could not return the event (it comes back when the channel closes)");
             }
         }
@@ -160,9 +163,9 @@ async fn dead_letter(ctx: &JobContext, publisher: &Publisher, delivery: Delivery
     headers.insert(REJECT_REASON_HEADER.into(), amqp::long_string(reason));
     headers.insert("x-gitfleet-rejected-by".into(), amqp::long_string(&ctx.worker_name));
     headers.insert("x-original-routing-key".into(), amqp::long_string(delivery.routing_key.as_str()));
-    let properties = BasicProperties::default()
-        .with_headers(headers)
-        .with_content_type(delivery.properties.content_type().clone().unwrap_or_else(|| "application/octet-stream".into()));
+    let properties = BasicProperties::default().with_headers(headers).with_content_type(
+        delivery.properties.content_type().clone().unwrap_or_else(|| "application/octet-stream".into()),
+    );
     let properties = match delivery.properties.message_id() {
         Some(id) => properties.with_message_id(id.clone()),
         None => properties,

@@ -128,7 +128,9 @@ impl Mirror {
         if path.exists() {
             match Repository::open_bare(&path) {
                 Ok(repo) => {
-                    if repo.find_remote(REMOTE).ok().and_then(|r| r.url().ok().map(str::to_owned)).as_deref() != Some(url) {
+                    if repo.find_remote(REMOTE).ok().and_then(|r| r.url().ok().map(str::to_owned)).as_deref()
+                        != Some(url)
+                    {
                         // Picks up a changed remote_url (spec b.3 step 5).
                         repo.remote_set_url(REMOTE, url)?;
                     }
@@ -184,7 +186,9 @@ pub fn resolve(repo: &Repository, branch: &Branch, pinned: Option<&str>) -> Resu
         if commit == tip || repo.graph_descendant_of(tip, commit)? {
             return Ok((commit.to_string(), RefKind::Branch));
         }
-        return Err(GitError::NotOnBranch(format!("Requested to check out commit {c}, but it's not part of branch {b}!")));
+        return Err(GitError::NotOnBranch(format!(
+            "Requested to check out commit {c}, but it's not part of branch {b}!"
+        )));
     }
 
     if let Ok(reference) = repo.find_reference(&format!("refs/tags/{b}")) {

@@ -9,8 +9,7 @@ use gitfleet_infra::store::job_result::{self, NewJobResult, StartOutcome};
 use gitfleet_infra::store::repository::{self, RepositoryRow};
 use gitfleet_shared::event::{Event, EventKind};
 use gitfleet_shared::job_result::{
-    DELETE_TASK_NAME, DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME, JobStatus, LogEntry, SYNC_JOB_NAME, SYNC_TASK_NAME,
-    grouping,
+    DELETE_TASK_NAME, DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME, JobStatus, LogEntry, SYNC_JOB_NAME, SYNC_TASK_NAME, grouping,
 };
 use gitfleet_shared::repo::Branch;
 use gitfleet_shared::sanitize::sanitize;
@@ -179,9 +178,12 @@ async fn sync(
     log: &JobLog<'_>,
 ) -> Result<Notification, TransientError> {
     log.write(LogEntry::info(grouping::INITIALIZATION, "Running job")).await?;
-    let Some(repo) = current_definition(lock, event, log).await? else { return Ok(None) };
+    let Some(repo) = current_definition(lock, event, log).await? else {
+        return Ok(None);
+    };
     let name = repo.name.as_str();
-    log.write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"..."))).await?;
+    log.write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"...")))
+        .await?;
     if let Some(group) = &repo.secrets_group {
         log.write(LogEntry::warning(
             grouping::ENSURE,
@@ -228,7 +230,8 @@ async fn sync(
     log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
 
     // One transaction on the lock's connection: the new head and the JobResult's end commit together or not at all.
-    let result = json!({ "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind) });
+    let result =
+        json!({ "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind) });
     let client = lock.client();
     let tx = client.transaction().await?;
     repository::record_sync(&*tx, repo.id, head, repo.version).await?;
@@ -246,17 +249,23 @@ async fn delete(
     event: &Event,
     log: &JobLog<'_>,
 ) -> Result<Notification, TransientError> {
-    let Some(repo) = current_definition(lock, event, log).await? else { return Ok(None) };
+    let Some(repo) = current_definition(lock, event, log).await? else {
+        return Ok(None);
+    };
     let name = repo.name.as_str();
     if repo.is_deleted() {
-        log.write(LogEntry::info(grouping::MAIN, format!("Git repository \"{name}\" is already deleted; nothing to do.")))
-            .await?;
+        log.write(LogEntry::info(
+            grouping::MAIN,
+            format!("Git repository \"{name}\" is already deleted; nothing to do."),
+        ))
+        .await?;
         job_result::finish(&***lock.client(), event.event_id, JobStatus::Success, None, None).await?;
         return Ok(None);
     }
     log.write(LogEntry::info(grouping::MAIN, format!("Deleting Git repository \"{name}\"...")).about(name)).await?;
     log.write(LogEntry::info(grouping::MAIN, format!("Refreshing data provided by {name}...")).about(name)).await?;
-    log.write(LogEntry::info(grouping::MAIN, "This worker version loads no data types yet: no records to remove.")).await?;
+    log.write(LogEntry::info(grouping::MAIN, "This worker version loads no data types yet: no records to remove."))
+        .await?;
 
     let mirror = Mirror::new(&ctx.git_root, &repo.slug);
     match tokio::task::spawn_blocking(move || mirror.remove()).await? {

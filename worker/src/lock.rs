@@ -76,7 +76,9 @@ impl RepoLock {
 
     /// Records the end of the holding and unlocks, returning the connection to the pool.
     pub async fn release(mut self) -> Result<(), LockError> {
-        let Some(conn) = self.conn.take() else { return Ok(()) };
+        let Some(conn) = self.conn.take() else {
+            return Ok(());
+        };
         let ended = async {
             conn.execute("UPDATE sync_lock_log SET released_at = clock_timestamp() WHERE id = $1", &[&self.holding_id])
                 .await?;

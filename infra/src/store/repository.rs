@@ -90,10 +90,7 @@ pub async fn insert(db: &impl GenericClient, new: &NewRepository<'_>) -> Result<
     );
     let provided = serde_json::json!(new.provided_contents);
     let row = db
-        .query_one(
-            &sql,
-            &[&new.id, &new.name, &new.slug, &new.remote_url, &new.branch, &new.secrets_group, &provided],
-        )
+        .query_one(&sql, &[&new.id, &new.name, &new.slug, &new.remote_url, &new.branch, &new.secrets_group, &provided])
         .await?;
     Ok(RepositoryRow::from_row(&row))
 }

@@ -173,11 +173,7 @@ impl CommitId {
     pub fn parse(value: impl Into<String>) -> Result<Self, CommitIdError> {
         let value = value.into();
         let hex = value.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'));
-        if hex && (value.len() == 40 || value.len() == 64) {
-            Ok(Self(value))
-        } else {
-            Err(CommitIdError(value))
-        }
+        if hex && (value.len() == 40 || value.len() == 64) { Ok(Self(value)) } else { Err(CommitIdError(value)) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -231,11 +227,7 @@ pub const BUILTIN_CONTENT_TYPES: &[ContentType] = &[
     ContentType { identifier: "extras.job", name: "jobs", weight: 300 },
     ContentType { identifier: "extras.exporttemplate", name: "export templates", weight: 400 },
     ContentType { identifier: "extras.graphqlquery", name: "graphql queries", weight: 400 },
-    ContentType {
-        identifier: "data_validation.data_compliance_rule",
-        name: "data compliance rules",
-        weight: 1000,
-    },
+    ContentType { identifier: "data_validation.data_compliance_rule", name: "data compliance rules", weight: 1000 },
 ];
 
 /// Checks `provided_contents` against the known identifiers, as the REST serializer's choice field does, and drops

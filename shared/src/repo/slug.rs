@@ -144,7 +144,10 @@ mod tests {
 
     #[test]
     fn slugify_matches_nautobot() {
-        assert_eq!(slugify_dashes_to_underscores("1 Very-Bad Git_____Repo Name (2)"), "a1_very_bad_git_____repo_name_2");
+        assert_eq!(
+            slugify_dashes_to_underscores("1 Very-Bad Git_____Repo Name (2)"),
+            "a1_very_bad_git_____repo_name_2"
+        );
         assert_eq!(slugify_dashes_to_underscores("Test Git Repository"), "test_git_repository");
         assert_eq!(slugify_dashes_to_underscores("_foo"), "foo");
         assert_eq!(slugify_dashes_to_underscores("Núñez  --  Configs!"), "nunez_configs");

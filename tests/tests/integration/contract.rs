@@ -24,10 +24,17 @@ async fn the_relay_publishes_the_event_contract_with_confirms() -> Result<()> {
         .await?;
     let tap_name = tap.name().to_string();
     channel
-        .queue_bind(tap_name.as_str().into(), topology.events.as_str().into(), "repo.#".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            tap_name.as_str().into(),
+            topology.events.as_str().into(),
+            "repo.#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
-    let mut consumer =
-        channel.basic_consume(tap_name.as_str().into(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default()).await?;
+    let mut consumer = channel
+        .basic_consume(tap_name.as_str().into(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
 
     // Recorded before the relay runs: the outbox holds it until then.
     let job = env.create(&format!("Contract {}", env.id), "file:///srv/git/contract.git", "main").await?;
@@ -51,7 +58,8 @@ async fn the_relay_publishes_the_event_contract_with_confirms() -> Result<()> {
     assert_eq!((event.event_id, event.kind, event.version.get()), (job, EventKind::Create, 1));
 
     let client = env.pool.get().await?;
-    let published: i64 = client.query_one("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL", &[]).await?.get(0);
+    let published: i64 =
+        client.query_one("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL", &[]).await?.get(0);
     assert_eq!(published, 1, "marked published only after the confirm");
     drop(client);
     let _ = connection.close(200, "done".into()).await;
@@ -71,10 +79,8 @@ async fn migrations_are_safe_when_many_processes_start_at_once() -> Result<()> {
         assert!(matches!(pool, Ok(Ok(_))), "{pool:?}");
     }
     let client = env.pool.get().await?;
-    let applied: i64 = client
-        .query_one(&format!("SELECT count(*) FROM {}.gitfleet_migrations", fresh.schema), &[])
-        .await?
-        .get(0);
+    let applied: i64 =
+        client.query_one(&format!("SELECT count(*) FROM {}.gitfleet_migrations", fresh.schema), &[]).await?.get(0);
     assert_eq!(applied, 1);
     client.batch_execute(&format!("DROP SCHEMA {} CASCADE", fresh.schema)).await?;
     drop(client);

@@ -7,7 +7,6 @@ use gitfleet_shared::event::RequestedBy;
 use crate::support::git::Remote;
 use crate::support::{TestEnv, assert_log};
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_removes_the_mirror_and_tombstones_the_definition() -> Result<()> {
     let mut env = TestEnv::new().await?;

@@ -9,8 +9,8 @@ use lapin::BasicProperties;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 
-use crate::support::git::Remote;
 use crate::support::TestEnv;
+use crate::support::git::Remote;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_twenty_events_never_overlap_on_one_repository() -> Result<()> {
@@ -81,7 +81,12 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_keeps
     // Every one of them arrives in the dead-letter queue with the reason.
     let channel = connection.create_channel().await?;
     let mut dead = channel
-        .basic_consume(topology.dead.as_str().into(), "test".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            topology.dead.as_str().into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut reasons = Vec::new();

@@ -27,7 +27,12 @@ async fn create_then_sync_follows_the_branch_head() -> Result<()> {
     assert_log(&view, "info", "initialization", "Running job");
     assert_log(&view, "info", "run", &format!("Creating/refreshing local copy of Git repository \"{name}\"..."));
     assert_log(&view, "info", "ensure_git_repository", "Repository successfully refreshed");
-    assert_log(&view, "info", "ensure_git_repository", &format!("{name}: the current Git repository hash is \"{first}\""));
+    assert_log(
+        &view,
+        "info",
+        "ensure_git_repository",
+        &format!("{name}: the current Git repository hash is \"{first}\""),
+    );
     assert_log(&view, "info", "main", &format!("Refreshing data provided by {name}..."));
     assert_log(&view, "info", "main", "loads no data types yet");
     assert_log(&view, "info", "main", &format!("Data refresh from {name} complete!"));
@@ -119,7 +124,11 @@ async fn tags_and_commit_hashes_as_branch() -> Result<()> {
         let view = env.wait_job(env.create(&format!("Case {n} {id}"), &url, branch).await?).await?;
         assert_eq!(view.status, "SUCCESS", "{branch}: {:#?}", view.logs);
         let result = view.result.unwrap();
-        assert_eq!((result["current_head"].as_str(), result["ref_kind"].as_str()), (Some(*head), Some(*kind)), "{branch}");
+        assert_eq!(
+            (result["current_head"].as_str(), result["ref_kind"].as_str()),
+            (Some(*head), Some(*kind)),
+            "{branch}"
+        );
         assert_eq!(env.repo(view.repository_id.unwrap()).await?.current_head, *head);
     }
 
@@ -127,7 +136,12 @@ async fn tags_and_commit_hashes_as_branch() -> Result<()> {
     for short in [&tagged[..1], &tagged[..2], &tagged[..3]] {
         let view = env.wait_job(env.create(&format!("Short {short} {id}"), &url, short).await?).await?;
         assert_eq!(view.status, "FAILURE", "{short}");
-        assert_log(&view, "error", "ensure_git_repository", &format!("{short} does not appear to be an existing branch"));
+        assert_log(
+            &view,
+            "error",
+            "ensure_git_repository",
+            &format!("{short} does not appear to be an existing branch"),
+        );
         assert_eq!(view.result.unwrap()["exc_type"], "BranchDoesNotExist");
     }
     // Four or more hex characters that match nothing: git's own error, as Nautobot propagates it.
@@ -148,10 +162,8 @@ async fn git_and_http_remotes() -> Result<()> {
     let daemon = git_daemon(&served).await?;
     let http = git_http(&served, &env.tmp.path().join("lighttpd")).await?;
 
-    let urls = [
-        format!("git://127.0.0.1:{}/data.git", daemon.port),
-        format!("http://127.0.0.1:{}/git/data.git", http.port),
-    ];
+    let urls =
+        [format!("git://127.0.0.1:{}/data.git", daemon.port), format!("http://127.0.0.1:{}/git/data.git", http.port)];
     for (n, url) in urls.iter().enumerate() {
         let view = env.wait_job(env.create(&format!("Transport {n} {}", env.id), url, "main").await?).await?;
         assert_eq!(view.status, "SUCCESS", "{url}: {:#?}", view.logs);

@@ -39,7 +39,9 @@ async fn overlap_rule() -> Result<()> {
         "Another Git repository already configured for remote URL {url} provides contents overlapping with this \
          repository."
     );
-    let refused = commands::create(pool, repo(&format!("More jobs {id}"), &url, &["extras.job", "extras.exporttemplate"]), by()).await;
+    let refused =
+        commands::create(pool, repo(&format!("More jobs {id}"), &url, &["extras.job", "extras.exporttemplate"]), by())
+            .await;
     assert_eq!(refusal(refused), vec![expected.clone()]);
     // Updating the second one into the first one's contents is refused the same way.
     let changes = RepoChanges { provided_contents: Some(vec!["extras.job".into()]), ..RepoChanges::default() };
@@ -66,27 +68,32 @@ async fn slug_rules() -> Result<()> {
     assert_eq!(slug, "a1_very_bad_git_____repo_name_2");
 
     // Names that would clobber a Python module.
-    assert_eq!(refusal(commands::create(pool, repo("sys", &url, &[]), by()).await), vec![
-        "Please choose a different slug; 'sys' is a Python builtin"
-    ]);
-    assert_eq!(refusal(commands::create(pool, repo("Tkinter", &url, &[]), by()).await), vec![
-        "Please choose a different slug; 'tkinter' is the name of an installed Python package"
-    ]);
+    assert_eq!(
+        refusal(commands::create(pool, repo("sys", &url, &[]), by()).await),
+        vec!["Please choose a different slug; 'sys' is a Python builtin"]
+    );
+    assert_eq!(
+        refusal(commands::create(pool, repo("Tkinter", &url, &[]), by()).await),
+        vec!["Please choose a different slug; 'tkinter' is the name of an installed Python package"]
+    );
     let mut explicit = repo("Anything", &url, &[]);
     explicit.slug = Some("nautobot".into());
-    assert_eq!(refusal(commands::create(pool, explicit, by()).await), vec![
-        "Please choose a different slug; 'nautobot' is the name of an installed Python package"
-    ]);
+    assert_eq!(
+        refusal(commands::create(pool, explicit, by()).await),
+        vec!["Please choose a different slug; 'nautobot' is the name of an installed Python package"]
+    );
     // Two names that slugify alike: AutoSlugField's `-2` is not an identifier (spec h.18).
     commands::create(pool, repo("My Repo", &url, &[]), by()).await?;
-    assert_eq!(refusal(commands::create(pool, repo("My  Repo!", &url, &[]), by()).await), vec![
-        "Please choose a different slug; 'my_repo-2' is not a valid identifier"
-    ]);
+    assert_eq!(
+        refusal(commands::create(pool, repo("My  Repo!", &url, &[]), by()).await),
+        vec!["Please choose a different slug; 'my_repo-2' is not a valid identifier"]
+    );
     // Slugs never change.
     let changes = RepoChanges { slug: Some("other_slug".into()), ..RepoChanges::default() };
-    assert_eq!(refusal(commands::update(pool, "My Repo", changes, by()).await), vec![
-        "Slug cannot be changed once set. Current slug is my_repo, requested slug is other_slug"
-    ]);
+    assert_eq!(
+        refusal(commands::update(pool, "My Repo", changes, by()).await),
+        vec!["Slug cannot be changed once set. Current slug is my_repo, requested slug is other_slug"]
+    );
     // Names are unique among live repositories.
     let refused = refusal(commands::create(pool, repo("My Repo", &format!("{url}x"), &[]), by()).await);
     assert!(refused.contains(&"Git repository with this Name already exists.".to_owned()), "{refused:?}");
@@ -111,15 +118,23 @@ async fn branch_and_url_rules_and_the_cli_exit_code() -> Result<()> {
     }
     let mut bad_url = repo(&format!("Url {}", env.id), "https://user:token@example.com/r.git", &[]);
     bad_url.branch = Some("-x".into());
-    assert_eq!(refusal(commands::create(pool, bad_url, by()).await), vec![
-        "The URL must not contain a password or token: put credentials in a secrets group.",
-        "Invalid branch '-x': must not start with '-'",
-    ]);
+    assert_eq!(
+        refusal(commands::create(pool, bad_url, by()).await),
+        vec![
+            "The URL must not contain a password or token: put credentials in a secrets group.",
+            "Invalid branch '-x': must not start with '-'",
+        ]
+    );
 
     // A new branch resets current_head (spec a.3 step 8).
     let accepted = commands::create(pool, repo(&format!("Reset {}", env.id), &url, &[]), by()).await?;
     let client = pool.get().await?;
-    client.execute("UPDATE git_repository SET current_head = repeat('a', 40) WHERE name = $1", &[&format!("Reset {}", env.id)]).await?;
+    client
+        .execute(
+            "UPDATE git_repository SET current_head = repeat('a', 40) WHERE name = $1",
+            &[&format!("Reset {}", env.id)],
+        )
+        .await?;
     let changes = RepoChanges { branch: Some("develop".into()), ..RepoChanges::default() };
     commands::update(pool, &format!("Reset {}", env.id), changes, by()).await?;
     let head: String = client
@@ -143,7 +158,16 @@ async fn branch_and_url_rules_and_the_cli_exit_code() -> Result<()> {
     let args: Vec<&str> = base
         .iter()
         .copied()
-        .chain(["repo", "create", "--name", "cli ok", "--remote-url", "file:///tmp/x.git", "--provides", "extras.job,extras.configcontext"])
+        .chain([
+            "repo",
+            "create",
+            "--name",
+            "cli ok",
+            "--remote-url",
+            "file:///tmp/x.git",
+            "--provides",
+            "extras.job,extras.configcontext",
+        ])
         .collect();
     let mut out = Vec::new();
     assert_eq!(cli::run(Cli::parse_from(&args), pool, CancellationToken::new(), &mut out).await?, 0);

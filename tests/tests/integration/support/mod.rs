@@ -98,10 +98,8 @@ impl TestEnv {
         let (pool, database, amqp) = (self.pool.clone(), self.database.clone(), self.amqp.clone());
         let token = CancellationToken::new();
         let child = token.clone();
-        let options = gitfleet_producer::relay::RelayOptions {
-            poll_interval: Duration::from_millis(100),
-            ..Default::default()
-        };
+        let options =
+            gitfleet_producer::relay::RelayOptions { poll_interval: Duration::from_millis(100), ..Default::default() };
         let handle = tokio::spawn(async move {
             if let Err(err) = gitfleet_producer::relay::run(pool, database, amqp, options, child).await {
                 eprintln!("relay failed: {err:#}");
@@ -129,7 +127,9 @@ impl TestEnv {
     }
 
     pub async fn sync(&self, name: &str) -> Result<Uuid> {
-        accepted(commands::sync(&self.pool, name, gitfleet_shared::event::EventKind::Sync, None, RequestedBy::cli()).await?)
+        accepted(
+            commands::sync(&self.pool, name, gitfleet_shared::event::EventKind::Sync, None, RequestedBy::cli()).await?,
+        )
     }
 
     pub async fn repo(&self, id: Uuid) -> Result<RepositoryRow> {
