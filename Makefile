@@ -1,0 +1,47 @@
+# gitfleet: every entry point. `make` (or `make help`) lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration demo clean
+
+help: ## List every target
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+services: ## Install (if missing) and start PostgreSQL, RabbitMQ and S3 (moto) on loopback; create db, vhost, bucket
+	@scripts/services.sh up
+
+services-stop: ## Stop only the services that `make services` started
+	@scripts/services.sh down
+
+services-status: ## Say which services answer
+	@scripts/services.sh status
+
+test-deps: ## Install what the integration tests need besides the services (git, lighttpd)
+	@scripts/test-deps.sh
+
+build: ## Build every crate (debug)
+	$(CARGO) build --workspace --all-targets
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+lint: ## cargo fmt --check and clippy with warnings as errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test-unit: ## Unit tests and contract tests (no services needed)
+	$(CARGO) test --workspace --exclude gitfleet-tests
+
+test-integration: services test-deps ## Integration tests against the real services
+	$(CARGO) test -p gitfleet-tests
+
+test: services test-deps lint ## Everything CI runs: lint, unit and integration tests
+	$(CARGO) test --workspace
+
+demo: ## Start services, two workers and the relay; sync the example repository and print its JobResult
+	@scripts/demo.sh
+
+clean: ## Remove build output and demo state
+	$(CARGO) clean
+	rm -rf .state

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what the integration tests need besides the services: git (file://, git daemon, http-backend) and
+# lighttpd (the HTTP front for `git http-backend`). Idempotent; uses Debian packages.
+set -euo pipefail
+log() { printf '[test-deps] %s\n' "$*" >&2; }
+
+missing=()
+command -v git >/dev/null || missing+=(git)
+[ -x /usr/sbin/lighttpd ] || [ -x /usr/local/sbin/lighttpd ] || missing+=(lighttpd)
+command -v curl >/dev/null || missing+=(curl)
+[ "${#missing[@]}" = 0 ] && { log "all present"; exit 0; }
+
+[ "$(id -u)" = 0 ] || { log "error: installing ${missing[*]} needs root"; exit 1; }
+log "installing ${missing[*]}"
+DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+# policy-rc.d keeps the packages' services from starting: the tests start their own servers on loopback.
+policy=/usr/sbin/policy-rc.d
+created_policy=0
+if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1; fi
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+[ "$created_policy" = 1 ] && rm -f "$policy"
+log "done"
