@@ -31,13 +31,13 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 test-unit: ## Unit tests and contract tests (no services needed)
-	$(CARGO) test --workspace --exclude gitfleet-tests
+	scripts/cargo-test.sh --workspace --exclude gitfleet-tests
 
 test-integration: services test-deps ## Integration tests against the real services
-	$(CARGO) test -p gitfleet-tests
+	scripts/cargo-test.sh -p gitfleet-tests
 
 test: services test-deps lint ## Everything CI runs: lint, unit and integration tests
-	$(CARGO) test --workspace
+	scripts/cargo-test.sh --workspace
 
 demo: ## Start services, two workers and the relay; sync the example repository and print its JobResult
 	@scripts/demo.sh
