@@ -7,3 +7,4 @@ pub mod event;
 pub mod job_result;
 pub mod repo;
 pub mod sanitize;
+pub mod yaml;
