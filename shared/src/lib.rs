@@ -4,6 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub mod event;
+pub mod graphql;
+pub mod inventory;
+pub mod tree;
 pub mod job_result;
 pub mod repo;
 pub mod sanitize;
