@@ -92,8 +92,22 @@ impl Inventory {
 
 /// Django lookup suffixes we do not implement; naming one is an error rather than a field traversal.
 const RESERVED_SUFFIXES: &[&str] = &[
-    "exact", "contains", "icontains", "in", "gt", "gte", "lt", "lte", "startswith", "istartswith", "endswith",
-    "iendswith", "range", "isnull", "regex", "iregex",
+    "exact",
+    "contains",
+    "icontains",
+    "in",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "startswith",
+    "istartswith",
+    "endswith",
+    "iendswith",
+    "range",
+    "isnull",
+    "regex",
+    "iregex",
 ];
 
 fn matches(fields: &Map<String, Value>, key: &str, expected: &Value) -> bool {
@@ -129,7 +143,10 @@ pub fn python_repr(value: &Value) -> String {
         Value::Array(items) => format!("[{}]", items.iter().map(python_repr).collect::<Vec<_>>().join(", ")),
         Value::Object(map) => format!(
             "{{{}}}",
-            map.iter().map(|(k, v)| format!("{}: {}", python_str_repr(k), python_repr(v))).collect::<Vec<_>>().join(", ")
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", python_str_repr(k), python_repr(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
 }

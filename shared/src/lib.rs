@@ -6,8 +6,9 @@
 pub mod event;
 pub mod graphql;
 pub mod inventory;
-pub mod tree;
 pub mod job_result;
+pub mod loaders;
 pub mod repo;
 pub mod sanitize;
+pub mod tree;
 pub mod yaml;

@@ -78,7 +78,12 @@ impl RepoTree {
         Ok(())
     }
 
-    pub fn add_file(&mut self, path: &str, bytes: impl Into<Arc<[u8]>>, blob_id: Option<String>) -> Result<(), TreeError> {
+    pub fn add_file(
+        &mut self,
+        path: &str,
+        bytes: impl Into<Arc<[u8]>>,
+        blob_id: Option<String>,
+    ) -> Result<(), TreeError> {
         self.add(path, Node::File { bytes: bytes.into(), blob_id })
     }
 
@@ -192,12 +197,15 @@ mod tests {
         tree.add_file("config_contexts/locations/x.json", b"{}".to_vec(), None).unwrap();
         tree.add_symlink("config_contexts/link.yaml").unwrap();
         let names: Vec<_> = tree.list("config_contexts").into_iter().map(|e| (e.name, e.kind)).collect();
-        assert_eq!(names, vec![
-            ("a.yaml".into(), EntryKind::File),
-            ("b.yaml".into(), EntryKind::File),
-            ("link.yaml".into(), EntryKind::Symlink),
-            ("locations".into(), EntryKind::Dir),
-        ]);
+        assert_eq!(
+            names,
+            vec![
+                ("a.yaml".into(), EntryKind::File),
+                ("b.yaml".into(), EntryKind::File),
+                ("link.yaml".into(), EntryKind::Symlink),
+                ("locations".into(), EntryKind::Dir),
+            ]
+        );
         assert_eq!(tree.read("config_contexts/a.yaml").unwrap(), b"a");
         assert_eq!(tree.blob_id("config_contexts/a.yaml"), Some("abc"));
         assert!(matches!(tree.read("config_contexts/link.yaml"), Err(TreeError::Symlink(_))));
@@ -208,7 +216,13 @@ mod tests {
 
     #[test]
     fn stems_as_python_splitext() {
-        for (name, expected) in [("NYC 01.json", "NYC 01"), ("a.b.yaml", "a.b"), ("README", "README"), (".hidden", ".hidden"), ("..x.y", "..x")] {
+        for (name, expected) in [
+            ("NYC 01.json", "NYC 01"),
+            ("a.b.yaml", "a.b"),
+            ("README", "README"),
+            (".hidden", ".hidden"),
+            ("..x.y", "..x"),
+        ] {
             assert_eq!(stem(name), expected, "{name}");
         }
     }

@@ -117,7 +117,8 @@ impl Composer {
                     continue;
                 }
                 Event::Scalar(value, style, anchor, tag) => {
-                    let id = self.push(Node::Scalar { value: value.into_owned(), style, tag: tag.map(|t| t.into_owned()) });
+                    let id =
+                        self.push(Node::Scalar { value: value.into_owned(), style, tag: tag.map(|t| t.into_owned()) });
                     self.anchor(anchor, id);
                     id
                 }
@@ -469,13 +470,19 @@ fn is_float(value: &str) -> bool {
     if int_part.contains(':') {
         let mut parts = int_part.split(':');
         let head = parts.next().unwrap_or("");
-        return head.starts_with(|c: char| c.is_ascii_digit()) && digits(head) && parts.all(is_sexagesimal_part) && digits(frac);
+        return head.starts_with(|c: char| c.is_ascii_digit())
+            && digits(head)
+            && parts.all(is_sexagesimal_part)
+            && digits(frac);
     }
     let exp_at = frac.find(['e', 'E']).unwrap_or(frac.len());
     let (frac_digits, exp) = frac.split_at(exp_at);
     if int_part.is_empty() {
         // `.5`: only without a sign in PyYAML's pattern.
-        return body.len() == value.len() && frac_digits.starts_with(|c: char| c.is_ascii_digit()) && digits(frac_digits) && exponent_ok(exp);
+        return body.len() == value.len()
+            && frac_digits.starts_with(|c: char| c.is_ascii_digit())
+            && digits(frac_digits)
+            && exponent_ok(exp);
     }
     int_part.starts_with(|c: char| c.is_ascii_digit()) && digits(int_part) && digits(frac_digits) && exponent_ok(exp)
 }
@@ -505,7 +512,12 @@ fn float_value(value: &str) -> Option<f64> {
 fn timestamp_value(value: &str) -> Option<String> {
     let b = value.as_bytes();
     let is_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
-    if b.len() == 10 && is_digits(&b[0..4]) && b[4] == b'-' && is_digits(&b[5..7]) && b[7] == b'-' && is_digits(&b[8..10])
+    if b.len() == 10
+        && is_digits(&b[0..4])
+        && b[4] == b'-'
+        && is_digits(&b[5..7])
+        && b[7] == b'-'
+        && is_digits(&b[8..10])
     {
         return valid_date(value).then(|| value.to_owned());
     }
@@ -612,7 +624,8 @@ mod tests {
 
     #[test]
     fn timestamps_become_django_json_strings() {
-        let doc = y("a: 2026-11-22\nb: 2026-11-22T06:00:00Z\nc: 2026-11-22 06:00:00.123456 +01:00\nd: 2026-1-2 3:04:05\n\
+        let doc =
+            y("a: 2026-11-22\nb: 2026-11-22T06:00:00Z\nc: 2026-11-22 06:00:00.123456 +01:00\nd: 2026-1-2 3:04:05\n\
                      e: 2026-13-01\n");
         assert_eq!(
             doc,
@@ -645,15 +658,19 @@ mod tests {
         let mut text = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for n in 1..12 {
             let p = n - 1;
-            text.push_str(&format!("a{n}: &a{n} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+            text.push_str(&format!(
+                "a{n}: &a{n} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
         }
         assert_eq!(err(&text), YamlError::TooManyNodes(Limits::default().max_nodes));
     }
 
     #[test]
     fn tags() {
-        assert_eq!(y("a: !!str 0777\nb: !!int '12'\nc: !!float 1\nd: ! 12\ne: !!bool yes\n"),
-            json!({"a": "0777", "b": 12, "c": 1.0, "d": "12", "e": true}));
+        assert_eq!(
+            y("a: !!str 0777\nb: !!int '12'\nc: !!float 1\nd: ! 12\ne: !!bool yes\n"),
+            json!({"a": "0777", "b": 12, "c": 1.0, "d": "12", "e": true})
+        );
         assert_eq!(err("a: !custom x\n"), YamlError::UnknownTag("!custom".into()));
         assert_eq!(err("a: !!binary aGVsbG8=\n"), YamlError::UnknownTag("tag:yaml.org,2002:binary".into()));
         assert_eq!(err("a: =\n"), YamlError::UnknownTag("tag:yaml.org,2002:value".into()));
@@ -661,7 +678,10 @@ mod tests {
 
     #[test]
     fn json_is_yaml() {
-        assert_eq!(y("{\"a\": [1, 2.5, \"x\", true, null], \"b\": {}}"), json!({"a": [1, 2.5, "x", true, null], "b": {}}));
+        assert_eq!(
+            y("{\"a\": [1, 2.5, \"x\", true, null], \"b\": {}}"),
+            json!({"a": [1, 2.5, "x", true, null], "b": {}})
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! entries. Start it with [`consumer::run`], which takes its shutdown trigger so tests can drive it.
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod config;
 pub mod consumer;
 pub mod git;

@@ -19,6 +19,10 @@ struct Cli {
 enum Command {
     /// Consume events until SIGTERM or Ctrl-C (the default).
     Run,
+    /// Load a local repository with the sync's loaders, no services needed; exit 1 on any error.
+    Check(gitfleet_worker::check::CheckArgs),
+    /// List the registered data types in refresh order.
+    DataTypes,
 }
 
 #[tokio::main]
@@ -26,6 +30,18 @@ async fn main() -> ExitCode {
     gitfleet_infra::telemetry::init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
+        Command::Check(args) => match gitfleet_worker::check::run(args, &mut std::io::stdout().lock()) {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::DataTypes => match gitfleet_worker::check::print_data_types(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        },
         Command::Run => {
             let shutdown = CancellationToken::new();
             tokio::spawn(gitfleet_infra::shutdown::on_signal(shutdown.clone()));

@@ -1,0 +1,295 @@
+//! Config contexts (spec c.3): explicit files in `config_contexts/`, implicit `config_contexts/<filter>/<name>`
+//! files scoped by their file name, and local contexts for devices and virtual machines.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{DataType, LoadInput, Loaded, Log, ScopeMode, data_files, metadata, parse_file, value_text};
+use crate::inventory::{FILTERS, LOCAL_KINDS, python_repr};
+use crate::job_result::LogEntry;
+use crate::tree::{EntryKind, stem};
+
+pub const GROUPING: &str = "config contexts";
+pub const LOCAL_GROUPING: &str = "local config contexts";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConfigContext {
+    pub name: String,
+    pub weight: i64,
+    pub description: String,
+    pub is_active: bool,
+    /// Name of the linked schema, looked up globally when reconciling.
+    pub config_context_schema: Option<String>,
+    pub data: Value,
+    /// Filter -> lookups as written (implicit files add their implied lookup).
+    pub scope: BTreeMap<String, Vec<Value>>,
+    /// Filter -> inventory ids of the objects the lookups matched (empty when not resolved).
+    #[serde(skip)]
+    pub resolved: BTreeMap<String, Vec<String>>,
+    #[serde(skip)]
+    pub file: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LocalContext {
+    /// `devices` or `virtual_machines`.
+    pub kind: &'static str,
+    pub name: String,
+    pub data: Value,
+    /// The inventory id of the device or virtual machine, when resolved.
+    #[serde(skip)]
+    pub target: Option<String>,
+}
+
+pub(super) struct ConfigContexts;
+
+impl DataType for ConfigContexts {
+    fn identifier(&self) -> &'static str {
+        "extras.configcontext"
+    }
+    fn name(&self) -> &'static str {
+        "config contexts"
+    }
+    fn weight(&self) -> u32 {
+        200
+    }
+    fn folder(&self) -> &'static str {
+        "config_contexts"
+    }
+    fn is_extension(&self) -> bool {
+        false
+    }
+
+    fn load(&self, input: &LoadInput<'_>, out: &mut Loaded) {
+        let root = "config_contexts";
+        if !input.tree.is_dir(root) {
+            return;
+        }
+        let mut contexts: Vec<ConfigContext> = Vec::new();
+        let mut log = Log { out: &mut out.logs, grouping: GROUPING };
+
+        // Explicit files: regular files directly in config_contexts/.
+        for (file, _) in data_files(input.tree, root, &mut log, false) {
+            log.info(format!("Loading config context from `{file}`"));
+            let result = parse_file(input, &format!("{root}/{file}")).and_then(|data| match data {
+                Value::Object(map) => import(input, map, &file, log.out).map(|c| vec![c]),
+                Value::Array(items) => {
+                    let mut done = Vec::new();
+                    for item in items {
+                        let Value::Object(map) = item else {
+                            return Err("data must be a dict or list of dicts".to_owned());
+                        };
+                        done.push(import(input, map, &file, log.out)?);
+                    }
+                    Ok(done)
+                }
+                _ => Err("data must be a dict or list of dicts".to_owned()),
+            });
+            match result {
+                Ok(loaded) => keep(&mut contexts, loaded),
+                Err(e) => log.error(format!("Error in loading config context data from `{file}`: {e}")),
+            }
+        }
+
+        // Implicit files: config_contexts/<filter>/<name>.<ext>.
+        for &(filter, _, _) in FILTERS {
+            misplaced(input, filter, &mut log);
+            let dir = format!("{root}/{filter}");
+            if !input.tree.is_dir(&dir) {
+                continue;
+            }
+            let field = if filter == "device_types" { "model" } else { "name" };
+            for (file, kind) in data_files(input.tree, &dir, &mut log, true) {
+                let name = stem(&file).to_owned();
+                log.info(format!(
+                    "Loading config context, filter `{filter} = [{field}: \"{name}\"]`, from `{filter}/{file}`"
+                ));
+                let result = if kind == EntryKind::Dir {
+                    Err(format!("`{filter}/{file}` is a directory, not a config context file"))
+                } else {
+                    parse_file(input, &format!("{dir}/{file}")).and_then(|data| {
+                        let Value::Object(mut map) = data else { return Err("data must be a dict".to_owned()) };
+                        let meta = map.entry("_metadata").or_insert_with(|| Value::Object(Map::new()));
+                        let Value::Object(meta) = meta else {
+                            return Err("data `_metadata` must be a mapping.".to_owned());
+                        };
+                        let implied = Value::Object(Map::from_iter([(field.to_owned(), Value::String(name.clone()))]));
+                        match meta.entry(filter).or_insert_with(|| Value::Array(Vec::new())) {
+                            Value::Array(list) => list.push(implied),
+                            other => *other = Value::Array(vec![implied]),
+                        }
+                        import(input, map, &file, log.out)
+                    })
+                };
+                match result {
+                    Ok(context) => keep(&mut contexts, vec![context]),
+                    Err(e) => log.error(format!("Error in loading config context data from `{file}`: {e}")),
+                }
+            }
+        }
+        out.config_contexts.extend(contexts);
+
+        // Local contexts: config_contexts/devices/<name>.<ext>, config_contexts/virtual_machines/<name>.<ext>.
+        for &(local_type, inventory_kind) in LOCAL_KINDS {
+            misplaced(input, local_type, &mut log);
+            let dir = format!("{root}/{local_type}");
+            if !input.tree.is_dir(&dir) {
+                continue;
+            }
+            let mut local_log = Log { out: log.out, grouping: LOCAL_GROUPING };
+            for (file, kind) in data_files(input.tree, &dir, &mut local_log, true) {
+                let name = stem(&file).to_owned();
+                local_log.info(format!("Loading local config context for `{name}` from `{local_type}/{file}`"));
+                let result = if kind == EntryKind::Dir {
+                    Err(format!("`{local_type}/{file}` is a directory, not a local config context file"))
+                } else {
+                    parse_file(input, &format!("{dir}/{file}"))
+                        .and_then(|data| local_target(input, inventory_kind, &name, local_log.out).map(|t| (data, t)))
+                        .and_then(|(data, target)| match &data {
+                            Value::Object(_) | Value::Null => Ok((data, target)),
+                            _ => Err("JSON data must be in object form".to_owned()),
+                        })
+                };
+                match result {
+                    Ok((data, target)) => {
+                        out.local_contexts.retain(|l| !(l.kind == local_type && l.name == name));
+                        out.local_contexts.push(LocalContext { kind: local_type, name, data, target });
+                    }
+                    Err(e) => local_log
+                        .error(format!("Error in loading local config context from `{local_type}/{file}`: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// Two files defining the same context name update the same record: the last one processed wins.
+fn keep(contexts: &mut Vec<ConfigContext>, loaded: Vec<ConfigContext>) {
+    for context in loaded {
+        contexts.retain(|c| c.name != context.name);
+        contexts.push(context);
+    }
+}
+
+fn misplaced(input: &LoadInput<'_>, dir: &str, log: &mut Log<'_>) {
+    if input.tree.is_dir(dir) {
+        log.warning(format!(
+            "Found \"{dir}\" directory in the repository root. If this is meant to contain config contexts, it \
+             should be moved into a `config_contexts/` subdirectory."
+        ));
+    }
+}
+
+/// Finds the device or virtual machine a local context file names (by exact `name`).
+fn local_target(
+    input: &LoadInput<'_>,
+    kind: &str,
+    name: &str,
+    logs: &mut Vec<LogEntry>,
+) -> Result<Option<String>, String> {
+    let Some(inventory) = input.inventory else { return Ok(None) };
+    let lookup = Value::Object(Map::from_iter([("name".to_owned(), Value::String(name.to_owned()))]));
+    let found = inventory.find(kind, &lookup).map_err(|e| e.to_string())?;
+    match found.as_slice() {
+        [one] => Ok(Some(one.id.clone().unwrap_or_else(|| name.to_owned()))),
+        [] if input.scope_mode == ScopeMode::Lenient => {
+            logs.push(LogEntry::warning(
+                LOCAL_GROUPING,
+                format!("No {kind} named `{name}` in the inventory yet: its local context is stored unresolved"),
+            ));
+            Ok(None)
+        }
+        [] => Err("record not found!".to_owned()),
+        _ => Err("multiple records with the same name found; unable to determine which one to apply to!".to_owned()),
+    }
+}
+
+/// Imports one context dict (spec c.3.4).
+fn import(
+    input: &LoadInput<'_>,
+    mut data: Map<String, Value>,
+    file: &str,
+    logs: &mut Vec<LogEntry>,
+) -> Result<ConfigContext, String> {
+    let (meta, name) = metadata(&data)?;
+    let meta = meta.clone();
+    let weight = match meta.get("weight") {
+        None | Some(Value::Null) => 1000,
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(w @ 0..=32767) => w,
+            _ => return Err(format!("weight {n} is out of range: it must be an integer from 0 to 32767")),
+        },
+        Some(other) => return Err(format!("weight must be an integer from 0 to 32767, not {other}")),
+    };
+    let description = match meta.get("description") {
+        None | Some(Value::Null) => String::new(),
+        Some(d) => value_text(d),
+    };
+    let is_active = match meta.get("is_active") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => return Err(format!("is_active must be true or false, not {other}")),
+    };
+    let mut schema = meta.get("config_context_schema").filter(|v| !v.is_null()).map(value_text);
+    if schema.is_none()
+        && let Some(old) = meta.get("schema").filter(|v| !v.is_null())
+    {
+        logs.push(LogEntry::warning(
+            "config context",
+            "`schema` is deprecated in `_metadata`, please use `config_context_schema` instead.",
+        ));
+        schema = Some(value_text(old));
+    }
+
+    let mut scope = BTreeMap::new();
+    let mut resolved = BTreeMap::new();
+    for &(filter, model, kind) in FILTERS {
+        let Some(lookups) = meta.get(filter).filter(|v| !v.is_null()) else { continue };
+        let Value::Array(lookups) = lookups else {
+            return Err(format!("`_metadata.{filter}` must be a list of lookups, e.g. [{{name: \"...\"}}]"));
+        };
+        let mut ids = Vec::new();
+        for lookup in lookups {
+            if let Some(inventory) = input.inventory {
+                let found = inventory.find(kind, lookup).map_err(|e| e.to_string())?;
+                let shown = python_repr(lookup);
+                match found.as_slice() {
+                    [one] => ids.push(one.id.clone().unwrap_or_else(|| shown.clone())),
+                    [] if input.scope_mode == ScopeMode::Lenient => logs.push(LogEntry::warning(
+                        GROUPING,
+                        format!("No {model} found for {shown} yet: context {name} keeps the lookup unresolved"),
+                    )),
+                    [] => {
+                        return Err(format!(
+                            "No matching {model} found for {shown}; unable to create/update context {name}"
+                        ));
+                    }
+                    _ => {
+                        return Err(format!(
+                            "Multiple {model} found for {shown}; unable to create/update context {name}"
+                        ));
+                    }
+                }
+            } else if !lookup.is_object() {
+                return Err(format!("a lookup must be a mapping of field to value, got {}", python_repr(lookup)));
+            }
+        }
+        scope.insert(filter.to_owned(), lookups.clone());
+        resolved.insert(filter.to_owned(), ids);
+    }
+
+    data.remove("_metadata");
+    Ok(ConfigContext {
+        name,
+        weight,
+        description,
+        is_active,
+        config_context_schema: schema,
+        data: Value::Object(data),
+        scope,
+        resolved,
+        file: file.to_owned(),
+    })
+}

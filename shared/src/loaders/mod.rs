@@ -1,0 +1,289 @@
+//! The data types a repository provides, loaded from a commit's tree by pure functions (spec sections c, d, e).
+//!
+//! A [`Registry`] holds every data type ordered by (weight, name); [`Registry::load`] runs all of them on every sync
+//! and returns the records each provided type yields plus the log entries Nautobot would write while loading. A type
+//! the repository does not provide yields nothing, and reconciling then deletes what it owned. The database side
+//! (change detection, global uniqueness, deletion) is the reconciler's job; nothing here does I/O.
+
+mod config_context;
+mod export_template;
+mod graphql_query;
+mod job;
+mod schema;
+mod text_file;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::inventory::Inventory;
+use crate::job_result::{LogEntry, LogLevel};
+use crate::tree::{EntryKind, RepoTree};
+use crate::yaml::{self, Limits};
+
+pub use config_context::{ConfigContext, LocalContext};
+pub use export_template::{ExportTemplate, mime_type};
+pub use graphql_query::GraphqlQuery;
+pub use job::JobRecord;
+pub use schema::ContextSchema;
+
+/// How scope lookups that match no inventory object are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeMode {
+    /// As Nautobot: each lookup must match exactly one object, or the file fails with an error.
+    #[default]
+    Strict,
+    /// Unresolved lookups are stored as written (with a warning) and resolve once the inventory knows them.
+    Lenient,
+}
+
+/// Everything a load needs; all of it in memory.
+#[derive(Debug, Clone)]
+pub struct LoadInput<'a> {
+    pub tree: &'a RepoTree,
+    pub repo_name: &'a str,
+    pub slug: &'a str,
+    /// Content identifiers the repository provides.
+    pub provided: &'a [String],
+    /// `None`: lookups are not resolved at all (`worker check` without `--inventory`).
+    pub inventory: Option<&'a Inventory>,
+    pub scope_mode: ScopeMode,
+    pub limits: Limits,
+    /// The repository had installed jobs before this sync (spec e.4: a removed `jobs/` is then a warning).
+    pub had_jobs: bool,
+}
+
+/// A record of an extension data type: a natural key and its data.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExtensionRecord {
+    pub key: String,
+    pub data: Value,
+}
+
+/// What one load produced.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Loaded {
+    pub config_context_schemas: Vec<ContextSchema>,
+    pub config_contexts: Vec<ConfigContext>,
+    pub local_contexts: Vec<LocalContext>,
+    pub export_templates: Vec<ExportTemplate>,
+    pub graphql_queries: Vec<GraphqlQuery>,
+    pub jobs: Vec<JobRecord>,
+    /// Records of extension types, by identifier.
+    pub extensions: BTreeMap<String, Vec<ExtensionRecord>>,
+    /// Identifiers of the types that were provided and loaded (the others own nothing after this sync).
+    #[serde(skip)]
+    pub loaded_types: BTreeSet<String>,
+    #[serde(skip)]
+    pub logs: Vec<LogEntry>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.logs.iter().any(|l| l.level == LogLevel::Error)
+    }
+
+    /// Sorts every record list by its natural key (processing is already in sorted path order; this makes the
+    /// output independent of which file defined a record).
+    pub fn sort(&mut self) {
+        self.config_context_schemas.sort_by(|a, b| a.name.cmp(&b.name));
+        self.config_contexts.sort_by(|a, b| a.name.cmp(&b.name));
+        self.local_contexts.sort_by(|a, b| (a.kind, &a.name).cmp(&(b.kind, &b.name)));
+        self.export_templates.sort_by(|a, b| (&a.content_type, &a.name).cmp(&(&b.content_type, &b.name)));
+        self.graphql_queries.sort_by(|a, b| a.name.cmp(&b.name));
+        self.jobs.sort_by(|a, b| (&a.module_name, &a.job_class_name).cmp(&(&b.module_name, &b.job_class_name)));
+        for records in self.extensions.values_mut() {
+            records.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+    }
+}
+
+/// One data type a repository can provide. Built-in types and extensions implement the same trait.
+pub trait DataType: Send + Sync {
+    /// The content identifier stored in `provided_contents`, e.g. `extras.configcontext`.
+    fn identifier(&self) -> &'static str;
+    /// Human-readable name, also the log label (`Refreshing {name}...`).
+    fn name(&self) -> &'static str;
+    /// Refresh order: lower first; ties are broken by name.
+    fn weight(&self) -> u32 {
+        1000
+    }
+    /// The folder (or file) whose presence means the repository has this type (`worker check` default).
+    fn folder(&self) -> &'static str;
+    /// Whether this type's records are stored by the built-in reconciler (false) or as extension records.
+    fn is_extension(&self) -> bool {
+        true
+    }
+    /// Loads the type from the tree into `out`, logging as it goes.
+    fn load(&self, input: &LoadInput<'_>, out: &mut Loaded);
+}
+
+/// Every data type, in refresh order.
+pub struct Registry {
+    types: Vec<Box<dyn DataType>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.types.iter().map(|t| t.identifier())).finish()
+    }
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::with_builtins()
+    }
+}
+
+impl Registry {
+    /// The built-in types of spec c.0 and the example extension (`example_app.textfile`).
+    pub fn with_builtins() -> Self {
+        let mut registry = Self { types: Vec::new() };
+        registry.register(Box::new(schema::Schemas));
+        registry.register(Box::new(config_context::ConfigContexts));
+        registry.register(Box::new(job::Jobs));
+        registry.register(Box::new(export_template::ExportTemplates));
+        registry.register(Box::new(graphql_query::GraphqlQueries));
+        registry.register(Box::new(job::DataComplianceRules));
+        registry.register(Box::new(text_file::TextFiles));
+        registry
+    }
+
+    /// Adds a type, keeping (weight, name) order.
+    pub fn register(&mut self, data_type: Box<dyn DataType>) {
+        self.types.push(data_type);
+        self.types.sort_by(|a, b| (a.weight(), a.name()).cmp(&(b.weight(), b.name())));
+    }
+
+    pub fn types(&self) -> impl Iterator<Item = &dyn DataType> {
+        self.types.iter().map(|t| &**t)
+    }
+
+    pub fn get(&self, identifier: &str) -> Option<&dyn DataType> {
+        self.types().find(|t| t.identifier() == identifier)
+    }
+
+    /// The identifiers whose folder exists in the tree (what `worker check` loads by default).
+    pub fn present_in(&self, tree: &RepoTree) -> Vec<String> {
+        self.types()
+            .filter(|t| tree.kind(t.folder()).is_some() || (t.folder() == "jobs" && tree.is_file("jobs.py")))
+            .map(|t| t.identifier().to_owned())
+            .collect()
+    }
+
+    /// Runs every registered type (spec b.7): `Refreshing {type}...`, then the type's loader when it is provided.
+    /// Ends with the summary line: `Data refresh from {name} complete!` or, after any error,
+    /// `Failed to refresh data provided by {name}. Please see logs.`
+    pub fn load(&self, input: &LoadInput<'_>) -> Loaded {
+        let mut out = Loaded::default();
+        let name = input.repo_name;
+        out.logs.push(LogEntry::info("main", format!("Refreshing data provided by {name}...")).about(name));
+        for data_type in self.types() {
+            out.logs.push(LogEntry::info("main", format!("Refreshing {}...", data_type.name())));
+            if input.provided.iter().any(|p| p == data_type.identifier()) {
+                data_type.load(input, &mut out);
+                out.loaded_types.insert(data_type.identifier().to_owned());
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// The end-of-refresh line (spec b.7 steps 3 and 4).
+pub fn summary(repo_name: &str, failed: bool) -> LogEntry {
+    if failed {
+        LogEntry::error("main", format!("Failed to refresh data provided by {repo_name}. Please see logs."))
+    } else {
+        LogEntry::info("main", format!("Data refresh from {repo_name} complete!")).about(repo_name)
+    }
+}
+
+/// Log helpers shared by the loaders.
+pub(crate) struct Log<'a> {
+    pub out: &'a mut Vec<LogEntry>,
+    pub grouping: &'static str,
+}
+
+impl Log<'_> {
+    pub fn info(&mut self, message: impl AsRef<str>) {
+        self.out.push(LogEntry::info(self.grouping, message));
+    }
+    pub fn warning(&mut self, message: impl AsRef<str>) {
+        self.out.push(LogEntry::warning(self.grouping, message));
+    }
+    pub fn error(&mut self, message: impl AsRef<str>) {
+        self.out.push(LogEntry::error(self.grouping, message));
+    }
+}
+
+/// The entries of a data folder that loaders read as files, in name order. Dotfiles (`.gitkeep`, `.DS_Store`) are
+/// skipped with a warning instead of failing the sync (ARCHITECTURE 7); symbolic links and submodules are never
+/// followed.
+pub(crate) fn data_files(
+    tree: &RepoTree,
+    dir: &str,
+    log: &mut Log<'_>,
+    include_dirs: bool,
+) -> Vec<(String, EntryKind)> {
+    let mut files = Vec::new();
+    for entry in tree.list(dir) {
+        if entry.name.starts_with('.') {
+            log.warning(format!("Skipping `{dir}/{}`: dotfiles in data folders are ignored", entry.name));
+            continue;
+        }
+        match entry.kind {
+            EntryKind::File => files.push((entry.name, entry.kind)),
+            EntryKind::Dir if include_dirs => files.push((entry.name, entry.kind)),
+            EntryKind::Dir => {}
+            EntryKind::Symlink => {
+                log.warning(format!("Skipping `{dir}/{}`: symbolic links are not followed", entry.name));
+            }
+            EntryKind::Submodule => {
+                log.warning(format!("Skipping `{dir}/{}`: git submodules are not read", entry.name));
+            }
+        }
+    }
+    files
+}
+
+/// Reads and parses a YAML or JSON file with the YAML 1.1 loader.
+pub(crate) fn parse_file(input: &LoadInput<'_>, path: &str) -> Result<Value, String> {
+    let bytes = input.tree.read(path).map_err(|e| e.to_string())?;
+    yaml::load(bytes, &input.limits).map_err(|e| e.to_string())
+}
+
+/// Reads a text file (templates, queries, Python): UTF-8 and within the size limit.
+pub(crate) fn read_text<'t>(input: &LoadInput<'t>, path: &str) -> Result<&'t str, String> {
+    let bytes = input.tree.read(path).map_err(|e| e.to_string())?;
+    if bytes.len() > input.limits.max_bytes {
+        return Err(format!("file is {} bytes, over the limit of {} bytes", bytes.len(), input.limits.max_bytes));
+    }
+    std::str::from_utf8(bytes)
+        .map_err(|e| format!("file is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+}
+
+/// The `_metadata` mapping of a context or schema dict, with Nautobot's messages when it is missing.
+pub(crate) fn metadata(data: &Map<String, Value>) -> Result<(&Map<String, Value>, String), String> {
+    let Some(meta) = data.get("_metadata") else {
+        return Err("data is missing the required `_metadata` key.".to_owned());
+    };
+    let Some(meta) = meta.as_object() else {
+        return Err("data `_metadata` must be a mapping.".to_owned());
+    };
+    match meta.get("name") {
+        Some(Value::String(name)) if !name.is_empty() => Ok((meta, name.clone())),
+        Some(Value::Null) | None => Err("data `_metadata` is missing the required `name` key.".to_owned()),
+        Some(other) => Ok((meta, value_text(other))),
+    }
+}
+
+/// `str(value)` for scalars, JSON for the rest.
+pub(crate) fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,226 @@
+//! `worker check PATH`: the sync's loaders on a local directory, with no services. What a data repository's own CI
+//! runs, and what a new user tries first. The JSON form is a contract: `schemas/check-output.schema.json`.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use gitfleet_shared::inventory::{Inventory, ScopeObject};
+use gitfleet_shared::job_result::{LogEntry, LogLevel};
+use gitfleet_shared::loaders::{LoadInput, Loaded, Registry, ScopeMode, summary};
+use gitfleet_shared::repo::slugify_dashes_to_underscores;
+use gitfleet_shared::tree::RepoTree;
+use gitfleet_shared::yaml::Limits;
+use serde_json::{Map, Value, json};
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The repository's directory (a clone or any folder laid out like one).
+    pub path: PathBuf,
+    /// Repository name used in log lines; the slug (and so job module names) is derived from it.
+    /// Default: the folder name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Data types to load (comma separated). Default: every registered type whose folder is present.
+    #[arg(long, value_delimiter = ',')]
+    pub provides: Option<Vec<String>>,
+    /// Scope inventory (JSON: a list of {kind, id?, fields}, or {"objects": [...]}) to resolve lookups against.
+    #[arg(long)]
+    pub inventory: Option<PathBuf>,
+    /// With an inventory: strict (each lookup matches exactly one object) or lenient.
+    #[arg(long, value_enum, default_value_t = Mode::Strict)]
+    pub scope_mode: Mode,
+    /// Largest data file read, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    pub max_file_bytes: usize,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Strict,
+    Lenient,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Reads a directory into a tree: regular files with their bytes, symbolic links as links (never followed),
+/// and no `.git` directory.
+pub fn read_dir_tree(root: &Path) -> Result<RepoTree> {
+    let mut tree = RepoTree::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if rel.as_os_str().is_empty() && name == ".git" {
+                continue;
+            }
+            let rel_path = rel.join(&name);
+            let key = rel_path.to_string_lossy().replace('\\', "/");
+            let kind = entry.file_type()?;
+            if kind.is_symlink() {
+                tree.add_symlink(&key)?;
+            } else if kind.is_dir() {
+                tree.add_dir(&key)?;
+                stack.push(rel_path);
+            } else if kind.is_file() {
+                let bytes = std::fs::read(entry.path()).with_context(|| format!("reading {key}"))?;
+                tree.add_file(&key, bytes, None)?;
+            }
+        }
+    }
+    Ok(tree)
+}
+
+/// Reads an inventory file.
+pub fn read_inventory(path: &Path) -> Result<Inventory> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let list = match value {
+        Value::Object(mut map) => map.remove("objects").unwrap_or(Value::Array(Vec::new())),
+        other => other,
+    };
+    let objects: Vec<ScopeObject> = serde_json::from_value(list)
+        .with_context(|| format!("{}: expected a list of {{kind, fields}}", path.display()))?;
+    Ok(Inventory::new(objects))
+}
+
+/// Everything `worker check` found, as its JSON output presents it.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub loaded: Loaded,
+    pub logs: Vec<LogEntry>,
+}
+
+impl Report {
+    pub fn failed(&self) -> bool {
+        self.logs.iter().any(|l| l.level == LogLevel::Error)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut out = match serde_json::to_value(&self.loaded) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        if let Some(Value::Object(extensions)) = out.remove("extensions") {
+            out.extend(extensions);
+        }
+        out.insert("status".into(), json!(if self.failed() { "FAILURE" } else { "SUCCESS" }));
+        let logs: Vec<Value> = self
+            .logs
+            .iter()
+            .map(|l| json!({ "level": l.level.as_str(), "grouping": l.grouping, "message": l.message }))
+            .collect();
+        out.insert("logs".into(), Value::Array(logs));
+        Value::Object(out)
+    }
+}
+
+/// Runs the loaders on a tree the way a sync does, without a database: a schema link must name a schema of this
+/// repository (a fresh Nautobot has no other).
+pub fn check_tree(
+    tree: &RepoTree,
+    registry: &Registry,
+    name: &str,
+    provides: Option<Vec<String>>,
+    inventory: Option<&Inventory>,
+    mode: ScopeMode,
+    limits: Limits,
+) -> Report {
+    let slug = slugify_dashes_to_underscores(name);
+    let provided = provides.unwrap_or_else(|| registry.present_in(tree));
+    let input = LoadInput {
+        tree,
+        repo_name: name,
+        slug: &slug,
+        provided: &provided,
+        inventory,
+        scope_mode: mode,
+        limits,
+        had_jobs: false,
+    };
+    let mut loaded = registry.load(&input);
+    let mut logs = std::mem::take(&mut loaded.logs);
+    let schemas: BTreeSet<&str> = loaded.config_context_schemas.iter().map(|s| s.name.as_str()).collect();
+    for context in &loaded.config_contexts {
+        if let Some(schema) = &context.config_context_schema
+            && !schemas.contains(schema.as_str())
+        {
+            logs.push(
+                LogEntry::error("config contexts", format!("ConfigContextSchema {schema} does not exist."))
+                    .about(&context.name),
+            );
+        }
+    }
+    let failed = logs.iter().any(|l| l.level == LogLevel::Error);
+    logs.push(summary(name, failed));
+    Report { loaded, logs }
+}
+
+/// The command: exit 0 when the repository would sync, 1 on any error.
+pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<i32> {
+    let tree = read_dir_tree(&args.path)?;
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::canonicalize(&args.path)?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "repository".to_owned()),
+    };
+    let inventory = args.inventory.as_deref().map(read_inventory).transpose()?;
+    let registry = Registry::with_builtins();
+    if let Some(provides) = &args.provides
+        && let Some(unknown) = provides.iter().find(|p| registry.get(p).is_none())
+    {
+        anyhow::bail!("unknown data type '{unknown}' (see `worker data-types`)");
+    }
+    let mode = if args.scope_mode == Mode::Lenient { ScopeMode::Lenient } else { ScopeMode::Strict };
+    let limits = Limits { max_bytes: args.max_file_bytes, ..Limits::default() };
+    let report = check_tree(&tree, &registry, &name, args.provides, inventory.as_ref(), mode, limits);
+    match args.format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?,
+        Format::Text => print_text(&report, out)?,
+    }
+    Ok(if report.failed() { 1 } else { 0 })
+}
+
+fn print_text(report: &Report, out: &mut impl Write) -> std::io::Result<()> {
+    for log in &report.logs {
+        writeln!(out, "{:<8} {:<24} {}", log.level.as_str(), log.grouping, log.message)?;
+    }
+    let l = &report.loaded;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{} config context schemas, {} config contexts, {} local contexts, {} export templates, {} GraphQL queries, \
+         {} jobs",
+        l.config_context_schemas.len(),
+        l.config_contexts.len(),
+        l.local_contexts.len(),
+        l.export_templates.len(),
+        l.graphql_queries.len(),
+        l.jobs.len()
+    )?;
+    for (identifier, records) in &l.extensions {
+        writeln!(out, "{} {identifier} records", records.len())?;
+    }
+    writeln!(out, "{}", if report.failed() { "FAILURE" } else { "SUCCESS" })
+}
+
+/// `worker data-types`: the registry in refresh order.
+pub fn print_data_types(out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "{:<40} {:<24} {:>6}  folder", "identifier", "name", "weight")?;
+    for t in Registry::with_builtins().types() {
+        writeln!(out, "{:<40} {:<24} {:>6}  {}", t.identifier(), t.name(), t.weight(), t.folder())?;
+    }
+    Ok(())
+}
