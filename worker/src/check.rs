@@ -55,6 +55,12 @@ pub enum Format {
 /// and no `.git` directory.
 pub fn read_dir_tree(root: &Path) -> Result<RepoTree> {
     let mut tree = RepoTree::new();
+    read_dir_into(&mut tree, root)?;
+    Ok(tree)
+}
+
+/// Adds a directory's files to a tree (later directories overlay earlier ones).
+pub fn read_dir_into(tree: &mut RepoTree, root: &Path) -> Result<()> {
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
@@ -78,7 +84,7 @@ pub fn read_dir_tree(root: &Path) -> Result<RepoTree> {
             }
         }
     }
-    Ok(tree)
+    Ok(())
 }
 
 /// Reads an inventory file.
@@ -127,21 +133,22 @@ impl Report {
 
 /// Runs the loaders on a tree the way a sync does, without a database: a schema link must name a schema of this
 /// repository (a fresh Nautobot has no other).
+#[allow(clippy::too_many_arguments)]
 pub fn check_tree(
     tree: &RepoTree,
     registry: &Registry,
     name: &str,
+    slug: &str,
     provides: Option<Vec<String>>,
     inventory: Option<&Inventory>,
     mode: ScopeMode,
     limits: Limits,
 ) -> Report {
-    let slug = slugify_dashes_to_underscores(name);
     let provided = provides.unwrap_or_else(|| registry.present_in(tree));
     let input = LoadInput {
         tree,
         repo_name: name,
-        slug: &slug,
+        slug,
         provided: &provided,
         inventory,
         scope_mode: mode,
@@ -185,7 +192,8 @@ pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<i32> {
     }
     let mode = if args.scope_mode == Mode::Lenient { ScopeMode::Lenient } else { ScopeMode::Strict };
     let limits = Limits { max_bytes: args.max_file_bytes, ..Limits::default() };
-    let report = check_tree(&tree, &registry, &name, args.provides, inventory.as_ref(), mode, limits);
+    let slug = slugify_dashes_to_underscores(&name);
+    let report = check_tree(&tree, &registry, &name, &slug, args.provides, inventory.as_ref(), mode, limits);
     match args.format {
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?,
         Format::Text => print_text(&report, out)?,

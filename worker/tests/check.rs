@@ -1,0 +1,332 @@
+//! The loaders on real trees: Nautobot's own conformance fixtures (built as its test helper builds them, with our
+//! own Python job files) and the real-world repositories, through `worker check`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use gitfleet_shared::inventory::Inventory;
+use gitfleet_shared::job_result::LogLevel;
+use gitfleet_shared::loaders::{Registry, ScopeMode};
+use gitfleet_shared::tree::RepoTree;
+use gitfleet_shared::yaml::Limits;
+use gitfleet_worker::check::{self, CheckArgs, Format, Mode, Report, check_tree, read_dir_into, read_inventory};
+use serde_json::{Value, json};
+
+fn shared_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
+}
+
+fn own_fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// A Nautobot fixture tree: the data files overlaid with our Python files (spec section 0.1).
+fn nautobot_tree(tag_dir: &str) -> RepoTree {
+    let mut tree = RepoTree::new();
+    read_dir_into(&mut tree, &shared_fixtures().join("nautobot-git-data").join(tag_dir)).unwrap();
+    read_dir_into(&mut tree, &own_fixtures().join("nautobot-python").join(tag_dir)).unwrap();
+    tree
+}
+
+fn inventory() -> Inventory {
+    read_inventory(&own_fixtures().join("nautobot-inventory.json")).unwrap()
+}
+
+const ALL: &[&str] = &[
+    "extras.configcontextschema",
+    "extras.configcontext",
+    "extras.job",
+    "extras.exporttemplate",
+    "extras.graphqlquery",
+    "data_validation.data_compliance_rule",
+    "example_app.textfile",
+];
+
+fn run(tree: &RepoTree, inventory: Option<&Inventory>) -> Report {
+    let provides = ALL.iter().map(|s| (*s).to_owned()).collect();
+    check_tree(
+        tree,
+        &Registry::with_builtins(),
+        "Test Git Repository",
+        "test_git_repo",
+        Some(provides),
+        inventory,
+        ScopeMode::Strict,
+        Limits::default(),
+    )
+}
+
+fn schema_validator() -> jsonschema::Validator {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/check-output.schema.json"));
+    jsonschema::draft7::new(&serde_json::from_str(&text.unwrap()).unwrap()).unwrap()
+}
+
+fn assert_schema_valid(report: &Report) {
+    let value = report.to_json();
+    let errors: Vec<String> = schema_validator().iter_errors(&value).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+/// Conformance 1.3 (the first half): valid-files loads exactly the records the tests list.
+#[test]
+fn valid_files_load_exactly_the_listed_records() {
+    let inventory = inventory();
+    let report = run(&nautobot_tree("01-valid-files"), Some(&inventory));
+    assert!(!report.failed(), "{:#?}", report.logs);
+    assert_schema_valid(&report);
+    let json = report.to_json();
+
+    let schema_file =
+        std::fs::read(shared_fixtures().join("nautobot-git-data/01-valid-files/config_context_schemas/schema-1.yaml"));
+    let parsed = gitfleet_shared::yaml::load(&schema_file.unwrap(), &Limits::default()).unwrap();
+    assert_eq!(
+        json["config_context_schemas"],
+        json!([{
+            "name": "Config Context Schema 1",
+            "description": "Schema for defining first names, last names, and ages.",
+            "data_schema": parsed["data_schema"],
+        }])
+    );
+    assert_eq!(
+        json["config_contexts"],
+        json!([
+            {
+                "name": "Frobozz 1000 NTP servers", "weight": 1500,
+                "description": "NTP servers for Frobozz 1000 devices **only**", "is_active": true,
+                "config_context_schema": "Config Context Schema 1",
+                "data": {"ntp-servers": ["172.16.10.22", "172.16.10.33"]},
+                "scope": {"device_types": [{"model": "Frobozz 1000"}]},
+            },
+            {
+                "name": "Location context", "weight": 1000, "description": "", "is_active": false,
+                "config_context_schema": null, "data": {"domain_name": "example.com"},
+                "scope": {"locations": [{"name": "Test Location"}]},
+            },
+        ])
+    );
+    let contexts = &report.loaded.config_contexts;
+    assert_eq!(contexts[0].resolved["device_types"], vec!["dt-frobozz".to_owned()]);
+    assert_eq!(contexts[1].resolved["locations"], vec!["loc-test".to_owned()]);
+    assert_eq!(
+        json["local_contexts"],
+        json!([{"kind": "devices", "name": "test-device", "data": {"dns-servers": ["8.8.8.8"]}}])
+    );
+    assert_eq!(report.loaded.local_contexts[0].target.as_deref(), Some("dev-test"));
+
+    let templates: Vec<(String, String, String, String)> = report
+        .loaded
+        .export_templates
+        .iter()
+        .map(|t| (t.content_type.clone(), t.name.clone(), t.mime_type.clone(), t.file_extension.clone()))
+        .collect();
+    let expected = [
+        ("dcim.device", "template.j2", "text/plain", "j2"),
+        ("dcim.device", "template2.html", "text/html", "html"),
+        ("ipam.vlan", "template.j2", "text/plain", "j2"),
+    ]
+    .map(|(a, b, c, d)| (a.to_owned(), b.to_owned(), c.to_owned(), d.to_owned()));
+    assert_eq!(templates, expected);
+    let queries: Vec<&str> = report.loaded.graphql_queries.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(queries, ["device_interfaces", "device_names"]);
+
+    let jobs: Vec<(&str, &str, &str, bool)> = report
+        .loaded
+        .jobs
+        .iter()
+        .map(|j| (j.module_name.as_str(), j.job_class_name.as_str(), j.name.as_str(), j.installed))
+        .collect();
+    assert_eq!(
+        jobs,
+        [
+            ("test_git_repo.jobs.my_job", "MyJob", "MyJob", true),
+            ("test_git_repo.jobs.my_job", "MyJobButtonReceiver", "MyJobButtonReceiver", true),
+            ("test_git_repo.jobs.my_job", "MyJobHookReceiver", "MyJobHookReceiver", true),
+        ]
+    );
+    assert_eq!(report.loaded.jobs[1].flags["is_job_button_receiver"], json!(true));
+    assert_eq!(report.loaded.jobs[2].flags["is_job_hook_receiver"], json!(true));
+    let last = report.logs.last().unwrap();
+    assert_eq!(last.message, "Data refresh from Test Git Repository complete!");
+}
+
+/// Conformance 1.4: invalid-files fails with each asserted entry exactly once, at its level and grouping.
+#[test]
+fn invalid_files_fail_with_each_asserted_message_once() {
+    let inventory = inventory();
+    let report = run(&nautobot_tree("02-invalid-files"), Some(&inventory));
+    assert!(report.failed());
+    assert_schema_valid(&report);
+    let expected = [
+        (LogLevel::Warning, "config contexts", "Found \"devices\" directory in the repository root"),
+        (LogLevel::Warning, "export templates", "Found \"dcim\" directory in the repository root"),
+        (LogLevel::Warning, "export templates", "Skipping `dcim.nosuchmodel` as it isn't a known content type"),
+        (LogLevel::Warning, "export templates", "Skipping `nosuchapp.device` as it isn't a known content type"),
+        (
+            LogLevel::Error,
+            "config context schemas",
+            "Error in loading config context schema data from `badschema1.json`",
+        ),
+        (
+            LogLevel::Error,
+            "config context schemas",
+            "Error in loading config context schema data from `badschema2.json`: data is missing the required `_metadata` key",
+        ),
+        (LogLevel::Error, "config contexts", "Error in loading config context data from `badcontext1.json`"),
+        (
+            LogLevel::Error,
+            "config contexts",
+            "Error in loading config context data from `badcontext2.json`: data is missing the required `_metadata` key",
+        ),
+        (
+            LogLevel::Error,
+            "config contexts",
+            "Error in loading config context data from `badcontext3.json`: data `_metadata` is missing the required `name` key",
+        ),
+        (
+            LogLevel::Error,
+            "local config contexts",
+            "Error in loading local config context from `devices/nosuchdevice.json`: record not found",
+        ),
+        (LogLevel::Error, "jobs", "Error in loading Jobs from Git repository: "),
+        (
+            LogLevel::Error,
+            "graphql queries",
+            "Error processing GraphQL query file 'bad_device_names.gql': Syntax Error: Expected Name, found '}'",
+        ),
+        (LogLevel::Error, "main", "Failed to refresh data provided by Test Git Repository. Please see logs."),
+    ];
+    for (level, grouping, needle) in expected {
+        let found = report
+            .logs
+            .iter()
+            .filter(|l| l.level == level && l.grouping == grouping && l.message.contains(needle))
+            .count();
+        assert_eq!(found, 1, "{level} / {grouping} / {needle}: {:#?}", report.logs);
+    }
+    // Nothing in the invalid tree would be loaded.
+    let l = &report.loaded;
+    assert!(l.config_context_schemas.is_empty() && l.config_contexts.is_empty() && l.jobs.is_empty());
+    assert!(l.export_templates.is_empty() && l.graphql_queries.is_empty());
+}
+
+/// Conformance 1.1 and the decision of spec e.4.
+#[test]
+fn empty_repo_with_jobs_provided() {
+    let tree = RepoTree::new();
+    let report = run(&tree, None);
+    assert!(report.failed());
+    let no_jobs = report.logs.iter().find(|l| l.grouping == "jobs").unwrap();
+    assert_eq!(no_jobs.level, LogLevel::Error);
+    assert!(no_jobs.message.contains("No `jobs` submodule found"), "{}", no_jobs.message);
+
+    // The same tree for a repository that had jobs: a warning, and the sync goes on (they become uninstalled).
+    let provided: Vec<String> = ALL.iter().map(|s| (*s).to_owned()).collect();
+    let input = gitfleet_shared::loaders::LoadInput {
+        tree: &tree,
+        repo_name: "Test Git Repository",
+        slug: "test_git_repo",
+        provided: &provided,
+        inventory: None,
+        scope_mode: ScopeMode::Strict,
+        limits: Limits::default(),
+        had_jobs: true,
+    };
+    let loaded = Registry::with_builtins().load(&input);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.logs);
+    assert!(loaded.logs.iter().any(|l| l.level == LogLevel::Warning && l.message.contains("no longer installed")));
+}
+
+/// Every real-world repository loads with the outcome the spec predicts for it.
+#[test]
+fn real_world_repositories() {
+    let root = shared_fixtures().join("realworld");
+    let cases: [(&str, bool, [usize; 4], &[&str]); 4] = [
+        // `config_contexts/ip_sla.yml` has `_metadata` without `name`: Nautobot fails the whole sync on it.
+        (
+            "byrn-baker__Nautobot-Workshop",
+            false,
+            [6, 11, 13, 0],
+            &[
+                "Error in loading config context data from `ip_sla.yml`: data `_metadata` is missing the required `name` key.",
+            ],
+        ),
+        // jobs/ holds only templates (its Python is not in the fixture) and the root has no __init__.py: the
+        // "No jobs were registered" warning, no failure (spec h.3).
+        (
+            "byrn-baker__blog-sandbox",
+            true,
+            [2, 9, 0, 0],
+            &["No jobs were registered on loading the `byrn_baker__blog_sandbox.jobs` submodule."],
+        ),
+        // Implicit location contexts and device local contexts with `_metadata` kept as data.
+        ("byrn-baker__blog-sandbox@09adccd", true, [3, 10, 3, 0], &[]),
+        ("byrn-baker__blog-sandbox@c2c608c", true, [3, 10, 3, 1], &[]),
+    ];
+    for (dir, success, [schemas, contexts, locals, queries], needles) in cases {
+        let path = root.join(dir);
+        let tree = check::read_dir_tree(&path).unwrap();
+        let registry = Registry::with_builtins();
+        let slug = gitfleet_shared::repo::slugify_dashes_to_underscores(dir);
+        let report = check_tree(&tree, &registry, dir, &slug, None, None, ScopeMode::Strict, Limits::default());
+        assert_eq!(!report.failed(), success, "{dir}: {:#?}", report.logs);
+        assert_schema_valid(&report);
+        let l = &report.loaded;
+        let counts =
+            [l.config_context_schemas.len(), l.config_contexts.len(), l.local_contexts.len(), l.graphql_queries.len()];
+        assert_eq!(counts, [schemas, contexts, locals, queries], "{dir}");
+        for needle in needles {
+            assert!(report.logs.iter().any(|e| e.message.contains(needle)), "{dir}: no log with {needle:?}");
+        }
+        // Every schema link names a schema of the same repository.
+        for c in &l.config_contexts {
+            if let Some(schema) = &c.config_context_schema {
+                assert!(l.config_context_schemas.iter().any(|s| &s.name == schema), "{dir}: {schema}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_command_exits_1_on_errors_and_prints_the_contract() {
+    let tmp = tempfile::tempdir().unwrap();
+    let valid = tmp.path().join("valid");
+    copy_dir(&shared_fixtures().join("nautobot-git-data/01-valid-files"), &valid);
+    copy_dir(&own_fixtures().join("nautobot-python/01-valid-files"), &valid);
+    let args = |path: &Path, format| CheckArgs {
+        path: path.to_owned(),
+        name: Some("Test Git Repository".into()),
+        provides: None,
+        inventory: Some(own_fixtures().join("nautobot-inventory.json")),
+        scope_mode: Mode::Strict,
+        max_file_bytes: Limits::default().max_bytes,
+        format,
+    };
+    let mut out = Vec::new();
+    assert_eq!(check::run(args(&valid, Format::Json), &mut out).unwrap(), 0);
+    let json: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(json["status"], "SUCCESS");
+    assert!(schema_validator().is_valid(&json));
+    assert_eq!(json["jobs"][0]["module_name"], "test_git_repository.jobs.my_job", "slug from --name");
+
+    let invalid = tmp.path().join("invalid");
+    copy_dir(&shared_fixtures().join("nautobot-git-data/02-invalid-files"), &invalid);
+    copy_dir(&own_fixtures().join("nautobot-python/02-invalid-files"), &invalid);
+    let mut out = Vec::new();
+    assert_eq!(check::run(args(&invalid, Format::Text), &mut out).unwrap(), 1);
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.trim_end().ends_with("FAILURE"), "{text}");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
