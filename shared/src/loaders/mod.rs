@@ -287,3 +287,6 @@ pub(crate) fn value_text(value: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! Rule by rule, on small in-memory trees.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::inventory::ScopeObject;
+
+const ALL: &[&str] = &[
+    "extras.configcontextschema",
+    "extras.configcontext",
+    "extras.job",
+    "extras.exporttemplate",
+    "extras.graphqlquery",
+];
+
+fn tree(files: &[(&str, &str)]) -> RepoTree {
+    let mut tree = RepoTree::new();
+    for (path, content) in files {
+        tree.add_file(path, content.as_bytes().to_vec(), None).unwrap();
+    }
+    tree
+}
+
+fn load_with(tree: &RepoTree, inventory: Option<&Inventory>, mode: ScopeMode, limits: Limits) -> Loaded {
+    let provided: Vec<String> = ALL.iter().map(|s| (*s).to_owned()).collect();
+    let input = LoadInput {
+        tree,
+        repo_name: "Repo",
+        slug: "repo",
+        provided: &provided,
+        inventory,
+        scope_mode: mode,
+        limits,
+        had_jobs: true,
+    };
+    Registry::with_builtins().load(&input)
+}
+
+fn load(tree: &RepoTree) -> Loaded {
+    load_with(tree, None, ScopeMode::Strict, Limits::default())
+}
+
+fn messages(loaded: &Loaded, level: LogLevel) -> Vec<String> {
+    loaded.logs.iter().filter(|l| l.level == level).map(|l| l.message.clone()).collect()
+}
+
+#[test]
+fn explicit_list_file_yields_one_context_per_item() {
+    let t = tree(&[(
+        "config_contexts/many.yaml",
+        "- _metadata: {name: A}\n  x: 1\n- _metadata: {name: B, weight: 10, is_active: false}\n  y: 2\n",
+    )]);
+    let loaded = load(&t);
+    assert!(!loaded.has_errors());
+    let names: Vec<_> = loaded.config_contexts.iter().map(|c| (c.name.as_str(), c.weight, c.is_active)).collect();
+    assert_eq!(names, [("A", 1000, true), ("B", 10, false)]);
+    assert_eq!(loaded.config_contexts[0].data, json!({"x": 1}));
+}
+
+#[test]
+fn dotfiles_and_symlinks_are_skipped_never_read() {
+    let mut t = tree(&[("config_contexts/.gitkeep", ""), ("graphql_queries/.DS_Store", "\0\0")]);
+    t.add_symlink("config_contexts/outside.yaml").unwrap();
+    let loaded = load(&t);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.logs);
+    let warnings = messages(&loaded, LogLevel::Warning);
+    assert!(warnings.iter().any(|w| w.contains("config_contexts/.gitkeep") && w.contains("dotfiles")));
+    assert!(warnings.iter().any(|w| w.contains("outside.yaml") && w.contains("symbolic links are not followed")));
+}
+
+#[test]
+fn implicit_files_are_named_by_stem_and_scoped_by_filter() {
+    let t = tree(&[
+        ("config_contexts/device_types/Frobozz 1000.yaml", "_metadata: {name: Frobozz}\nntp: [1]\n"),
+        ("config_contexts/roles/Active Test.v2.yaml", "_metadata:\n  name: Role ctx\n  roles: [{name: Other}]\nk: v\n"),
+    ]);
+    let loaded = load(&t);
+    let by_name = |n: &str| loaded.config_contexts.iter().find(|c| c.name == n).unwrap().clone();
+    assert_eq!(by_name("Frobozz").scope["device_types"], vec![json!({"model": "Frobozz 1000"})]);
+    assert_eq!(by_name("Role ctx").scope["roles"], vec![json!({"name": "Other"}), json!({"name": "Active Test.v2"})]);
+    assert!(loaded.logs.iter().any(|l| l.message
+        == "Loading config context, filter `device_types = [model: \"Frobozz 1000\"]`, from `device_types/Frobozz 1000.yaml`"));
+}
+
+#[test]
+fn lookups_resolve_strictly_against_the_inventory() {
+    let inv = Inventory::new([ScopeObject {
+        kind: "tenant".into(),
+        id: Some("t1".into()),
+        fields: json!({"name": "Acme"}).as_object().unwrap().clone(),
+    }]);
+    let t = tree(&[
+        ("config_contexts/tenants/Acme.yaml", "_metadata: {name: ok}\n"),
+        ("config_contexts/tenants/Nobody.yaml", "_metadata: {name: missing}\n"),
+    ]);
+    let strict = load_with(&t, Some(&inv), ScopeMode::Strict, Limits::default());
+    assert_eq!(strict.config_contexts.len(), 1);
+    assert_eq!(strict.config_contexts[0].resolved["tenants"], vec!["t1".to_owned()]);
+    assert_eq!(
+        messages(&strict, LogLevel::Error),
+        vec![
+        "Error in loading config context data from `Nobody.yaml`: No matching Tenant found for {'name': 'Nobody'}; \
+         unable to create/update context missing"
+            .to_owned()
+    ]
+    );
+    let lenient = load_with(&t, Some(&inv), ScopeMode::Lenient, Limits::default());
+    assert!(!lenient.has_errors());
+    assert_eq!(lenient.config_contexts.len(), 2);
+    assert!(messages(&lenient, LogLevel::Warning).iter().any(|w| w.contains("unresolved")));
+}
+
+#[test]
+fn deprecated_schema_key_and_metadata_defaults() {
+    let t = tree(&[("config_contexts/a.json", r#"{"_metadata": {"name": "A", "schema": "S"}, "_private": 1}"#)]);
+    let loaded = load(&t);
+    let context = &loaded.config_contexts[0];
+    assert_eq!(context.config_context_schema.as_deref(), Some("S"));
+    assert_eq!((context.weight, context.description.as_str(), context.is_active), (1000, "", true));
+    assert_eq!(context.data, json!({"_private": 1}), "keys starting with _ are data, _metadata is not");
+    let deprecation = loaded.logs.iter().find(|l| l.level == LogLevel::Warning).unwrap();
+    assert_eq!(deprecation.grouping, "config context");
+    assert_eq!(
+        deprecation.message,
+        "`schema` is deprecated in `_metadata`, please use `config_context_schema` instead."
+    );
+}
+
+#[test]
+fn bad_metadata_values_are_errors_not_database_failures() {
+    let t = tree(&[
+        ("config_contexts/w.yaml", "_metadata: {name: W, weight: 40000}\n"),
+        ("config_contexts/x.yaml", "_metadata: {name: X, is_active: maybe}\n"),
+        ("config_contexts/y.yaml", "_metadata: {name: Y, roles: edge}\n"),
+        ("config_contexts/z.yaml", "just a string\n"),
+    ]);
+    let errors = messages(&load(&t), LogLevel::Error);
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors[0].contains("weight 40000 is out of range"));
+    assert!(errors[1].contains("is_active must be true or false"));
+    assert!(errors[2].contains("`_metadata.roles` must be a list"));
+    assert!(errors[3].ends_with("data must be a dict or list of dicts"));
+}
+
+#[test]
+fn schemas_must_be_draft7_objects() {
+    let t = tree(&[
+        (
+            "config_context_schemas/ok.yaml",
+            "_metadata: {name: OK}\ndata_schema: {type: object, properties: {a: {type: string}}}\n",
+        ),
+        ("config_context_schemas/array.yaml", "_metadata: {name: Arr}\ndata_schema: {type: array}\n"),
+        (
+            "config_context_schemas/bad.yaml",
+            "_metadata: {name: Bad}\ndata_schema: {type: object, properties: {}, minProperties: -1}\n",
+        ),
+        ("config_context_schemas/none.yaml", "_metadata: {name: None}\n"),
+        (
+            "config_context_schemas/list.yaml",
+            "- _metadata: {name: L1}\n  data_schema: {type: object, properties: {}}\n- 5\n",
+        ),
+    ]);
+    let loaded = load(&t);
+    let names: Vec<_> = loaded.config_context_schemas.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["OK"], "a list stops at its first bad item, and a failed file loads nothing");
+    let errors = messages(&loaded, LogLevel::Error);
+    assert!(errors.iter().any(|e| e.contains("`array.yaml`") && e.contains("must be of type object")));
+    assert!(errors.iter().any(|e| e.contains("`bad.yaml`") && e.contains("data_schema:")));
+    assert!(errors.iter().any(|e| e.contains("`none.yaml`") && e.contains("`data_schema`")));
+    assert!(errors.iter().any(|e| e.contains("`list.yaml`") && e.contains("each item in list data must be a dict")));
+}
+
+#[test]
+fn size_limit_utf8_and_alias_bombs_are_clear_errors() {
+    let big = "a: 1\n".repeat(20);
+    let mut t = tree(&[("config_contexts/big.yaml", &big)]);
+    t.add_file("config_contexts/latin1.yaml", b"_metadata: {name: caf\xe9}\n".to_vec(), None).unwrap();
+    let limits = Limits { max_bytes: 50, ..Limits::default() };
+    let errors = messages(&load_with(&t, None, ScopeMode::Strict, limits), LogLevel::Error);
+    assert!(errors.iter().any(|e| e.contains("`big.yaml`") && e.contains("over the limit of 50 bytes")), "{errors:#?}");
+    assert!(errors.iter().any(|e| e.contains("`latin1.yaml`") && e.contains("not valid UTF-8")), "{errors:#?}");
+
+    let mut bomb = String::from("_metadata: {name: bomb}\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for n in 1..10 {
+        let p = n - 1;
+        bomb.push_str(&format!("a{n}: &a{n} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+    }
+    let t = tree(&[("config_contexts/bomb.yaml", &bomb)]);
+    let limits = Limits { max_nodes: 10_000, ..Limits::default() };
+    let errors = messages(&load_with(&t, None, ScopeMode::Strict, limits), LogLevel::Error);
+    assert!(errors[0].contains("alias bomb"), "{errors:#?}");
+}
+
+#[test]
+fn a_fifty_megabyte_file_is_refused_with_the_default_limit() {
+    let mut t = RepoTree::new();
+    t.add_file("config_contexts/huge.json", vec![b' '; 50 * 1024 * 1024], None).unwrap();
+    let errors = messages(&load(&t), LogLevel::Error);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("52428800 bytes, over the limit of 10485760 bytes"), "{errors:#?}");
+}
+
+#[test]
+fn export_templates_name_mime_extension_and_unknown_types() {
+    let t = tree(&[
+        ("export_templates/dcim/device/README", "x"),
+        ("export_templates/dcim/device/inventory.csv", "a,b"),
+        ("export_templates/dcim/virtualmachine/x.j2", "x"),
+        ("export_templates/virtualization/virtualmachine/vm.j2", "{{ queryset }}"),
+        ("export_templates/loose.j2", "ignored"),
+    ]);
+    let loaded = load(&t);
+    let rows: Vec<_> = loaded
+        .export_templates
+        .iter()
+        .map(|t| (t.content_type.as_str(), t.name.as_str(), t.mime_type.as_str(), t.file_extension.as_str()))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("dcim.device", "README", "text/plain", "README"),
+            ("dcim.device", "inventory.csv", "text/csv", "csv"),
+            ("virtualization.virtualmachine", "vm.j2", "text/plain", "j2"),
+        ]
+    );
+    let warnings: Vec<_> =
+        loaded.logs.iter().filter(|l| l.grouping == "export templates" && l.level == LogLevel::Warning).collect();
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].message, "Skipping `dcim.virtualmachine` as it isn't a known content type");
+}
+
+#[test]
+fn graphql_names_and_variables() {
+    let t = tree(&[
+        ("graphql_queries/x.graphql", "  query ($n: String = \"a\") { devices(name: $n) { name } }\n"),
+        ("graphql_queries/y.gql", "{ devices { name } }"),
+    ]);
+    let loaded = load(&t);
+    let names: Vec<_> = loaded.graphql_queries.iter().map(|q| q.name.as_str()).collect();
+    assert_eq!(names, ["x.graphql", "y"]);
+    assert!(loaded.graphql_queries[0].query.starts_with("query"), "content is stripped");
+    assert_eq!(Value::Object(loaded.graphql_queries[0].variables.clone()), json!({"n": "a"}));
+}
+
+#[test]
+fn jobs_meta_grouping_and_registration_forms() {
+    let t = tree(&[
+        ("__init__.py", ""),
+        (
+            "jobs/__init__.py",
+            "from nautobot.apps.jobs import register_jobs\nfrom .a import First\nfrom .sub.b import *\nimport os\n\nJOBS = [First]\nregister_jobs(*JOBS)\n",
+        ),
+        (
+            "jobs/a.py",
+            "from nautobot.apps.jobs import Job\n\nname = \"Backups\"\n\nclass First(Job):\n    class Meta:\n        name = \"First job\"\n        description = \"\"\"\n            Line one.\n              Line two.\n        \"\"\"\n        dryrun_default = True\n        soft_time_limit = 30\n\nclass Unregistered(Job):\n    pass\n",
+        ),
+        ("jobs/sub/__init__.py", ""),
+        (
+            "jobs/sub/b.py",
+            "from nautobot.apps import jobs\n\nclass Second(jobs.Job):\n    pass\n\njobs.register_jobs(Second)\n",
+        ),
+        (
+            "jobs/external.py",
+            "from somewhere import Foreign\nfrom nautobot.apps.jobs import register_jobs\nregister_jobs(Foreign)\n",
+        ),
+    ]);
+    let loaded = load(&t);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.logs);
+    let jobs: Vec<_> = loaded
+        .jobs
+        .iter()
+        .map(|j| (j.module_name.as_str(), j.job_class_name.as_str(), j.name.as_str(), j.grouping.as_str()))
+        .collect();
+    assert_eq!(
+        jobs,
+        [("repo.jobs.a", "First", "First job", "Backups"), ("repo.jobs.sub.b", "Second", "Second", "repo.jobs.sub.b"),]
+    );
+    assert_eq!(loaded.jobs[0].description, "Line one.\n  Line two.");
+    assert_eq!(loaded.jobs[0].flags["dryrun_default"], json!(true));
+    assert_eq!(loaded.jobs[0].flags["soft_time_limit"], json!(30));
+}
+
+#[test]
+fn jobs_py_module_and_missing_root_package() {
+    let t = tree(&[
+        ("__init__.py", ""),
+        ("jobs.py", "from nautobot.apps.jobs import Job, register_jobs\nclass J(Job):\n    pass\nregister_jobs(J)\n"),
+    ]);
+    let loaded = load(&t);
+    assert_eq!(loaded.jobs.len(), 1);
+    assert_eq!((loaded.jobs[0].module_name.as_str(), loaded.jobs[0].job_class_name.as_str()), ("repo.jobs", "J"));
+
+    let t = tree(&[("jobs/__init__.py", "register_jobs(J)\nclass J: pass\n")]);
+    let loaded = load(&t);
+    assert!(loaded.jobs.is_empty() && !loaded.has_errors());
+    assert!(
+        messages(&loaded, LogLevel::Warning)[0]
+            .starts_with("No jobs were registered on loading the `repo.jobs` submodule.")
+    );
+
+    let t = tree(&[("__init__.py", ""), ("jobs/__init__.py", "def broken(:\n")]);
+    let errors = messages(&load(&t), LogLevel::Error);
+    assert!(
+        errors[0].starts_with("Error in loading Jobs from Git repository: ")
+            && errors[0].contains("(__init__.py, line 1)"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn every_registered_type_runs_and_unprovided_types_load_nothing() {
+    let t = tree(&[("config_contexts/a.yaml", "_metadata: {name: A}\n")]);
+    let provided = vec!["extras.graphqlquery".to_owned()];
+    let input = LoadInput {
+        tree: &t,
+        repo_name: "Repo",
+        slug: "repo",
+        provided: &provided,
+        inventory: None,
+        scope_mode: ScopeMode::Strict,
+        limits: Limits::default(),
+        had_jobs: false,
+    };
+    let registry = Registry::with_builtins();
+    let loaded = registry.load(&input);
+    assert!(loaded.config_contexts.is_empty());
+    let refreshing: Vec<_> =
+        loaded.logs.iter().filter(|l| l.message.starts_with("Refreshing ")).map(|l| l.message.as_str()).collect();
+    assert_eq!(
+        refreshing,
+        [
+            "Refreshing data provided by Repo...",
+            "Refreshing config context schemas...",
+            "Refreshing config contexts...",
+            "Refreshing jobs...",
+            "Refreshing export templates...",
+            "Refreshing graphql queries...",
+            "Refreshing data compliance rules...",
+            "Refreshing text files...",
+        ]
+    );
+    assert_eq!(loaded.loaded_types.iter().collect::<Vec<_>>(), ["extras.graphqlquery"]);
+    let order: Vec<_> = registry.types().map(|t| (t.weight(), t.name())).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted);
+}
+
+#[test]
+fn the_example_extension_loads_its_folder() {
+    let t = tree(&[("text_files/a.txt", "hello"), ("text_files/b.md", "ignored")]);
+    let provided = vec!["example_app.textfile".to_owned()];
+    let input = LoadInput {
+        tree: &t,
+        repo_name: "Repo",
+        slug: "repo",
+        provided: &provided,
+        inventory: None,
+        scope_mode: ScopeMode::Strict,
+        limits: Limits::default(),
+        had_jobs: false,
+    };
+    let loaded = Registry::with_builtins().load(&input);
+    assert_eq!(
+        loaded.extensions["example_app.textfile"],
+        vec![ExtensionRecord { key: "a.txt".into(), data: json!({"content": "hello"}) }]
+    );
+    assert!(loaded.logs.iter().any(|l| l.message == "Refreshed text files"));
+}
