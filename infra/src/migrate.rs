@@ -8,7 +8,10 @@ use deadpool_postgres::{Object, Pool};
 use thiserror::Error;
 
 /// `(version, name, sql)` in order. Append only; never edit an applied one.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (2, "data_types", include_str!("../../migrations/0002_data_types.sql")),
+];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6769_7466_6c65_6574;
@@ -24,6 +27,11 @@ pub enum MigrateError {
     Changed { version: i32, name: &'static str, found: String, expected: String },
     #[error("the database is at migration {0}, newer than this build knows; upgrade this binary")]
     TooNew(i32),
+}
+
+/// The newest migration this build knows.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
 }
 
 /// FNV-1a, enough to notice an edited migration file.

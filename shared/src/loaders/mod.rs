@@ -78,6 +78,9 @@ pub struct Loaded {
     pub loaded_types: BTreeSet<String>,
     #[serde(skip)]
     pub logs: Vec<LogEntry>,
+    /// Where each type's log lines end in `logs` (identifier, index): the reconciler's lines for a type go there.
+    #[serde(skip)]
+    pub sections: Vec<(String, usize)>,
 }
 
 impl Loaded {
@@ -186,6 +189,7 @@ impl Registry {
                 data_type.load(input, &mut out);
                 out.loaded_types.insert(data_type.identifier().to_owned());
             }
+            out.sections.push((data_type.identifier().to_owned(), out.logs.len()));
         }
         out.sort();
         out
