@@ -34,6 +34,9 @@ pub enum Command {
     /// Inspect JobResults.
     #[command(subcommand, name = "job-result")]
     JobResult(JobResultCommand),
+    /// Manage the scope inventory that config context lookups resolve against.
+    #[command(subcommand)]
+    Inventory(InventoryCommand),
     /// Publish recorded events to RabbitMQ (runs until SIGTERM or Ctrl-C).
     Relay {
         #[command(flatten)]
@@ -121,6 +124,19 @@ pub struct SyncArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum InventoryCommand {
+    /// Import scope objects from JSON: a list of {kind, id?, fields}, or {"objects": [...]}.
+    Import {
+        file: std::path::PathBuf,
+        /// First remove every stored object of the kinds in the file.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Count stored objects per kind.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum JobResultCommand {
     /// Print a JobResult and its log; exits 1 if it FAILED.
     Show {
@@ -155,6 +171,7 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
             Ok(0)
         }
         Command::Migrate => Ok(0),
+        Command::Inventory(command) => inventory(pool, command, out).await,
     }
 }
 
@@ -222,6 +239,54 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
             Ok(err.exit_code())
         }
     }
+}
+
+async fn inventory(pool: &Pool, command: InventoryCommand, out: &mut impl Write) -> anyhow::Result<i32> {
+    use gitfleet_infra::store::inventory::{self, ImportError};
+    let mut client = pool.get().await?;
+    match command {
+        InventoryCommand::Import { file, replace } => {
+            let objects = match read_objects(&file) {
+                Ok(objects) => objects,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    return Ok(2);
+                }
+            };
+            let tx = client.transaction().await?;
+            match inventory::import(&*tx, &objects, replace).await {
+                Ok(n) => {
+                    tx.commit().await?;
+                    writeln!(out, "imported {n} scope objects")?;
+                    Ok(0)
+                }
+                Err(ImportError::Invalid(message)) => {
+                    eprintln!("error: {message}");
+                    Ok(2)
+                }
+                Err(err) => Err(err.into()),
+            }
+        }
+        InventoryCommand::List => {
+            for row in client.query("SELECT kind, count(*) FROM scope_object GROUP BY kind ORDER BY kind", &[]).await? {
+                writeln!(out, "{}\t{}", row.get::<_, String>(0), row.get::<_, i64>(1))?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn read_objects(path: &std::path::Path) -> anyhow::Result<Vec<gitfleet_shared::inventory::ScopeObject>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let list = match value {
+        serde_json::Value::Object(mut map) => map.remove("objects").unwrap_or_default(),
+        other => other,
+    };
+    serde_json::from_value(list)
+        .with_context(|| format!("{}: expected a list of {{kind, id?, fields}}", path.display()))
 }
 
 async fn show(

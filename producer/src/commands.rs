@@ -293,9 +293,9 @@ pub async fn update(
         return Err(CommandError::Invalid(errors));
     }
 
-    // A new remote or branch means the old head says nothing about the new source (spec a.3 step 8).
-    let reset_head = next.remote_url != current.remote_url || next.branch != current.branch;
-    let row = repository::update(&*tx, &next, reset_head).await.map_err(map_write_error)?;
+    // Unlike Nautobot's clean() (spec a.3 step 8) a new remote or branch keeps `current_head`: it always names the
+    // commit whose records are live, which stays true until a sync of the new definition succeeds.
+    let row = repository::update(&*tx, &next).await.map_err(map_write_error)?;
     let outcome = emit(&*tx, EventKind::Update, &row, None, &requested_by).await?;
     tx.commit().await.map_err(map_write_error)?;
     Ok(outcome)

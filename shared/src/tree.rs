@@ -21,10 +21,18 @@ pub enum EntryKind {
 
 #[derive(Debug, Clone)]
 enum Node {
-    File { bytes: Arc<[u8]>, blob_id: Option<String> },
+    File {
+        bytes: Arc<[u8]>,
+        blob_id: Option<String>,
+    },
     Dir,
     Symlink,
     Submodule,
+    /// A file over the size limit: its content was never read.
+    Oversized {
+        size: usize,
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -40,6 +48,8 @@ pub enum TreeError {
     Symlink(String),
     #[error("'{0}' is a git submodule, which has no content in this repository")]
     Submodule(String),
+    #[error("file is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
 }
 
 /// One directory entry.
@@ -87,6 +97,11 @@ impl RepoTree {
         self.add(path, Node::File { bytes: bytes.into(), blob_id })
     }
 
+    /// A file too large to read: loaders that need it report the size instead.
+    pub fn add_oversized(&mut self, path: &str, size: usize, limit: usize) -> Result<(), TreeError> {
+        self.add(path, Node::Oversized { size, limit })
+    }
+
     pub fn add_dir(&mut self, path: &str) -> Result<(), TreeError> {
         self.add(path, Node::Dir)
     }
@@ -104,7 +119,7 @@ impl RepoTree {
             return Some(EntryKind::Dir);
         }
         self.nodes.get(path).map(|n| match n {
-            Node::File { .. } => EntryKind::File,
+            Node::File { .. } | Node::Oversized { .. } => EntryKind::File,
             Node::Dir => EntryKind::Dir,
             Node::Symlink => EntryKind::Symlink,
             Node::Submodule => EntryKind::Submodule,
@@ -140,7 +155,7 @@ impl RepoTree {
         self.nodes
             .range(prefix.clone()..)
             .take_while(|(path, _)| path.starts_with(&prefix))
-            .filter(|(_, node)| matches!(node, Node::File { .. }))
+            .filter(|(_, node)| matches!(node, Node::File { .. } | Node::Oversized { .. }))
             .map(|(path, _)| path.clone())
             .collect()
     }
@@ -151,6 +166,7 @@ impl RepoTree {
             Some(Node::Dir) => Err(TreeError::IsADirectory(path.to_owned())),
             Some(Node::Symlink) => Err(TreeError::Symlink(path.to_owned())),
             Some(Node::Submodule) => Err(TreeError::Submodule(path.to_owned())),
+            Some(Node::Oversized { size, limit }) => Err(TreeError::TooLarge { size: *size, limit: *limit }),
             None => Err(TreeError::NotFound(path.to_owned())),
         }
     }
@@ -164,7 +180,7 @@ impl RepoTree {
 
     /// Number of files.
     pub fn file_count(&self) -> usize {
-        self.nodes.values().filter(|n| matches!(n, Node::File { .. })).count()
+        self.nodes.values().filter(|n| matches!(n, Node::File { .. } | Node::Oversized { .. })).count()
     }
 }
 

@@ -22,12 +22,36 @@ pub struct WorkerSettings {
     /// Name recorded on JobResults and lock holdings. Default: `<hostname>-<pid>`.
     #[arg(long = "worker-name", env = "GITFLEET_WORKER_NAME")]
     pub name: Option<String>,
+    /// Scope lookups that match no inventory object: `strict` fails the file (as Nautobot), `lenient` stores them
+    /// unresolved with a warning.
+    #[arg(long, env = "GITFLEET_SCOPE_MODE", value_enum, default_value_t = ScopeModeArg::Strict)]
+    pub scope_mode: ScopeModeArg,
+    /// Largest data file a sync reads, in bytes; a larger one is an error naming the file.
+    #[arg(long, env = "GITFLEET_MAX_FILE_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_bytes)]
+    pub max_file_bytes: usize,
     /// On SIGTERM, how long in-flight events may take to finish before they are handed back.
     #[arg(long, env = "GITFLEET_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeModeArg {
+    Strict,
+    Lenient,
+}
+
 impl WorkerSettings {
+    pub fn scope_mode(&self) -> gitfleet_shared::loaders::ScopeMode {
+        match self.scope_mode {
+            ScopeModeArg::Strict => gitfleet_shared::loaders::ScopeMode::Strict,
+            ScopeModeArg::Lenient => gitfleet_shared::loaders::ScopeMode::Lenient,
+        }
+    }
+
+    pub fn limits(&self) -> gitfleet_shared::yaml::Limits {
+        gitfleet_shared::yaml::Limits { max_bytes: self.max_file_bytes, ..Default::default() }
+    }
+
     pub fn git_root(&self) -> PathBuf {
         self.git_root.clone().unwrap_or_else(|| {
             let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);

@@ -29,6 +29,9 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         git_root: settings.git_root(),
         worker_name: settings.worker_name(),
         topology: Topology::new(&settings.amqp),
+        registry: Arc::new(gitfleet_shared::loaders::Registry::with_builtins()),
+        scope_mode: settings.scope_mode(),
+        limits: settings.limits(),
     });
     std::fs::create_dir_all(&ctx.git_root)?;
     tracing::info!(worker = %ctx.worker_name, git_root = %ctx.git_root.display(), prefetch = settings.prefetch, "worker starting");

@@ -8,8 +8,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use git2::{AutotagOption, FetchOptions, FetchPrune, Oid, Repository, RepositoryInitOptions};
+use git2::{
+    AutotagOption, FetchOptions, FetchPrune, ObjectType, Oid, Repository, RepositoryInitOptions, TreeWalkMode,
+    TreeWalkResult,
+};
 use gitfleet_shared::repo::{Branch, RefError, check_ref};
+use gitfleet_shared::tree::RepoTree;
 use thiserror::Error;
 
 const REMOTE: &str = "origin";
@@ -111,6 +115,43 @@ impl Mirror {
         let (repo, cloned) = self.open_or_clone(url)?;
         let (head, kind) = resolve(&repo, branch, pinned)?;
         Ok(Checkout { head, kind, cloned })
+    }
+
+    /// The tree of `commit` in memory, for the loaders: blobs with their ids, symbolic links and submodules as
+    /// entries only, and files over `max_file_bytes` as oversized entries that are never read.
+    pub fn read_tree(&self, commit: &str, max_file_bytes: usize) -> Result<RepoTree, GitError> {
+        let repo = Repository::open_bare(self.path())?;
+        let commit = repo.find_commit(Oid::from_str(commit)?)?;
+        let mut out = RepoTree::new();
+        let mut failure = None;
+        commit.tree()?.walk(TreeWalkMode::PreOrder, |root, entry| {
+            let name = String::from_utf8_lossy(entry.name_bytes());
+            let path = format!("{root}{name}");
+            let added = match entry.kind() {
+                Some(ObjectType::Tree) => out.add_dir(&path),
+                Some(ObjectType::Commit) => out.add_submodule(&path),
+                Some(ObjectType::Blob) if entry.filemode() == 0o120_000 => out.add_symlink(&path),
+                Some(ObjectType::Blob) => match repo.find_blob(entry.id()) {
+                    Ok(blob) if blob.size() > max_file_bytes => out.add_oversized(&path, blob.size(), max_file_bytes),
+                    Ok(blob) => out.add_file(&path, blob.content().to_vec(), Some(entry.id().to_string())),
+                    Err(err) => {
+                        failure = Some(GitError::from(err));
+                        return TreeWalkResult::Abort;
+                    }
+                },
+                _ => Ok(()),
+            };
+            if let Err(err) = added {
+                // A path no loader may read (it cannot come from git, but the tree refuses it anyway).
+                tracing::warn!(path = %path, error = %err, "skipping an unsafe path");
+                return TreeWalkResult::Skip;
+            }
+            TreeWalkResult::Ok
+        })?;
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
     }
 
     /// Removes the mirror. Returns false if there was none.

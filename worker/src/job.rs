@@ -5,20 +5,28 @@ use std::path::PathBuf;
 
 use deadpool_postgres::Pool;
 use gitfleet_infra::amqp::{Publisher, Topology};
+use gitfleet_infra::store::inventory;
 use gitfleet_infra::store::job_result::{self, NewJobResult, StartOutcome};
 use gitfleet_infra::store::repository::{self, RepositoryRow};
 use gitfleet_shared::event::{Event, EventKind};
+use gitfleet_shared::job_result::LogLevel;
 use gitfleet_shared::job_result::{
     DELETE_TASK_NAME, DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME, JobStatus, LogEntry, SYNC_JOB_NAME, SYNC_TASK_NAME, grouping,
 };
+use gitfleet_shared::loaders::{LoadInput, Loaded, Registry, ScopeMode, summary};
 use gitfleet_shared::repo::Branch;
 use gitfleet_shared::sanitize::sanitize;
+use gitfleet_shared::tree::RepoTree;
+use gitfleet_shared::yaml::Limits;
 use serde_json::json;
+use std::sync::Arc;
 use thiserror::Error;
+use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::git::{GitError, Mirror};
 use crate::lock::{LockError, RepoLock};
+use crate::reconcile::{self, Owner};
 
 /// What the consumer does with the message once the event has been handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +59,9 @@ pub struct JobContext {
     pub git_root: PathBuf,
     pub worker_name: String,
     pub topology: Topology,
+    pub registry: Arc<Registry>,
+    pub scope_mode: ScopeMode,
+    pub limits: Limits,
 }
 
 /// Writes JobLogEntries as they happen, each on its own (auto-commit) so they survive a rolled-back sync.
@@ -178,9 +189,7 @@ async fn sync(
     log: &JobLog<'_>,
 ) -> Result<Notification, TransientError> {
     log.write(LogEntry::info(grouping::INITIALIZATION, "Running job")).await?;
-    let Some(repo) = current_definition(lock, event, log).await? else {
-        return Ok(None);
-    };
+    let Some(repo) = current_definition(lock, event, log).await? else { return Ok(None) };
     let name = repo.name.as_str();
     log.write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"...")))
         .await?;
@@ -192,18 +201,25 @@ async fn sync(
         .await?;
     }
 
-    let checkout = match Branch::parse(repo.branch.clone()) {
+    // Fetch and resolve the ref, then read the commit's tree into memory, off the reactor.
+    let mirror = Mirror::new(&ctx.git_root, &repo.slug);
+    let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
         Ok(branch) => {
-            let mirror = Mirror::new(&ctx.git_root, &repo.slug);
-            let url = repo.remote_url.clone();
+            let (url, max) = (repo.remote_url.clone(), ctx.limits.max_bytes);
             let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || span.in_scope(|| mirror.fetch_and_checkout(&url, &branch, None)))
-                .await?
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| {
+                    let checkout = mirror.fetch_and_checkout(&url, &branch, None)?;
+                    let tree = mirror.read_tree(&checkout.head, max)?;
+                    Ok::<_, GitError>((checkout, tree))
+                })
+            })
+            .await?
         }
     };
-    let checkout = match checkout {
-        Ok(checkout) => checkout,
+    let (checkout, tree) = match fetched {
+        Ok(done) => done,
         Err(err) => {
             let message = err.to_string();
             log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
@@ -214,27 +230,62 @@ async fn sync(
         }
     };
 
-    let head = checkout.head.as_str();
+    let head = checkout.head.clone();
     log.write(LogEntry::info(grouping::ENSURE, "Repository successfully refreshed")).await?;
     log.write(
         LogEntry::info(grouping::ENSURE, format!("{name}: the current Git repository hash is \"{head}\"")).about(name),
     )
     .await?;
-    log.write(LogEntry::info(grouping::MAIN, format!("Refreshing data provided by {name}...")).about(name)).await?;
-    log.write(LogEntry::info(
-        grouping::MAIN,
-        "This worker version loads no data types yet: nothing was read from the repository.",
-    ))
-    .await?;
-    log.write(LogEntry::info(grouping::MAIN, format!("Data refresh from {name} complete!")).about(name)).await?;
-    log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
 
-    // One transaction on the lock's connection: the new head and the JobResult's end commit together or not at all.
-    let result =
-        json!({ "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind) });
+    // Load every registered data type (pure, CPU only), then reconcile in one transaction on the lock's connection.
+    let (inventory, had_jobs) = {
+        let client = ctx.pool.get().await?;
+        let inventory = inventory::load(&**client).await?;
+        let like = format!("{}.%", repo.slug.replace('_', "\\_"));
+        let had_jobs: bool = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM job WHERE module_name LIKE $1 AND installed)", &[&like])
+            .await?
+            .get(0);
+        (inventory, had_jobs)
+    };
+    let loaded = {
+        let (registry, repo, limits, mode) = (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode);
+        tokio::task::spawn_blocking(move || {
+            let input = LoadInput {
+                tree: &tree,
+                repo_name: &repo.name,
+                slug: &repo.slug,
+                provided: &repo.provided_contents,
+                inventory: Some(&inventory),
+                scope_mode: mode,
+                limits,
+                had_jobs,
+            };
+            registry.load(&input)
+        })
+        .await?
+    };
+
     let client = lock.client();
     let tx = client.transaction().await?;
-    repository::record_sync(&*tx, repo.id, head, repo.version).await?;
+    let owner = Owner { id: repo.id, name, slug: &repo.slug };
+    let failed = apply(&*tx, &ctx.registry, owner, &loaded, log).await?;
+    if failed {
+        tx.rollback().await?;
+        let message = format!("Failed to refresh data provided by {name}. Please see logs.");
+        log.write(summary(name, true)).await?;
+        log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted.")).await?;
+        fail(lock, event.event_id, "RuntimeError", &message).await?;
+        let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
+        return Ok(Some(("repo.sync_failed", body)));
+    }
+    log.write(summary(name, false)).await?;
+    log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
+    // The records, the new head and the JobResult's end commit together or not at all.
+    let result = json!({
+        "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind),
+    });
+    repository::record_sync(&*tx, repo.id, &head, repo.version).await?;
     job_result::finish(&*tx, event.event_id, JobStatus::Success, Some(&result), None).await?;
     tx.commit().await?;
     let body = json!({
@@ -243,15 +294,44 @@ async fn sync(
     Ok(Some(("repo.synced", body)))
 }
 
+/// Writes each type's loading lines followed by what reconciling it did, in refresh order. Returns whether any
+/// error-level entry was written (which fails the sync, spec b.7).
+async fn apply(
+    db: &impl GenericClient,
+    registry: &Registry,
+    owner: Owner<'_>,
+    loaded: &Loaded,
+    log: &JobLog<'_>,
+) -> Result<bool, TransientError> {
+    let mut failed = false;
+    let mut start = 0;
+    for (identifier, end) in &loaded.sections {
+        for entry in &loaded.logs[start..*end] {
+            failed |= entry.level == LogLevel::Error;
+            log.write(entry.clone()).await?;
+        }
+        start = *end;
+        if let Some(data_type) = registry.get(identifier) {
+            for entry in reconcile::reconcile_type(db, owner, data_type, loaded).await? {
+                failed |= entry.level == LogLevel::Error;
+                log.write(entry).await?;
+            }
+        }
+    }
+    for entry in &loaded.logs[start..] {
+        failed |= entry.level == LogLevel::Error;
+        log.write(entry.clone()).await?;
+    }
+    Ok(failed)
+}
+
 async fn delete(
     ctx: &JobContext,
     lock: &mut RepoLock,
     event: &Event,
     log: &JobLog<'_>,
 ) -> Result<Notification, TransientError> {
-    let Some(repo) = current_definition(lock, event, log).await? else {
-        return Ok(None);
-    };
+    let Some(repo) = current_definition(lock, event, log).await? else { return Ok(None) };
     let name = repo.name.as_str();
     if repo.is_deleted() {
         log.write(LogEntry::info(
@@ -263,25 +343,40 @@ async fn delete(
         return Ok(None);
     }
     log.write(LogEntry::info(grouping::MAIN, format!("Deleting Git repository \"{name}\"...")).about(name)).await?;
-    log.write(LogEntry::info(grouping::MAIN, format!("Refreshing data provided by {name}...")).about(name)).await?;
-    log.write(LogEntry::info(grouping::MAIN, "This worker version loads no data types yet: no records to remove."))
-        .await?;
 
-    let mirror = Mirror::new(&ctx.git_root, &repo.slug);
-    match tokio::task::spawn_blocking(move || mirror.remove()).await? {
-        Ok(true) => log.write(LogEntry::info(grouping::MAIN, "Removed the local mirror.")).await?,
-        Ok(false) => {}
-        Err(err) => {
-            // The definition is still tombstoned: a leftover mirror is only cache, removed at the next start-up.
-            log.write(LogEntry::warning(grouping::MAIN, format!("Could not remove the local mirror: {err}"))).await?;
-        }
-    }
-
+    // Every type runs with nothing provided: each deletes what the repository owns; jobs become uninstalled.
+    let empty = RepoTree::new();
+    let input = LoadInput {
+        tree: &empty,
+        repo_name: name,
+        slug: &repo.slug,
+        provided: &[],
+        inventory: None,
+        scope_mode: ctx.scope_mode,
+        limits: ctx.limits,
+        had_jobs: true,
+    };
+    let loaded = ctx.registry.load(&input);
     let client = lock.client();
     let tx = client.transaction().await?;
+    let owner = Owner { id: repo.id, name, slug: &repo.slug };
+    let failed = apply(&*tx, &ctx.registry, owner, &loaded, log).await?;
+    if failed {
+        tx.rollback().await?;
+        let message = format!("Failed to remove data provided by {name}. Please see logs.");
+        log.write(LogEntry::error(grouping::MAIN, &message)).await?;
+        fail(lock, event.event_id, "RuntimeError", &message).await?;
+        return Ok(None);
+    }
     repository::tombstone(&*tx, repo.id, event.version.get()).await?;
     log.write(LogEntry::info(grouping::MAIN, format!("Git repository \"{name}\" deleted.")).about(name)).await?;
     job_result::finish(&*tx, event.event_id, JobStatus::Success, Some(&json!({ "deleted": repo.id })), None).await?;
     tx.commit().await?;
+
+    // The mirror is only a cache: removed after the commit, and a leftover is cleaned at the next start-up.
+    let mirror = Mirror::new(&ctx.git_root, &repo.slug);
+    if let Err(err) = tokio::task::spawn_blocking(move || mirror.remove()).await? {
+        tracing::warn!(error = %err, "could not remove the mirror of a deleted repository");
+    }
     Ok(Some(("repo.deleted", json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id }))))
 }

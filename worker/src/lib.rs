@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod git;
 pub mod job;
 pub mod lock;
+pub mod reconcile;
 
 pub use config::WorkerSettings;
 pub use consumer::run;

@@ -149,25 +149,18 @@ pub async fn slug_is_live(db: &impl GenericClient, slug: &str) -> Result<bool, t
     Ok(row.get(0))
 }
 
-/// Writes a changed definition and bumps `version`. `reset_head` clears `current_head` (spec a.3 step 8).
-pub async fn update(
-    db: &impl GenericClient,
-    row: &RepositoryRow,
-    reset_head: bool,
-) -> Result<RepositoryRow, tokio_postgres::Error> {
+/// Writes a changed definition and bumps `version`. `current_head` is left alone: it names the commit whose
+/// records are live until a sync of the new definition succeeds.
+pub async fn update(db: &impl GenericClient, row: &RepositoryRow) -> Result<RepositoryRow, tokio_postgres::Error> {
     let sql = format!(
         "UPDATE git_repository SET name = $2, remote_url = $3, branch = $4, secrets_group = $5,
-             provided_contents = $6, current_head = CASE WHEN $7 THEN '' ELSE current_head END,
+             provided_contents = $6,
              version = version + 1, last_updated = now()
          WHERE id = $1 RETURNING {COLUMNS}"
     );
     let provided = serde_json::json!(row.provided_contents);
-    let updated = db
-        .query_one(
-            &sql,
-            &[&row.id, &row.name, &row.remote_url, &row.branch, &row.secrets_group, &provided, &reset_head],
-        )
-        .await?;
+    let updated =
+        db.query_one(&sql, &[&row.id, &row.name, &row.remote_url, &row.branch, &row.secrets_group, &provided]).await?;
     Ok(RepositoryRow::from_row(&updated))
 }
 

@@ -34,10 +34,12 @@ async fn create_then_sync_follows_the_branch_head() -> Result<()> {
         &format!("{name}: the current Git repository hash is \"{first}\""),
     );
     assert_log(&view, "info", "main", &format!("Refreshing data provided by {name}..."));
-    assert_log(&view, "info", "main", "loads no data types yet");
+    for data_type in ["config context schemas", "config contexts", "jobs", "export templates", "graphql queries"] {
+        assert_log(&view, "info", "main", &format!("Refreshing {data_type}..."));
+    }
     assert_log(&view, "info", "main", &format!("Data refresh from {name} complete!"));
     assert_log(&view, "success", "post_run", "Job completed");
-    assert_eq!((view.info_log_count, view.success_log_count, view.error_log_count), (7, 1, 0));
+    assert_eq!((view.info_log_count, view.success_log_count, view.error_log_count), (13, 1, 0));
     assert!(view.date_started.is_some() && view.date_done.is_some());
 
     // The mirror is bare: objects and refs, no work tree.

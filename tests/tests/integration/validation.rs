@@ -126,7 +126,7 @@ async fn branch_and_url_rules_and_the_cli_exit_code() -> Result<()> {
         ]
     );
 
-    // A new branch resets current_head (spec a.3 step 8).
+    // A new branch keeps current_head: it names the commit whose records are live until a new sync succeeds.
     let accepted = commands::create(pool, repo(&format!("Reset {}", env.id), &url, &[]), by()).await?;
     let client = pool.get().await?;
     client
@@ -141,7 +141,7 @@ async fn branch_and_url_rules_and_the_cli_exit_code() -> Result<()> {
         .query_one("SELECT current_head FROM git_repository WHERE name = $1", &[&format!("Reset {}", env.id)])
         .await?
         .get(0);
-    assert_eq!(head, "");
+    assert_eq!(head, "a".repeat(40));
     assert!(accepted.job_result_id().is_some());
 
     // The CLI: validation errors exit 2; an unknown data type too.

@@ -76,6 +76,8 @@ impl TestEnv {
             git_root: Some(self.git_root()),
             prefetch: 4,
             name: Some(name.to_owned()),
+            scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
+            max_file_bytes: gitfleet_shared::yaml::Limits::default().max_bytes,
             shutdown_grace_secs: 10,
         }
     }
