@@ -151,3 +151,35 @@ $HTTP["url"] =~ "^/git" {{
     wait_port(port).await?;
     Ok(server)
 }
+
+/// Nautobot's Git test repository (conformance inventory 0.1): commit "Empty commit" tagged `empty-repo`, then one
+/// commit per fixture folder (its data files from shared/fixtures, its Python files from tests/fixtures), each tree
+/// replacing the previous one, tagged `valid-files` and `invalid-files`. `main` ends at the invalid commit.
+pub fn nautobot_fixture(dir: &Path) -> Result<Remote> {
+    let remote = Remote::new(dir, "nautobot")?;
+    remote.commit("Empty commit", &[])?;
+    remote.tag("empty-repo")?;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (folder, tag) in [("01-valid-files", "valid-files"), ("02-invalid-files", "invalid-files")] {
+        git(&remote.work, &["rm", "-rq", "--ignore-unmatch", "."])?;
+        copy_tree(&manifest.join("../../shared/fixtures/nautobot-git-data").join(folder), &remote.work)?;
+        copy_tree(&manifest.join("fixtures/nautobot-python").join(folder), &remote.work)?;
+        remote.commit(folder, &[])?;
+        remote.tag(tag)?;
+    }
+    Ok(remote)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}

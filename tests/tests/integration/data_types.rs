@@ -1,0 +1,266 @@
+//! What a sync loads, against Nautobot's own test repository (conformance inventory section 1).
+
+use anyhow::Result;
+use gitfleet_producer::commands::{self, NewRepo, RepoChanges};
+use gitfleet_shared::event::RequestedBy;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::git::nautobot_fixture;
+use crate::support::{TestEnv, assert_log};
+
+const ALL: &[&str] = &[
+    "extras.configcontextschema",
+    "extras.configcontext",
+    "extras.job",
+    "extras.exporttemplate",
+    "extras.graphqlquery",
+    "data_validation.data_compliance_rule",
+];
+
+/// The GitTest set-up (0.5): the inventory, and "Test Git Repository" on the fixture remote.
+async fn setup(env: &mut TestEnv, branch: &str) -> Result<(String, String, String)> {
+    let client = env.pool.get().await?;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nautobot-inventory.json"))?;
+    let value: Value = serde_json::from_str(&text)?;
+    let objects: Vec<gitfleet_shared::inventory::ScopeObject> = serde_json::from_value(value["objects"].clone())?;
+    gitfleet_infra::store::inventory::import(&**client, &objects, false).await?;
+    drop(client);
+    let remote = nautobot_fixture(env.tmp.path())?;
+    // Names and slugs are unique among live repositories in one schema; every test has its own schema.
+    let name = "Test Git Repository".to_owned();
+    let new = NewRepo {
+        name: name.clone(),
+        slug: Some("test_git_repo".into()),
+        remote_url: remote.file_url(),
+        branch: Some(branch.to_owned()),
+        provided_contents: ALL.iter().map(|s| (*s).to_owned()).collect(),
+        secrets_group: None,
+    };
+    let job = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap();
+    env.start_fleet(1);
+    Ok((name, job.to_string(), remote.file_url()))
+}
+
+async fn count(env: &TestEnv, sql: &str) -> Result<i64> {
+    Ok(env.pool.get().await?.query_one(sql, &[]).await?.get(0))
+}
+
+/// Everything `valid-files` loads (the assert_* helpers of GitTest).
+async fn assert_valid_data(env: &TestEnv, repo: Uuid) -> Result<()> {
+    let client = env.pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT c.weight, c.description, c.is_active, c.data, c.scope_resolved, s.name FROM config_context c
+             LEFT JOIN config_context_schema s ON s.id = c.config_context_schema_id
+             WHERE c.name = 'Frobozz 1000 NTP servers' AND c.owner_repository_id = $1",
+            &[&repo],
+        )
+        .await?;
+    assert_eq!(row.get::<_, i16>(0), 1500);
+    assert_eq!(row.get::<_, String>(1), "NTP servers for Frobozz 1000 devices **only**");
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, Value>(3), json!({"ntp-servers": ["172.16.10.22", "172.16.10.33"]}));
+    assert_eq!(row.get::<_, Value>(4), json!({"device_types": ["dt-frobozz"]}));
+    assert_eq!(row.get::<_, Option<String>>(5).as_deref(), Some("Config Context Schema 1"));
+    let row = client
+        .query_one(
+            "SELECT weight, description, is_active, data, scope_resolved, config_context_schema_id IS NULL FROM config_context
+             WHERE name = 'Location context' AND owner_repository_id = $1",
+            &[&repo],
+        )
+        .await?;
+    assert_eq!((row.get::<_, i16>(0), row.get::<_, String>(1), row.get::<_, bool>(2)), (1000, String::new(), false));
+    assert_eq!(row.get::<_, Value>(3), json!({"domain_name": "example.com"}));
+    assert_eq!(row.get::<_, Value>(4), json!({"locations": ["loc-test"]}));
+    assert!(row.get::<_, bool>(5));
+    let local = client
+        .query_one("SELECT data, target_object_id, owner_repository_id FROM local_context WHERE kind = 'devices' AND name = 'test-device'", &[])
+        .await?;
+    assert_eq!(local.get::<_, Value>(0), json!({"dns-servers": ["8.8.8.8"]}));
+    assert_eq!(local.get::<_, Option<String>>(1).as_deref(), Some("dev-test"));
+    assert_eq!(local.get::<_, Option<Uuid>>(2), Some(repo));
+    let templates: Vec<(String, String, String)> = client
+        .query(
+            "SELECT content_type, name, mime_type FROM export_template WHERE owner_repository_id = $1 ORDER BY 1, 2",
+            &[&repo],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let expected = [
+        ("dcim.device", "template.j2", "text/plain"),
+        ("dcim.device", "template2.html", "text/html"),
+        ("ipam.vlan", "template.j2", "text/plain"),
+    ]
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    assert_eq!(templates, expected);
+    let queries: Vec<String> = client
+        .query("SELECT name FROM graphql_query WHERE owner_repository_id = $1 ORDER BY name", &[&repo])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(queries, ["device_interfaces", "device_names"]);
+    let jobs: Vec<(String, String, bool)> = client
+        .query("SELECT name, module_name, installed FROM job ORDER BY name", &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let module = "test_git_repo.jobs.my_job".to_owned();
+    assert_eq!(
+        jobs,
+        [
+            ("MyJob".to_owned(), module.clone(), true),
+            ("MyJobButtonReceiver".to_owned(), module.clone(), true),
+            ("MyJobHookReceiver".to_owned(), module, true),
+        ]
+    );
+    let schema: Value = client
+        .query_one("SELECT data_schema FROM config_context_schema WHERE name = 'Config Context Schema 1'", &[])
+        .await?
+        .get(0);
+    assert_eq!(schema["title"], "Person");
+    Ok(())
+}
+
+/// Conformance 1.3: valid-files, then a re-sync to empty-repo.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_data_then_empty_repo() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let (name, job, _) = setup(&mut env, "valid-files").await?;
+    let view = env.wait_job(job.parse()?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let repo = view.repository_id.unwrap();
+    assert_valid_data(&env, repo).await?;
+    assert_log(&view, "info", "config context schemas", "Successfully created config context schema");
+    assert_log(&view, "info", "config contexts", "Successfully created config context");
+    assert_log(&view, "info", "jobs", "Created Job record for test_git_repo.jobs.my_job.MyJob");
+    assert_log(&view, "info", "export templates", "Successfully created export template");
+    assert_log(&view, "info", "graphql queries", "Successfully created GraphQL query: device_names");
+
+    // The same commit again: nothing changes, and the log says so.
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "SUCCESS");
+    assert_log(&view, "info", "config contexts", "No change to config context");
+    assert_log(&view, "info", "config context schemas", "No change to config context schema");
+    assert_log(&view, "info", "export templates", "No change to export template");
+    assert_log(&view, "info", "graphql queries", "No changes to GraphQL query: device_names");
+    assert_log(&view, "info", "jobs", "Refreshed Job record for test_git_repo.jobs.my_job.MyJob");
+
+    // empty-repo: SUCCESS (spec e.4 decision), contexts and templates gone, local context gone, jobs uninstalled.
+    let changes = RepoChanges { branch: Some("empty-repo".into()), ..RepoChanges::default() };
+    let job = commands::update(&env.pool, &name, changes, RequestedBy::cli()).await?.job_result_id().unwrap();
+    let view = env.wait_job(job).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_log(
+        &view,
+        "warning",
+        "config contexts",
+        "Deleted config context [Test Git Repository] Frobozz 1000 NTP servers",
+    );
+    assert_log(&view, "warning", "local config contexts", "Deleted local config context");
+    assert_log(&view, "warning", "jobs", "Marking Job record as no longer installed");
+    let owned = format!("= '{repo}'");
+    assert_eq!(
+        count(&env, &format!("SELECT count(*) FROM config_context WHERE owner_repository_id {owned}")).await?,
+        0
+    );
+    assert_eq!(
+        count(&env, &format!("SELECT count(*) FROM export_template WHERE owner_repository_id {owned}")).await?,
+        0
+    );
+    assert_eq!(count(&env, "SELECT count(*) FROM local_context").await?, 0);
+    assert_eq!(count(&env, "SELECT count(*) FROM job WHERE installed").await?, 0);
+    assert_eq!(count(&env, "SELECT count(*) FROM job").await?, 3, "jobs are never deleted");
+    env.teardown().await
+}
+
+/// Conformance 1.4: invalid-files fails with the asserted entries and nothing stays loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_data_fails_and_loads_nothing() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let (_, job, _) = setup(&mut env, "invalid-files").await?;
+    let view = env.wait_job(job.parse()?).await?;
+    assert_eq!(view.status, "FAILURE");
+    for (level, grouping, needle) in [
+        ("warning", "config contexts", "Found \"devices\" directory in the repository root"),
+        ("warning", "export templates", "Found \"dcim\" directory in the repository root"),
+        ("warning", "export templates", "Skipping `dcim.nosuchmodel` as it isn't a known content type"),
+        ("warning", "export templates", "Skipping `nosuchapp.device` as it isn't a known content type"),
+        ("error", "config context schemas", "Error in loading config context schema data from `badschema1.json`"),
+        ("error", "config context schemas", "`badschema2.json`: data is missing the required `_metadata` key"),
+        ("error", "config contexts", "Error in loading config context data from `badcontext1.json`"),
+        ("error", "config contexts", "`badcontext2.json`: data is missing the required `_metadata` key"),
+        ("error", "config contexts", "`badcontext3.json`: data `_metadata` is missing the required `name` key"),
+        ("error", "local config contexts", "`devices/nosuchdevice.json`: record not found"),
+        ("error", "jobs", "Error in loading Jobs from Git repository: "),
+        (
+            "error",
+            "graphql queries",
+            "Error processing GraphQL query file 'bad_device_names.gql': Syntax Error: Expected Name, found '}'",
+        ),
+        ("error", "main", "Failed to refresh data provided by Test Git Repository. Please see logs."),
+        ("info", "main", "Changes to database records have been reverted."),
+    ] {
+        let n = view
+            .logs
+            .iter()
+            .filter(|l| l.level == level && l.grouping == grouping && l.message.contains(needle))
+            .count();
+        assert_eq!(n, 1, "{level}/{grouping}/{needle}: {:#?}", view.logs);
+    }
+    assert_eq!(
+        view.result.clone().unwrap()["exc_message"],
+        "Failed to refresh data provided by Test Git Repository. Please see logs."
+    );
+    for table in ["config_context_schema", "config_context", "export_template", "graphql_query", "job", "local_context"]
+    {
+        assert_eq!(count(&env, &format!("SELECT count(*) FROM {table}")).await?, 0, "{table}");
+    }
+    assert_eq!(env.repo(view.repository_id.unwrap()).await?.current_head, "");
+    env.teardown().await
+}
+
+/// Conformance 1.6: a failed sync after a good one leaves every record and the head exactly as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_sync_rolls_back_to_the_last_good_state() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let (name, job, _) = setup(&mut env, "valid-files").await?;
+    let view = env.wait_job(job.parse()?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let repo = view.repository_id.unwrap();
+    let good = env.repo(repo).await?.current_head;
+    let snapshot = "SELECT (SELECT json_agg(c ORDER BY name) FROM config_context c)::text || \
+                    (SELECT json_agg(t ORDER BY name) FROM export_template t)::text || \
+                    (SELECT json_agg(j ORDER BY name) FROM job j)::text";
+    let before: String = env.pool.get().await?.query_one(snapshot, &[]).await?.get(0);
+
+    let changes = RepoChanges { branch: Some("main".into()), ..RepoChanges::default() };
+    let job = commands::update(&env.pool, &name, changes, RequestedBy::cli()).await?.job_result_id().unwrap();
+    let view = env.wait_job(job).await?;
+    assert_eq!(view.status, "FAILURE");
+    assert_eq!(env.repo(repo).await?.current_head, good);
+    let after: String = env.pool.get().await?.query_one(snapshot, &[]).await?.get(0);
+    assert_eq!(before, after, "every record exactly as it was");
+    assert_valid_data(&env, repo).await?;
+    env.teardown().await
+}
+
+/// Conformance 1.5: deleting the repository removes what it owns and uninstalls its jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_owned_records() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let (name, job, _) = setup(&mut env, "valid-files").await?;
+    assert_eq!(env.wait_job(job.parse()?).await?.status, "SUCCESS");
+    let job = commands::delete(&env.pool, &name, RequestedBy::cli()).await?.job_result_id().unwrap();
+    let view = env.wait_job(job).await?;
+    assert_eq!((view.status.as_str(), view.name.as_str()), ("SUCCESS", "Test Git Repository"));
+    for table in ["config_context_schema", "config_context", "export_template", "graphql_query", "local_context"] {
+        assert_eq!(count(&env, &format!("SELECT count(*) FROM {table}")).await?, 0, "{table}");
+    }
+    assert_eq!(count(&env, "SELECT count(*) FROM job WHERE NOT installed AND name = 'MyJob'").await?, 1);
+    env.teardown().await
+}
