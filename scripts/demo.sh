@@ -32,7 +32,7 @@ git -C "$STATE/work" remote add origin "$PWD/$STATE/remote.git"
 echo "remote: file://$PWD/$STATE/remote.git"
 
 # A clean slate for the demo's own schema and queues.
-psql -w -q -h 127.0.0.1 -U postgres -d gitfleet -c "DROP SCHEMA IF EXISTS demo CASCADE" >/dev/null
+PGOPTIONS="-c client_min_messages=warning" psql -w -q -h 127.0.0.1 -U postgres -d gitfleet -c "DROP SCHEMA IF EXISTS demo CASCADE" >/dev/null
 for q in work delay dead; do rabbitmqctl -q -p gitfleet delete_queue "gitfleet-demo.$q" </dev/null >/dev/null 2>&1 || true; done
 "$PRODUCER" migrate
 
@@ -50,17 +50,27 @@ GITFLEET_WORKER_NAME=worker-1 "$WORKER" >"$STATE/worker-1.log" 2>&1 & pids+=($!)
 GITFLEET_WORKER_NAME=worker-2 "$WORKER" >"$STATE/worker-2.log" 2>&1 & pids+=($!)
 "$PRODUCER" relay >"$STATE/relay.log" 2>&1 & pids+=($!)
 
+step "worker check (what a data repository's CI runs; no services needed)"
+"$WORKER" check examples/demo-repo --name "Demo Data" --inventory examples/inventory.json | tail -3
+
+step "producer inventory import (the scope objects context lookups resolve against)"
+"$PRODUCER" inventory import examples/inventory.json
+
 step "producer repo create"
 id=$("$PRODUCER" repo create --name "Demo Data" --remote-url "file://$PWD/$STATE/remote.git" --branch main \
   --provides extras.configcontextschema,extras.configcontext,extras.exporttemplate,extras.graphqlquery,extras.job)
 echo "JobResult $id"
 "$PRODUCER" job-result show "$id" --wait --timeout 120
 
-step "a new commit upstream, then producer repo sync"
-echo "# changed" >>"$STATE/work/README.md"
-git -C "$STATE/work" commit -qam "Change the README" && git -C "$STATE/work" push -q origin main
+step "a new commit upstream (one context changed, one query removed), then producer repo sync"
+sed -i 's/10.0.0.11/10.0.0.12/' "$STATE/work/config_contexts/ntp.yaml"
+git -C "$STATE/work" rm -q graphql_queries/edge_devices.gql
+git -C "$STATE/work" commit -qam "Move an NTP server, drop a query" && git -C "$STATE/work" push -q origin main
 id=$("$PRODUCER" repo sync --name "Demo Data")
 "$PRODUCER" job-result show "$id" --wait --timeout 120
 
-step "producer repo list"
+step "producer repo list, and what the database holds now"
 "$PRODUCER" repo list
+psql -w -h 127.0.0.1 -U postgres -d gitfleet -c "SET search_path = demo" \
+  -c "SELECT name, weight, data FROM config_context ORDER BY name" \
+  -c "SELECT module_name, job_class_name, name, installed FROM job"
