@@ -11,6 +11,7 @@ use thiserror::Error;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (2, "data_types", include_str!("../../migrations/0002_data_types.sql")),
+    (3, "applied_fingerprint", include_str!("../../migrations/0003_applied_fingerprint.sql")),
 ];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).

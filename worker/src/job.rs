@@ -64,6 +64,15 @@ pub struct JobContext {
     pub limits: Limits,
 }
 
+impl JobContext {
+    fn scope_mode_name(&self) -> &'static str {
+        match self.scope_mode {
+            ScopeMode::Strict => "strict",
+            ScopeMode::Lenient => "lenient",
+        }
+    }
+}
+
 /// Writes JobLogEntries as they happen, each on its own (auto-commit) so they survive a rolled-back sync.
 struct JobLog<'a> {
     pool: &'a Pool,
@@ -75,6 +84,13 @@ impl JobLog<'_> {
         tracing::debug!(level = %entry.level, grouping = %entry.grouping, message = %entry.message, "job log");
         let client = self.pool.get().await?;
         job_result::log(&**client, self.id, &entry).await?;
+        Ok(())
+    }
+
+    /// Writes a batch in one statement (a type's loading lines can number in the thousands).
+    async fn write_all(&self, entries: &[LogEntry]) -> Result<(), TransientError> {
+        let client = self.pool.get().await?;
+        job_result::log_many(&**client, self.id, entries).await?;
         Ok(())
     }
 }
@@ -201,24 +217,18 @@ async fn sync(
         .await?;
     }
 
-    // Fetch and resolve the ref, then read the commit's tree into memory, off the reactor.
+    // Fetch and resolve the ref off the reactor.
     let mirror = Mirror::new(&ctx.git_root, &repo.slug);
     let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
         Ok(branch) => {
-            let (url, max) = (repo.remote_url.clone(), ctx.limits.max_bytes);
+            let (mirror, url) = (mirror.clone(), repo.remote_url.clone());
             let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || {
-                span.in_scope(|| {
-                    let checkout = mirror.fetch_and_checkout(&url, &branch, None)?;
-                    let tree = mirror.read_tree(&checkout.head, max)?;
-                    Ok::<_, GitError>((checkout, tree))
-                })
-            })
-            .await?
+            tokio::task::spawn_blocking(move || span.in_scope(|| mirror.fetch_and_checkout(&url, &branch, None)))
+                .await?
         }
     };
-    let (checkout, tree) = match fetched {
+    let checkout = match fetched {
         Ok(done) => done,
         Err(err) => {
             let message = err.to_string();
@@ -237,33 +247,71 @@ async fn sync(
     )
     .await?;
 
-    // Load every registered data type (pure, CPU only), then reconcile in one transaction on the lock's connection.
-    let (inventory, had_jobs) = {
+    // What this sync would apply; the same as last time means the live records are already these.
+    let (inventory, inventory_stamp, had_jobs) = {
         let client = ctx.pool.get().await?;
         let inventory = inventory::load(&**client).await?;
+        let stamp: String = client
+            .query_one("SELECT count(*)::text || '@' || coalesce(max(updated)::text, '-') FROM scope_object", &[])
+            .await?
+            .get(0);
         let like = format!("{}.%", repo.slug.replace('_', "\\_"));
         let had_jobs: bool = client
             .query_one("SELECT EXISTS (SELECT 1 FROM job WHERE module_name LIKE $1 AND installed)", &[&like])
             .await?
             .get(0);
-        (inventory, had_jobs)
+        (inventory, stamp, had_jobs)
     };
+    let fingerprint = format!(
+        "{head}|v{}|{}|inventory {inventory_stamp}|{}|gitfleet {}",
+        repo.version,
+        repo.provided_contents.join(","),
+        ctx.scope_mode_name(),
+        env!("CARGO_PKG_VERSION")
+    );
+    if fingerprint == repo.applied_fingerprint {
+        log.write(LogEntry::info(
+            grouping::MAIN,
+            format!("Data from {name} is already up to date at commit {head}: nothing to reload."),
+        ))
+        .await?;
+        log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
+        let result = json!({ "current_head": head, "applied_version": repo.version, "up_to_date": true });
+        job_result::finish(&***lock.client(), event.event_id, JobStatus::Success, Some(&result), None).await?;
+        return Ok(None);
+    }
+
+    // Read the commit's tree and load every registered data type (pure, CPU only), off the reactor.
     let loaded = {
         let (registry, repo, limits, mode) = (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode);
-        tokio::task::spawn_blocking(move || {
-            let input = LoadInput {
-                tree: &tree,
-                repo_name: &repo.name,
-                slug: &repo.slug,
-                provided: &repo.provided_contents,
-                inventory: Some(&inventory),
-                scope_mode: mode,
-                limits,
-                had_jobs,
-            };
-            registry.load(&input)
+        let head = head.clone();
+        let span = tracing::Span::current();
+        let loaded = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                let tree = mirror.read_tree(&head, limits.max_bytes)?;
+                let input = LoadInput {
+                    tree: &tree,
+                    repo_name: &repo.name,
+                    slug: &repo.slug,
+                    provided: &repo.provided_contents,
+                    inventory: Some(&inventory),
+                    scope_mode: mode,
+                    limits,
+                    had_jobs,
+                };
+                Ok::<_, GitError>(registry.load(&input))
+            })
         })
-        .await?
+        .await?;
+        match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                let message = err.to_string();
+                log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
+                fail(lock, event.event_id, err.exc_type(), &message).await?;
+                return Ok(None);
+            }
+        }
     };
 
     let client = lock.client();
@@ -285,7 +333,7 @@ async fn sync(
     let result = json!({
         "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind),
     });
-    repository::record_sync(&*tx, repo.id, &head, repo.version).await?;
+    repository::record_sync(&*tx, repo.id, &head, repo.version, &fingerprint).await?;
     job_result::finish(&*tx, event.event_id, JobStatus::Success, Some(&result), None).await?;
     tx.commit().await?;
     let body = json!({
@@ -306,22 +354,17 @@ async fn apply(
     let mut failed = false;
     let mut start = 0;
     for (identifier, end) in &loaded.sections {
-        for entry in &loaded.logs[start..*end] {
-            failed |= entry.level == LogLevel::Error;
-            log.write(entry.clone()).await?;
-        }
+        let mut batch: Vec<LogEntry> = loaded.logs[start..*end].to_vec();
         start = *end;
         if let Some(data_type) = registry.get(identifier) {
-            for entry in reconcile::reconcile_type(db, owner, data_type, loaded).await? {
-                failed |= entry.level == LogLevel::Error;
-                log.write(entry).await?;
-            }
+            batch.extend(reconcile::reconcile_type(db, owner, data_type, loaded).await?);
         }
+        failed |= batch.iter().any(|e| e.level == LogLevel::Error);
+        log.write_all(&batch).await?;
     }
-    for entry in &loaded.logs[start..] {
-        failed |= entry.level == LogLevel::Error;
-        log.write(entry.clone()).await?;
-    }
+    let rest = &loaded.logs[start..];
+    failed |= rest.iter().any(|e| e.level == LogLevel::Error);
+    log.write_all(rest).await?;
     Ok(failed)
 }
 

@@ -83,6 +83,29 @@ pub async fn log(db: &impl GenericClient, job_result_id: Uuid, entry: &LogEntry)
     Ok(())
 }
 
+/// Appends several entries in one statement, in order.
+pub async fn log_many(
+    db: &impl GenericClient,
+    job_result_id: Uuid,
+    entries: &[LogEntry],
+) -> Result<(), tokio_postgres::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let levels: Vec<&str> = entries.iter().map(|e| e.level.as_str()).collect();
+    let groupings: Vec<&str> = entries.iter().map(|e| e.grouping.as_str()).collect();
+    let messages: Vec<&str> = entries.iter().map(|e| e.message.as_str()).collect();
+    let objects: Vec<&str> = entries.iter().map(|e| e.log_object.as_str()).collect();
+    db.execute(
+        "INSERT INTO job_log_entry (id, job_result_id, log_level, grouping, message, log_object)
+         SELECT gen_random_uuid(), $1, l, g, m, o
+         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS t(l, g, m, o, n) ORDER BY n",
+        &[&job_result_id, &levels, &groupings, &messages, &objects],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Ends the JobResult: status, `result`, `traceback`, `date_done` and the per-level log counts. Does nothing (and
 /// returns false) if it had already ended.
 pub async fn finish(

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::GenericClient;
 
 const COLUMNS: &str = "id, name, slug, remote_url, branch, current_head, secrets_group, provided_contents, version, \
-                       applied_version, created, last_updated, deleted_at";
+                       applied_version, applied_fingerprint, created, last_updated, deleted_at";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositoryRow {
@@ -24,6 +24,8 @@ pub struct RepositoryRow {
     pub provided_contents: Vec<String>,
     pub version: i64,
     pub applied_version: i64,
+    /// What the last successful sync applied (commit, version, inventory, loaders); empty before the first.
+    pub applied_fingerprint: String,
     pub created: DateTime<Utc>,
     pub last_updated: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
@@ -47,6 +49,7 @@ impl RepositoryRow {
             provided_contents,
             version: row.get("version"),
             applied_version: row.get("applied_version"),
+            applied_fingerprint: row.get("applied_fingerprint"),
             created: row.get("created"),
             last_updated: row.get("last_updated"),
             deleted_at: row.get("deleted_at"),
@@ -172,16 +175,18 @@ pub async fn bump_version(db: &impl GenericClient, id: Uuid) -> Result<Repositor
     Ok(RepositoryRow::from_row(&db.query_one(&sql, &[&id]).await?))
 }
 
-/// Records a successful sync: the head it checked out and the definition version it applied.
+/// Records a successful sync: the head it checked out, the definition version and the fingerprint it applied.
 pub async fn record_sync(
     db: &impl GenericClient,
     id: Uuid,
     head: &str,
     applied_version: i64,
+    fingerprint: &str,
 ) -> Result<u64, tokio_postgres::Error> {
     db.execute(
-        "UPDATE git_repository SET current_head = $2, applied_version = GREATEST(applied_version, $3) WHERE id = $1",
-        &[&id, &head, &applied_version],
+        "UPDATE git_repository SET current_head = $2, applied_version = GREATEST(applied_version, $3),
+             applied_fingerprint = $4 WHERE id = $1",
+        &[&id, &head, &applied_version, &fingerprint],
     )
     .await
 }

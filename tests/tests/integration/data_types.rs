@@ -19,13 +19,17 @@ const ALL: &[&str] = &[
 ];
 
 /// The GitTest set-up (0.5): the inventory, and "Test Git Repository" on the fixture remote.
-async fn setup(env: &mut TestEnv, branch: &str) -> Result<(String, String, String)> {
+async fn import_inventory(env: &TestEnv) -> Result<()> {
     let client = env.pool.get().await?;
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/nautobot-inventory.json"))?;
     let value: Value = serde_json::from_str(&text)?;
     let objects: Vec<gitfleet_shared::inventory::ScopeObject> = serde_json::from_value(value["objects"].clone())?;
     gitfleet_infra::store::inventory::import(&**client, &objects, false).await?;
-    drop(client);
+    Ok(())
+}
+
+async fn setup(env: &mut TestEnv, branch: &str) -> Result<(String, String, String)> {
+    import_inventory(env).await?;
     let remote = nautobot_fixture(env.tmp.path())?;
     // Names and slugs are unique among live repositories in one schema; every test has its own schema.
     let name = "Test Git Repository".to_owned();
@@ -141,7 +145,15 @@ async fn valid_data_then_empty_repo() -> Result<()> {
     assert_log(&view, "info", "export templates", "Successfully created export template");
     assert_log(&view, "info", "graphql queries", "Successfully created GraphQL query: device_names");
 
-    // The same commit again: nothing changes, and the log says so.
+    // The same commit, definition and inventory again: nothing to reload.
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "SUCCESS");
+    assert_log(&view, "info", "main", "is already up to date at commit");
+    assert_eq!(view.result.clone().unwrap()["up_to_date"], json!(true));
+
+    // The inventory was imported again: the scopes may resolve differently, so everything is reloaded, and the
+    // log says nothing changed.
+    import_inventory(&env).await?;
     let view = env.wait_job(env.sync(&name).await?).await?;
     assert_eq!(view.status, "SUCCESS");
     assert_log(&view, "info", "config contexts", "No change to config context");

@@ -1,0 +1,280 @@
+//! `make bench`: the loader and sync benchmarks of the data-types issue, against the real services.
+//!
+//! A generated repository of 10,000 config context files, 1,000 schemas, 500 export templates and 200 job modules:
+//! (1) the loaders alone, on one thread, in files per second; (2) a full sync of it through a real worker (fetch
+//! from a loopback `git daemon`, load, reconcile into PostgreSQL), publish to SUCCESS; (3) a re-sync of the same
+//! commit. Prints a Markdown table and, with `--write FILE`, replaces the matching section of that file.
+#![allow(clippy::print_stdout, clippy::unwrap_used)]
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
+use gitfleet_infra::store::job_result;
+use gitfleet_producer::commands::{self, NewRepo};
+use gitfleet_shared::event::{EventKind, RequestedBy};
+use gitfleet_shared::job_result::JobStatus;
+use gitfleet_shared::loaders::{LoadInput, Registry, ScopeMode};
+use gitfleet_shared::yaml::Limits;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const CONTEXTS: usize = 10_000;
+const SCHEMAS: usize = 1_000;
+const TEMPLATES: usize = 500;
+const JOB_MODULES: usize = 200;
+
+fn generate(dir: &Path) -> Result<usize> {
+    let mk = |p: &str| std::fs::create_dir_all(dir.join(p));
+    mk("config_contexts")?;
+    mk("config_context_schemas")?;
+    mk("export_templates/dcim/device")?;
+    mk("jobs")?;
+    std::fs::write(dir.join("__init__.py"), "")?;
+    std::fs::write(dir.join("jobs/__init__.py"), "")?;
+    for n in 0..SCHEMAS {
+        std::fs::write(
+            dir.join(format!("config_context_schemas/schema_{n:04}.yaml")),
+            format!(
+                "_metadata:\n  name: \"Schema {n}\"\n  description: \"generated\"\ndata_schema:\n  type: object\n  \
+                 properties:\n    ntp-servers:\n      type: array\n      items: {{type: string}}\n"
+            ),
+        )?;
+    }
+    for n in 0..CONTEXTS {
+        std::fs::write(
+            dir.join(format!("config_contexts/context_{n:05}.yaml")),
+            format!(
+                "_metadata:\n  name: \"Context {n}\"\n  weight: {}\n  config_context_schema: \"Schema {}\"\n\
+                 ntp-servers:\n  - \"10.0.{}.{}\"\n  - \"10.1.{}.{}\"\nsnmp:\n  community: public\n  enabled: yes\n",
+                n % 2000,
+                n % SCHEMAS,
+                n / 256 % 256,
+                n % 256,
+                n / 256 % 256,
+                n % 256
+            ),
+        )?;
+    }
+    for n in 0..TEMPLATES {
+        std::fs::write(
+            dir.join(format!("export_templates/dcim/device/template_{n:03}.j2")),
+            format!("{{% for device in queryset %}}{{{{ device.name }}}},{n}\n{{% endfor %}}\n"),
+        )?;
+    }
+    for n in 0..JOB_MODULES {
+        std::fs::write(
+            dir.join(format!("jobs/job_{n:03}.py")),
+            format!(
+                "from nautobot.apps.jobs import Job, register_jobs\n\nname = \"Generated\"\n\n\nclass Job{n}(Job):\n    \
+                 class Meta:\n        name = \"Generated job {n}\"\n        description = \"Does thing {n}\"\n\n    \
+                 def run(self):\n        self.logger.info(\"ok\")\n\n\nregister_jobs(Job{n})\n"
+            ),
+        )?;
+    }
+    Ok(CONTEXTS + SCHEMAS + TEMPLATES + JOB_MODULES + 2)
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "bench")
+        .env("GIT_AUTHOR_EMAIL", "bench@example.net")
+        .env("GIT_COMMITTER_NAME", "bench")
+        .env("GIT_COMMITTER_EMAIL", "bench@example.net")
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("git {args:?} failed");
+    }
+    Ok(())
+}
+
+async fn wait(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<job_result::JobResultView> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let client = pool.get().await?;
+        let status = job_result::status(&**client, id).await?;
+        if status.is_some_and(JobStatus::is_terminal) {
+            return job_result::load(&**client, id).await?.context("job result");
+        }
+        if Instant::now() > deadline {
+            bail!("sync did not finish in 300 s");
+        }
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let write_to = std::env::args().skip_while(|a| a != "--write").nth(1);
+    let tmp = tempfile::tempdir()?;
+    let work = tmp.path().join("work");
+    let files = generate(&work)?;
+
+    // (1) Loaders alone, one thread.
+    let tree = gitfleet_worker::check::read_dir_tree(&work)?;
+    let registry = Registry::with_builtins();
+    let provided: Vec<String> = registry.types().map(|t| t.identifier().to_owned()).collect();
+    let input = LoadInput {
+        tree: &tree,
+        repo_name: "Bench",
+        slug: "bench",
+        provided: &provided,
+        inventory: None,
+        scope_mode: ScopeMode::Strict,
+        limits: Limits::default(),
+        had_jobs: false,
+    };
+    let runs = 3;
+    let started = Instant::now();
+    let mut loaded = None;
+    for _ in 0..runs {
+        loaded = Some(registry.load(&input));
+    }
+    let load_time = started.elapsed() / runs;
+    let loaded = loaded.unwrap();
+    assert!(!loaded.has_errors(), "generated repository must load cleanly");
+    assert_eq!(loaded.config_contexts.len(), CONTEXTS);
+    assert_eq!(loaded.jobs.len(), JOB_MODULES);
+    let files_per_sec = files as f64 / load_time.as_secs_f64();
+
+    // (2) A full sync through a real worker, from a loopback git daemon.
+    git(&work, &["init", "-q", "-b", "main"])?;
+    git(&work, &["add", "-A"])?;
+    git(&work, &["commit", "-qm", "generated"])?;
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    git(tmp.path(), &["clone", "-q", "--bare", work.to_str().unwrap(), served.join("bench.git").to_str().unwrap()])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut daemon = Command::new("git")
+        .args(["daemon", "--listen=127.0.0.1", &format!("--port={port}"), "--export-all", "--reuseaddr"])
+        .arg(format!("--base-path={}", served.display()))
+        .arg(&served)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("git daemon did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let database = DatabaseSettings {
+        url: std::env::var("GITFLEET_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/gitfleet".into()),
+        schema: format!("bench_{id}"),
+        pool_size: 8,
+    };
+    let amqp = AmqpSettings {
+        url: std::env::var("GITFLEET_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/gitfleet".into()),
+        prefix: format!("bench.{id}"),
+        delivery_limit: 3,
+        defer_delay_ms: 100,
+    };
+    let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
+    let shutdown = CancellationToken::new();
+    let settings = gitfleet_worker::WorkerSettings {
+        database: database.clone(),
+        amqp: amqp.clone(),
+        git_root: Some(tmp.path().join("git-root")),
+        prefetch: 4,
+        name: Some("bench-worker".into()),
+        scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
+        max_file_bytes: Limits::default().max_bytes,
+        shutdown_grace_secs: 10,
+    };
+    let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));
+    let relay_options =
+        gitfleet_producer::relay::RelayOptions { poll_interval: Duration::from_millis(20), ..Default::default() };
+    let relay = tokio::spawn(gitfleet_producer::relay::run(
+        pool.clone(),
+        database.clone(),
+        amqp.clone(),
+        relay_options,
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let new = NewRepo {
+        name: "Bench".into(),
+        remote_url: format!("git://127.0.0.1:{port}/bench.git"),
+        branch: Some("main".into()),
+        provided_contents: provided.iter().filter(|p| p.starts_with("extras.")).cloned().collect(),
+        ..NewRepo::default()
+    };
+    let started = Instant::now();
+    let job = commands::create(&pool, new, RequestedBy::cli()).await?.job_result_id().unwrap();
+    let view = wait(&pool, job).await?;
+    let full_sync = started.elapsed();
+    if view.status != "SUCCESS" {
+        bail!("full sync failed: {:?}", view.logs.iter().filter(|l| l.level == "error").take(5).collect::<Vec<_>>());
+    }
+
+    let mut resyncs = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let job =
+            commands::sync(&pool, "Bench", EventKind::Sync, None, RequestedBy::cli()).await?.job_result_id().unwrap();
+        let view = wait(&pool, job).await?;
+        resyncs.push(started.elapsed());
+        if view.status != "SUCCESS" {
+            bail!("re-sync failed");
+        }
+    }
+    resyncs.sort();
+    let resync = resyncs[resyncs.len() / 2];
+
+    shutdown.cancel();
+    let _ = worker.await;
+    let _ = relay.await;
+    let _ = daemon.kill();
+    let client = pool.get().await?;
+    client.batch_execute(&format!("DROP SCHEMA {} CASCADE", database.schema)).await?;
+
+    let profile = if cfg!(debug_assertions) { "debug build" } else { "optimized build" };
+    let mut table = String::new();
+    writeln!(table, "<!-- bench:data-types -->")?;
+    writeln!(
+        table,
+        "Generated repository: {CONTEXTS} config contexts, {SCHEMAS} schemas, {TEMPLATES} export templates, {JOB_MODULES} job modules ({files} files); {profile}, 2-core machine.\n"
+    )?;
+    writeln!(table, "| measure | result | target |")?;
+    writeln!(table, "|---|---|---|")?;
+    writeln!(
+        table,
+        "| loaders, one thread | {files_per_sec:.0} files/s ({:.0} ms per load) | >= 20,000 files/s |",
+        load_time.as_secs_f64() * 1000.0
+    )?;
+    writeln!(
+        table,
+        "| full sync: publish to SUCCESS (git:// fetch, load, reconcile) | {:.2} s | < 10 s |",
+        full_sync.as_secs_f64()
+    )?;
+    writeln!(
+        table,
+        "| re-sync of the unchanged commit (median of 5) | {:.0} ms | < 100 ms |",
+        resync.as_secs_f64() * 1000.0
+    )?;
+    writeln!(table, "<!-- /bench:data-types -->")?;
+    print!("{table}");
+    if let Some(path) = write_to {
+        let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".to_owned());
+        let updated = match (current.find("<!-- bench:data-types -->"), current.find("<!-- /bench:data-types -->")) {
+            (Some(a), Some(b)) => {
+                format!("{}{}{}", &current[..a], table.trim_end(), &current[b + "<!-- /bench:data-types -->".len()..])
+            }
+            _ => format!("{current}\n## Data types: load and sync\n\n{table}"),
+        };
+        std::fs::write(&path, updated)?;
+    }
+    Ok(())
+}
