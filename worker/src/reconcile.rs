@@ -53,26 +53,33 @@ pub async fn reconcile_type(
     Ok(logs)
 }
 
-async fn name_taken(db: &impl GenericClient, table: &str, name: &str) -> Result<bool, Db> {
-    let sql = format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE name = $1)");
-    Ok(db.query_one(&sql, &[&name]).await?.get(0))
+/// Which of `names` some row of `table` already uses (one query for the whole batch).
+async fn names_taken(db: &impl GenericClient, table: &str, names: &[&str]) -> Result<HashSet<String>, Db> {
+    if names.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let sql = format!("SELECT name FROM {table} WHERE name = ANY($1)");
+    Ok(db.query(&sql, &[&names]).await?.iter().map(|r| r.get(0)).collect())
 }
 
-async fn schemas(
-    db: &impl GenericClient,
-    owner: Owner<'_>,
-    loaded: &Loaded,
-    logs: &mut Vec<LogEntry>,
-) -> Result<(), Db> {
+async fn delete_ids(db: &impl GenericClient, table: &str, ids: &[Uuid]) -> Result<(), Db> {
+    if !ids.is_empty() {
+        db.execute(&format!("DELETE FROM {table} WHERE id = ANY($1)"), &[&ids]).await?;
+    }
+    Ok(())
+}
+
+async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Vec<LogEntry>) -> Result<(), Db> {
     const G: &str = "config context schemas";
     let rows = db
-        .query(
-            "SELECT id, name, description, data_schema FROM config_context_schema WHERE owner_repository_id = $1",
-            &[&owner.id],
-        )
+        .query("SELECT id, name, description, data_schema FROM config_context_schema WHERE owner_repository_id = $1", &[&owner.id])
         .await?;
     let owned: BTreeMap<String, (Uuid, String, Value)> =
         rows.iter().map(|r| (r.get(1), (r.get(0), r.get(2), r.get(3)))).collect();
+    let new_names: Vec<&str> =
+        loaded.config_context_schemas.iter().map(|s| s.name.as_str()).filter(|n| !owned.contains_key(*n)).collect();
+    let taken = names_taken(db, "config_context_schema", &new_names).await?;
+    let (mut ids, mut names, mut descriptions, mut schemas_json) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     for schema in &loaded.config_context_schemas {
         seen.insert(schema.name.clone());
@@ -88,7 +95,7 @@ async fn schemas(
                 .await?;
                 logs.push(LogEntry::info(G, "Successfully refreshed config context schema").about(&shown));
             }
-        } else if name_taken(db, "config_context_schema", &schema.name).await? {
+        } else if taken.contains(&schema.name) {
             logs.push(LogEntry::error(
                 G,
                 format!(
@@ -98,28 +105,31 @@ async fn schemas(
                 ),
             ));
         } else {
-            db.execute(
-                "INSERT INTO config_context_schema (id, name, description, data_schema, owner_repository_id)
-                 VALUES ($1, $2, $3, $4, $5)",
-                &[&Uuid::new_v4(), &schema.name, &schema.description, &schema.data_schema, &owner.id],
-            )
-            .await?;
+            ids.push(Uuid::new_v4());
+            names.push(schema.name.as_str());
+            descriptions.push(schema.description.as_str());
+            schemas_json.push(schema.data_schema.clone());
             logs.push(LogEntry::info(G, "Successfully created config context schema").about(&shown));
         }
     }
+    if !ids.is_empty() {
+        db.execute(
+            "INSERT INTO config_context_schema (id, name, description, data_schema, owner_repository_id)
+             SELECT u.id, u.name, u.description, u.data_schema, $5
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS u(id, name, description, data_schema)",
+            &[&ids, &names, &descriptions, &schemas_json, &owner.id],
+        )
+        .await?;
+    }
+    let mut stale = Vec::new();
     for (name, (id, _, _)) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
-        db.execute("DELETE FROM config_context_schema WHERE id = $1", &[id]).await?;
+        stale.push(*id);
         logs.push(LogEntry::warning(G, format!("Deleted config context schema {}", owner.display(name))));
     }
-    Ok(())
+    delete_ids(db, "config_context_schema", &stale).await
 }
 
-async fn contexts(
-    db: &impl GenericClient,
-    owner: Owner<'_>,
-    loaded: &Loaded,
-    logs: &mut Vec<LogEntry>,
-) -> Result<(), Db> {
+async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Vec<LogEntry>) -> Result<(), Db> {
     const G: &str = "config contexts";
     let rows = db
         .query(
@@ -137,20 +147,45 @@ async fn contexts(
     let owned: BTreeMap<String, Row> = rows
         .iter()
         .map(|r| {
-            let row = Row {
-                id: r.get(0),
-                fields: (r.get(2), r.get(3), r.get(4), r.get(6), r.get(7), r.get(8)),
-                schema: r.get(5),
-            };
+            let row =
+                Row { id: r.get(0), fields: (r.get(2), r.get(3), r.get(4), r.get(6), r.get(7), r.get(8)), schema: r.get(5) };
             (r.get::<_, String>(1), row)
         })
         .collect();
+    let new_names: Vec<&str> =
+        loaded.config_contexts.iter().map(|c| c.name.as_str()).filter(|n| !owned.contains_key(*n)).collect();
+    let taken = names_taken(db, "config_context", &new_names).await?;
+    // Schema links are looked up by name, globally (spec c.3.4 step 8): one query for all of them.
+    let schema_names: Vec<&str> = loaded.config_contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
+    let schema_ids: BTreeMap<String, Uuid> = if schema_names.is_empty() {
+        BTreeMap::new()
+    } else {
+        db.query("SELECT name, id FROM config_context_schema WHERE name = ANY($1)", &[&schema_names])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+
+    #[derive(Default)]
+    struct Insert<'a> {
+        ids: Vec<Uuid>,
+        names: Vec<&'a str>,
+        weights: Vec<i16>,
+        descriptions: Vec<&'a str>,
+        active: Vec<bool>,
+        data: Vec<Value>,
+        scope: Vec<Value>,
+        resolved: Vec<Value>,
+        schema: Vec<Option<Uuid>>,
+    }
+    let mut insert = Insert::default();
     let mut seen = HashSet::new();
     for context in &loaded.config_contexts {
         seen.insert(context.name.clone());
         let shown = owner.display(&context.name);
         let existing = owned.get(&context.name);
-        if existing.is_none() && name_taken(db, "config_context", &context.name).await? {
+        if existing.is_none() && taken.contains(&context.name) {
             logs.push(LogEntry::error(
                 G,
                 format!(
@@ -160,80 +195,78 @@ async fn contexts(
             ));
             continue;
         }
-        // The schema link is looked up by name, globally, only when it changes (spec c.3.4 step 8).
         let current_schema = existing.and_then(|e| e.schema.clone());
         let mut schema_changed = current_schema != context.config_context_schema;
-        let schema_id: Option<Uuid> = match &context.config_context_schema {
-            Some(name) => {
-                let row = db.query_opt("SELECT id FROM config_context_schema WHERE name = $1", &[name]).await?;
-                if row.is_none() && schema_changed {
-                    logs.push(LogEntry::error(G, format!("ConfigContextSchema {name} does not exist.")).about(&shown));
-                    schema_changed = false;
-                }
-                row.map(|r| r.get(0))
-            }
-            None => None,
-        };
+        let schema_id = context.config_context_schema.as_ref().and_then(|n| schema_ids.get(n).copied());
+        if let Some(name) = &context.config_context_schema
+            && schema_id.is_none()
+            && schema_changed
+        {
+            logs.push(LogEntry::error(G, format!("ConfigContextSchema {name} does not exist.")).about(&shown));
+            schema_changed = false;
+        }
         let weight = i16::try_from(context.weight).unwrap_or(i16::MAX);
         let scope = json!(context.scope);
         let resolved = json!(context.resolved);
-        let fields = (
-            weight,
-            context.description.clone(),
-            context.is_active,
-            context.data.clone(),
-            scope.clone(),
-            resolved.clone(),
-        );
         match existing {
-            Some(row) if row.fields == fields && !schema_changed => {
+            Some(row)
+                if !schema_changed
+                    && row.fields
+                        == (weight, context.description.clone(), context.is_active, context.data.clone(), scope.clone(), resolved.clone()) =>
+            {
                 logs.push(LogEntry::info(G, "No change to config context").about(&shown));
             }
             Some(row) => {
                 db.execute(
                     "UPDATE config_context SET weight = $2, description = $3, is_active = $4, data = $5, scope = $6,
                          scope_resolved = $7, config_context_schema_id = $8, last_updated = now() WHERE id = $1",
-                    &[
-                        &row.id,
-                        &weight,
-                        &context.description,
-                        &context.is_active,
-                        &context.data,
-                        &scope,
-                        &resolved,
-                        &schema_id,
-                    ],
+                    &[&row.id, &weight, &context.description, &context.is_active, &context.data, &scope, &resolved, &schema_id],
                 )
                 .await?;
                 logs.push(LogEntry::info(G, "Successfully refreshed config context").about(&shown));
             }
             None => {
-                db.execute(
-                    "INSERT INTO config_context (id, name, weight, description, is_active, data, scope, scope_resolved,
-                         config_context_schema_id, owner_repository_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[
-                        &Uuid::new_v4(),
-                        &context.name,
-                        &weight,
-                        &context.description,
-                        &context.is_active,
-                        &context.data,
-                        &scope,
-                        &resolved,
-                        &schema_id,
-                        &owner.id,
-                    ],
-                )
-                .await?;
+                insert.ids.push(Uuid::new_v4());
+                insert.names.push(&context.name);
+                insert.weights.push(weight);
+                insert.descriptions.push(&context.description);
+                insert.active.push(context.is_active);
+                insert.data.push(context.data.clone());
+                insert.scope.push(scope);
+                insert.resolved.push(resolved);
+                insert.schema.push(schema_id);
                 logs.push(LogEntry::info(G, "Successfully created config context").about(&shown));
             }
         }
     }
+    if !insert.ids.is_empty() {
+        db.execute(
+            "INSERT INTO config_context (id, name, weight, description, is_active, data, scope, scope_resolved,
+                 config_context_schema_id, owner_repository_id)
+             SELECT u.*, $10 FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::bool[], $6::jsonb[],
+                 $7::jsonb[], $8::jsonb[], $9::uuid[])
+                 AS u(id, name, weight, description, is_active, data, scope, scope_resolved, schema_id)",
+            &[
+                &insert.ids,
+                &insert.names,
+                &insert.weights,
+                &insert.descriptions,
+                &insert.active,
+                &insert.data,
+                &insert.scope,
+                &insert.resolved,
+                &insert.schema,
+                &owner.id,
+            ],
+        )
+        .await?;
+    }
+    let mut stale = Vec::new();
     for (name, row) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
-        db.execute("DELETE FROM config_context WHERE id = $1", &[&row.id]).await?;
+        stale.push(row.id);
         logs.push(LogEntry::warning(G, format!("Deleted config context {}", owner.display(name))));
     }
-    Ok(())
+    delete_ids(db, "config_context", &stale).await
 }
 
 async fn local_contexts(
@@ -295,6 +328,7 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
     let rows = db
         .query("SELECT id, module_name, job_class_name, name, installed FROM job WHERE module_name LIKE $1", &[&prefix])
         .await?;
+    let mut all_names: HashSet<String> = db.query("SELECT name FROM job", &[]).await?.iter().map(|r| r.get(0)).collect();
     let mut seen = HashSet::new();
     for job in &loaded.jobs {
         let class_path = format!("{}.{}", job.module_name, job.job_class_name);
@@ -318,7 +352,7 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
             // Job names are unique: a clash gets " (2)", " (3)", ... (spec e.2).
             let mut name = job.name.clone();
             let mut n = 1;
-            while name_taken(db, "job", &name).await? {
+            while all_names.contains(&name) {
                 n += 1;
                 let suffix = format!(" ({n})");
                 let keep = 100usize.saturating_sub(suffix.chars().count());
@@ -341,6 +375,7 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
             )
             .await?;
             logs.push(LogEntry::info(G, format!("Created Job record for {class_path}")).about(&name));
+            all_names.insert(name);
         }
     }
     for row in &rows {
@@ -372,6 +407,21 @@ async fn export_templates(
         .await?;
     let owned: BTreeMap<(String, String), (Uuid, String, String, String)> =
         rows.iter().map(|r| ((r.get(1), r.get(2)), (r.get(0), r.get(3), r.get(4), r.get(5)))).collect();
+    let new_keys: Vec<String> = loaded
+        .export_templates
+        .iter()
+        .filter(|t| !owned.contains_key(&(t.content_type.clone(), t.name.clone())))
+        .map(|t| format!("{}/{}", t.content_type, t.name))
+        .collect();
+    let taken: HashSet<String> = if new_keys.is_empty() {
+        HashSet::new()
+    } else {
+        db.query("SELECT content_type || '/' || name FROM export_template WHERE content_type || '/' || name = ANY($1)", &[&new_keys])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
     let mut seen = HashSet::new();
     for t in &loaded.export_templates {
         let key = (t.content_type.clone(), t.name.clone());
@@ -393,14 +443,7 @@ async fn export_templates(
                 logs.push(LogEntry::info(G, "Successfully refreshed export template").about(&shown));
             }
             None => {
-                let taken: bool = db
-                    .query_one(
-                        "SELECT EXISTS (SELECT 1 FROM export_template WHERE content_type = $1 AND name = $2)",
-                        &[&t.content_type, &t.name],
-                    )
-                    .await?
-                    .get(0);
-                if taken {
+                if taken.contains(&format!("{}/{}", t.content_type, t.name)) {
                     logs.push(LogEntry::error(
                         G,
                         format!(
@@ -449,6 +492,9 @@ async fn graphql_queries(
     let rows =
         db.query("SELECT id, name, query FROM graphql_query WHERE owner_repository_id = $1", &[&owner.id]).await?;
     let owned: BTreeMap<String, (Uuid, String)> = rows.iter().map(|r| (r.get(1), (r.get(0), r.get(2)))).collect();
+    let new_names: Vec<&str> =
+        loaded.graphql_queries.iter().map(|q| q.name.as_str()).filter(|n| !owned.contains_key(*n)).collect();
+    let taken = names_taken(db, "graphql_query", &new_names).await?;
     let mut seen = HashSet::new();
     for q in &loaded.graphql_queries {
         seen.insert(q.name.clone());
@@ -465,7 +511,7 @@ async fn graphql_queries(
                 .await?;
                 logs.push(LogEntry::info(G, format!("Successfully updated GraphQL query: {}", q.name)));
             }
-            None if name_taken(db, "graphql_query", &q.name).await? => {
+            None if taken.contains(&q.name) => {
                 logs.push(LogEntry::error(
                     G,
                     format!(
