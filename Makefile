@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration demo clean
+.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration demo bench clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,9 @@ test: services test-deps lint ## Everything CI runs: lint, unit and integration 
 
 demo: ## Start services, two workers and the relay; sync the example repository and print its JobResult
 	@scripts/demo.sh
+
+bench: services test-deps ## Benchmarks on an optimized build (profile perf); results written to BENCHMARKS.md
+	$(CARGO) run --profile perf -p gitfleet-tests --bin bench -- --write BENCHMARKS.md
 
 clean: ## Remove build output and demo state
 	$(CARGO) clean

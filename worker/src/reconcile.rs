@@ -69,10 +69,18 @@ async fn delete_ids(db: &impl GenericClient, table: &str, ids: &[Uuid]) -> Resul
     Ok(())
 }
 
-async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Vec<LogEntry>) -> Result<(), Db> {
+async fn schemas(
+    db: &impl GenericClient,
+    owner: Owner<'_>,
+    loaded: &Loaded,
+    logs: &mut Vec<LogEntry>,
+) -> Result<(), Db> {
     const G: &str = "config context schemas";
     let rows = db
-        .query("SELECT id, name, description, data_schema FROM config_context_schema WHERE owner_repository_id = $1", &[&owner.id])
+        .query(
+            "SELECT id, name, description, data_schema FROM config_context_schema WHERE owner_repository_id = $1",
+            &[&owner.id],
+        )
         .await?;
     let owned: BTreeMap<String, (Uuid, String, Value)> =
         rows.iter().map(|r| (r.get(1), (r.get(0), r.get(2), r.get(3)))).collect();
@@ -129,7 +137,12 @@ async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, log
     delete_ids(db, "config_context_schema", &stale).await
 }
 
-async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Vec<LogEntry>) -> Result<(), Db> {
+async fn contexts(
+    db: &impl GenericClient,
+    owner: Owner<'_>,
+    loaded: &Loaded,
+    logs: &mut Vec<LogEntry>,
+) -> Result<(), Db> {
     const G: &str = "config contexts";
     let rows = db
         .query(
@@ -147,8 +160,11 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
     let owned: BTreeMap<String, Row> = rows
         .iter()
         .map(|r| {
-            let row =
-                Row { id: r.get(0), fields: (r.get(2), r.get(3), r.get(4), r.get(6), r.get(7), r.get(8)), schema: r.get(5) };
+            let row = Row {
+                id: r.get(0),
+                fields: (r.get(2), r.get(3), r.get(4), r.get(6), r.get(7), r.get(8)),
+                schema: r.get(5),
+            };
             (r.get::<_, String>(1), row)
         })
         .collect();
@@ -156,7 +172,8 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
         loaded.config_contexts.iter().map(|c| c.name.as_str()).filter(|n| !owned.contains_key(*n)).collect();
     let taken = names_taken(db, "config_context", &new_names).await?;
     // Schema links are looked up by name, globally (spec c.3.4 step 8): one query for all of them.
-    let schema_names: Vec<&str> = loaded.config_contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
+    let schema_names: Vec<&str> =
+        loaded.config_contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
     let schema_ids: BTreeMap<String, Uuid> = if schema_names.is_empty() {
         BTreeMap::new()
     } else {
@@ -212,7 +229,14 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
             Some(row)
                 if !schema_changed
                     && row.fields
-                        == (weight, context.description.clone(), context.is_active, context.data.clone(), scope.clone(), resolved.clone()) =>
+                        == (
+                            weight,
+                            context.description.clone(),
+                            context.is_active,
+                            context.data.clone(),
+                            scope.clone(),
+                            resolved.clone(),
+                        ) =>
             {
                 logs.push(LogEntry::info(G, "No change to config context").about(&shown));
             }
@@ -220,7 +244,16 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
                 db.execute(
                     "UPDATE config_context SET weight = $2, description = $3, is_active = $4, data = $5, scope = $6,
                          scope_resolved = $7, config_context_schema_id = $8, last_updated = now() WHERE id = $1",
-                    &[&row.id, &weight, &context.description, &context.is_active, &context.data, &scope, &resolved, &schema_id],
+                    &[
+                        &row.id,
+                        &weight,
+                        &context.description,
+                        &context.is_active,
+                        &context.data,
+                        &scope,
+                        &resolved,
+                        &schema_id,
+                    ],
                 )
                 .await?;
                 logs.push(LogEntry::info(G, "Successfully refreshed config context").about(&shown));
@@ -328,7 +361,8 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
     let rows = db
         .query("SELECT id, module_name, job_class_name, name, installed FROM job WHERE module_name LIKE $1", &[&prefix])
         .await?;
-    let mut all_names: HashSet<String> = db.query("SELECT name FROM job", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let mut all_names: HashSet<String> =
+        db.query("SELECT name FROM job", &[]).await?.iter().map(|r| r.get(0)).collect();
     let mut seen = HashSet::new();
     for job in &loaded.jobs {
         let class_path = format!("{}.{}", job.module_name, job.job_class_name);
@@ -416,11 +450,14 @@ async fn export_templates(
     let taken: HashSet<String> = if new_keys.is_empty() {
         HashSet::new()
     } else {
-        db.query("SELECT content_type || '/' || name FROM export_template WHERE content_type || '/' || name = ANY($1)", &[&new_keys])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect()
+        db.query(
+            "SELECT content_type || '/' || name FROM export_template WHERE content_type || '/' || name = ANY($1)",
+            &[&new_keys],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
     };
     let mut seen = HashSet::new();
     for t in &loaded.export_templates {

@@ -1,7 +1,7 @@
 //! Config contexts (spec c.3): explicit files in `config_contexts/`, implicit `config_contexts/<filter>/<name>`
 //! files scoped by their file name, and local contexts for devices and virtual machines.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -68,6 +68,7 @@ impl DataType for ConfigContexts {
             return;
         }
         let mut contexts: Vec<ConfigContext> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         let mut log = Log { out: &mut out.logs, grouping: GROUPING };
 
         // Explicit files: regular files directly in config_contexts/.
@@ -88,7 +89,7 @@ impl DataType for ConfigContexts {
                 _ => Err("data must be a dict or list of dicts".to_owned()),
             });
             match result {
-                Ok(loaded) => keep(&mut contexts, loaded),
+                Ok(loaded) => keep(&mut contexts, &mut index, loaded),
                 Err(e) => log.error(format!("Error in loading config context data from `{file}`: {e}")),
             }
         }
@@ -124,7 +125,7 @@ impl DataType for ConfigContexts {
                     })
                 };
                 match result {
-                    Ok(context) => keep(&mut contexts, vec![context]),
+                    Ok(context) => keep(&mut contexts, &mut index, vec![context]),
                     Err(e) => log.error(format!("Error in loading config context data from `{file}`: {e}")),
                 }
             }
@@ -154,7 +155,6 @@ impl DataType for ConfigContexts {
                 };
                 match result {
                     Ok((data, target)) => {
-                        out.local_contexts.retain(|l| !(l.kind == local_type && l.name == name));
                         out.local_contexts.push(LocalContext { kind: local_type, name, data, target });
                     }
                     Err(e) => local_log
@@ -162,14 +162,20 @@ impl DataType for ConfigContexts {
                 }
             }
         }
+        super::dedupe_keep_last(&mut out.local_contexts, |l| (l.kind, l.name.clone()));
     }
 }
 
 /// Two files defining the same context name update the same record: the last one processed wins.
-fn keep(contexts: &mut Vec<ConfigContext>, loaded: Vec<ConfigContext>) {
+fn keep(contexts: &mut Vec<ConfigContext>, index: &mut HashMap<String, usize>, loaded: Vec<ConfigContext>) {
     for context in loaded {
-        contexts.retain(|c| c.name != context.name);
-        contexts.push(context);
+        match index.get(&context.name) {
+            Some(&at) => contexts[at] = context,
+            None => {
+                index.insert(context.name.clone(), contexts.len());
+                contexts.push(context);
+            }
+        }
     }
 }
 

@@ -51,11 +51,11 @@ impl DataType for GraphqlQueries {
                 .and_then(|query| parse_query(&query).map(|vars| (query, vars)).map_err(|e| e.to_string()));
             match parsed {
                 Ok((query, variables)) => {
-                    out.graphql_queries.retain(|q| q.name != name);
                     out.graphql_queries.push(GraphqlQuery { name, query, variables, file });
                 }
                 Err(e) => log.error(format!("Error processing GraphQL query file '{file}': {e}")),
             }
         }
+        super::dedupe_keep_last(&mut out.graphql_queries, |q| q.name.clone());
     }
 }

@@ -284,6 +284,24 @@ pub(crate) fn metadata(data: &Map<String, Value>) -> Result<(&Map<String, Value>
     }
 }
 
+/// Keeps only the last item for each key, in first-seen order: two files defining the same record update the same
+/// record, and the last one processed wins (as in Nautobot). Linear, for repositories with thousands of files.
+pub(crate) fn dedupe_keep_last<T, K: std::hash::Hash + Eq>(items: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    let mut last = std::collections::HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        last.insert(key(item), i);
+    }
+    if last.len() == items.len() {
+        return;
+    }
+    let mut i = 0;
+    items.retain(|item| {
+        let keep = last.get(&key(item)) == Some(&i);
+        i += 1;
+        keep
+    });
+}
+
 /// `str(value)` for scalars, JSON for the rest.
 pub(crate) fn value_text(value: &Value) -> String {
     match value {

@@ -62,14 +62,14 @@ impl DataType for Schemas {
             match result {
                 Ok(schemas) => {
                     for schema in schemas {
-                        // A later definition of the same name in this repository wins, as in Nautobot.
-                        out.config_context_schemas.retain(|s| s.name != schema.name);
                         out.config_context_schemas.push(schema);
                     }
                 }
                 Err(e) => log.error(format!("Error in loading config context schema data from `{file}`: {e}")),
             }
         }
+        // A later definition of the same name in this repository wins, as in Nautobot.
+        super::dedupe_keep_last(&mut out.config_context_schemas, |s| s.name.clone());
     }
 }
 

@@ -367,3 +367,18 @@ fn the_example_extension_loads_its_folder() {
     );
     assert!(loaded.logs.iter().any(|l| l.message == "Refreshed text files"));
 }
+
+#[test]
+fn the_last_definition_of_a_name_wins() {
+    let t = tree(&[
+        ("config_contexts/a.yaml", "_metadata: {name: Same}\nv: 1\n"),
+        ("config_contexts/b.yaml", "_metadata: {name: Same}\nv: 2\n"),
+        ("config_contexts/devices/d1.json", "{\"v\": 1}"),
+        ("config_contexts/devices/d1.yaml", "v: 2\n"),
+    ]);
+    let loaded = load(&t);
+    assert_eq!(loaded.config_contexts.len(), 1);
+    assert_eq!(loaded.config_contexts[0].data, json!({"v": 2}));
+    assert_eq!(loaded.local_contexts.len(), 1);
+    assert_eq!(loaded.local_contexts[0].data, json!({"v": 2}));
+}

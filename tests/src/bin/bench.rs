@@ -143,6 +143,18 @@ async fn main() -> Result<()> {
     assert_eq!(loaded.config_contexts.len(), CONTEXTS);
     assert_eq!(loaded.jobs.len(), JOB_MODULES);
     let files_per_sec = files as f64 / load_time.as_secs_f64();
+    // Where the time goes: each type alone.
+    let mut breakdown = Vec::new();
+    let read_started = Instant::now();
+    let _ = gitfleet_worker::check::read_dir_tree(&work)?;
+    breakdown.push(("reading the folder into a tree (not part of the loaders)".to_owned(), read_started.elapsed()));
+    for data_type in registry.types() {
+        let only = vec![data_type.identifier().to_owned()];
+        let input = LoadInput { provided: &only, ..input.clone() };
+        let started = Instant::now();
+        let _ = registry.load(&input);
+        breakdown.push((data_type.name().to_owned(), started.elapsed()));
+    }
 
     // (2) A full sync through a real worker, from a loopback git daemon.
     git(&work, &["init", "-q", "-b", "main"])?;
@@ -264,6 +276,12 @@ async fn main() -> Result<()> {
         "| re-sync of the unchanged commit (median of 5) | {:.0} ms | < 100 ms |",
         resync.as_secs_f64() * 1000.0
     )?;
+    writeln!(table, "\nOne load, by data type:\n")?;
+    writeln!(table, "| part | time |")?;
+    writeln!(table, "|---|---|")?;
+    for (part, time) in &breakdown {
+        writeln!(table, "| {part} | {:.0} ms |", time.as_secs_f64() * 1000.0)?;
+    }
     writeln!(table, "<!-- /bench:data-types -->")?;
     print!("{table}");
     if let Some(path) = write_to {

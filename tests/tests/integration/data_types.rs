@@ -276,3 +276,57 @@ async fn delete_removes_owned_records() -> Result<()> {
     assert_eq!(count(&env, "SELECT count(*) FROM job WHERE NOT installed AND name = 'MyJob'").await?, 1);
     env.teardown().await
 }
+
+/// Conformance 7.14 and 7.6: a second repository's job named like an existing one gets " (2)"; a context named like
+/// a record the repository does not own is an error that fails the sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_collisions_between_repositories() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let (_, job, url) = setup(&mut env, "valid-files").await?;
+    assert_eq!(env.wait_job(job.parse()?).await?.status, "SUCCESS");
+
+    // Another repository with the same jobs (another URL string, so the overlap rule allows it).
+    let new = NewRepo {
+        name: "Second Repository".into(),
+        slug: Some("second_repo".into()),
+        remote_url: format!("{url}/"),
+        branch: Some("valid-files".into()),
+        provided_contents: vec!["extras.job".into()],
+        secrets_group: None,
+    };
+    let job = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap();
+    let view = env.wait_job(job).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let client = env.pool.get().await?;
+    let row = client.query_one("SELECT name, name_override FROM job WHERE module_name = 'second_repo.jobs.my_job' AND job_class_name = 'MyJob'", &[]).await?;
+    assert_eq!((row.get::<_, String>(0).as_str(), row.get::<_, bool>(1)), ("MyJob (2)", true));
+
+    // A context made by hand under a name the repository wants.
+    client
+        .execute("INSERT INTO config_context (id, name, data) VALUES ($1, 'Taken by hand', '{}')", &[&Uuid::new_v4()])
+        .await?;
+    drop(client);
+    let remote = crate::support::git::Remote::new(env.tmp.path(), "third")?;
+    remote.commit("ctx", &[("config_contexts/a.yaml", "_metadata: {name: Taken by hand}\nx: 1\n")])?;
+    let new = NewRepo {
+        name: "Third Repository".into(),
+        remote_url: remote.file_url(),
+        provided_contents: vec!["extras.configcontext".into()],
+        ..NewRepo::default()
+    };
+    let job = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap();
+    let view = env.wait_job(job).await?;
+    assert_eq!(view.status, "FAILURE");
+    assert_log(
+        &view,
+        "error",
+        "config contexts",
+        "Error in loading config context data from `a.yaml`: Config context with this Name already exists.",
+    );
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM config_context WHERE name = 'Taken by hand' AND owner_repository_id IS NULL")
+            .await?,
+        1
+    );
+    env.teardown().await
+}
