@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -131,12 +131,7 @@ pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
 
 /// Connects, retrying with exponential backoff and jitter for up to `wait`.
 pub async fn connect(settings: &AmqpSettings, wait: Duration) -> Result<Connection, AmqpError> {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_total_delay(Some(wait))
-        .with_max_times(usize::MAX)
-        .with_jitter();
+    let backoff = crate::retry::until_ready(wait);
     let connection = (|| Connection::connect(&settings.url, ConnectionProperties::default()))
         .retry(backoff)
         .notify(|err, after| tracing::warn!(error = %err, ?after, "RabbitMQ not ready, retrying"))

@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use thiserror::Error;
 use tokio_postgres::NoTls;
@@ -55,12 +55,7 @@ pub async fn connect(settings: &DatabaseSettings, wait: Duration) -> Result<Pool
         .create_timeout(Some(Duration::from_secs(10)))
         .build()?;
 
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(2))
-        .with_total_delay(Some(wait))
-        .with_max_times(usize::MAX)
-        .with_jitter();
+    let backoff = crate::retry::until_ready(wait);
     let client = (|| pool.get())
         .retry(backoff)
         .notify(|err, after| tracing::warn!(error = %err, ?after, "PostgreSQL not ready, retrying"))

@@ -7,6 +7,7 @@
 pub mod amqp;
 pub mod db;
 pub mod migrate;
+pub mod retry;
 pub mod settings;
 pub mod shutdown;
 pub mod store;

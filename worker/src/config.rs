@@ -29,6 +29,10 @@ pub struct WorkerSettings {
     /// Largest data file a sync reads, in bytes; a larger one is an error naming the file.
     #[arg(long, env = "GITFLEET_MAX_FILE_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_bytes)]
     pub max_file_bytes: usize,
+    /// Directory of secrets groups, one folder per group with `token` and `username` files (a mounted Kubernetes
+    /// Secret). Groups can also come from `GITFLEET_SECRETS_<GROUP>_TOKEN` / `_USERNAME` variables.
+    #[arg(long, env = "GITFLEET_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
     /// On SIGTERM, how long in-flight events may take to finish before they are handed back.
     #[arg(long, env = "GITFLEET_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

@@ -9,8 +9,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use git2::{
-    AutotagOption, FetchOptions, FetchPrune, ObjectType, Oid, Repository, RepositoryInitOptions, TreeWalkMode,
-    TreeWalkResult,
+    AutotagOption, Cred, CredentialType, FetchOptions, FetchPrune, ObjectType, Oid, RemoteCallbacks, Repository,
+    RepositoryInitOptions, TreeWalkMode, TreeWalkResult,
 };
 use gitfleet_shared::repo::{Branch, RefError, check_ref};
 use gitfleet_shared::tree::RepoTree;
@@ -109,10 +109,21 @@ impl Mirror {
 
     /// Fetches `url` into the mirror (creating or repairing it) and resolves `branch` (spec b.4).
     pub fn fetch_and_checkout(&self, url: &str, branch: &Branch, pinned: Option<&str>) -> Result<Checkout, GitError> {
+        self.fetch_and_checkout_as(url, branch, pinned, None)
+    }
+
+    /// The same, authenticating through git2's credential callback (never through the URL).
+    pub fn fetch_and_checkout_as(
+        &self,
+        url: &str,
+        branch: &Branch,
+        pinned: Option<&str>,
+        credentials: Option<&HttpCredentials>,
+    ) -> Result<Checkout, GitError> {
         if let Some(commit) = pinned.filter(|c| !c.is_empty()) {
             check_ref("commit", commit)?;
         }
-        let (repo, cloned) = self.open_or_clone(url)?;
+        let (repo, cloned) = self.open_or_clone(url, credentials)?;
         let (head, kind) = resolve(&repo, branch, pinned)?;
         Ok(Checkout { head, kind, cloned })
     }
@@ -164,7 +175,7 @@ impl Mirror {
         }
     }
 
-    fn open_or_clone(&self, url: &str) -> Result<(Repository, bool), GitError> {
+    fn open_or_clone(&self, url: &str, credentials: Option<&HttpCredentials>) -> Result<(Repository, bool), GitError> {
         let path = self.path();
         if path.exists() {
             match Repository::open_bare(&path) {
@@ -175,7 +186,7 @@ impl Mirror {
                         // Picks up a changed remote_url (spec b.3 step 5).
                         repo.remote_set_url(REMOTE, url)?;
                     }
-                    fetch(&repo)?;
+                    fetch(&repo, credentials)?;
                     return Ok((repo, false));
                 }
                 Err(err) => {
@@ -192,7 +203,7 @@ impl Mirror {
             let repo = Repository::init_opts(&tmp, &opts)?;
             repo.config()?.set_bool("gc.autoDetach", false)?;
             repo.remote(REMOTE, url)?;
-            fetch(&repo)?;
+            fetch(&repo, credentials)?;
             Ok::<_, GitError>(())
         })();
         if let Err(err) = result {
@@ -204,10 +215,54 @@ impl Mirror {
     }
 }
 
-fn fetch(repo: &Repository) -> Result<(), GitError> {
+/// HTTP(S) credentials from a secrets group. A token alone is sent as the user name, as Nautobot builds its URL.
+#[derive(Clone)]
+pub struct HttpCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for HttpCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpCredentials(..)")
+    }
+}
+
+impl HttpCredentials {
+    pub fn new(username: Option<&str>, token: &str) -> Self {
+        match username.filter(|u| !u.is_empty()) {
+            Some(user) => Self { username: user.to_owned(), password: token.to_owned() },
+            None => Self { username: token.to_owned(), password: String::new() },
+        }
+    }
+}
+
+fn fetch(repo: &Repository, credentials: Option<&HttpCredentials>) -> Result<(), GitError> {
     let mut remote = repo.find_remote(REMOTE)?;
     let mut options = FetchOptions::new();
     options.prune(FetchPrune::On).download_tags(AutotagOption::None);
+    let mut callbacks = RemoteCallbacks::new();
+    let mut offered = false;
+    callbacks.credentials(move |_url, _user, allowed| {
+        // Offer the credentials once: if the server refuses them, fail at once instead of asking again forever.
+        match credentials {
+            Some(c) if !offered && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
+                offered = true;
+                Cred::userpass_plaintext(&c.username, &c.password)
+            }
+            Some(_) => Err(git2::Error::new(
+                git2::ErrorCode::Auth,
+                git2::ErrorClass::Http,
+                "authentication failed: the remote refused the credentials of the secrets_group",
+            )),
+            None => Err(git2::Error::new(
+                git2::ErrorCode::Auth,
+                git2::ErrorClass::Http,
+                "authentication required: the remote asks for credentials and the repository has no secrets_group",
+            )),
+        }
+    });
+    options.remote_callbacks(callbacks);
     remote.fetch(&REFSPECS, Some(&mut options), None)?;
     Ok(())
 }

@@ -24,9 +24,10 @@ use thiserror::Error;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::git::{GitError, Mirror};
+use crate::git::{GitError, HttpCredentials, Mirror};
 use crate::lock::{LockError, RepoLock};
 use crate::reconcile::{self, Owner};
+use crate::secrets::{self, Secrets};
 
 /// What the consumer does with the message once the event has been handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,7 @@ pub struct JobContext {
     pub worker_name: String,
     pub topology: Topology,
     pub registry: Arc<Registry>,
+    pub secrets: Arc<Secrets>,
     pub scope_mode: ScopeMode,
     pub limits: Limits,
 }
@@ -209,13 +211,26 @@ async fn sync(
     let name = repo.name.as_str();
     log.write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"...")))
         .await?;
-    if let Some(group) = &repo.secrets_group {
-        log.write(LogEntry::warning(
-            grouping::ENSURE,
-            format!("Secrets group \"{group}\" is not used yet by this worker version: fetching without credentials."),
-        ))
-        .await?;
-    }
+    // Credentials come from the worker's secrets groups; a missing group or token fails before any network call.
+    let group = repo.secrets_group.as_deref().map(|name| (name, ctx.secrets.get(name)));
+    let credentials = match group {
+        None => None,
+        Some((name, found)) => {
+            match (secrets::problem(name, found), found.and_then(|g| g.token.as_ref().map(|t| (g, t)))) {
+                (None, Some((g, token))) => Some(HttpCredentials::new(g.username.as_deref(), token.expose())),
+                (problem, _) => {
+                    let message = problem.unwrap_or_else(|| format!("The secrets_group \"{name}\" is unusable."));
+                    log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
+                    log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted."))
+                        .await?;
+                    fail(lock, event.event_id, "SecretError", &message).await?;
+                    let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
+                    return Ok(Some(("repo.sync_failed", body)));
+                }
+            }
+        }
+    };
+    let group = group.and_then(|(_, g)| g);
 
     // Fetch and resolve the ref off the reactor.
     let mirror = Mirror::new(&ctx.git_root, &repo.slug);
@@ -224,14 +239,16 @@ async fn sync(
         Ok(branch) => {
             let (mirror, url) = (mirror.clone(), repo.remote_url.clone());
             let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || span.in_scope(|| mirror.fetch_and_checkout(&url, &branch, None)))
-                .await?
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| mirror.fetch_and_checkout_as(&url, &branch, None, credentials.as_ref()))
+            })
+            .await?
         }
     };
     let checkout = match fetched {
         Ok(done) => done,
         Err(err) => {
-            let message = err.to_string();
+            let message = secrets::redact(&err.to_string(), group);
             log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
             log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted.")).await?;
             fail(lock, event.event_id, err.exc_type(), &message).await?;

@@ -10,6 +10,7 @@ pub mod git;
 pub mod job;
 pub mod lock;
 pub mod reconcile;
+pub mod secrets;
 
 pub use config::WorkerSettings;
 pub use consumer::run;

@@ -202,6 +202,7 @@ async fn main() -> Result<()> {
         name: Some("bench-worker".into()),
         scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
         max_file_bytes: Limits::default().max_bytes,
+        secrets_dir: None,
         shutdown_grace_secs: 10,
     };
     let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));

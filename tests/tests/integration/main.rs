@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod contract;
+mod credentials;
 mod data_types;
 mod delete;
 mod fleet;

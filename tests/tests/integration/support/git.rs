@@ -108,6 +108,11 @@ pub async fn git_daemon(base: &Path) -> Result<Server> {
 
 /// lighttpd running `git http-backend` as CGI for every repository under `base`, at `http://127.0.0.1:PORT/git/`.
 pub async fn git_http(base: &Path, state: &Path) -> Result<Server> {
+    git_http_with_auth(base, state, None).await
+}
+
+/// The same, behind HTTP basic authentication for `(user, password)` when given.
+pub async fn git_http_with_auth(base: &Path, state: &Path, auth: Option<(&str, &str)>) -> Result<Server> {
     let lighttpd = ["/usr/sbin/lighttpd", "/usr/local/sbin/lighttpd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -116,10 +121,22 @@ pub async fn git_http(base: &Path, state: &Path) -> Result<Server> {
     let port = free_port();
     std::fs::create_dir_all(state)?;
     let conf = state.join("lighttpd.conf");
+    let auth_conf = match auth {
+        Some((user, password)) => {
+            std::fs::write(state.join("users"), format!("{user}:{password}\n"))?;
+            format!(
+                "auth.backend = \"plain\"\nauth.backend.plain.userfile = \"{}/users\"\n\
+                 auth.require = (\"/git\" => (\"method\" => \"basic\", \"realm\" => \"git\", \"require\" => \"valid-user\"))\n",
+                state.display()
+            )
+        }
+        None => String::new(),
+    };
     std::fs::write(
         &conf,
         format!(
-            r#"server.modules = ("mod_alias", "mod_cgi", "mod_setenv")
+            r#"server.modules = ("mod_alias", "mod_auth", "mod_authn_file", "mod_cgi", "mod_setenv")
+{auth_conf}
 server.bind = "127.0.0.1"
 server.port = {port}
 server.document-root = "{state}"

@@ -78,6 +78,7 @@ impl TestEnv {
             name: Some(name.to_owned()),
             scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
             max_file_bytes: gitfleet_shared::yaml::Limits::default().max_bytes,
+            secrets_dir: Some(self.tmp.path().join("secrets")),
             shutdown_grace_secs: 10,
         }
     }

@@ -1,0 +1,107 @@
+//! Secrets groups: credentials only through git2's callback, failing fast and never written anywhere.
+
+use anyhow::Result;
+use gitfleet_producer::commands::{self, NewRepo};
+use gitfleet_shared::event::RequestedBy;
+
+use crate::support::git::{Remote, git_http_with_auth};
+use crate::support::{TestEnv, assert_log};
+
+const TOKEN: &str = "tok3n-s3cr3t-value-0042";
+
+fn group(env: &TestEnv, name: &str, username: &str, token: &str) -> Result<()> {
+    let dir = env.tmp.path().join("secrets").join(name);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("username"), format!("{username}\n"))?;
+    std::fs::write(dir.join("token"), format!("{token}\n"))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_http_remote_with_secrets_groups() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    group(&env, "private-git", "alice", TOKEN)?;
+    group(&env, "wrong-token", "alice", "not-the-token")?;
+    let served = env.tmp.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    let remote = Remote::new(&served, "private")?;
+    let head = remote.commit("first", &[("README.md", "private")])?;
+    let http = git_http_with_auth(&served, &env.tmp.path().join("lighttpd"), Some(("alice", TOKEN))).await?;
+    env.start_fleet(1);
+    let url = format!("http://127.0.0.1:{}/git/private.git", http.port);
+
+    let create = |name: &str, group: Option<&str>| NewRepo {
+        name: format!("{name} {}", env.id),
+        remote_url: url.clone(),
+        secrets_group: group.map(str::to_owned),
+        ..NewRepo::default()
+    };
+    let mut jobs = Vec::new();
+    for (name, group) in [
+        ("Good", Some("private-git")),
+        ("Anonymous", None),
+        ("Wrong", Some("wrong-token")),
+        ("Missing", Some("no-such-group")),
+    ] {
+        jobs.push(commands::create(&env.pool, create(name, group), RequestedBy::cli()).await?.job_result_id().unwrap());
+    }
+    let good = env.wait_job(jobs[0]).await?;
+    assert_eq!(good.status, "SUCCESS", "{:#?}", good.logs);
+    assert_eq!(good.result.clone().unwrap()["current_head"], head.as_str());
+
+    let anonymous = env.wait_job(jobs[1]).await?;
+    assert_eq!(anonymous.status, "FAILURE");
+    assert_log(&anonymous, "error", "ensure_git_repository", "authentication required");
+    let wrong = env.wait_job(jobs[2]).await?;
+    assert_eq!(wrong.status, "FAILURE");
+    assert_log(&wrong, "error", "ensure_git_repository", "authentication failed");
+    let missing = env.wait_job(jobs[3]).await?;
+    assert_eq!(missing.status, "FAILURE");
+    assert_log(
+        &missing,
+        "error",
+        "ensure_git_repository",
+        "The secrets_group \"no-such-group\" is not configured on this worker: set GITFLEET_SECRETS_NO_SUCH_GROUP_TOKEN",
+    );
+    assert_eq!(missing.result.clone().unwrap()["exc_type"], "SecretError");
+    for view in [&anonymous, &wrong, &missing] {
+        let (started, done) = (view.date_started.unwrap(), view.date_done.unwrap());
+        assert!((done - started).num_seconds() < 10, "failed fast");
+    }
+
+    // The token is nowhere: not in the mirrors, not in any JobResult or log entry, not in the outbox.
+    for entry in walk(&env.git_root()) {
+        let bytes = std::fs::read(&entry)?;
+        assert!(!contains(&bytes, TOKEN.as_bytes()), "token found in {}", entry.display());
+    }
+    let client = env.pool.get().await?;
+    let stored: String = client
+        .query_one(
+            "SELECT coalesce((SELECT string_agg(message, ' ') FROM job_log_entry), '') ||
+                    coalesce((SELECT string_agg(coalesce(result::text, '') || coalesce(traceback, ''), ' ') FROM job_result), '') ||
+                    coalesce((SELECT string_agg(payload::text, ' ') FROM outbox), '') ||
+                    coalesce((SELECT string_agg(remote_url, ' ') FROM git_repository), '')",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert!(!stored.contains(TOKEN) && !stored.contains("not-the-token"));
+    drop(client);
+    drop(http);
+    env.teardown().await
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
