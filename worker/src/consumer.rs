@@ -35,6 +35,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         limits: settings.limits(),
     });
     std::fs::create_dir_all(&ctx.git_root)?;
+    remove_orphan_mirrors(&ctx).await?;
     tracing::info!(worker = %ctx.worker_name, git_root = %ctx.git_root.display(), prefetch = settings.prefetch, "worker starting");
 
     let mut backoff = Duration::from_millis(200);
@@ -53,6 +54,30 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     }
     ctx.pool.close();
     tracing::info!(worker = %ctx.worker_name, "worker stopped");
+    Ok(())
+}
+
+/// Spec b.9: mirrors under `GIT_ROOT` whose slug belongs to no live repository are removed at start-up, and so are
+/// temporary clone directories left by a crash (only old ones: a worker sharing the directory may be cloning now).
+async fn remove_orphan_mirrors(ctx: &JobContext) -> anyhow::Result<()> {
+    let client = ctx.pool.get().await?;
+    let live: std::collections::HashSet<String> =
+        gitfleet_infra::store::repository::list_live(&**client).await?.into_iter().map(|r| r.slug).collect();
+    drop(client);
+    for entry in std::fs::read_dir(&ctx.git_root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let stale_tmp = name.starts_with(".tmp-")
+            && entry.metadata()?.modified()?.elapsed().unwrap_or_default() > Duration::from_secs(3600);
+        let orphan = !name.starts_with('.') && !live.contains(&name);
+        if stale_tmp || orphan {
+            tracing::warn!(path = %entry.path().display(), "Deleting unmanaged (leftover?) Git repository clone");
+            std::fs::remove_dir_all(entry.path())?;
+        }
+    }
     Ok(())
 }
 

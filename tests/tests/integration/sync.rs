@@ -181,3 +181,25 @@ async fn git_and_http_remotes() -> Result<()> {
     drop((daemon, http));
     env.teardown().await
 }
+
+/// Spec b.9: at start-up a worker removes mirrors of repositories that no longer exist, and keeps the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_mirrors_are_removed_at_start_up() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.start_fleet(1);
+    let remote = Remote::new(env.tmp.path(), "data")?;
+    remote.commit("first", &[("README.md", "one")])?;
+    let view = env.wait_job(env.create(&format!("Kept {}", env.id), &remote.file_url(), "main").await?).await?;
+    assert_eq!(view.status, "SUCCESS");
+    let kept = env.git_root().join(env.repo(view.repository_id.unwrap()).await?.slug);
+    let orphan = env.git_root().join("no_such_repository");
+    std::fs::create_dir_all(orphan.join("objects"))?;
+    env.start_worker("restarted");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while orphan.exists() {
+        assert!(std::time::Instant::now() < deadline, "orphan mirror not removed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(kept.is_dir(), "a live repository's mirror stays");
+    env.teardown().await
+}
