@@ -14,7 +14,9 @@ async fn main() -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(gitfleet_infra::shutdown::on_signal(shutdown.clone()));
 
-    let pool = match gitfleet_infra::db::connect(&cli.database, Duration::from_secs(30)).await {
+    // A long-running relay waits for PostgreSQL; a one-off command says it is unreachable within seconds.
+    let wait = if matches!(cli.command, cli::Command::Relay { .. }) { 60 } else { 5 };
+    let pool = match gitfleet_infra::db::connect(&cli.database, Duration::from_secs(wait)).await {
         Ok(pool) => pool,
         Err(err) => {
             eprintln!("error: {err}");

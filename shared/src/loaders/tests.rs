@@ -22,16 +22,27 @@ fn tree(files: &[(&str, &str)]) -> RepoTree {
 }
 
 fn load_with(tree: &RepoTree, inventory: Option<&Inventory>, mode: ScopeMode, limits: Limits) -> Loaded {
-    let provided: Vec<String> = ALL.iter().map(|s| (*s).to_owned()).collect();
+    load_types(tree, ALL, inventory, mode, limits, true)
+}
+
+fn load_types(
+    tree: &RepoTree,
+    types: &[&str],
+    inventory: Option<&Inventory>,
+    scope_mode: ScopeMode,
+    limits: Limits,
+    had_jobs: bool,
+) -> Loaded {
+    let provided: Vec<String> = types.iter().map(|s| (*s).to_owned()).collect();
     let input = LoadInput {
         tree,
         repo_name: "Repo",
         slug: "repo",
         provided: &provided,
         inventory,
-        scope_mode: mode,
+        scope_mode,
         limits,
-        had_jobs: true,
+        had_jobs,
     };
     Registry::with_builtins().load(&input)
 }
@@ -310,19 +321,8 @@ fn jobs_py_module_and_missing_root_package() {
 #[test]
 fn every_registered_type_runs_and_unprovided_types_load_nothing() {
     let t = tree(&[("config_contexts/a.yaml", "_metadata: {name: A}\n")]);
-    let provided = vec!["extras.graphqlquery".to_owned()];
-    let input = LoadInput {
-        tree: &t,
-        repo_name: "Repo",
-        slug: "repo",
-        provided: &provided,
-        inventory: None,
-        scope_mode: ScopeMode::Strict,
-        limits: Limits::default(),
-        had_jobs: false,
-    };
     let registry = Registry::with_builtins();
-    let loaded = registry.load(&input);
+    let loaded = load_types(&t, &["extras.graphqlquery"], None, ScopeMode::Strict, Limits::default(), false);
     assert!(loaded.config_contexts.is_empty());
     let refreshing: Vec<_> =
         loaded.logs.iter().filter(|l| l.message.starts_with("Refreshing ")).map(|l| l.message.as_str()).collect();
@@ -349,18 +349,7 @@ fn every_registered_type_runs_and_unprovided_types_load_nothing() {
 #[test]
 fn the_example_extension_loads_its_folder() {
     let t = tree(&[("text_files/a.txt", "hello"), ("text_files/b.md", "ignored")]);
-    let provided = vec!["example_app.textfile".to_owned()];
-    let input = LoadInput {
-        tree: &t,
-        repo_name: "Repo",
-        slug: "repo",
-        provided: &provided,
-        inventory: None,
-        scope_mode: ScopeMode::Strict,
-        limits: Limits::default(),
-        had_jobs: false,
-    };
-    let loaded = Registry::with_builtins().load(&input);
+    let loaded = load_types(&t, &["example_app.textfile"], None, ScopeMode::Strict, Limits::default(), false);
     assert_eq!(
         loaded.extensions["example_app.textfile"],
         vec![ExtensionRecord { key: "a.txt".into(), data: json!({"content": "hello"}) }]
