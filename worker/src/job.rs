@@ -428,15 +428,16 @@ async fn delete(
         fail(lock, event.event_id, "RuntimeError", &message).await?;
         return Ok(None);
     }
+    // The mirror is only a cache: removing it before the commit costs nothing if the commit fails (the next sync
+    // fetches again), and a leftover is cleaned at the next start-up.
+    let mirror = Mirror::new(&ctx.git_root, &repo.slug);
+    if let Err(err) = tokio::task::spawn_blocking(move || mirror.remove()).await? {
+        tracing::warn!(error = %err, "could not remove the mirror of a deleted repository");
+    }
     repository::tombstone(&*tx, repo.id, event.version.get()).await?;
     log.write(LogEntry::info(grouping::MAIN, format!("Git repository \"{name}\" deleted.")).about(name)).await?;
     job_result::finish(&*tx, event.event_id, JobStatus::Success, Some(&json!({ "deleted": repo.id })), None).await?;
     tx.commit().await?;
 
-    // The mirror is only a cache: removed after the commit, and a leftover is cleaned at the next start-up.
-    let mirror = Mirror::new(&ctx.git_root, &repo.slug);
-    if let Err(err) = tokio::task::spawn_blocking(move || mirror.remove()).await? {
-        tracing::warn!(error = %err, "could not remove the mirror of a deleted repository");
-    }
     Ok(Some(("repo.deleted", json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id }))))
 }
