@@ -165,6 +165,43 @@ impl Mirror {
         }
     }
 
+    /// File changes from `old` (None: an empty tree) to `new`, worded as Nautobot's dry-run words them:
+    /// `Addition`, `Deletion`, `Modification`, `Renaming`, `File Type Changed`, ... (spec b.11).
+    pub fn diff(&self, old: Option<&str>, new: &str) -> Result<Vec<(String, String)>, GitError> {
+        let repo = Repository::open_bare(self.path())?;
+        let new_tree = repo.find_commit(Oid::from_str(new)?)?.tree()?;
+        let old_tree = match old {
+            Some(old) => Some(repo.find_commit(Oid::from_str(old)?)?.tree()?),
+            None => None,
+        };
+        let diff = repo.diff_tree_to_tree(old_tree.as_ref(), Some(&new_tree), None)?;
+        let mut out = Vec::new();
+        for delta in diff.deltas() {
+            let status = match delta.status() {
+                git2::Delta::Added => "Addition",
+                git2::Delta::Deleted => "Deletion",
+                git2::Delta::Modified => "Modification",
+                git2::Delta::Copied => "Copy",
+                git2::Delta::Renamed => "Renaming",
+                git2::Delta::Typechange => "File Type Changed",
+                git2::Delta::Conflicted => "File Unmerged",
+                _ => "None",
+            };
+            let file = if delta.status() == git2::Delta::Deleted { delta.old_file() } else { delta.new_file() };
+            let path = file.path().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+            out.push((status.to_owned(), path));
+        }
+        Ok(out)
+    }
+
+    /// Whether the mirror holds this commit.
+    pub fn has_commit(&self, commit: &str) -> bool {
+        Repository::open_bare(self.path())
+            .ok()
+            .and_then(|r| Oid::from_str(commit).ok().map(|oid| r.find_commit(oid).is_ok()))
+            .unwrap_or(false)
+    }
+
     /// Removes the mirror. Returns false if there was none.
     pub fn remove(&self) -> Result<bool, GitError> {
         let path = self.path();

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use deadpool_postgres::Pool;
 use gitfleet_infra::amqp::{Publisher, Topology};
 use gitfleet_infra::store::inventory;
+use gitfleet_shared::inventory::Inventory;
 use gitfleet_infra::store::job_result::{self, NewJobResult, StartOutcome};
 use gitfleet_infra::store::repository::{self, RepositoryRow};
 use gitfleet_shared::event::{Event, EventKind};
@@ -200,39 +201,30 @@ async fn current_definition(
     Ok(None)
 }
 
-async fn sync(
+/// Why a fetch could not happen: the message (secrets redacted) and the exception class Nautobot would name.
+struct FetchFailure {
+    message: String,
+    exc_type: &'static str,
+}
+
+/// Credentials from the worker's secrets groups (a missing group or token fails before any network call), then a
+/// fetch and ref resolution, off the reactor.
+async fn fetch(
     ctx: &JobContext,
-    lock: &mut RepoLock,
-    event: &Event,
-    log: &JobLog<'_>,
-) -> Result<Notification, TransientError> {
-    log.write(LogEntry::info(grouping::INITIALIZATION, "Running job")).await?;
-    let Some(repo) = current_definition(lock, event, log).await? else { return Ok(None) };
-    let name = repo.name.as_str();
-    log.write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"...")))
-        .await?;
-    // Credentials come from the worker's secrets groups; a missing group or token fails before any network call.
+    repo: &RepositoryRow,
+) -> Result<Result<(Mirror, crate::git::Checkout), FetchFailure>, TransientError> {
     let group = repo.secrets_group.as_deref().map(|name| (name, ctx.secrets.get(name)));
     let credentials = match group {
         None => None,
-        Some((name, found)) => {
-            match (secrets::problem(name, found), found.and_then(|g| g.token.as_ref().map(|t| (g, t)))) {
-                (None, Some((g, token))) => Some(HttpCredentials::new(g.username.as_deref(), token.expose())),
-                (problem, _) => {
-                    let message = problem.unwrap_or_else(|| format!("The secrets_group \"{name}\" is unusable."));
-                    log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
-                    log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted."))
-                        .await?;
-                    fail(lock, event.event_id, "SecretError", &message).await?;
-                    let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
-                    return Ok(Some(("repo.sync_failed", body)));
-                }
+        Some((name, found)) => match (secrets::problem(name, found), found.and_then(|g| g.token.as_ref().map(|t| (g, t)))) {
+            (None, Some((g, token))) => Some(HttpCredentials::new(g.username.as_deref(), token.expose())),
+            (problem, _) => {
+                let message = problem.unwrap_or_else(|| format!("The secrets_group \"{name}\" is unusable."));
+                return Ok(Err(FetchFailure { message, exc_type: "SecretError" }));
             }
-        }
+        },
     };
     let group = group.and_then(|(_, g)| g);
-
-    // Fetch and resolve the ref off the reactor.
     let mirror = Mirror::new(&ctx.git_root, &repo.slug);
     let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
@@ -245,13 +237,75 @@ async fn sync(
             .await?
         }
     };
-    let checkout = match fetched {
-        Ok(done) => done,
-        Err(err) => {
-            let message = secrets::redact(&err.to_string(), group);
-            log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
+    Ok(fetched.map(|checkout| (mirror, checkout)).map_err(|err| FetchFailure {
+        message: secrets::redact(&err.to_string(), group),
+        exc_type: err.exc_type(),
+    }))
+}
+
+/// What a load needs from the database besides the tree: the inventory, its stamp, and whether the repository had
+/// installed jobs.
+async fn load_context(ctx: &JobContext, slug: &str) -> Result<(Inventory, String, bool), TransientError> {
+    let client = ctx.pool.get().await?;
+    let inventory = inventory::load(&**client).await?;
+    let stamp: String = client
+        .query_one("SELECT count(*)::text || '@' || coalesce(max(updated)::text, '-') FROM scope_object", &[])
+        .await?
+        .get(0);
+    let like = format!("{}.%", slug.replace('_', "\\_"));
+    let had_jobs: bool =
+        client.query_one("SELECT EXISTS (SELECT 1 FROM job WHERE module_name LIKE $1 AND installed)", &[&like]).await?.get(0);
+    Ok((inventory, stamp, had_jobs))
+}
+
+/// Reads the commit's tree and runs every registered loader on it, off the reactor.
+async fn load_commit(
+    ctx: &JobContext,
+    repo: &RepositoryRow,
+    mirror: Mirror,
+    head: &str,
+    inventory: Inventory,
+    had_jobs: bool,
+) -> Result<Result<Loaded, GitError>, TransientError> {
+    let (registry, repo, limits, mode, head) = (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode, head.to_owned());
+    let span = tracing::Span::current();
+    Ok(tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let tree = mirror.read_tree(&head, limits.max_bytes)?;
+            let input = LoadInput {
+                tree: &tree,
+                repo_name: &repo.name,
+                slug: &repo.slug,
+                provided: &repo.provided_contents,
+                inventory: Some(&inventory),
+                scope_mode: mode,
+                limits,
+                had_jobs,
+            };
+            Ok(registry.load(&input))
+        })
+    })
+    .await?)
+}
+
+
+async fn sync(
+    ctx: &JobContext,
+    lock: &mut RepoLock,
+    event: &Event,
+    log: &JobLog<'_>,
+) -> Result<Notification, TransientError> {
+    log.write(LogEntry::info(grouping::INITIALIZATION, "Running job")).await?;
+    let Some(repo) = current_definition(lock, event, log).await? else { return Ok(None) };
+    let name = repo.name.as_str();
+    log.write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"...")))
+        .await?;
+    let (mirror, checkout) = match fetch(ctx, &repo).await? {
+        Ok(fetched) => fetched,
+        Err(failure) => {
+            log.write(LogEntry::error(grouping::ENSURE, &failure.message)).await?;
             log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted.")).await?;
-            fail(lock, event.event_id, err.exc_type(), &message).await?;
+            fail(lock, event.event_id, failure.exc_type, &failure.message).await?;
             let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
             return Ok(Some(("repo.sync_failed", body)));
         }
@@ -265,20 +319,7 @@ async fn sync(
     .await?;
 
     // What this sync would apply; the same as last time means the live records are already these.
-    let (inventory, inventory_stamp, had_jobs) = {
-        let client = ctx.pool.get().await?;
-        let inventory = inventory::load(&**client).await?;
-        let stamp: String = client
-            .query_one("SELECT count(*)::text || '@' || coalesce(max(updated)::text, '-') FROM scope_object", &[])
-            .await?
-            .get(0);
-        let like = format!("{}.%", repo.slug.replace('_', "\\_"));
-        let had_jobs: bool = client
-            .query_one("SELECT EXISTS (SELECT 1 FROM job WHERE module_name LIKE $1 AND installed)", &[&like])
-            .await?
-            .get(0);
-        (inventory, stamp, had_jobs)
-    };
+    let (inventory, inventory_stamp, had_jobs) = load_context(ctx, &repo.slug).await?;
     let fingerprint = format!(
         "{head}|v{}|{}|inventory {inventory_stamp}|{}|gitfleet {}",
         repo.version,
@@ -298,36 +339,14 @@ async fn sync(
         return Ok(None);
     }
 
-    // Read the commit's tree and load every registered data type (pure, CPU only), off the reactor.
-    let loaded = {
-        let (registry, repo, limits, mode) = (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode);
-        let head = head.clone();
-        let span = tracing::Span::current();
-        let loaded = tokio::task::spawn_blocking(move || {
-            span.in_scope(|| {
-                let tree = mirror.read_tree(&head, limits.max_bytes)?;
-                let input = LoadInput {
-                    tree: &tree,
-                    repo_name: &repo.name,
-                    slug: &repo.slug,
-                    provided: &repo.provided_contents,
-                    inventory: Some(&inventory),
-                    scope_mode: mode,
-                    limits,
-                    had_jobs,
-                };
-                Ok::<_, GitError>(registry.load(&input))
-            })
-        })
-        .await?;
-        match loaded {
-            Ok(loaded) => loaded,
-            Err(err) => {
-                let message = err.to_string();
-                log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
-                fail(lock, event.event_id, err.exc_type(), &message).await?;
-                return Ok(None);
-            }
+    // Read the commit's tree and load every registered data type (pure, CPU only).
+    let loaded = match load_commit(ctx, &repo, mirror, &head, inventory, had_jobs).await? {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            let message = err.to_string();
+            log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
+            fail(lock, event.event_id, err.exc_type(), &message).await?;
+            return Ok(None);
         }
     };
 
