@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use deadpool_postgres::Pool;
 use gitfleet_infra::amqp::{Publisher, Topology};
 use gitfleet_infra::store::inventory;
-use gitfleet_shared::inventory::Inventory;
 use gitfleet_infra::store::job_result::{self, NewJobResult, StartOutcome};
 use gitfleet_infra::store::repository::{self, RepositoryRow};
 use gitfleet_shared::event::{Event, EventKind};
-use gitfleet_shared::job_result::LogLevel;
+use gitfleet_shared::inventory::Inventory;
 use gitfleet_shared::job_result::{
     DELETE_TASK_NAME, DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME, JobStatus, LogEntry, SYNC_JOB_NAME, SYNC_TASK_NAME, grouping,
 };
+use gitfleet_shared::job_result::{LogLevel, format_duration};
 use gitfleet_shared::loaders::{LoadInput, Loaded, Registry, ScopeMode, summary};
 use gitfleet_shared::repo::Branch;
 use gitfleet_shared::sanitize::sanitize;
@@ -165,12 +165,7 @@ async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Res
     let log = JobLog { pool: &ctx.pool, id: event.event_id };
     match event.kind {
         EventKind::Delete => delete(ctx, lock, event, &log).await,
-        EventKind::DryRun => {
-            let message = "Dry-run events are not supported by this worker version yet; nothing was fetched.";
-            log.write(LogEntry::error(grouping::RUN, message)).await?;
-            fail(lock, event.event_id, "NotImplementedError", message).await?;
-            Ok(None)
-        }
+        EventKind::DryRun => dry_run(ctx, lock, event, &log).await,
         EventKind::Create | EventKind::Update | EventKind::Sync => sync(ctx, lock, event, &log).await,
     }
 }
@@ -216,13 +211,15 @@ async fn fetch(
     let group = repo.secrets_group.as_deref().map(|name| (name, ctx.secrets.get(name)));
     let credentials = match group {
         None => None,
-        Some((name, found)) => match (secrets::problem(name, found), found.and_then(|g| g.token.as_ref().map(|t| (g, t)))) {
-            (None, Some((g, token))) => Some(HttpCredentials::new(g.username.as_deref(), token.expose())),
-            (problem, _) => {
-                let message = problem.unwrap_or_else(|| format!("The secrets_group \"{name}\" is unusable."));
-                return Ok(Err(FetchFailure { message, exc_type: "SecretError" }));
+        Some((name, found)) => {
+            match (secrets::problem(name, found), found.and_then(|g| g.token.as_ref().map(|t| (g, t)))) {
+                (None, Some((g, token))) => Some(HttpCredentials::new(g.username.as_deref(), token.expose())),
+                (problem, _) => {
+                    let message = problem.unwrap_or_else(|| format!("The secrets_group \"{name}\" is unusable."));
+                    return Ok(Err(FetchFailure { message, exc_type: "SecretError" }));
+                }
             }
-        },
+        }
     };
     let group = group.and_then(|(_, g)| g);
     let mirror = Mirror::new(&ctx.git_root, &repo.slug);
@@ -237,10 +234,9 @@ async fn fetch(
             .await?
         }
     };
-    Ok(fetched.map(|checkout| (mirror, checkout)).map_err(|err| FetchFailure {
-        message: secrets::redact(&err.to_string(), group),
-        exc_type: err.exc_type(),
-    }))
+    Ok(fetched
+        .map(|checkout| (mirror, checkout))
+        .map_err(|err| FetchFailure { message: secrets::redact(&err.to_string(), group), exc_type: err.exc_type() }))
 }
 
 /// What a load needs from the database besides the tree: the inventory, its stamp, and whether the repository had
@@ -253,8 +249,10 @@ async fn load_context(ctx: &JobContext, slug: &str) -> Result<(Inventory, String
         .await?
         .get(0);
     let like = format!("{}.%", slug.replace('_', "\\_"));
-    let had_jobs: bool =
-        client.query_one("SELECT EXISTS (SELECT 1 FROM job WHERE module_name LIKE $1 AND installed)", &[&like]).await?.get(0);
+    let had_jobs: bool = client
+        .query_one("SELECT EXISTS (SELECT 1 FROM job WHERE module_name LIKE $1 AND installed)", &[&like])
+        .await?
+        .get(0);
     Ok((inventory, stamp, had_jobs))
 }
 
@@ -267,7 +265,8 @@ async fn load_commit(
     inventory: Inventory,
     had_jobs: bool,
 ) -> Result<Result<Loaded, GitError>, TransientError> {
-    let (registry, repo, limits, mode, head) = (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode, head.to_owned());
+    let (registry, repo, limits, mode, head) =
+        (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode, head.to_owned());
     let span = tracing::Span::current();
     Ok(tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
@@ -287,7 +286,6 @@ async fn load_commit(
     })
     .await?)
 }
-
 
 async fn sync(
     ctx: &JobContext,
@@ -459,4 +457,140 @@ async fn delete(
     tx.commit().await?;
 
     Ok(Some(("repo.deleted", json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id }))))
+}
+
+const DRY_RUN: &str = "git_repository_dry_run";
+
+/// Dry-run (spec b.11): fetch, report the file changes from the live commit to the target, then the record
+/// changes a sync would make, found by reconciling inside a transaction that is rolled back. No record, no
+/// `current_head` and no applied version changes.
+async fn dry_run(
+    ctx: &JobContext,
+    lock: &mut RepoLock,
+    event: &Event,
+    log: &JobLog<'_>,
+) -> Result<Notification, TransientError> {
+    let started = std::time::Instant::now();
+    let Some(repo) = current_definition(lock, event, log).await? else { return Ok(None) };
+    let name = repo.name.as_str();
+    log.write(LogEntry::info(grouping::RUN, format!("Performing a Dry Run on Git repository \"{name}\"..."))).await?;
+    log.write(LogEntry::info(DRY_RUN, "Fetching from origin")).await?;
+    // Nautobot logs the duration while it is still None (spec h.8); this one is measured.
+    let completed = || {
+        LogEntry::info(grouping::RUN, format!("Repository dry run completed in {}", format_duration(started.elapsed())))
+    };
+    let (mirror, checkout) = match fetch(ctx, &repo).await? {
+        Ok(fetched) => fetched,
+        Err(failure) => {
+            log.write(LogEntry::error(DRY_RUN, &failure.message)).await?;
+            log.write(completed()).await?;
+            fail(lock, event.event_id, failure.exc_type, &failure.message).await?;
+            return Ok(None);
+        }
+    };
+    let head = checkout.head.clone();
+
+    // File changes, from the live commit (none yet: an empty tree) to the target.
+    let changes = {
+        let (mirror, current, head) = (mirror.clone(), repo.current_head.clone(), head.clone());
+        tokio::task::spawn_blocking(move || {
+            let old = (!current.is_empty() && mirror.has_commit(&current)).then_some(current);
+            mirror.diff(old.as_deref(), &head)
+        })
+        .await?
+    };
+    let changes = match changes {
+        Ok(changes) => changes,
+        Err(err) => {
+            log.write(LogEntry::error(DRY_RUN, err.to_string())).await?;
+            fail(lock, event.event_id, err.exc_type(), &err.to_string()).await?;
+            return Ok(None);
+        }
+    };
+    if changes.is_empty() {
+        log.write(LogEntry::info(DRY_RUN, "Repository has no changes")).await?;
+    } else {
+        let lines: Vec<LogEntry> =
+            changes.iter().map(|(status, path)| LogEntry::info(DRY_RUN, format!("{status} - `{path}`"))).collect();
+        log.write_all(&lines).await?;
+    }
+
+    // Record changes: the sync's own load and reconcile, rolled back.
+    let (inventory, _, had_jobs) = load_context(ctx, &repo.slug).await?;
+    let loaded = match load_commit(ctx, &repo, mirror, &head, inventory, had_jobs).await? {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            log.write(LogEntry::error(DRY_RUN, err.to_string())).await?;
+            fail(lock, event.event_id, err.exc_type(), &err.to_string()).await?;
+            return Ok(None);
+        }
+    };
+    let owner = Owner { id: repo.id, name, slug: &repo.slug };
+    let client = lock.client();
+    let tx = client.transaction().await?;
+    let mut failed = false;
+    let mut summary_lines = Vec::new();
+    let mut record_changes = serde_json::Map::new();
+    for (identifier, _) in &loaded.sections {
+        let Some(data_type) = ctx.registry.get(identifier) else { continue };
+        let outcome = reconcile::reconcile_type(&*tx, owner, data_type, &loaded).await?;
+        let mut counts = [0usize; 4];
+        for entry in &outcome {
+            let m = entry.message.as_str();
+            if entry.level == LogLevel::Error {
+                failed = true;
+                summary_lines.push(entry.clone());
+            } else if m.starts_with("Successfully created") || m.starts_with("Created Job record") {
+                counts[0] += 1;
+            } else if m.starts_with("Successfully refreshed")
+                || m.starts_with("Successfully updated")
+                || m == "Marking Job record as no longer installed"
+            {
+                counts[1] += 1;
+            } else if m.starts_with("Deleted") {
+                counts[2] += 1;
+            } else {
+                counts[3] += 1;
+            }
+        }
+        if counts[..3].iter().any(|&c| c > 0) {
+            summary_lines.push(LogEntry::info(
+                DRY_RUN,
+                format!(
+                    "{}: {} to create, {} to change, {} to delete, {} unchanged",
+                    data_type.name(),
+                    counts[0],
+                    counts[1],
+                    counts[2],
+                    counts[3]
+                ),
+            ));
+        }
+        record_changes.insert(
+            identifier.clone(),
+            json!({ "create": counts[0], "change": counts[1], "delete": counts[2], "unchanged": counts[3] }),
+        );
+    }
+    tx.rollback().await?;
+    let load_errors: Vec<LogEntry> = loaded.logs.iter().filter(|l| l.level == LogLevel::Error).cloned().collect();
+    failed |= !load_errors.is_empty();
+    log.write_all(&load_errors).await?;
+    if summary_lines.iter().all(|l| l.level != LogLevel::Error)
+        && record_changes.values().all(|v| v["create"] == 0 && v["change"] == 0 && v["delete"] == 0)
+    {
+        summary_lines.push(LogEntry::info(DRY_RUN, "No records would change"));
+    }
+    log.write_all(&summary_lines).await?;
+    let result = json!({ "target_commit": head, "file_changes": changes.len(), "record_changes": record_changes });
+    if failed {
+        let message = format!("A sync of {name} at {head} would fail. Please see logs.");
+        log.write(LogEntry::error(DRY_RUN, &message)).await?;
+        log.write(completed()).await?;
+        fail(lock, event.event_id, "RuntimeError", &message).await?;
+        return Ok(None);
+    }
+    log.write(LogEntry::info(DRY_RUN, "Repository dry run successful")).await?;
+    log.write(completed()).await?;
+    job_result::finish(&***lock.client(), event.event_id, JobStatus::Success, Some(&result), None).await?;
+    Ok(None)
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use gitfleet_producer::commands::{self, NewRepo, RepoChanges};
-use gitfleet_shared::event::RequestedBy;
+use gitfleet_shared::event::{EventKind, RequestedBy};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -328,5 +328,97 @@ async fn name_collisions_between_repositories() -> Result<()> {
             .await?,
         1
     );
+    env.teardown().await
+}
+
+/// Conformance 1.7 and 7.11: a dry-run reports file changes with Nautobot's wording and the record changes a sync
+/// would make, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_reports_and_changes_nothing() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    import_inventory(&env).await?;
+    let remote = nautobot_fixture(env.tmp.path())?;
+    // A definition written directly, so no create event syncs it: the dry-run sees a never-synced repository.
+    let client = env.pool.get().await?;
+    let provided: Vec<String> = ALL.iter().map(|s| (*s).to_owned()).collect();
+    let url = remote.file_url();
+    let row = gitfleet_infra::store::repository::insert(
+        &**client,
+        &gitfleet_infra::store::repository::NewRepository {
+            id: Uuid::new_v4(),
+            name: "Test Git Repository",
+            slug: "test_git_repo",
+            remote_url: &url,
+            branch: "valid-files",
+            secrets_group: None,
+            provided_contents: &provided,
+        },
+    )
+    .await?;
+    drop(client);
+    env.start_fleet(1);
+    let dry_run = || async {
+        let id = commands::sync(&env.pool, "Test Git Repository", EventKind::DryRun, None, RequestedBy::cli())
+            .await?
+            .job_result_id()
+            .unwrap();
+        env.wait_job(id).await
+    };
+
+    let view = dry_run().await?;
+    assert_eq!((view.name.as_str(), view.status.as_str()), ("Git Repository: Dry-Run", "SUCCESS"), "{:#?}", view.logs);
+    assert_log(&view, "info", "run", "Performing a Dry Run on Git repository \"Test Git Repository\"...");
+    assert_log(&view, "info", "git_repository_dry_run", "Fetching from origin");
+    let additions: Vec<&str> =
+        view.logs.iter().filter(|l| l.message.starts_with("Addition - ")).map(|l| l.message.as_str()).collect();
+    let expected = [
+        "__init__.py",
+        "config_context_schemas/schema-1.yaml",
+        "config_contexts/context.yaml",
+        "config_contexts/devices/test-device.json",
+        "config_contexts/locations/Test Location.json",
+        "export_templates/dcim/device/template.j2",
+        "export_templates/dcim/device/template2.html",
+        "export_templates/ipam/vlan/template.j2",
+        "graphql_queries/device_interfaces.gql",
+        "graphql_queries/device_names.gql",
+        "jobs/__init__.py",
+        "jobs/my_job.py",
+    ]
+    .map(|p| format!("Addition - `{p}`"));
+    assert_eq!(additions, expected);
+    assert_log(&view, "info", "git_repository_dry_run", "config contexts: 2 to create, 0 to change, 0 to delete");
+    assert_log(&view, "info", "git_repository_dry_run", "config context schemas: 1 to create");
+    assert_log(&view, "info", "git_repository_dry_run", "jobs: 3 to create");
+    assert_log(&view, "info", "git_repository_dry_run", "Repository dry run successful");
+    assert_log(&view, "info", "run", "Repository dry run completed in 0 minutes");
+    for table in ["config_context_schema", "config_context", "export_template", "graphql_query", "job", "local_context"]
+    {
+        assert_eq!(
+            count(&env, &format!("SELECT count(*) FROM {table}")).await?,
+            0,
+            "{table}: a dry-run writes nothing"
+        );
+    }
+    assert_eq!(env.repo(row.id).await?.current_head, "");
+
+    // Synced and unchanged upstream: no file changes, no record changes.
+    let sync = env.wait_job(env.sync("Test Git Repository").await?).await?;
+    assert_eq!(sync.status, "SUCCESS");
+    let head = env.repo(row.id).await?.current_head;
+    let view = dry_run().await?;
+    assert_eq!(view.status, "SUCCESS");
+    assert_log(&view, "info", "git_repository_dry_run", "Repository has no changes");
+    assert_log(&view, "info", "git_repository_dry_run", "No records would change");
+
+    // Pointed at the empty commit (written directly, no sync): deletions reported, nothing deleted.
+    env.pool.get().await?.execute("UPDATE git_repository SET branch = 'empty-repo' WHERE id = $1", &[&row.id]).await?;
+    let view = dry_run().await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_log(&view, "info", "git_repository_dry_run", "Deletion - `config_contexts/context.yaml`");
+    // Two contexts and the device's local context.
+    assert_log(&view, "info", "git_repository_dry_run", "config contexts: 0 to create, 0 to change, 3 to delete");
+    assert_eq!(count(&env, "SELECT count(*) FROM config_context").await?, 2, "still there");
+    assert_eq!(env.repo(row.id).await?.current_head, head);
     env.teardown().await
 }
