@@ -29,6 +29,9 @@ pub struct WorkerSettings {
     /// Largest data file a sync reads, in bytes; a larger one is an error naming the file.
     #[arg(long, env = "GITFLEET_MAX_FILE_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_bytes)]
     pub max_file_bytes: usize,
+    /// Largest a repository's mirror may grow, in bytes: a fetch past it is stopped and the sync fails.
+    #[arg(long, env = "GITFLEET_MAX_MIRROR_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub max_mirror_bytes: u64,
     /// Directory of secrets groups, one folder per group with `token` and `username` files (a mounted Kubernetes
     /// Secret). Groups can also come from `GITFLEET_SECRETS_<GROUP>_TOKEN` / `_USERNAME` variables.
     #[arg(long, env = "GITFLEET_SECRETS_DIR")]

@@ -30,6 +30,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         worker_name: settings.worker_name(),
         topology: Topology::new(&settings.amqp),
         registry: Arc::new(gitfleet_shared::loaders::Registry::with_builtins()),
+        max_mirror_bytes: settings.max_mirror_bytes,
         secrets: Arc::new(crate::secrets::Secrets::load(std::env::vars(), settings.secrets_dir.as_deref())?),
         scope_mode: settings.scope_mode(),
         limits: settings.limits(),

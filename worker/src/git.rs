@@ -34,6 +34,8 @@ pub enum GitError {
     Command(String),
     #[error("{message}")]
     Git { message: String, class: git2::ErrorClass, code: git2::ErrorCode },
+    #[error("{0}")]
+    TooLarge(String),
     #[error("local mirror error at {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 }
@@ -46,6 +48,7 @@ impl GitError {
             Self::NotOnBranch(_) => "RuntimeError",
             Self::Command(_) | Self::Git { .. } => "GitCommandError",
             Self::Io { .. } => "OSError",
+            Self::TooLarge(_) => "MirrorTooLarge",
         }
     }
 
@@ -96,11 +99,36 @@ pub struct Checkout {
 pub struct Mirror {
     root: PathBuf,
     slug: String,
+    /// Largest a mirror may grow (and a single fetch may download), in bytes.
+    max_bytes: u64,
 }
 
 impl Mirror {
     pub fn new(root: impl Into<PathBuf>, slug: impl Into<String>) -> Self {
-        Self { root: root.into(), slug: slug.into() }
+        Self { root: root.into(), slug: slug.into(), max_bytes: u64::MAX }
+    }
+
+    /// Caps the mirror's size: a fetch that would pass it is stopped, and a mirror over it is removed.
+    pub fn with_max_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    fn too_large(&self, size: u64) -> GitError {
+        GitError::TooLarge(format!(
+            "the mirror of {} would be {size} bytes, over the limit of {} bytes (GITFLEET_MAX_MIRROR_BYTES)",
+            self.slug, self.max_bytes
+        ))
+    }
+
+    /// Fails (and removes the mirror) when it is over the size limit.
+    fn check_size(&self) -> Result<(), GitError> {
+        let size = dir_size(&self.path());
+        if size > self.max_bytes {
+            let _ = fs::remove_dir_all(self.path());
+            return Err(self.too_large(size));
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> PathBuf {
@@ -223,7 +251,8 @@ impl Mirror {
                         // Picks up a changed remote_url (spec b.3 step 5).
                         repo.remote_set_url(REMOTE, url)?;
                     }
-                    fetch(&repo, credentials)?;
+                    fetch(&repo, credentials, self.max_bytes).map_err(|e| self.size_error(e))?;
+                    self.check_size()?;
                     return Ok((repo, false));
                 }
                 Err(err) => {
@@ -240,7 +269,7 @@ impl Mirror {
             let repo = Repository::init_opts(&tmp, &opts)?;
             repo.config()?.set_bool("gc.autoDetach", false)?;
             repo.remote(REMOTE, url)?;
-            fetch(&repo, credentials)?;
+            fetch(&repo, credentials, self.max_bytes).map_err(|e| self.size_error(e))?;
             Ok::<_, GitError>(())
         })();
         if let Err(err) = result {
@@ -248,6 +277,7 @@ impl Mirror {
             return Err(err);
         }
         fs::rename(&tmp, &path).map_err(io(&path))?;
+        self.check_size()?;
         Ok((Repository::open_bare(&path)?, true))
     }
 }
@@ -274,7 +304,35 @@ impl HttpCredentials {
     }
 }
 
-fn fetch(repo: &Repository, credentials: Option<&HttpCredentials>) -> Result<(), GitError> {
+/// Bytes under a directory (a mirror's size on disk).
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+impl Mirror {
+    fn size_error(&self, err: GitError) -> GitError {
+        match err {
+            // The transfer-progress callback returned false: the size cap stopped the fetch.
+            GitError::Git { code, message, .. }
+                if code == git2::ErrorCode::User || message.contains("progress callback returned") =>
+            {
+                let _ = fs::remove_dir_all(self.path());
+                self.too_large(self.max_bytes.saturating_add(1))
+            }
+            other => other,
+        }
+    }
+}
+
+fn fetch(repo: &Repository, credentials: Option<&HttpCredentials>, max_bytes: u64) -> Result<(), GitError> {
     let mut remote = repo.find_remote(REMOTE)?;
     let mut options = FetchOptions::new();
     options.prune(FetchPrune::On).download_tags(AutotagOption::None);
@@ -299,6 +357,8 @@ fn fetch(repo: &Repository, credentials: Option<&HttpCredentials>) -> Result<(),
             )),
         }
     });
+    // Stop a download that passes the size cap instead of filling the disk first.
+    callbacks.transfer_progress(move |progress| progress.received_bytes() as u64 <= max_bytes);
     options.remote_callbacks(callbacks);
     remote.fetch(&REFSPECS, Some(&mut options), None)?;
     Ok(())
@@ -472,6 +532,35 @@ mod tests {
         for bad in ["--detach", "-f", "abc def"] {
             assert!(matches!(checkout(&mirror, &url, "main", Some(bad)), Err(GitError::InvalidRef(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_mirror_over_the_size_limit_is_refused_and_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        remote(&src);
+        // Incompressible content: xorshift64 output as hex.
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: String = (0..20_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                format!("{x:016x}")
+            })
+            .collect();
+        fs::write(src.join("big.txt"), noise).unwrap();
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-qm", "big"]);
+        let url = format!("file://{}", src.display());
+        let mirror = Mirror::new(tmp.path().join("root"), "r").with_max_bytes(50_000);
+        let err = checkout(&mirror, &url, "main", None).unwrap_err();
+        assert!(matches!(err, GitError::TooLarge(_)), "{err}");
+        assert!(err.to_string().contains("over the limit of 50000 bytes"), "{err}");
+        assert!(!mirror.path().exists(), "removed");
+        let roomy = Mirror::new(tmp.path().join("root"), "r").with_max_bytes(50_000_000);
+        assert!(checkout(&roomy, &url, "main", None).is_ok());
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub struct JobContext {
     pub topology: Topology,
     pub registry: Arc<Registry>,
     pub secrets: Arc<Secrets>,
+    pub max_mirror_bytes: u64,
     pub scope_mode: ScopeMode,
     pub limits: Limits,
 }
@@ -222,7 +223,7 @@ async fn fetch(
         }
     };
     let group = group.and_then(|(_, g)| g);
-    let mirror = Mirror::new(&ctx.git_root, &repo.slug);
+    let mirror = Mirror::new(&ctx.git_root, &repo.slug).with_max_bytes(ctx.max_mirror_bytes);
     let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
         Ok(branch) => {

@@ -203,6 +203,7 @@ async fn main() -> Result<()> {
         scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
         max_file_bytes: Limits::default().max_bytes,
         secrets_dir: None,
+        max_mirror_bytes: u64::MAX,
         shutdown_grace_secs: 10,
     };
     let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));

@@ -203,3 +203,29 @@ async fn orphan_mirrors_are_removed_at_start_up() -> Result<()> {
     assert!(kept.is_dir(), "a live repository's mirror stays");
     env.teardown().await
 }
+
+/// A repository whose mirror would pass the configured size fails with a clear message, and leaves no mirror.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_over_the_size_limit_fails_the_sync() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.max_mirror_bytes = 40_000;
+    env.start_fleet(1);
+    let remote = Remote::new(env.tmp.path(), "big")?;
+    let mut x = 0x2545_f491_4f6c_dd1d_u64;
+    let noise: String = (0..10_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}")
+        })
+        .collect();
+    remote.commit("big", &[("blob.txt", &noise)])?;
+    let view = env.wait_job(env.create(&format!("Big {}", env.id), &remote.file_url(), "main").await?).await?;
+    assert_eq!(view.status, "FAILURE");
+    assert_log(&view, "error", "ensure_git_repository", "over the limit of 40000 bytes (GITFLEET_MAX_MIRROR_BYTES)");
+    assert_eq!(view.result.unwrap()["exc_type"], "MirrorTooLarge");
+    let slug = env.repo(view.repository_id.unwrap()).await?.slug;
+    assert!(!env.git_root().join(slug).exists());
+    env.teardown().await
+}

@@ -34,6 +34,8 @@ pub struct TestEnv {
     pub amqp: AmqpSettings,
     pub pool: Pool,
     pub tmp: tempfile::TempDir,
+    /// Mirror size cap of the workers this env starts.
+    pub max_mirror_bytes: u64,
     components: Vec<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -58,7 +60,15 @@ impl TestEnv {
         let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20))
             .await
             .context("PostgreSQL (run `make services`)")?;
-        Ok(Self { id, database, amqp, pool, tmp: tempfile::tempdir()?, components: Vec::new() })
+        Ok(Self {
+            id,
+            database,
+            amqp,
+            pool,
+            tmp: tempfile::tempdir()?,
+            max_mirror_bytes: u64::MAX,
+            components: Vec::new(),
+        })
     }
 
     pub fn git_root(&self) -> PathBuf {
@@ -79,6 +89,7 @@ impl TestEnv {
             scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
             max_file_bytes: gitfleet_shared::yaml::Limits::default().max_bytes,
             secrets_dir: Some(self.tmp.path().join("secrets")),
+            max_mirror_bytes: self.max_mirror_bytes,
             shutdown_grace_secs: 10,
         }
     }
