@@ -82,6 +82,9 @@ pub struct CreateArgs {
     pub provides: Vec<String>,
     #[arg(long)]
     pub secrets_group: Option<String>,
+    /// Limit for each git operation, in seconds (default: the worker's GITFLEET_GIT_TIMEOUT_SECS).
+    #[arg(long)]
+    pub git_timeout: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +109,9 @@ pub struct UpdateArgs {
     /// Remove the secrets group.
     #[arg(long)]
     pub no_secrets_group: bool,
+    /// Limit for each git operation, in seconds; 0 returns to the worker's default.
+    #[arg(long)]
+    pub git_timeout: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +192,7 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
                 branch: Some(a.branch),
                 provided_contents: a.provides,
                 secrets_group: a.secrets_group,
+                git_timeout_secs: a.git_timeout,
             };
             commands::create(pool, new, by).await
         }
@@ -198,6 +205,7 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
                 branch: a.branch,
                 provided_contents: a.provides,
                 secrets_group,
+                git_timeout_secs: a.git_timeout.map(|t| (t != 0).then_some(t)),
             };
             commands::update(pool, &a.name, changes, by).await
         }

@@ -83,6 +83,8 @@ pub struct NewRepo {
     pub branch: Option<String>,
     pub provided_contents: Vec<String>,
     pub secrets_group: Option<String>,
+    /// Limit for each git operation, in seconds; `None`: the worker's default.
+    pub git_timeout_secs: Option<i32>,
 }
 
 /// Changes to a live definition; `None` leaves a field as it is.
@@ -95,6 +97,8 @@ pub struct RepoChanges {
     pub provided_contents: Option<Vec<String>>,
     /// `Some(None)` removes the secrets group.
     pub secrets_group: Option<Option<String>>,
+    /// `Some(None)` returns to the worker's default.
+    pub git_timeout_secs: Option<Option<i32>>,
 }
 
 /// Field checks that need no database: collects every failure, as Django's form validation does.
@@ -122,6 +126,16 @@ fn check_fields(
         .map_err(|e| errors.push(e))
         .unwrap_or_default();
     if errors.is_empty() { Ok(provided) } else { Err(errors) }
+}
+
+fn check_timeout(secs: Option<i32>) -> Result<(), CommandError> {
+    match secs {
+        Some(s) if s <= 0 => Err(CommandError::Invalid(vec![FieldError::field(
+            "git_timeout",
+            "The git timeout must be a positive number of seconds.",
+        )])),
+        _ => Ok(()),
+    }
 }
 
 /// Serializes definition writes that touch one remote URL, so two concurrent writers cannot both pass the overlap
@@ -222,6 +236,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
             branch: &branch,
             secrets_group: new.secrets_group.as_deref(),
             provided_contents: &provided,
+            git_timeout_secs: new.git_timeout_secs,
         },
     )
     .await
@@ -260,6 +275,10 @@ pub async fn update(
     if let Some(g) = changes.secrets_group {
         next.secrets_group = g;
     }
+    if let Some(t) = changes.git_timeout_secs {
+        next.git_timeout_secs = t;
+    }
+    check_timeout(next.git_timeout_secs)?;
     let mut errors = match check_fields(
         &next.name,
         &next.remote_url,

@@ -29,6 +29,10 @@ pub struct WorkerSettings {
     /// Largest data file a sync reads, in bytes; a larger one is an error naming the file.
     #[arg(long, env = "GITFLEET_MAX_FILE_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_bytes)]
     pub max_file_bytes: usize,
+    /// Default limit for each git operation, in seconds (a repository's `--git-timeout` overrides it). Also the
+    /// connect and read timeout of every git connection.
+    #[arg(long, env = "GITFLEET_GIT_TIMEOUT_SECS", default_value_t = 300)]
+    pub git_timeout_secs: u64,
     /// Largest a repository's mirror may grow, in bytes: a fetch past it is stopped and the sync fails.
     #[arg(long, env = "GITFLEET_MAX_MIRROR_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_mirror_bytes: u64,

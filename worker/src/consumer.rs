@@ -31,11 +31,13 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         topology: Topology::new(&settings.amqp),
         registry: Arc::new(gitfleet_shared::loaders::Registry::with_builtins()),
         max_mirror_bytes: settings.max_mirror_bytes,
+        git_timeout: Duration::from_secs(settings.git_timeout_secs.max(1)),
         secrets: Arc::new(crate::secrets::Secrets::load(std::env::vars(), settings.secrets_dir.as_deref())?),
         scope_mode: settings.scope_mode(),
         limits: settings.limits(),
     });
     std::fs::create_dir_all(&ctx.git_root)?;
+    crate::git::set_network_timeouts(ctx.git_timeout);
     remove_orphan_mirrors(&ctx).await?;
     tracing::info!(worker = %ctx.worker_name, git_root = %ctx.git_root.display(), prefetch = settings.prefetch, "worker starting");
 

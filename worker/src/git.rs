@@ -282,6 +282,25 @@ impl Mirror {
     }
 }
 
+/// Sets libgit2's connect and read timeouts, so a stalled server can never hold a fetch thread forever. They are
+/// process-wide options, so the first worker to start in a process sets them, once.
+pub fn set_network_timeouts(timeout: std::time::Duration) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: both calls only store an integer in libgit2's global options. `Once` makes this a single write,
+        // and it happens when a worker starts, before that worker (the only code here that fetches) fetches.
+        #[allow(unsafe_code)]
+        let set = unsafe {
+            git2::opts::set_server_connect_timeout_in_milliseconds(ms)
+                .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(ms))
+        };
+        if let Err(err) = set {
+            tracing::warn!(error = %err, "could not set libgit2's network timeouts");
+        }
+    });
+}
+
 /// HTTP(S) credentials from a secrets group. A token alone is sent as the user name, as Nautobot builds its URL.
 #[derive(Clone)]
 pub struct HttpCredentials {

@@ -64,6 +64,8 @@ pub struct JobContext {
     pub registry: Arc<Registry>,
     pub secrets: Arc<Secrets>,
     pub max_mirror_bytes: u64,
+    /// Default limit for a git operation; a repository's `git_timeout_secs` overrides it.
+    pub git_timeout: std::time::Duration,
     pub scope_mode: ScopeMode,
     pub limits: Limits,
 }
@@ -224,15 +226,31 @@ async fn fetch(
     };
     let group = group.and_then(|(_, g)| g);
     let mirror = Mirror::new(&ctx.git_root, &repo.slug).with_max_bytes(ctx.max_mirror_bytes);
+    let timeout = repo
+        .git_timeout_secs
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(ctx.git_timeout, std::time::Duration::from_secs);
     let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
         Ok(branch) => {
             let (mirror, url) = (mirror.clone(), repo.remote_url.clone());
             let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || {
+            let task = tokio::task::spawn_blocking(move || {
                 span.in_scope(|| mirror.fetch_and_checkout_as(&url, &branch, None, credentials.as_ref()))
-            })
-            .await?
+            });
+            // git2 cannot be interrupted while it waits on a stalled server: the sync gives up here, and libgit2's
+            // read timeout (set at start-up) ends the abandoned thread.
+            match tokio::time::timeout(timeout, task).await {
+                Ok(joined) => joined?,
+                Err(_) => {
+                    let message = format!(
+                        "Fetching from the remote timed out after {} seconds (the repository's git timeout, or \
+                         GITFLEET_GIT_TIMEOUT_SECS).",
+                        timeout.as_secs()
+                    );
+                    return Ok(Err(FetchFailure { message, exc_type: "TimeoutError" }));
+                }
+            }
         }
     };
     Ok(fetched

@@ -1,7 +1,7 @@
 //! gitfleet worker: stateless and run in any number. It consumes repository events, takes the fleet-wide
 //! per-repository lock, fetches into a bare mirror with git2, and records the outcome as a JobResult with its log
 //! entries. Start it with [`consumer::run`], which takes its shutdown trigger so tests can drive it.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod check;
 pub mod config;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::GenericClient;
 
 const COLUMNS: &str = "id, name, slug, remote_url, branch, current_head, secrets_group, provided_contents, version, \
-                       applied_version, applied_fingerprint, created, last_updated, deleted_at";
+                       applied_version, applied_fingerprint, git_timeout_secs, created, last_updated, deleted_at";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositoryRow {
@@ -26,6 +26,8 @@ pub struct RepositoryRow {
     pub applied_version: i64,
     /// What the last successful sync applied (commit, version, inventory, loaders); empty before the first.
     pub applied_fingerprint: String,
+    /// This repository's limit for each git operation; `None`: the worker's default.
+    pub git_timeout_secs: Option<i32>,
     pub created: DateTime<Utc>,
     pub last_updated: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
@@ -50,6 +52,7 @@ impl RepositoryRow {
             version: row.get("version"),
             applied_version: row.get("applied_version"),
             applied_fingerprint: row.get("applied_fingerprint"),
+            git_timeout_secs: row.get("git_timeout_secs"),
             created: row.get("created"),
             last_updated: row.get("last_updated"),
             deleted_at: row.get("deleted_at"),
@@ -84,16 +87,29 @@ pub struct NewRepository<'a> {
     pub branch: &'a str,
     pub secrets_group: Option<&'a str>,
     pub provided_contents: &'a [String],
+    pub git_timeout_secs: Option<i32>,
 }
 
 pub async fn insert(db: &impl GenericClient, new: &NewRepository<'_>) -> Result<RepositoryRow, tokio_postgres::Error> {
     let sql = format!(
-        "INSERT INTO git_repository (id, name, slug, remote_url, branch, secrets_group, provided_contents)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+        "INSERT INTO git_repository (id, name, slug, remote_url, branch, secrets_group, provided_contents,
+             git_timeout_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
     );
     let provided = serde_json::json!(new.provided_contents);
     let row = db
-        .query_one(&sql, &[&new.id, &new.name, &new.slug, &new.remote_url, &new.branch, &new.secrets_group, &provided])
+        .query_one(
+            &sql,
+            &[
+                &new.id,
+                &new.name,
+                &new.slug,
+                &new.remote_url,
+                &new.branch,
+                &new.secrets_group,
+                &provided,
+                &new.git_timeout_secs,
+            ],
+        )
         .await?;
     Ok(RepositoryRow::from_row(&row))
 }
@@ -157,13 +173,17 @@ pub async fn slug_is_live(db: &impl GenericClient, slug: &str) -> Result<bool, t
 pub async fn update(db: &impl GenericClient, row: &RepositoryRow) -> Result<RepositoryRow, tokio_postgres::Error> {
     let sql = format!(
         "UPDATE git_repository SET name = $2, remote_url = $3, branch = $4, secrets_group = $5,
-             provided_contents = $6,
+             provided_contents = $6, git_timeout_secs = $7,
              version = version + 1, last_updated = now()
          WHERE id = $1 RETURNING {COLUMNS}"
     );
     let provided = serde_json::json!(row.provided_contents);
-    let updated =
-        db.query_one(&sql, &[&row.id, &row.name, &row.remote_url, &row.branch, &row.secrets_group, &provided]).await?;
+    let updated = db
+        .query_one(
+            &sql,
+            &[&row.id, &row.name, &row.remote_url, &row.branch, &row.secrets_group, &provided, &row.git_timeout_secs],
+        )
+        .await?;
     Ok(RepositoryRow::from_row(&updated))
 }
 

@@ -204,6 +204,7 @@ async fn main() -> Result<()> {
         max_file_bytes: Limits::default().max_bytes,
         secrets_dir: None,
         max_mirror_bytes: u64::MAX,
+        git_timeout_secs: 60,
         shutdown_grace_secs: 10,
     };
     let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));

@@ -40,6 +40,7 @@ async fn setup(env: &mut TestEnv, branch: &str) -> Result<(String, String, Strin
         branch: Some(branch.to_owned()),
         provided_contents: ALL.iter().map(|s| (*s).to_owned()).collect(),
         secrets_group: None,
+        git_timeout_secs: None,
     };
     let job = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap();
     env.start_fleet(1);
@@ -293,6 +294,7 @@ async fn name_collisions_between_repositories() -> Result<()> {
         branch: Some("valid-files".into()),
         provided_contents: vec!["extras.job".into()],
         secrets_group: None,
+        git_timeout_secs: None,
     };
     let job = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap();
     let view = env.wait_job(job).await?;
@@ -352,6 +354,7 @@ async fn dry_run_reports_and_changes_nothing() -> Result<()> {
             branch: "valid-files",
             secrets_group: None,
             provided_contents: &provided,
+            git_timeout_secs: None,
         },
     )
     .await?;

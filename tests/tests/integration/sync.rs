@@ -229,3 +229,38 @@ async fn a_mirror_over_the_size_limit_fails_the_sync() -> Result<()> {
     assert!(!env.git_root().join(slug).exists());
     env.teardown().await
 }
+
+/// A server that accepts connections and never answers: the sync is cut off at the repository's git timeout and
+/// reported, instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_server_hits_the_repository_timeout() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.start_fleet(1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    // Accepts and holds connections, silently, until the test ends.
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let new = gitfleet_producer::commands::NewRepo {
+        name: format!("Stalled {}", env.id),
+        remote_url: format!("http://127.0.0.1:{port}/stalled.git"),
+        git_timeout_secs: Some(2),
+        ..Default::default()
+    };
+    let job = gitfleet_producer::commands::create(&env.pool, new, gitfleet_shared::event::RequestedBy::cli())
+        .await?
+        .job_result_id()
+        .unwrap();
+    let view = env.wait_job(job).await?;
+    assert_eq!(view.status, "FAILURE");
+    assert_log(&view, "error", "ensure_git_repository", "Fetching from the remote timed out after 2 seconds");
+    assert_eq!(view.result.clone().unwrap()["exc_type"], "TimeoutError");
+    let took = view.date_done.unwrap() - view.date_started.unwrap();
+    assert!(took.num_milliseconds() >= 2000 && took.num_seconds() < 10, "cut off at the timeout: {took}");
+    server.abort();
+    env.teardown().await
+}

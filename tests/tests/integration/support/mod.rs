@@ -90,6 +90,7 @@ impl TestEnv {
             max_file_bytes: gitfleet_shared::yaml::Limits::default().max_bytes,
             secrets_dir: Some(self.tmp.path().join("secrets")),
             max_mirror_bytes: self.max_mirror_bytes,
+            git_timeout_secs: 30,
             shutdown_grace_secs: 10,
         }
     }
