@@ -199,6 +199,17 @@ async fn current_definition(
     Ok(None)
 }
 
+/// What a sync applies: commit, definition version, provided types, inventory state, scope mode and loader version.
+fn fingerprint(ctx: &JobContext, repo: &RepositoryRow, head: &str, inventory_stamp: &str) -> String {
+    format!(
+        "{head}|v{}|{}|inventory {inventory_stamp}|{}|gitfleet {}",
+        repo.version,
+        repo.provided_contents.join(","),
+        ctx.scope_mode_name(),
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
 /// Why a fetch could not happen: the message (secrets redacted) and the exception class Nautobot would name.
 struct FetchFailure {
     message: String,
@@ -317,6 +328,25 @@ async fn sync(
     let name = repo.name.as_str();
     log.write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"...")))
         .await?;
+    // A push event naming the commit that is already live, with nothing else changed: no fetch at all.
+    if let Some(target) = &event.target_commit
+        && target.as_str() == repo.current_head
+    {
+        let (_, stamp, _) = load_context(ctx, &repo.slug).await?;
+        if fingerprint(ctx, &repo, &repo.current_head, &stamp) == repo.applied_fingerprint {
+            let head = repo.current_head.as_str();
+            log.write(LogEntry::info(
+                grouping::MAIN,
+                format!("Data from {name} is already up to date at commit {head}: nothing to fetch or reload."),
+            ))
+            .await?;
+            log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
+            let result =
+                json!({ "current_head": head, "applied_version": repo.version, "up_to_date": true, "fetched": false });
+            job_result::finish(&***lock.client(), event.event_id, JobStatus::Success, Some(&result), None).await?;
+            return Ok(None);
+        }
+    }
     let (mirror, checkout) = match fetch(ctx, &repo).await? {
         Ok(fetched) => fetched,
         Err(failure) => {
@@ -337,13 +367,7 @@ async fn sync(
 
     // What this sync would apply; the same as last time means the live records are already these.
     let (inventory, inventory_stamp, had_jobs) = load_context(ctx, &repo.slug).await?;
-    let fingerprint = format!(
-        "{head}|v{}|{}|inventory {inventory_stamp}|{}|gitfleet {}",
-        repo.version,
-        repo.provided_contents.join(","),
-        ctx.scope_mode_name(),
-        env!("CARGO_PKG_VERSION")
-    );
+    let fingerprint = fingerprint(ctx, &repo, &head, &inventory_stamp);
     if fingerprint == repo.applied_fingerprint {
         log.write(LogEntry::info(
             grouping::MAIN,

@@ -264,3 +264,36 @@ async fn a_stalled_server_hits_the_repository_timeout() -> Result<()> {
     server.abort();
     env.teardown().await
 }
+
+/// A push event whose target commit is already live needs no fetch: it succeeds even with the remote gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_commit_that_is_already_live_needs_no_fetch() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.start_fleet(1);
+    let remote = Remote::new(env.tmp.path(), "data")?;
+    let head = remote.commit("first", &[("README.md", "one")])?;
+    let name = format!("Pushed {}", env.id);
+    assert_eq!(env.wait_job(env.create(&name, &remote.file_url(), "main").await?).await?.status, "SUCCESS");
+    std::fs::rename(&remote.bare, env.tmp.path().join("moved-away.git"))?;
+
+    let target = gitfleet_shared::repo::CommitId::parse(head.clone())?;
+    let job = gitfleet_producer::commands::sync(
+        &env.pool,
+        &name,
+        gitfleet_shared::event::EventKind::Sync,
+        Some(target),
+        gitfleet_shared::event::RequestedBy::parse("webhook:git.example.net")?,
+    )
+    .await?
+    .job_result_id()
+    .unwrap();
+    let view = env.wait_job(job).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_log(&view, "info", "main", "nothing to fetch or reload");
+    assert_eq!(view.result.unwrap()["fetched"], false);
+
+    // Without a target commit the worker must ask the remote, which is gone now.
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "FAILURE");
+    env.teardown().await
+}
