@@ -17,16 +17,16 @@ services-stop: ## Stop only the services that `make services` started
 services-status: ## Say which services answer
 	@scripts/services.sh status
 
-test-deps: ## Install what the integration tests need besides the services (git, lighttpd)
+test-deps: ## Install what the build and tests need besides the services (libssl-dev, git, lighttpd, openssl)
 	@scripts/test-deps.sh
 
-build: ## Build every crate (debug)
+build: test-deps ## Build every crate (debug)
 	$(CARGO) build --workspace --all-targets
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: test-deps ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

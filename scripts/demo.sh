@@ -16,6 +16,7 @@ step "services"
 scripts/services.sh up
 
 step "build"
+scripts/test-deps.sh
 cargo build --bins
 
 PRODUCER="$TARGET/debug/producer"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the integration tests need besides the services: git (file://, git daemon, http-backend) and
-# lighttpd (the HTTP front for `git http-backend`). Idempotent; uses Debian packages.
+# Installs what the build and the integration tests need besides the services: git (file://, git daemon,
+# http-backend), lighttpd with TLS (the HTTP(S) front for `git http-backend`), openssl (test certificates), and
+# libssl-dev + pkg-config (git2's HTTPS support builds against OpenSSL). Idempotent; uses Debian packages.
 set -euo pipefail
 log() { printf '[test-deps] %s\n' "$*" >&2; }
 
@@ -8,6 +9,10 @@ missing=()
 command -v git >/dev/null || missing+=(git)
 [ -x /usr/sbin/lighttpd ] || [ -x /usr/local/sbin/lighttpd ] || missing+=(lighttpd)
 command -v curl >/dev/null || missing+=(curl)
+command -v openssl >/dev/null || missing+=(openssl)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+[ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+ls /usr/lib/lighttpd/mod_openssl.so >/dev/null 2>&1 || missing+=(lighttpd-mod-openssl)
 [ "${#missing[@]}" = 0 ] && { log "all present"; exit 0; }
 
 [ "$(id -u)" = 0 ] || { log "error: installing ${missing[*]} needs root"; exit 1; }

@@ -33,6 +33,12 @@ pub struct WorkerSettings {
     /// connect and read timeout of every git connection.
     #[arg(long, env = "GITFLEET_GIT_TIMEOUT_SECS", default_value_t = 300)]
     pub git_timeout_secs: u64,
+    /// `1` or `true`: accept any HTTPS certificate (self-signed remotes), as `GIT_SSL_NO_VERIFY` does for Nautobot.
+    #[arg(long, env = "GIT_SSL_NO_VERIFY", default_value = "", hide_default_value = true)]
+    pub git_ssl_no_verify: String,
+    /// PEM bundle of the CAs that HTTPS remotes' certificates must be issued by (instead of the system store).
+    #[arg(long, env = "GITFLEET_GIT_CA_BUNDLE")]
+    pub git_ca_bundle: Option<PathBuf>,
     /// Largest a repository's mirror may grow, in bytes: a fetch past it is stopped and the sync fails.
     #[arg(long, env = "GITFLEET_MAX_MIRROR_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_mirror_bytes: u64,
@@ -56,6 +62,16 @@ impl WorkerSettings {
         match self.scope_mode {
             ScopeModeArg::Strict => gitfleet_shared::loaders::ScopeMode::Strict,
             ScopeModeArg::Lenient => gitfleet_shared::loaders::ScopeMode::Lenient,
+        }
+    }
+
+    pub fn tls(&self) -> crate::git::TlsPolicy {
+        if matches!(self.git_ssl_no_verify.to_ascii_lowercase().as_str(), "1" | "true" | "yes") {
+            crate::git::TlsPolicy::NoVerify
+        } else if let Some(bundle) = &self.git_ca_bundle {
+            crate::git::TlsPolicy::CaBundle(bundle.clone())
+        } else {
+            crate::git::TlsPolicy::System
         }
     }
 

@@ -31,6 +31,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         topology: Topology::new(&settings.amqp),
         registry: Arc::new(gitfleet_shared::loaders::Registry::with_builtins()),
         max_mirror_bytes: settings.max_mirror_bytes,
+        tls: settings.tls(),
         git_timeout: Duration::from_secs(settings.git_timeout_secs.max(1)),
         secrets: Arc::new(crate::secrets::Secrets::load(std::env::vars(), settings.secrets_dir.as_deref())?),
         scope_mode: settings.scope_mode(),

@@ -101,11 +101,29 @@ pub struct Mirror {
     slug: String,
     /// Largest a mirror may grow (and a single fetch may download), in bytes.
     max_bytes: u64,
+    tls: TlsPolicy,
+}
+
+/// How HTTPS server certificates are checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// libgit2's own verification against the system's trust store.
+    #[default]
+    System,
+    /// Only certificates issued by the CAs of this PEM bundle (and naming the host) are accepted.
+    CaBundle(PathBuf),
+    /// No verification (`GIT_SSL_NO_VERIFY=1`, as Nautobot documents for self-signed remotes).
+    NoVerify,
 }
 
 impl Mirror {
     pub fn new(root: impl Into<PathBuf>, slug: impl Into<String>) -> Self {
-        Self { root: root.into(), slug: slug.into(), max_bytes: u64::MAX }
+        Self { root: root.into(), slug: slug.into(), max_bytes: u64::MAX, tls: TlsPolicy::System }
+    }
+
+    pub fn with_tls(mut self, tls: TlsPolicy) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Caps the mirror's size: a fetch that would pass it is stopped, and a mirror over it is removed.
@@ -251,7 +269,7 @@ impl Mirror {
                         // Picks up a changed remote_url (spec b.3 step 5).
                         repo.remote_set_url(REMOTE, url)?;
                     }
-                    fetch(&repo, credentials, self.max_bytes).map_err(|e| self.size_error(e))?;
+                    fetch(&repo, credentials, self.max_bytes, &self.tls).map_err(|e| self.size_error(e))?;
                     self.check_size()?;
                     return Ok((repo, false));
                 }
@@ -269,7 +287,7 @@ impl Mirror {
             let repo = Repository::init_opts(&tmp, &opts)?;
             repo.config()?.set_bool("gc.autoDetach", false)?;
             repo.remote(REMOTE, url)?;
-            fetch(&repo, credentials, self.max_bytes).map_err(|e| self.size_error(e))?;
+            fetch(&repo, credentials, self.max_bytes, &self.tls).map_err(|e| self.size_error(e))?;
             Ok::<_, GitError>(())
         })();
         if let Err(err) = result {
@@ -351,7 +369,37 @@ impl Mirror {
     }
 }
 
-fn fetch(repo: &Repository, credentials: Option<&HttpCredentials>, max_bytes: u64) -> Result<(), GitError> {
+/// Checks a server certificate against a CA bundle and the host name (libgit2 hands over the leaf certificate).
+fn verify_with_bundle(bundle: &Path, der: &[u8], host: &str) -> Result<bool, String> {
+    use openssl::stack::Stack;
+    use openssl::x509::store::X509StoreBuilder;
+    use openssl::x509::{X509, X509StoreContext};
+    let pem = fs::read(bundle).map_err(|e| format!("cannot read the CA bundle {}: {e}", bundle.display()))?;
+    let cas = X509::stack_from_pem(&pem).map_err(|e| format!("invalid CA bundle {}: {e}", bundle.display()))?;
+    let leaf = X509::from_der(der).map_err(|e| e.to_string())?;
+    let mut builder = X509StoreBuilder::new().map_err(|e| e.to_string())?;
+    for ca in cas {
+        builder.add_cert(ca).map_err(|e| e.to_string())?;
+    }
+    let mut param = openssl::x509::verify::X509VerifyParam::new().map_err(|e| e.to_string())?;
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => param.set_ip(ip),
+        Err(_) => param.set_host(host),
+    }
+    .map_err(|e| e.to_string())?;
+    builder.set_param(&param).map_err(|e| e.to_string())?;
+    let store = builder.build();
+    let chain = Stack::new().map_err(|e| e.to_string())?;
+    let mut context = X509StoreContext::new().map_err(|e| e.to_string())?;
+    context.init(&store, &leaf, &chain, |c| c.verify_cert()).map_err(|e| e.to_string())
+}
+
+fn fetch(
+    repo: &Repository,
+    credentials: Option<&HttpCredentials>,
+    max_bytes: u64,
+    tls: &TlsPolicy,
+) -> Result<(), GitError> {
     let mut remote = repo.find_remote(REMOTE)?;
     let mut options = FetchOptions::new();
     options.prune(FetchPrune::On).download_tags(AutotagOption::None);
@@ -374,6 +422,22 @@ fn fetch(repo: &Repository, credentials: Option<&HttpCredentials>, max_bytes: u6
                 git2::ErrorClass::Http,
                 "authentication required: the remote asks for credentials and the repository has no secrets_group",
             )),
+        }
+    });
+    callbacks.certificate_check(move |cert, host| match tls {
+        TlsPolicy::System => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
+        TlsPolicy::NoVerify => Ok(git2::CertificateCheckStatus::CertificateOk),
+        TlsPolicy::CaBundle(bundle) => {
+            let der = cert.as_x509().map(|x| x.data()).unwrap_or_default();
+            match verify_with_bundle(bundle, der, host) {
+                Ok(true) => Ok(git2::CertificateCheckStatus::CertificateOk),
+                Ok(false) => Err(git2::Error::new(
+                    git2::ErrorCode::Certificate,
+                    git2::ErrorClass::Ssl,
+                    format!("the SSL certificate of {host} is not issued by the configured CA bundle for this host"),
+                )),
+                Err(problem) => Err(git2::Error::new(git2::ErrorCode::Certificate, git2::ErrorClass::Ssl, problem)),
+            }
         }
     });
     // Stop a download that passes the size cap instead of filling the disk first.

@@ -64,6 +64,7 @@ pub struct JobContext {
     pub registry: Arc<Registry>,
     pub secrets: Arc<Secrets>,
     pub max_mirror_bytes: u64,
+    pub tls: crate::git::TlsPolicy,
     /// Default limit for a git operation; a repository's `git_timeout_secs` overrides it.
     pub git_timeout: std::time::Duration,
     pub scope_mode: ScopeMode,
@@ -236,7 +237,7 @@ async fn fetch(
         }
     };
     let group = group.and_then(|(_, g)| g);
-    let mirror = Mirror::new(&ctx.git_root, &repo.slug).with_max_bytes(ctx.max_mirror_bytes);
+    let mirror = Mirror::new(&ctx.git_root, &repo.slug).with_max_bytes(ctx.max_mirror_bytes).with_tls(ctx.tls.clone());
     let timeout = repo
         .git_timeout_secs
         .and_then(|s| u64::try_from(s).ok())

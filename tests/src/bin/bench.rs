@@ -205,6 +205,8 @@ async fn main() -> Result<()> {
         secrets_dir: None,
         max_mirror_bytes: u64::MAX,
         git_timeout_secs: 60,
+        git_ssl_no_verify: String::new(),
+        git_ca_bundle: None,
         shutdown_grace_secs: 10,
     };
     let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));

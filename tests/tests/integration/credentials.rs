@@ -105,3 +105,46 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A self-signed HTTPS remote: refused by default with a certificate error; accepted with `GIT_SSL_NO_VERIFY=1`;
+/// accepted properly with a CA bundle that issued it, and refused with one that did not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_signed_https_remote() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    let remote = Remote::new(&served, "tls")?;
+    let head = remote.commit("first", &[("README.md", "tls")])?;
+    let (cert, key) = crate::support::git::self_signed(&tmp.path().join("pki"))?;
+    let (other_cert, _) = crate::support::git::self_signed(&tmp.path().join("other-pki"))?;
+    let https =
+        crate::support::git::git_http_server(&served, &tmp.path().join("lighttpd"), None, Some((&cert, &key))).await?;
+    let url = format!("https://127.0.0.1:{}/git/tls.git", https.port);
+
+    let cases: [(bool, Option<&std::path::Path>, Option<&str>); 4] = [
+        (false, None, Some("certificate")),
+        (true, None, None),
+        (false, Some(&cert), None),
+        (false, Some(&other_cert), Some("not issued by the configured CA bundle")),
+    ];
+    for (no_verify, bundle, failure) in cases {
+        let mut env = TestEnv::new().await?;
+        env.ssl_no_verify = no_verify;
+        env.ca_bundle = bundle.map(std::path::Path::to_owned);
+        env.start_fleet(1);
+        let view = env.wait_job(env.create(&format!("TLS {}", env.id), &url, "main").await?).await?;
+        match failure {
+            None => {
+                assert_eq!(view.status, "SUCCESS", "{no_verify} {bundle:?}: {:#?}", view.logs);
+                assert_eq!(view.result.clone().unwrap()["current_head"], head.as_str());
+            }
+            Some(needle) => {
+                assert_eq!(view.status, "FAILURE", "{no_verify} {bundle:?}");
+                assert_log(&view, "error", "ensure_git_repository", needle);
+            }
+        }
+        env.teardown().await?;
+    }
+    drop(https);
+    Ok(())
+}

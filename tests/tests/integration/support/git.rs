@@ -113,6 +113,36 @@ pub async fn git_http(base: &Path, state: &Path) -> Result<Server> {
 
 /// The same, behind HTTP basic authentication for `(user, password)` when given.
 pub async fn git_http_with_auth(base: &Path, state: &Path, auth: Option<(&str, &str)>) -> Result<Server> {
+    git_http_server(base, state, auth, None).await
+}
+
+/// A self-signed certificate for 127.0.0.1 (also its own CA): `(cert.pem, key.pem)` under `dir`.
+pub fn self_signed(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running openssl (make test-deps)")?;
+    if !status.success() {
+        bail!("openssl req failed");
+    }
+    Ok((cert, key))
+}
+
+/// lighttpd serving `git http-backend`, over TLS with `tls = (cert, key)` when given, at `PORT/git/`.
+pub async fn git_http_server(
+    base: &Path,
+    state: &Path,
+    auth: Option<(&str, &str)>,
+    tls: Option<(&Path, &Path)>,
+) -> Result<Server> {
     let lighttpd = ["/usr/sbin/lighttpd", "/usr/local/sbin/lighttpd"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -132,11 +162,19 @@ pub async fn git_http_with_auth(base: &Path, state: &Path, auth: Option<(&str, &
         }
         None => String::new(),
     };
+    let tls_conf = match tls {
+        Some((cert, key)) => format!(
+            "server.modules += (\"mod_openssl\")\nssl.engine = \"enable\"\nssl.pemfile = \"{}\"\nssl.privkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+        None => String::new(),
+    };
     std::fs::write(
         &conf,
         format!(
             r#"server.modules = ("mod_alias", "mod_auth", "mod_authn_file", "mod_cgi", "mod_setenv")
-{auth_conf}
+{auth_conf}{tls_conf}
 server.bind = "127.0.0.1"
 server.port = {port}
 server.document-root = "{state}"

@@ -36,6 +36,9 @@ pub struct TestEnv {
     pub tmp: tempfile::TempDir,
     /// Mirror size cap of the workers this env starts.
     pub max_mirror_bytes: u64,
+    /// TLS settings of the workers this env starts.
+    pub ssl_no_verify: bool,
+    pub ca_bundle: Option<PathBuf>,
     components: Vec<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -67,6 +70,8 @@ impl TestEnv {
             pool,
             tmp: tempfile::tempdir()?,
             max_mirror_bytes: u64::MAX,
+            ssl_no_verify: false,
+            ca_bundle: None,
             components: Vec::new(),
         })
     }
@@ -91,6 +96,8 @@ impl TestEnv {
             secrets_dir: Some(self.tmp.path().join("secrets")),
             max_mirror_bytes: self.max_mirror_bytes,
             git_timeout_secs: 30,
+            git_ssl_no_verify: if self.ssl_no_verify { "1".into() } else { String::new() },
+            git_ca_bundle: self.ca_bundle.clone(),
             shutdown_grace_secs: 10,
         }
     }
