@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build and the integration tests need besides the services: git (file://, git daemon,
-# http-backend), lighttpd with TLS (the HTTP(S) front for `git http-backend`), openssl (test certificates), and
-# libssl-dev + pkg-config (git2's HTTPS support builds against OpenSSL). Idempotent; uses Debian packages.
+# http-backend), lighttpd with TLS (the HTTP(S) front for `git http-backend`), openssl (test certificates),
+# OpenSSH's sshd and ssh-keygen (the ssh:// test server and its keys), and libssl-dev + pkg-config (git2's HTTPS
+# and SSH support build against OpenSSL; libssh2 itself is vendored). Idempotent; uses Debian packages.
 set -euo pipefail
 log() { printf '[test-deps] %s\n' "$*" >&2; }
 
@@ -12,6 +13,8 @@ command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
 [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 ls /usr/lib/lighttpd/mod_openssl.so >/dev/null 2>&1 || missing+=(lighttpd-mod-openssl)
 [ "${#missing[@]}" = 0 ] && { log "all present"; exit 0; }
 

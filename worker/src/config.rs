@@ -39,6 +39,16 @@ pub struct WorkerSettings {
     /// PEM bundle of the CAs that HTTPS remotes' certificates must be issued by (instead of the system store).
     #[arg(long, env = "GITFLEET_GIT_CA_BUNDLE")]
     pub git_ca_bundle: Option<PathBuf>,
+    /// OpenSSH known-hosts file that ssh:// remotes' host keys must be listed in. Default: `$HOME/.ssh/known_hosts`.
+    #[arg(long, env = "GITFLEET_SSH_KNOWN_HOSTS")]
+    pub ssh_known_hosts: Option<PathBuf>,
+    /// `no`: accept any SSH host key (an explicit opt-out of host-key checking, logged at start-up). Default `yes`.
+    #[arg(long, env = "GITFLEET_SSH_STRICT_HOST_KEY_CHECKING", default_value = "yes")]
+    pub ssh_strict_host_key_checking: String,
+    /// `false`: fetch whole histories. By default a new mirror fetches only the branch and tag tips (depth 1) over
+    /// git://, http(s):// and ssh://, and deepens when a commit outside them is asked for.
+    #[arg(long, env = "GITFLEET_GIT_SHALLOW", default_value_t = true, action = clap::ArgAction::Set)]
+    pub git_shallow: bool,
     /// Largest a repository's mirror may grow, in bytes: a fetch past it is stopped and the sync fails.
     #[arg(long, env = "GITFLEET_MAX_MIRROR_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub max_mirror_bytes: u64,
@@ -72,6 +82,16 @@ impl WorkerSettings {
             crate::git::TlsPolicy::CaBundle(bundle.clone())
         } else {
             crate::git::TlsPolicy::System
+        }
+    }
+
+    pub fn host_keys(&self) -> crate::known_hosts::HostKeyPolicy {
+        if matches!(self.ssh_strict_host_key_checking.to_ascii_lowercase().as_str(), "no" | "0" | "false" | "off") {
+            crate::known_hosts::HostKeyPolicy::AcceptAny
+        } else {
+            crate::known_hosts::HostKeyPolicy::KnownHosts(
+                self.ssh_known_hosts.clone().unwrap_or_else(crate::known_hosts::default_path),
+            )
         }
     }
 

@@ -32,6 +32,8 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         registry: Arc::new(gitfleet_shared::loaders::Registry::with_builtins()),
         max_mirror_bytes: settings.max_mirror_bytes,
         tls: settings.tls(),
+        host_keys: settings.host_keys(),
+        shallow: settings.git_shallow,
         git_timeout: Duration::from_secs(settings.git_timeout_secs.max(1)),
         secrets: Arc::new(crate::secrets::Secrets::load(std::env::vars(), settings.secrets_dir.as_deref())?),
         scope_mode: settings.scope_mode(),
@@ -39,6 +41,11 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     });
     std::fs::create_dir_all(&ctx.git_root)?;
     crate::git::set_network_timeouts(ctx.git_timeout);
+    if ctx.host_keys == crate::known_hosts::HostKeyPolicy::AcceptAny {
+        tracing::warn!(
+            "SSH host-key checking is off (GITFLEET_SSH_STRICT_HOST_KEY_CHECKING=no): any host key is accepted"
+        );
+    }
     remove_orphan_mirrors(&ctx).await?;
     tracing::info!(worker = %ctx.worker_name, git_root = %ctx.git_root.display(), prefetch = settings.prefetch, "worker starting");
 

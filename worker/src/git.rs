@@ -16,7 +16,11 @@ use gitfleet_shared::repo::{Branch, RefError, check_ref};
 use gitfleet_shared::tree::RepoTree;
 use thiserror::Error;
 
+use crate::known_hosts::{self, HostKeyPolicy};
+
 const REMOTE: &str = "origin";
+/// libgit2's `GIT_FETCH_DEPTH_UNSHALLOW`: fetch the whole history of a shallow mirror.
+const UNSHALLOW: i32 = i32::MAX;
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"];
 
 /// Why a fetch or checkout failed. `Display` is the message the user sees (spec b.4, b.12); `exc_type` names the
@@ -102,6 +106,9 @@ pub struct Mirror {
     /// Largest a mirror may grow (and a single fetch may download), in bytes.
     max_bytes: u64,
     tls: TlsPolicy,
+    host_keys: HostKeyPolicy,
+    /// Fetch only the tips (depth 1) when the transport allows it, deepening when a ref needs more history.
+    shallow: bool,
 }
 
 /// How HTTPS server certificates are checked.
@@ -118,7 +125,32 @@ pub enum TlsPolicy {
 
 impl Mirror {
     pub fn new(root: impl Into<PathBuf>, slug: impl Into<String>) -> Self {
-        Self { root: root.into(), slug: slug.into(), max_bytes: u64::MAX, tls: TlsPolicy::System }
+        Self {
+            root: root.into(),
+            slug: slug.into(),
+            max_bytes: u64::MAX,
+            tls: TlsPolicy::System,
+            host_keys: HostKeyPolicy::KnownHosts(known_hosts::default_path()),
+            shallow: true,
+        }
+    }
+
+    pub fn with_host_keys(mut self, host_keys: HostKeyPolicy) -> Self {
+        self.host_keys = host_keys;
+        self
+    }
+
+    /// `false`: always fetch whole histories.
+    pub fn with_shallow(mut self, shallow: bool) -> Self {
+        self.shallow = shallow;
+        self
+    }
+
+    /// The depth of a first fetch: 1 over the network transports, whole histories over file:// and local paths
+    /// (libgit2's local transport cannot fetch shallow).
+    fn first_depth(&self, url: &str) -> Option<i32> {
+        let network = ["git://", "http://", "https://", "ssh://"].iter().any(|s| url.starts_with(s));
+        (self.shallow && network).then_some(1)
     }
 
     pub fn with_tls(mut self, tls: TlsPolicy) -> Self {
@@ -158,19 +190,34 @@ impl Mirror {
         self.fetch_and_checkout_as(url, branch, pinned, None)
     }
 
+    /// Whether the mirror holds only part of its history.
+    pub fn is_shallow(&self) -> bool {
+        Repository::open_bare(self.path()).is_ok_and(|r| r.is_shallow())
+    }
+
     /// The same, authenticating through git2's credential callback (never through the URL).
     pub fn fetch_and_checkout_as(
         &self,
         url: &str,
         branch: &Branch,
         pinned: Option<&str>,
-        credentials: Option<&HttpCredentials>,
+        credentials: Option<&Credentials>,
     ) -> Result<Checkout, GitError> {
         if let Some(commit) = pinned.filter(|c| !c.is_empty()) {
             check_ref("commit", commit)?;
         }
         let (repo, cloned) = self.open_or_clone(url, credentials)?;
-        let (head, kind) = resolve(&repo, branch, pinned)?;
+        let (head, kind) = match resolve(&repo, branch, pinned) {
+            // A commit older than the fetched tips (a branch pinned to a commit, or a pinned commit checked against
+            // its branch) needs the history the shallow fetch left out: fetch it and resolve again.
+            Err(err @ (GitError::NotOnBranch(_) | GitError::Command(_))) if repo.is_shallow() => {
+                tracing::info!(slug = %self.slug, reason = %err, "deepening a shallow mirror to its full history");
+                self.fetch(&repo, url, credentials, Some(UNSHALLOW)).map_err(|e| self.size_error(e))?;
+                self.check_size()?;
+                resolve(&repo, branch, pinned)?
+            }
+            other => other?,
+        };
         Ok(Checkout { head, kind, cloned })
     }
 
@@ -258,7 +305,7 @@ impl Mirror {
         }
     }
 
-    fn open_or_clone(&self, url: &str, credentials: Option<&HttpCredentials>) -> Result<(Repository, bool), GitError> {
+    fn open_or_clone(&self, url: &str, credentials: Option<&Credentials>) -> Result<(Repository, bool), GitError> {
         let path = self.path();
         if path.exists() {
             match Repository::open_bare(&path) {
@@ -269,7 +316,9 @@ impl Mirror {
                         // Picks up a changed remote_url (spec b.3 step 5).
                         repo.remote_set_url(REMOTE, url)?;
                     }
-                    fetch(&repo, credentials, self.max_bytes, &self.tls).map_err(|e| self.size_error(e))?;
+                    // A shallow mirror stays shallow (only the new tips are fetched); a full one fetches what is new.
+                    let depth = if repo.is_shallow() { self.first_depth(url) } else { None };
+                    self.fetch(&repo, url, credentials, depth).map_err(|e| self.size_error(e))?;
                     self.check_size()?;
                     return Ok((repo, false));
                 }
@@ -287,7 +336,7 @@ impl Mirror {
             let repo = Repository::init_opts(&tmp, &opts)?;
             repo.config()?.set_bool("gc.autoDetach", false)?;
             repo.remote(REMOTE, url)?;
-            fetch(&repo, credentials, self.max_bytes, &self.tls).map_err(|e| self.size_error(e))?;
+            self.fetch(&repo, url, credentials, self.first_depth(url)).map_err(|e| self.size_error(e))?;
             Ok::<_, GitError>(())
         })();
         if let Err(err) = result {
@@ -319,24 +368,30 @@ pub fn set_network_timeouts(timeout: std::time::Duration) {
     });
 }
 
-/// HTTP(S) credentials from a secrets group. A token alone is sent as the user name, as Nautobot builds its URL.
+/// Credentials from a secrets group, handed to git2's credential callback only.
 #[derive(Clone)]
-pub struct HttpCredentials {
-    pub username: String,
-    pub password: String,
+pub enum Credentials {
+    /// HTTP(S) basic authentication. A token alone is sent as the user name, as Nautobot builds its URL.
+    Http { username: String, password: String },
+    /// An SSH private key (PEM or OpenSSH format) with its passphrase. The user is the URL's, else this one, else
+    /// `git`.
+    SshKey { username: Option<String>, private_key: String, passphrase: Option<String> },
 }
 
-impl std::fmt::Debug for HttpCredentials {
+impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HttpCredentials(..)")
+        f.write_str(match self {
+            Self::Http { .. } => "Credentials::Http(..)",
+            Self::SshKey { .. } => "Credentials::SshKey(..)",
+        })
     }
 }
 
-impl HttpCredentials {
-    pub fn new(username: Option<&str>, token: &str) -> Self {
+impl Credentials {
+    pub fn http(username: Option<&str>, token: &str) -> Self {
         match username.filter(|u| !u.is_empty()) {
-            Some(user) => Self { username: user.to_owned(), password: token.to_owned() },
-            None => Self { username: token.to_owned(), password: String::new() },
+            Some(user) => Self::Http { username: user.to_owned(), password: token.to_owned() },
+            None => Self::Http { username: token.to_owned(), password: String::new() },
         }
     }
 }
@@ -394,57 +449,111 @@ fn verify_with_bundle(bundle: &Path, der: &[u8], host: &str) -> Result<bool, Str
     context.init(&store, &leaf, &chain, |c| c.verify_cert()).map_err(|e| e.to_string())
 }
 
-fn fetch(
-    repo: &Repository,
-    credentials: Option<&HttpCredentials>,
-    max_bytes: u64,
-    tls: &TlsPolicy,
-) -> Result<(), GitError> {
-    let mut remote = repo.find_remote(REMOTE)?;
-    let mut options = FetchOptions::new();
-    options.prune(FetchPrune::On).download_tags(AutotagOption::None);
-    let mut callbacks = RemoteCallbacks::new();
-    let mut offered = false;
-    callbacks.credentials(move |_url, _user, allowed| {
-        // Offer the credentials once: if the server refuses them, fail at once instead of asking again forever.
-        match credentials {
-            Some(c) if !offered && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) => {
-                offered = true;
-                Cred::userpass_plaintext(&c.username, &c.password)
-            }
-            Some(_) => Err(git2::Error::new(
-                git2::ErrorCode::Auth,
-                git2::ErrorClass::Http,
-                "authentication failed: the remote refused the credentials of the secrets_group",
-            )),
-            None => Err(git2::Error::new(
-                git2::ErrorCode::Auth,
-                git2::ErrorClass::Http,
-                "authentication required: the remote asks for credentials and the repository has no secrets_group",
-            )),
+impl Mirror {
+    /// Fetches every branch and tag from `origin`, `depth` commits deep (None: everything new).
+    fn fetch(
+        &self,
+        repo: &Repository,
+        url: &str,
+        credentials: Option<&Credentials>,
+        depth: Option<i32>,
+    ) -> Result<(), GitError> {
+        // libgit2's SSH transport replaces a refused host key's message with its own generic one: keep ours.
+        let host_key_problem = std::cell::RefCell::new(None::<String>);
+        let mut remote = repo.find_remote(REMOTE)?;
+        let mut options = FetchOptions::new();
+        options.prune(FetchPrune::On).download_tags(AutotagOption::None);
+        if let Some(depth) = depth {
+            options.depth(depth);
         }
-    });
-    callbacks.certificate_check(move |cert, host| match tls {
-        TlsPolicy::System => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
-        TlsPolicy::NoVerify => Ok(git2::CertificateCheckStatus::CertificateOk),
-        TlsPolicy::CaBundle(bundle) => {
-            let der = cert.as_x509().map(|x| x.data()).unwrap_or_default();
-            match verify_with_bundle(bundle, der, host) {
-                Ok(true) => Ok(git2::CertificateCheckStatus::CertificateOk),
-                Ok(false) => Err(git2::Error::new(
-                    git2::ErrorCode::Certificate,
-                    git2::ErrorClass::Ssl,
-                    format!("the SSL certificate of {host} is not issued by the configured CA bundle for this host"),
+        let mut callbacks = RemoteCallbacks::new();
+        let mut offered = false;
+        callbacks.credentials(move |_url, url_user, allowed| {
+            let ssh_user = |configured: Option<&str>| url_user.or(configured).unwrap_or("git").to_owned();
+            match credentials {
+                // libgit2 first asks who to log in as when the URL names no user.
+                Some(Credentials::SshKey { username, .. }) if allowed.contains(CredentialType::USERNAME) => {
+                    Cred::username(&ssh_user(username.as_deref()))
+                }
+                // Offer the credentials once: if the server refuses them, fail at once instead of asking forever.
+                Some(Credentials::SshKey { username, private_key, passphrase })
+                    if !offered && allowed.contains(CredentialType::SSH_KEY) =>
+                {
+                    offered = true;
+                    Cred::ssh_key_from_memory(&ssh_user(username.as_deref()), None, private_key, passphrase.as_deref())
+                }
+                Some(Credentials::Http { username, password })
+                    if !offered && allowed.contains(CredentialType::USER_PASS_PLAINTEXT) =>
+                {
+                    offered = true;
+                    Cred::userpass_plaintext(username, password)
+                }
+                Some(_) if offered => Err(git2::Error::new(
+                    git2::ErrorCode::Auth,
+                    git2::ErrorClass::Http,
+                    "authentication failed: the remote refused the credentials of the secrets_group",
                 )),
-                Err(problem) => Err(git2::Error::new(git2::ErrorCode::Certificate, git2::ErrorClass::Ssl, problem)),
+                Some(_) => Err(git2::Error::new(
+                    git2::ErrorCode::Auth,
+                    git2::ErrorClass::Http,
+                    "authentication failed: the remote does not accept the kind of credential the secrets_group \
+                     holds (an SSH key for ssh:// remotes, a token for http(s) remotes)",
+                )),
+                None => Err(git2::Error::new(
+                    git2::ErrorCode::Auth,
+                    git2::ErrorClass::Http,
+                    "authentication required: the remote asks for credentials and the repository has no \
+                     secrets_group",
+                )),
             }
+        });
+        let ssh_port = known_hosts::ssh_host_port(url).map_or(22, |(_, port)| port);
+        let (tls, host_keys) = (&self.tls, &self.host_keys);
+        let host_key_problem_ref = &host_key_problem;
+        callbacks.certificate_check(move |cert, host| {
+            if let Some(hostkey) = cert.as_hostkey() {
+                let key = hostkey.hostkey().unwrap_or_default();
+                return match known_hosts::check(host_keys, host, ssh_port, key) {
+                    Ok(()) => Ok(git2::CertificateCheckStatus::CertificateOk),
+                    Err(problem) => {
+                        *host_key_problem_ref.borrow_mut() = Some(problem.clone());
+                        Err(git2::Error::new(git2::ErrorCode::Certificate, git2::ErrorClass::Ssh, problem))
+                    }
+                };
+            }
+            match tls {
+                TlsPolicy::System => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
+                TlsPolicy::NoVerify => Ok(git2::CertificateCheckStatus::CertificateOk),
+                TlsPolicy::CaBundle(bundle) => {
+                    let der = cert.as_x509().map(|x| x.data()).unwrap_or_default();
+                    match verify_with_bundle(bundle, der, host) {
+                        Ok(true) => Ok(git2::CertificateCheckStatus::CertificateOk),
+                        Ok(false) => Err(git2::Error::new(
+                            git2::ErrorCode::Certificate,
+                            git2::ErrorClass::Ssl,
+                            format!(
+                                "the SSL certificate of {host} is not issued by the configured CA bundle for this host"
+                            ),
+                        )),
+                        Err(problem) => {
+                            Err(git2::Error::new(git2::ErrorCode::Certificate, git2::ErrorClass::Ssl, problem))
+                        }
+                    }
+                }
+            }
+        });
+        // Stop a download that passes the size cap instead of filling the disk first.
+        let max_bytes = self.max_bytes;
+        callbacks.transfer_progress(move |progress| progress.received_bytes() as u64 <= max_bytes);
+        options.remote_callbacks(callbacks);
+        let fetched = remote.fetch(&REFSPECS, Some(&mut options), None);
+        drop(options);
+        match (fetched, host_key_problem.into_inner()) {
+            (Ok(()), _) => Ok(()),
+            (Err(err), Some(problem)) => Err(GitError::Git { message: problem, class: err.class(), code: err.code() }),
+            (Err(err), None) => Err(err.into()),
         }
-    });
-    // Stop a download that passes the size cap instead of filling the disk first.
-    callbacks.transfer_progress(move |progress| progress.received_bytes() as u64 <= max_bytes);
-    options.remote_callbacks(callbacks);
-    remote.fetch(&REFSPECS, Some(&mut options), None)?;
-    Ok(())
+    }
 }
 
 /// The checkout algorithm of spec b.4, on a fetched mirror: classify `branch` as a branch, a tag or a commit (in

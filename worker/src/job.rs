@@ -25,7 +25,7 @@ use thiserror::Error;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::git::{GitError, HttpCredentials, Mirror};
+use crate::git::{Credentials, GitError, Mirror};
 use crate::lock::{LockError, RepoLock};
 use crate::reconcile::{self, Owner};
 use crate::secrets::{self, Secrets};
@@ -65,6 +65,9 @@ pub struct JobContext {
     pub secrets: Arc<Secrets>,
     pub max_mirror_bytes: u64,
     pub tls: crate::git::TlsPolicy,
+    pub host_keys: crate::known_hosts::HostKeyPolicy,
+    /// Fetch depth 1 where the transport allows it.
+    pub shallow: bool,
     /// Default limit for a git operation; a repository's `git_timeout_secs` overrides it.
     pub git_timeout: std::time::Duration,
     pub scope_mode: ScopeMode,
@@ -227,8 +230,16 @@ async fn fetch(
     let credentials = match group {
         None => None,
         Some((name, found)) => {
-            match (secrets::problem(name, found), found.and_then(|g| g.token.as_ref().map(|t| (g, t)))) {
-                (None, Some((g, token))) => Some(HttpCredentials::new(g.username.as_deref(), token.expose())),
+            let ssh = repo.remote_url.starts_with("ssh://");
+            match (secrets::problem(name, found, ssh), found) {
+                (None, Some(g)) if ssh => g.ssh_key.as_ref().map(|key| Credentials::SshKey {
+                    username: g.username.clone(),
+                    private_key: key.expose().to_owned(),
+                    passphrase: g.ssh_passphrase.as_ref().map(|p| p.expose().to_owned()),
+                }),
+                (None, Some(g)) => {
+                    g.token.as_ref().map(|token| Credentials::http(g.username.as_deref(), token.expose()))
+                }
                 (problem, _) => {
                     let message = problem.unwrap_or_else(|| format!("The secrets_group \"{name}\" is unusable."));
                     return Ok(Err(FetchFailure { message, exc_type: "SecretError" }));
@@ -237,7 +248,11 @@ async fn fetch(
         }
     };
     let group = group.and_then(|(_, g)| g);
-    let mirror = Mirror::new(&ctx.git_root, &repo.slug).with_max_bytes(ctx.max_mirror_bytes).with_tls(ctx.tls.clone());
+    let mirror = Mirror::new(&ctx.git_root, &repo.slug)
+        .with_max_bytes(ctx.max_mirror_bytes)
+        .with_tls(ctx.tls.clone())
+        .with_host_keys(ctx.host_keys.clone())
+        .with_shallow(ctx.shallow);
     let timeout = repo
         .git_timeout_secs
         .and_then(|s| u64::try_from(s).ok())

@@ -8,6 +8,7 @@ pub mod config;
 pub mod consumer;
 pub mod git;
 pub mod job;
+pub mod known_hosts;
 pub mod lock;
 pub mod reconcile;
 pub mod secrets;

@@ -207,6 +207,9 @@ async fn main() -> Result<()> {
         git_timeout_secs: 60,
         git_ssl_no_verify: String::new(),
         git_ca_bundle: None,
+        ssh_known_hosts: None,
+        ssh_strict_host_key_checking: "yes".into(),
+        git_shallow: true,
         shutdown_grace_secs: 10,
     };
     let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));

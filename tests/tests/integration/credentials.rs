@@ -74,8 +74,16 @@ async fn private_http_remote_with_secrets_groups() -> Result<()> {
         let bytes = std::fs::read(&entry)?;
         assert!(!contains(&bytes, TOKEN.as_bytes()), "token found in {}", entry.display());
     }
+    let stored = everything_stored(&env).await?;
+    assert!(!stored.contains(TOKEN) && !stored.contains("not-the-token"));
+    drop(http);
+    env.teardown().await
+}
+
+/// Every text the worker stored: log entries, JobResults, the outbox and remote URLs.
+pub(crate) async fn everything_stored(env: &TestEnv) -> Result<String> {
     let client = env.pool.get().await?;
-    let stored: String = client
+    Ok(client
         .query_one(
             "SELECT coalesce((SELECT string_agg(message, ' ') FROM job_log_entry), '') ||
                     coalesce((SELECT string_agg(coalesce(result::text, '') || coalesce(traceback, ''), ' ') FROM job_result), '') ||
@@ -84,14 +92,10 @@ async fn private_http_remote_with_secrets_groups() -> Result<()> {
             &[],
         )
         .await?
-        .get(0);
-    assert!(!stored.contains(TOKEN) && !stored.contains("not-the-token"));
-    drop(client);
-    drop(http);
-    env.teardown().await
+        .get(0))
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {

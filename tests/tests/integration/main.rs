@@ -8,4 +8,5 @@ mod delete;
 mod fleet;
 mod support;
 mod sync;
+mod transport;
 mod validation;

@@ -1,5 +1,5 @@
 //! Real git remotes for the tests: bare repositories written with the git command line, served over file://,
-//! `git daemon` (git://) and `git http-backend` behind lighttpd (http://).
+//! `git daemon` (git://), `git http-backend` behind lighttpd (http(s)://) and OpenSSH's sshd (ssh://).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -205,6 +205,59 @@ $HTTP["url"] =~ "^/git" {{
     let server = Server { child, port };
     wait_port(port).await?;
     Ok(server)
+}
+
+/// A key pair made with `ssh-keygen`: `(private key file, "type base64" public key)`.
+pub fn ssh_keygen(path: &Path, kind: &str, passphrase: &str) -> Result<(PathBuf, String)> {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", passphrase, "-C", "gitfleet-test", "-f"])
+        .arg(path)
+        .stdout(Stdio::null())
+        .status()
+        .context("running ssh-keygen (make test-deps)")?;
+    if !status.success() {
+        bail!("ssh-keygen failed");
+    }
+    let public = std::fs::read_to_string(path.with_extension("pub"))?;
+    let public = public.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    Ok((path.to_owned(), public))
+}
+
+/// OpenSSH's sshd on a loopback port, serving git over SSH for the keys in `authorized` (as the user running the
+/// tests, whose login shell runs `git-upload-pack`). Returns the server and its host key's known_hosts line.
+pub async fn ssh_server(state: &Path, authorized: &[&str]) -> Result<(Server, String)> {
+    let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("sshd is not installed (make test-deps)")?;
+    std::fs::create_dir_all(state)?;
+    // sshd's privilege separation directory (created by the package's service, which never runs here).
+    std::fs::create_dir_all("/run/sshd").context("creating /run/sshd")?;
+    let (_, host_public) = ssh_keygen(&state.join("host_ed25519"), "ed25519", "")?;
+    std::fs::write(state.join("authorized_keys"), authorized.join("\n") + "\n")?;
+    let port = free_port();
+    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".to_owned());
+    let conf = state.join("sshd_config");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {s}/host_ed25519\nAuthorizedKeysFile {s}/authorized_keys\n\
+             PidFile {s}/sshd.pid\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
+             AllowUsers {user}\nLogLevel ERROR\n",
+            s = state.display()
+        ),
+    )?;
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(state.join("sshd.log"))?)
+        .spawn()
+        .context("starting sshd")?;
+    let server = Server { child, port };
+    wait_port(port).await?;
+    Ok((server, format!("[127.0.0.1]:{port} {host_public}")))
 }
 
 /// Nautobot's Git test repository (conformance inventory 0.1): commit "Empty commit" tagged `empty-repo`, then one

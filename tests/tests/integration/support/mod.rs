@@ -39,6 +39,10 @@ pub struct TestEnv {
     /// TLS settings of the workers this env starts.
     pub ssl_no_verify: bool,
     pub ca_bundle: Option<PathBuf>,
+    /// SSH host-key checking of the workers this env starts: the known_hosts file, or None for the opt-out.
+    pub known_hosts: Option<PathBuf>,
+    /// Shallow fetches (the default).
+    pub shallow: bool,
     components: Vec<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -72,6 +76,8 @@ impl TestEnv {
             max_mirror_bytes: u64::MAX,
             ssl_no_verify: false,
             ca_bundle: None,
+            known_hosts: None,
+            shallow: true,
             components: Vec::new(),
         })
     }
@@ -98,6 +104,9 @@ impl TestEnv {
             git_timeout_secs: 30,
             git_ssl_no_verify: if self.ssl_no_verify { "1".into() } else { String::new() },
             git_ca_bundle: self.ca_bundle.clone(),
+            ssh_known_hosts: self.known_hosts.clone(),
+            ssh_strict_host_key_checking: if self.known_hosts.is_some() { "yes" } else { "no" }.to_owned(),
+            git_shallow: self.shallow,
             shutdown_grace_secs: 10,
         }
     }

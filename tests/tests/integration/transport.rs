@@ -1,0 +1,194 @@
+//! SSH remotes with key authentication and host-key checking, and shallow fetches deepened on demand.
+
+use anyhow::Result;
+use gitfleet_producer::commands::{self, NewRepo};
+use gitfleet_shared::event::RequestedBy;
+
+use crate::support::git::{Remote, git_daemon, ssh_keygen, ssh_server};
+use crate::support::{TestEnv, assert_log};
+
+/// Writes a secrets group folder: `files` are (file name, content).
+fn group(env: &TestEnv, name: &str, files: &[(&str, &str)]) -> Result<()> {
+    let dir = env.tmp.path().join("secrets").join(name);
+    std::fs::create_dir_all(&dir)?;
+    for (file, content) in files {
+        std::fs::write(dir.join(file), content)?;
+    }
+    Ok(())
+}
+
+async fn slug_of(env: &TestEnv, name: &str) -> Result<String> {
+    let client = env.pool.get().await?;
+    Ok(client.query_one("SELECT slug FROM git_repository WHERE name = $1", &[&name]).await?.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_remote_with_keys_and_known_hosts() -> Result<()> {
+    let keys = tempfile::tempdir()?;
+    let (plain_key, plain_pub) = ssh_keygen(&keys.path().join("plain"), "ed25519", "")?;
+    let (locked_key, locked_pub) = ssh_keygen(&keys.path().join("locked"), "rsa", "open sesame")?;
+    let (stranger_key, _) = ssh_keygen(&keys.path().join("stranger"), "ed25519", "")?;
+    let served = keys.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    let remote = Remote::new(&served, "private")?;
+    remote.commit("first", &[("README.md", "one")])?;
+    let head = remote.commit("second", &[("README.md", "two")])?;
+    let (sshd, host_line) = ssh_server(&keys.path().join("sshd"), &[&plain_pub, &locked_pub]).await?;
+    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "root".to_owned());
+    let path = remote.bare.display().to_string();
+    let url_with_user = format!("ssh://{user}@127.0.0.1:{}{path}", sshd.port);
+    let url_without_user = format!("ssh://127.0.0.1:{}{path}", sshd.port);
+    let known_hosts = keys.path().join("known_hosts");
+    std::fs::write(&known_hosts, format!("{host_line}\n"))?;
+    let plain = std::fs::read_to_string(&plain_key)?;
+    let locked = std::fs::read_to_string(&locked_key)?;
+
+    // Host key listed: each key form authenticates; a key the server does not know, or no key, fails fast.
+    let mut env = TestEnv::new().await?;
+    env.known_hosts = Some(known_hosts.clone());
+    group(&env, "deploy-key", &[("ssh-privatekey", &plain)])?;
+    group(
+        &env,
+        "locked-key",
+        &[("ssh-privatekey", &locked), ("ssh-passphrase", "open sesame\n"), ("username", &user)],
+    )?;
+    group(&env, "stranger", &[("ssh-privatekey", &std::fs::read_to_string(&stranger_key)?)])?;
+    group(&env, "token-only", &[("token", "ghp_not_a_key")])?;
+    env.start_fleet(1);
+    let cases = [
+        ("Plain", url_with_user.as_str(), Some("deploy-key"), None),
+        // No user in the URL: the group's `username` is used.
+        ("Locked", url_without_user.as_str(), Some("locked-key"), None),
+        ("Stranger", url_with_user.as_str(), Some("stranger"), Some("authentication failed")),
+        ("Anonymous", url_with_user.as_str(), None, Some("authentication required")),
+        ("TokenOnly", url_with_user.as_str(), Some("token-only"), Some("has no SSH private key")),
+    ];
+    let mut jobs = Vec::new();
+    for (name, url, group, _) in cases {
+        let new = NewRepo {
+            name: format!("{name} {}", env.id),
+            remote_url: url.to_owned(),
+            secrets_group: group.map(str::to_owned),
+            ..NewRepo::default()
+        };
+        jobs.push(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap());
+    }
+    for ((name, _, _, failure), job) in cases.iter().zip(jobs) {
+        let view = env.wait_job(job).await?;
+        match failure {
+            None => {
+                assert_eq!(view.status, "SUCCESS", "{name}: {:#?}", view.logs);
+                assert_eq!(view.result.clone().unwrap()["current_head"], head.as_str(), "{name}");
+            }
+            Some(needle) => {
+                assert_eq!(view.status, "FAILURE", "{name}");
+                assert_log(&view, "error", "ensure_git_repository", needle);
+                let (started, done) = (view.date_started.unwrap(), view.date_done.unwrap());
+                assert!((done - started).num_seconds() < 10, "{name} failed fast");
+            }
+        }
+    }
+    // SSH fetches are shallow too: the mirror holds the tip only.
+    let mirror = env.git_root().join(slug_of(&env, &format!("Plain {}", env.id)).await?);
+    assert!(mirror.join("shallow").exists(), "the mirror over ssh:// is shallow");
+    // No key material or passphrase anywhere the worker writes.
+    let key_line = plain.lines().nth(1).unwrap().to_owned();
+    let stored = crate::credentials::everything_stored(&env).await?;
+    for secret in [key_line.as_str(), "open sesame"] {
+        assert!(!stored.contains(secret), "a secret reached the database");
+        for file in crate::credentials::walk(&env.git_root()) {
+            assert!(!String::from_utf8_lossy(&std::fs::read(&file)?).contains(secret), "{}", file.display());
+        }
+    }
+    env.teardown().await?;
+
+    // A different key listed for the host: refused as a possible interception.
+    let wrong_hosts = keys.path().join("wrong_known_hosts");
+    let (_, other_host) = ssh_keygen(&keys.path().join("other-host"), "ed25519", "")?;
+    std::fs::write(&wrong_hosts, format!("[127.0.0.1]:{} {other_host}\n", sshd.port))?;
+    // Host not listed at all, then the explicit opt-out (known_hosts None in the test env).
+    let empty_hosts = keys.path().join("empty_known_hosts");
+    std::fs::write(&empty_hosts, "")?;
+    for (hosts, failure) in [
+        (Some(wrong_hosts), Some("does not match the key listed in")),
+        (Some(empty_hosts), Some("is not in the known hosts file")),
+        (None, None),
+    ] {
+        let mut env = TestEnv::new().await?;
+        env.known_hosts = hosts;
+        group(&env, "deploy-key", &[("ssh-privatekey", &plain)])?;
+        env.start_fleet(1);
+        let new = NewRepo {
+            name: format!("Hostkey {}", env.id),
+            remote_url: url_with_user.clone(),
+            secrets_group: Some("deploy-key".to_owned()),
+            ..NewRepo::default()
+        };
+        let view =
+            env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+        match failure {
+            Some(needle) => {
+                assert_eq!(view.status, "FAILURE", "{needle}");
+                assert_log(&view, "error", "ensure_git_repository", needle);
+            }
+            None => assert_eq!(view.status, "SUCCESS", "opt-out: {:#?}", view.logs),
+        }
+        env.teardown().await?;
+    }
+    drop(sshd);
+    Ok(())
+}
+
+/// Over git:// a new mirror holds only the tips; a branch pinned to an older commit deepens it to the full history;
+/// later fetches of a shallow mirror stay shallow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shallow_fetch_deepened_for_a_pinned_commit() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let served = env.tmp.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    let remote = Remote::new(&served, "history")?;
+    let mut commits = Vec::new();
+    for n in 0..5 {
+        commits.push(remote.commit(&format!("commit {n}"), &[("README.md", &format!("version {n}"))])?);
+    }
+    let daemon = git_daemon(&served).await?;
+    let url = format!("git://127.0.0.1:{}/history.git", daemon.port);
+    env.start_fleet(1);
+
+    let tip_name = format!("Tip {}", env.id);
+    let view = env.wait_job(env.create(&tip_name, &url, "main").await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let tip_mirror = env.git_root().join(slug_of(&env, &tip_name).await?);
+    let shallow = std::fs::read_to_string(tip_mirror.join("shallow"))?;
+    assert_eq!(shallow.trim(), commits[4], "only the tip was fetched");
+    let object_count = |mirror: &std::path::Path| -> Result<usize> {
+        let out = crate::support::git::git(mirror, &["rev-list", "--all"])?;
+        Ok(out.lines().count())
+    };
+    assert_eq!(object_count(&tip_mirror)?, 1);
+
+    // A commit outside the shallow history: the mirror is deepened and the sync lands on it.
+    let pinned_name = format!("Pinned {}", env.id);
+    let view = env.wait_job(env.create(&pinned_name, &url, &commits[1]).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(view.result.clone().unwrap()["current_head"], commits[1].as_str());
+    let pinned_mirror = env.git_root().join(slug_of(&env, &pinned_name).await?);
+    assert!(!pinned_mirror.join("shallow").exists(), "deepened to the full history");
+    assert_eq!(object_count(&pinned_mirror)?, 5);
+
+    // A new commit: the shallow mirror fetches just the new tip.
+    let newest = remote.commit("commit 5", &[("README.md", "version 5")])?;
+    let view = env.wait_job(env.sync(&tip_name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(view.result.clone().unwrap()["current_head"], newest.as_str());
+    assert!(tip_mirror.join("shallow").exists());
+    assert!(object_count(&tip_mirror)? <= 2, "no history beyond the tips was fetched");
+
+    // A commit that exists nowhere still fails with git's message after the deepening.
+    let missing = format!("Missing {}", env.id);
+    let view = env.wait_job(env.create(&missing, &url, "abcdef1234").await?).await?;
+    assert_eq!(view.status, "FAILURE");
+    assert_log(&view, "error", "ensure_git_repository", "did not match any file(s) known to git");
+    drop(daemon);
+    env.teardown().await
+}
