@@ -44,6 +44,7 @@ demo: ## Start services, two workers and the relay; sync the example repository 
 
 bench: services test-deps ## Benchmarks on an optimized build (profile perf); results written to BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench -- --write BENCHMARKS.md
+	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_git -- --write BENCHMARKS.md
 
 clean: ## Remove build output and demo state
 	$(CARGO) clean

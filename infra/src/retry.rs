@@ -13,3 +13,12 @@ pub fn until_ready(wait: Duration) -> ExponentialBuilder {
         .with_max_times(usize::MAX)
         .with_jitter()
 }
+
+/// Transient faults inside one attempt: `tries` in all, exponential from 200 ms to 2 s between them, with jitter.
+pub fn transient(tries: usize) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(2))
+        .with_max_times(tries.saturating_sub(1))
+        .with_jitter()
+}

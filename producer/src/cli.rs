@@ -45,8 +45,25 @@ pub enum Command {
         #[arg(long, env = "GITFLEET_RELAY_POLL_MS", default_value_t = 500)]
         poll_ms: u64,
     },
+    /// List or replay the events the fleet dead-lettered.
+    #[command(subcommand, name = "dead-letters")]
+    DeadLetters(DeadLetterCommand),
     /// Apply database migrations and exit.
     Migrate,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterCommand {
+    /// Dead letters not yet replayed, newest first.
+    List {
+        /// Also those already replayed.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+    /// Send a dead-lettered event again (its JobResult becomes PENDING); without an ID, every one not yet replayed.
+    Replay { id: Option<i64> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +195,53 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
         }
         Command::Migrate => Ok(0),
         Command::Inventory(command) => inventory(pool, command, out).await,
+        Command::DeadLetters(command) => dead_letters(pool, command, out).await,
+    }
+}
+
+async fn dead_letters(pool: &Pool, command: DeadLetterCommand, out: &mut impl Write) -> anyhow::Result<i32> {
+    match command {
+        DeadLetterCommand::List { all, format } => {
+            let letters = crate::dead_letters::list(pool, all).await?;
+            if format == Format::Json {
+                let rows: Vec<serde_json::Value> = letters
+                    .iter()
+                    .map(|d| {
+                        serde_json::json!({
+                            "id": d.id, "event_id": d.event_id, "routing_key": d.routing_key, "reason": d.reason,
+                            "received_at": d.received_at, "replayed_at": d.replayed_at, "headers": d.headers,
+                            "payload": String::from_utf8_lossy(&d.payload),
+                        })
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+                return Ok(0);
+            }
+            if letters.is_empty() {
+                writeln!(out, "no dead letters")?;
+            }
+            for d in &letters {
+                let event = d.event_id.map_or_else(|| "(not an event)".to_owned(), |e| e.to_string());
+                let replayed = d.replayed_at.map(|t| format!("  replayed {t}")).unwrap_or_default();
+                writeln!(out, "{}\t{}\t{event}\t{}\t{}{replayed}", d.id, d.received_at, d.routing_key, d.reason)?;
+            }
+            Ok(0)
+        }
+        DeadLetterCommand::Replay { id } => match crate::dead_letters::replay(pool, id, &RequestedBy::cli()).await {
+            Ok(events) => {
+                for event in &events {
+                    writeln!(out, "replayed {event}")?;
+                }
+                if events.is_empty() {
+                    writeln!(out, "nothing to replay")?;
+                }
+                Ok(0)
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                Ok(err.exit_code())
+            }
+        },
     }
 }
 

@@ -5,4 +5,5 @@
 
 pub mod cli;
 pub mod commands;
+pub mod dead_letters;
 pub mod relay;

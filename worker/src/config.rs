@@ -56,6 +56,17 @@ pub struct WorkerSettings {
     /// Secret). Groups can also come from `GITFLEET_SECRETS_<GROUP>_TOKEN` / `_USERNAME` variables.
     #[arg(long, env = "GITFLEET_SECRETS_DIR")]
     pub secrets_dir: Option<PathBuf>,
+    /// How often a running job records that its worker is alive.
+    #[arg(long, env = "GITFLEET_HEARTBEAT_SECS", default_value_t = 10)]
+    pub heartbeat_secs: u64,
+    /// A STARTED job whose worker has not beaten for this long, and whose repository lock is free, is ended FAILURE
+    /// "worker lost" by any worker's reaper.
+    #[arg(long, env = "GITFLEET_REAP_AFTER_SECS", default_value_t = 60)]
+    pub reap_after_secs: u64,
+    /// Tries of an event inside one delivery when it meets a transient fault (database, broker, network), with
+    /// exponential backoff and jitter, before the event goes back to the queue.
+    #[arg(long, env = "GITFLEET_TRANSIENT_RETRIES", default_value_t = 3)]
+    pub transient_retries: usize,
     /// On SIGTERM, how long in-flight events may take to finish before they are handed back.
     #[arg(long, env = "GITFLEET_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

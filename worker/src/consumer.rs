@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
 use futures_util::StreamExt;
 use gitfleet_infra::amqp::{self, Publisher, REJECT_REASON_HEADER, Topology};
 use gitfleet_shared::event::Event;
@@ -38,6 +39,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         secrets: Arc::new(crate::secrets::Secrets::load(std::env::vars(), settings.secrets_dir.as_deref())?),
         scope_mode: settings.scope_mode(),
         limits: settings.limits(),
+        heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
     });
     std::fs::create_dir_all(&ctx.git_root)?;
     crate::git::set_network_timeouts(ctx.git_timeout);
@@ -48,6 +50,12 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     }
     remove_orphan_mirrors(&ctx).await?;
     tracing::info!(worker = %ctx.worker_name, git_root = %ctx.git_root.display(), prefetch = settings.prefetch, "worker starting");
+
+    let reaper = {
+        let (ctx, shutdown) = (ctx.clone(), shutdown.clone());
+        let (every, stale) = (ctx.heartbeat, Duration::from_secs(settings.reap_after_secs.max(1)));
+        tokio::spawn(async move { crate::fleet::reap(&ctx, every, stale, &shutdown).await })
+    };
 
     let mut backoff = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
@@ -63,6 +71,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
             }
         }
     }
+    reaper.abort();
     ctx.pool.close();
     tracing::info!(worker = %ctx.worker_name, "worker stopped");
     Ok(())
@@ -108,14 +117,23 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
         )
         .await?;
     tracing::info!(queue = %ctx.topology.work, "consuming");
+    let recorder = {
+        let (ctx, shutdown, limit) = (ctx.clone(), shutdown.clone(), settings.amqp.delivery_limit);
+        let channel = connection.create_channel().await?;
+        tokio::spawn(async move {
+            if let Err(err) = crate::fleet::record_dead_letters(&ctx, channel, limit, &shutdown).await {
+                tracing::warn!(error = %err, "dead-letter recorder stopped");
+            }
+        })
+    };
 
     let mut tasks = JoinSet::new();
     let outcome = loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    let (ctx, publisher) = (ctx.clone(), publisher.clone());
-                    tasks.spawn(async move { process(&ctx, &publisher, delivery).await });
+                    let (ctx, publisher, tries) = (ctx.clone(), publisher.clone(), settings.transient_retries);
+                    tasks.spawn(async move { process(&ctx, &publisher, delivery, tries).await });
                 }
                 Some(Err(err)) => break Err(anyhow::Error::from(err)),
                 None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -145,14 +163,16 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
         tracing::warn!(in_flight = tasks.len(), "grace period over: handing unfinished events back");
         tasks.abort_all();
     }
+    recorder.abort();
     // Closing the channel returns every unacknowledged message to the queue.
     let _ = channel.close(200, "worker stopping".into()).await;
     let _ = connection.close(200, "worker stopping".into()).await;
     outcome
 }
 
-/// Handles one delivery and settles it exactly once.
-async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
+/// Handles one delivery and settles it exactly once. Transient faults are tried `tries` times in all (backoff with
+/// jitter); then the event goes back to the queue, whose delivery limit dead-letters it if they persist.
+async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tries: usize) {
     let event = match Event::decode(&delivery.data) {
         Ok(event) => event,
         Err(err) => {
@@ -162,12 +182,21 @@ async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
     };
     let span =
         tracing::info_span!("event", event_id = %event.event_id, kind = %event.kind, repo = %event.repository.slug);
-    let handled = job::handle(ctx, publisher, &event).instrument(span.clone()).await;
+    let handled = (|| job::handle(ctx, publisher, &event))
+        .retry(gitfleet_infra::retry::transient(tries))
+        .notify(|err, wait| tracing::warn!(parent: &span, error = %err, retry_in = ?wait, "transient failure; retrying"))
+        .instrument(span.clone())
+        .await;
     match handled {
         Ok(Disposition::Ack) => ack(&delivery).await,
         Ok(Disposition::Defer) => defer(ctx, publisher, delivery).await,
         Err(err) => {
             tracing::warn!(parent: &span, error = %err, "transient failure; returning the event to the queue");
+            // The reason its JobResult ends with if the delivery limit dead-letters it.
+            let reason = gitfleet_shared::sanitize::sanitize(&err.to_string());
+            if let Ok(client) = ctx.pool.get().await {
+                let _ = gitfleet_infra::store::job_result::note_transient(&**client, event.event_id, &reason).await;
+            }
             // Requeue: the quorum queue counts deliveries and dead-letters after the limit.
             if let Err(err) =
                 delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await

@@ -52,6 +52,9 @@ pub enum TransientError {
     Lock(#[from] LockError),
     #[error("git worker thread failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A network fault reaching the remote (connection refused or reset, a 5xx answer): tried again.
+    #[error("fetching from the remote: {0}")]
+    Git(String),
 }
 
 /// Everything a job needs; built once per worker.
@@ -72,6 +75,8 @@ pub struct JobContext {
     pub git_timeout: std::time::Duration,
     pub scope_mode: ScopeMode,
     pub limits: Limits,
+    /// How often a running job beats (`job_result.heartbeat`).
+    pub heartbeat: std::time::Duration,
 }
 
 impl JobContext {
@@ -170,10 +175,37 @@ async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Res
         return Ok(None);
     }
     let log = JobLog { pool: &ctx.pool, id: event.event_id };
+    let _beating = Heartbeat::start(ctx, event.event_id);
     match event.kind {
         EventKind::Delete => delete(ctx, lock, event, &log).await,
         EventKind::DryRun => dry_run(ctx, lock, event, &log).await,
         EventKind::Create | EventKind::Update | EventKind::Sync => sync(ctx, lock, event, &log).await,
+    }
+}
+
+/// Beats for a running job until dropped, on a pooled connection (the lock's connection is busy with the sync's
+/// transaction). A killed worker stops beating, which is how the reaper knows.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(ctx: &JobContext, id: Uuid) -> Self {
+        let (pool, every) = (ctx.pool.clone(), ctx.heartbeat);
+        Self(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Ok(client) = pool.get().await
+                    && let Err(err) = job_result::heartbeat(&**client, id).await
+                {
+                    tracing::debug!(error = %err, "heartbeat failed");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -201,6 +233,35 @@ async fn current_definition(
     log.write(LogEntry::error(grouping::RUN, &problem)).await?;
     fail(lock, event.event_id, "DoesNotExist", &problem).await?;
     Ok(None)
+}
+
+/// Why a sync event needs no fetch, if it does not (ARCHITECTURE 4.3): its definition version is older than the
+/// applied one; or the applied version is current and a fetch began after the event was made (a burst of events
+/// costs one fetch per wave, not one each); or it names the commit that is already live (a push webhook).
+fn coalesce(
+    repo: &RepositoryRow,
+    event: &Event,
+    requested: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<&'static str> {
+    let version = event.version.get();
+    if repo.current_head.is_empty() {
+        return None;
+    }
+    if version < repo.applied_version {
+        return Some("a newer definition is applied");
+    }
+    if version > repo.applied_version {
+        return None;
+    }
+    if let (Some(fetched), Some(requested)) = (repo.fetched_at, requested)
+        && fetched >= requested
+    {
+        return Some("fetched since this event was made");
+    }
+    if event.target_commit.as_ref().is_some_and(|c| c.as_str() == repo.current_head) {
+        return Some("the pushed commit is live");
+    }
+    None
 }
 
 /// What a sync applies: commit, definition version, provided types, inventory state, scope mode and loader version.
@@ -280,9 +341,13 @@ async fn fetch(
             }
         }
     };
-    Ok(fetched
-        .map(|checkout| (mirror, checkout))
-        .map_err(|err| FetchFailure { message: secrets::redact(&err.to_string(), group), exc_type: err.exc_type() }))
+    match fetched {
+        Ok(checkout) => Ok(Ok((mirror, checkout))),
+        Err(err) if err.is_transient() => Err(TransientError::Git(sanitize(&secrets::redact(&err.to_string(), group)))),
+        Err(err) => {
+            Ok(Err(FetchFailure { message: secrets::redact(&err.to_string(), group), exc_type: err.exc_type() }))
+        }
+    }
 }
 
 /// What a load needs from the database besides the tree: the inventory, its stamp, and whether the repository had
@@ -344,21 +409,28 @@ async fn sync(
     let name = repo.name.as_str();
     log.write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"...")))
         .await?;
-    // A push event naming the commit that is already live, with nothing else changed: no fetch at all.
-    if let Some(target) = &event.target_commit
-        && target.as_str() == repo.current_head
-    {
+    // Coalescing (ARCHITECTURE 4.3), on the database clock: when this fetch begins, and when the event was made.
+    let row = lock
+        .client()
+        .query_one("SELECT clock_timestamp(), (SELECT date_created FROM job_result WHERE id = $1)", &[&event.event_id])
+        .await?;
+    let (fetch_started, requested): (chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>) =
+        (row.get(0), row.get(1));
+    if let Some(reason) = coalesce(&repo, event, requested) {
         let (_, stamp, _) = load_context(ctx, &repo.slug).await?;
+        // Only when nothing else (inventory, loaders, scope mode) changed what the live commit loads to.
         if fingerprint(ctx, &repo, &repo.current_head, &stamp) == repo.applied_fingerprint {
             let head = repo.current_head.as_str();
             log.write(LogEntry::info(
                 grouping::MAIN,
-                format!("Data from {name} is already up to date at commit {head}: nothing to fetch or reload."),
+                format!("Data from {name} is already up to date at commit {head} ({reason}): nothing to fetch or reload."),
             ))
             .await?;
             log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
-            let result =
-                json!({ "current_head": head, "applied_version": repo.version, "up_to_date": true, "fetched": false });
+            let result = json!({
+                "current_head": head, "applied_version": repo.applied_version, "up_to_date": true, "fetched": false,
+                "coalesced": reason,
+            });
             job_result::finish(&***lock.client(), event.event_id, JobStatus::Success, Some(&result), None).await?;
             return Ok(None);
         }
@@ -390,6 +462,7 @@ async fn sync(
             format!("Data from {name} is already up to date at commit {head}: nothing to reload."),
         ))
         .await?;
+        repository::record_fetch(&***lock.client(), repo.id, fetch_started).await?;
         log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
         let result = json!({ "current_head": head, "applied_version": repo.version, "up_to_date": true });
         job_result::finish(&***lock.client(), event.event_id, JobStatus::Success, Some(&result), None).await?;
@@ -426,7 +499,7 @@ async fn sync(
     let result = json!({
         "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind),
     });
-    repository::record_sync(&*tx, repo.id, &head, repo.version, &fingerprint).await?;
+    repository::record_sync(&*tx, repo.id, &head, repo.version, &fingerprint, fetch_started).await?;
     job_result::finish(&*tx, event.event_id, JobStatus::Success, Some(&result), None).await?;
     tx.commit().await?;
     let body = json!({

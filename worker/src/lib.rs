@@ -6,6 +6,7 @@
 pub mod check;
 pub mod config;
 pub mod consumer;
+pub mod fleet;
 pub mod git;
 pub mod job;
 pub mod known_hosts;

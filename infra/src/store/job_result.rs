@@ -60,7 +60,8 @@ pub enum StartOutcome {
 pub async fn start(db: &impl GenericClient, id: Uuid, worker: &str) -> Result<StartOutcome, tokio_postgres::Error> {
     let row = db
         .query_opt(
-            "UPDATE job_result SET status = 'STARTED', date_started = COALESCE(date_started, now()), worker = $2
+            "UPDATE job_result SET status = 'STARTED', date_started = COALESCE(date_started, now()), worker = $2,
+                 heartbeat = now()
              WHERE id = $1 AND status NOT IN ('SUCCESS', 'FAILURE', 'REVOKED') RETURNING status",
             &[&id, &worker],
         )
@@ -237,4 +238,91 @@ pub async fn load(db: &impl GenericClient, id: Uuid) -> Result<Option<JobResultV
 pub async fn status(db: &impl GenericClient, id: Uuid) -> Result<Option<JobStatus>, tokio_postgres::Error> {
     let row = db.query_opt("SELECT status FROM job_result WHERE id = $1", &[&id]).await?;
     Ok(row.and_then(|r| r.get::<_, String>(0).parse().ok()))
+}
+
+/// Notes a transient failure of an attempt (the event goes back to the queue): the reason a dead-lettered event's
+/// JobResult will end with.
+pub async fn note_transient(db: &impl GenericClient, id: Uuid, reason: &str) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "UPDATE job_result SET meta = coalesce(meta, '{}'::jsonb) || jsonb_build_object('last_error', $2::text,
+             'failed_attempts', coalesce((meta->>'failed_attempts')::int, 0) + 1)
+         WHERE id = $1 AND status NOT IN ('SUCCESS', 'FAILURE', 'REVOKED')",
+        &[&id, &reason],
+    )
+    .await
+}
+
+/// A running job's heartbeat.
+pub async fn heartbeat(db: &impl GenericClient, id: Uuid) -> Result<u64, tokio_postgres::Error> {
+    db.execute("UPDATE job_result SET heartbeat = now() WHERE id = $1 AND status = 'STARTED'", &[&id]).await
+}
+
+/// STARTED results whose worker has not beaten for `stale_secs`, with the slug of their repository (if known).
+pub async fn stale_started(
+    db: &impl GenericClient,
+    stale_secs: f64,
+) -> Result<Vec<(Uuid, Option<String>)>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT jr.id, r.slug FROM job_result jr LEFT JOIN git_repository r ON r.id = jr.repository_id
+             WHERE jr.status = 'STARTED'
+               AND coalesce(jr.heartbeat, jr.date_started) < now() - make_interval(secs => $1)",
+            &[&stale_secs],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Ends a STARTED result FAILURE (the reaper: its worker is gone), if it is still STARTED and stale.
+pub async fn fail_lost(db: &impl GenericClient, id: Uuid, stale_secs: f64, message: &str) -> Result<bool, tokio_postgres::Error> {
+    let still: bool = db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM job_result WHERE id = $1 AND status = 'STARTED'
+                 AND coalesce(heartbeat, date_started) < now() - make_interval(secs => $2))",
+            &[&id, &stale_secs],
+        )
+        .await?
+        .get(0);
+    if !still {
+        return Ok(false);
+    }
+    log(db, id, &LogEntry::error("main", message)).await?;
+    let result = serde_json::json!({ "exc_type": "WorkerLost", "exc_message": message });
+    finish(db, id, JobStatus::Failure, Some(&result), Some(message)).await
+}
+
+/// Ends a dead-lettered event's result FAILURE with the reason (its last attempt's error, when one was noted).
+pub async fn fail_dead_lettered(db: &impl GenericClient, id: Uuid, reason: &str) -> Result<bool, tokio_postgres::Error> {
+    let last: Option<String> = db
+        .query_opt("SELECT meta->>'last_error' FROM job_result WHERE id = $1", &[&id])
+        .await?
+        .and_then(|r| r.get(0));
+    let message = match last {
+        Some(last) => format!("The event was dead-lettered ({reason}). Last error: {last}"),
+        None => format!("The event was dead-lettered ({reason})."),
+    };
+    if status(db, id).await?.is_none_or(JobStatus::is_terminal) {
+        return Ok(false);
+    }
+    log(db, id, &LogEntry::error("main", &message)).await?;
+    let result = serde_json::json!({ "exc_type": "DeadLettered", "exc_message": message });
+    finish(db, id, JobStatus::Failure, Some(&result), Some(&message)).await
+}
+
+/// Makes a finished result runnable again (a dead letter replayed): PENDING, its end and outcome cleared, its logs
+/// kept, with a line saying who replayed it.
+pub async fn reopen(db: &impl GenericClient, id: Uuid, by: &str) -> Result<bool, tokio_postgres::Error> {
+    let n = db
+        .execute(
+            "UPDATE job_result SET status = 'PENDING', date_done = NULL, result = NULL, traceback = NULL,
+                 heartbeat = NULL, meta = coalesce(meta, '{}'::jsonb) - 'last_error' - 'failed_attempts'
+                     || jsonb_build_object('replays', coalesce((meta->>'replays')::int, 0) + 1)
+             WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    if n == 1 {
+        log(db, id, &LogEntry::info("main", format!("Replayed from the dead-letter queue by {by}."))).await?;
+    }
+    Ok(n == 1)
 }

@@ -1,6 +1,7 @@
 //! Queries over gitfleet's tables. Every function takes a `GenericClient`, so the caller decides whether it runs
 //! inside a transaction (the producer's one-transaction write, the worker's fenced commit) or on its own.
 
+pub mod dead_letter;
 pub mod inventory;
 pub mod job_result;
 pub mod outbox;

@@ -10,7 +10,8 @@ use uuid::Uuid;
 use super::GenericClient;
 
 const COLUMNS: &str = "id, name, slug, remote_url, branch, current_head, secrets_group, provided_contents, version, \
-                       applied_version, applied_fingerprint, git_timeout_secs, created, last_updated, deleted_at";
+                       applied_version, applied_fingerprint, git_timeout_secs, created, last_updated, deleted_at, \
+                       fetched_at";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositoryRow {
@@ -31,6 +32,8 @@ pub struct RepositoryRow {
     pub created: DateTime<Utc>,
     pub last_updated: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// When the fetch behind the live state began (database clock); None before the first sync.
+    pub fetched_at: Option<DateTime<Utc>>,
 }
 
 impl RepositoryRow {
@@ -56,6 +59,7 @@ impl RepositoryRow {
             created: row.get("created"),
             last_updated: row.get("last_updated"),
             deleted_at: row.get("deleted_at"),
+            fetched_at: row.get("fetched_at"),
         }
     }
 
@@ -202,13 +206,24 @@ pub async fn record_sync(
     head: &str,
     applied_version: i64,
     fingerprint: &str,
+    fetched_at: DateTime<Utc>,
 ) -> Result<u64, tokio_postgres::Error> {
     db.execute(
         "UPDATE git_repository SET current_head = $2, applied_version = GREATEST(applied_version, $3),
-             applied_fingerprint = $4 WHERE id = $1",
-        &[&id, &head, &applied_version, &fingerprint],
+             applied_fingerprint = $4, fetched_at = GREATEST(fetched_at, $5) WHERE id = $1",
+        &[&id, &head, &applied_version, &fingerprint, &fetched_at],
     )
     .await
+}
+
+/// A fetch found the live state current: records when it began, so events made before it need no fetch.
+pub async fn record_fetch(
+    db: &impl GenericClient,
+    id: Uuid,
+    fetched_at: DateTime<Utc>,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute("UPDATE git_repository SET fetched_at = GREATEST(fetched_at, $2) WHERE id = $1", &[&id, &fetched_at])
+        .await
 }
 
 /// Marks the definition deleted. Returns false if it already was.

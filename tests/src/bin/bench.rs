@@ -210,6 +210,9 @@ async fn main() -> Result<()> {
         ssh_known_hosts: None,
         ssh_strict_host_key_checking: "yes".into(),
         git_shallow: true,
+        heartbeat_secs: 10,
+        reap_after_secs: 60,
+        transient_retries: 3,
         shutdown_grace_secs: 10,
     };
     let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));

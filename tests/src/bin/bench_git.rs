@@ -43,7 +43,7 @@ fn file_body(file: usize, version: usize) -> String {
 /// `NEW_COMMITS` more go to `refs/bench/next` (outside what a clone fetches) for the fetch measurement.
 fn stream() -> Vec<u8> {
     let mut out = Vec::new();
-    let mut commit = |out: &mut Vec<u8>, r#ref: &str, mark: usize, from: Option<usize>, files: &[(usize, usize)]| {
+    let commit = |out: &mut Vec<u8>, r#ref: &str, mark: usize, from: Option<usize>, files: &[(usize, usize)]| {
         let message = format!("commit {mark}");
         let _ = write!(
             out,

@@ -3,11 +3,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use futures_util::StreamExt;
-use gitfleet_infra::amqp::{self, Publisher, REJECT_REASON_HEADER, header_str};
+use gitfleet_infra::amqp::{self, Publisher};
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
 
 use crate::support::TestEnv;
 use crate::support::git::Remote;
@@ -78,28 +75,22 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_keeps
         publisher.publish(&topology.events, "repo.sync", body, properties).await?;
     }
 
-    // Every one of them arrives in the dead-letter queue with the reason.
-    let channel = connection.create_channel().await?;
-    let mut dead = channel
-        .basic_consume(
-            topology.dead.as_str().into(),
-            "test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    // Every one of them is dead-lettered with the reason, and recorded from the dead-letter queue.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut reasons = Vec::new();
-    while reasons.len() < 3 {
-        let Ok(Some(delivery)) = tokio::time::timeout_at(deadline.into(), dead.next()).await else {
-            bail!("only {} dead letters arrived: {reasons:?}", reasons.len());
-        };
-        let delivery = delivery?;
-        let reason = header_str(&delivery.properties, REJECT_REASON_HEADER).unwrap_or_default();
-        let label = delivery.properties.message_id().as_ref().map(|m| m.to_string()).unwrap_or_default();
-        delivery.acker.ack(BasicAckOptions::default()).await?;
-        reasons.push((label, reason));
-    }
+    let reasons: Vec<(String, String)> = loop {
+        let client = env.pool.get().await?;
+        let rows = client
+            .query("SELECT coalesce(headers->>'message_id', ''), reason FROM dead_letter WHERE event_id IS NULL", &[])
+            .await?;
+        if rows.len() >= 3 {
+            break rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        }
+        if Instant::now() > deadline {
+            bail!("only {} dead letters were recorded", rows.len());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
     for (label, reason) in &reasons {
         assert!(reason.starts_with("malformed event:"), "{label}: {reason}");
     }

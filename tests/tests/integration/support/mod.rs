@@ -43,6 +43,9 @@ pub struct TestEnv {
     pub known_hosts: Option<PathBuf>,
     /// Shallow fetches (the default).
     pub shallow: bool,
+    /// Heartbeat interval and reaper threshold of the workers this env starts.
+    pub heartbeat_secs: u64,
+    pub reap_after_secs: u64,
     components: Vec<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -78,6 +81,8 @@ impl TestEnv {
             ca_bundle: None,
             known_hosts: None,
             shallow: true,
+            heartbeat_secs: 10,
+            reap_after_secs: 60,
             components: Vec::new(),
         })
     }
@@ -107,6 +112,9 @@ impl TestEnv {
             ssh_known_hosts: self.known_hosts.clone(),
             ssh_strict_host_key_checking: if self.known_hosts.is_some() { "yes" } else { "no" }.to_owned(),
             git_shallow: self.shallow,
+            heartbeat_secs: self.heartbeat_secs,
+            reap_after_secs: self.reap_after_secs,
+            transient_retries: 3,
             shutdown_grace_secs: 10,
         }
     }
