@@ -184,7 +184,9 @@ async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tr
         tracing::info_span!("event", event_id = %event.event_id, kind = %event.kind, repo = %event.repository.slug);
     let handled = (|| job::handle(ctx, publisher, &event))
         .retry(gitfleet_infra::retry::transient(tries))
-        .notify(|err, wait| tracing::warn!(parent: &span, error = %err, retry_in = ?wait, "transient failure; retrying"))
+        .notify(
+            |err, wait| tracing::warn!(parent: &span, error = %err, retry_in = ?wait, "transient failure; retrying"),
+        )
         .instrument(span.clone())
         .await;
     match handled {

@@ -26,7 +26,12 @@ pub async fn record_dead_letters(
     channel.basic_qos(16, BasicQosOptions::default()).await?;
     let tag = format!("{}-dead-letters", ctx.worker_name);
     let mut consumer = channel
-        .basic_consume(ctx.topology.dead.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            ctx.topology.dead.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     loop {
         tokio::select! {

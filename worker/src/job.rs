@@ -416,6 +416,33 @@ async fn sync(
         .await?;
     let (fetch_started, requested): (chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>) =
         (row.get(0), row.get(1));
+    // A newer sync of this repository is queued: it fetches after this event was made, so this one can end here.
+    if let Some(requested) = requested {
+        let newer: Option<Uuid> = lock
+            .client()
+            .query_opt(
+                "SELECT id FROM job_result WHERE repository_id = $1 AND id <> $2 AND status = 'PENDING'
+                   AND event_kind IN ('create', 'update', 'sync') AND date_created > $3
+                 ORDER BY date_created DESC LIMIT 1",
+                &[&repo.id, &event.event_id, &requested],
+            )
+            .await?
+            .map(|r| r.get(0));
+        if let Some(newer) = newer {
+            log.write(LogEntry::info(
+                grouping::MAIN,
+                format!("A newer event ({newer}) for {name} is queued: it will fetch and load, so this one ends here."),
+            ))
+            .await?;
+            log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
+            let result = json!({
+                "current_head": repo.current_head, "applied_version": repo.applied_version, "fetched": false,
+                "coalesced": "superseded by a newer queued event", "superseded_by": newer,
+            });
+            job_result::finish(&***lock.client(), event.event_id, JobStatus::Success, Some(&result), None).await?;
+            return Ok(None);
+        }
+    }
     if let Some(reason) = coalesce(&repo, event, requested) {
         let (_, stamp, _) = load_context(ctx, &repo.slug).await?;
         // Only when nothing else (inventory, loaders, scope mode) changed what the live commit loads to.
@@ -423,7 +450,9 @@ async fn sync(
             let head = repo.current_head.as_str();
             log.write(LogEntry::info(
                 grouping::MAIN,
-                format!("Data from {name} is already up to date at commit {head} ({reason}): nothing to fetch or reload."),
+                format!(
+                    "Data from {name} is already up to date at commit {head} ({reason}): nothing to fetch or reload."
+                ),
             ))
             .await?;
             log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;

@@ -59,9 +59,8 @@ const COLUMNS: &str = "id, event_id, routing_key, reason, payload, headers, rece
 
 /// Dead letters, newest first; `include_replayed` also lists those already replayed.
 pub async fn list(db: &impl GenericClient, include_replayed: bool) -> Result<Vec<DeadLetter>, tokio_postgres::Error> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM dead_letter WHERE $1 OR replayed_at IS NULL ORDER BY received_at DESC, id DESC"
-    );
+    let sql =
+        format!("SELECT {COLUMNS} FROM dead_letter WHERE $1 OR replayed_at IS NULL ORDER BY received_at DESC, id DESC");
     Ok(db.query(&sql, &[&include_replayed]).await?.iter().map(DeadLetter::from_row).collect())
 }
 

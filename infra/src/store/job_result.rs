@@ -274,7 +274,12 @@ pub async fn stale_started(
 }
 
 /// Ends a STARTED result FAILURE (the reaper: its worker is gone), if it is still STARTED and stale.
-pub async fn fail_lost(db: &impl GenericClient, id: Uuid, stale_secs: f64, message: &str) -> Result<bool, tokio_postgres::Error> {
+pub async fn fail_lost(
+    db: &impl GenericClient,
+    id: Uuid,
+    stale_secs: f64,
+    message: &str,
+) -> Result<bool, tokio_postgres::Error> {
     let still: bool = db
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM job_result WHERE id = $1 AND status = 'STARTED'
@@ -292,11 +297,13 @@ pub async fn fail_lost(db: &impl GenericClient, id: Uuid, stale_secs: f64, messa
 }
 
 /// Ends a dead-lettered event's result FAILURE with the reason (its last attempt's error, when one was noted).
-pub async fn fail_dead_lettered(db: &impl GenericClient, id: Uuid, reason: &str) -> Result<bool, tokio_postgres::Error> {
-    let last: Option<String> = db
-        .query_opt("SELECT meta->>'last_error' FROM job_result WHERE id = $1", &[&id])
-        .await?
-        .and_then(|r| r.get(0));
+pub async fn fail_dead_lettered(
+    db: &impl GenericClient,
+    id: Uuid,
+    reason: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let last: Option<String> =
+        db.query_opt("SELECT meta->>'last_error' FROM job_result WHERE id = $1", &[&id]).await?.and_then(|r| r.get(0));
     let message = match last {
         Some(last) => format!("The event was dead-lettered ({reason}). Last error: {last}"),
         None => format!("The event was dead-lettered ({reason})."),

@@ -86,7 +86,11 @@ impl Drop for Server {
 
 /// `git daemon` serving every repository under `base` on a loopback port.
 pub async fn git_daemon(base: &Path) -> Result<Server> {
-    let port = free_port();
+    git_daemon_on(base, free_port()).await
+}
+
+/// The same on a given port.
+pub async fn git_daemon_on(base: &Path, port: u16) -> Result<Server> {
     let child = Command::new("git")
         .args([
             "daemon",

@@ -176,6 +176,12 @@ impl TestEnv {
         repository::find_by_id(&**client, id).await?.context("repository row")
     }
 
+    /// The JobResult as it is now.
+    pub async fn job(&self, id: Uuid) -> Result<JobResultView> {
+        let client = self.pool.get().await?;
+        job_result::load(&**client, id).await?.context("job result")
+    }
+
     /// Waits (bounded) until the JobResult is terminal and returns it with its logs.
     pub async fn wait_job(&self, id: Uuid) -> Result<JobResultView> {
         let deadline = Instant::now() + DEADLINE;
