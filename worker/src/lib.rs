@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod fleet;

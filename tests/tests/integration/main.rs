@@ -7,6 +7,7 @@ mod data_types;
 mod delete;
 mod faults;
 mod fleet;
+mod shutdown;
 mod support;
 mod sync;
 mod transport;

@@ -295,3 +295,25 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// A loopback TCP proxy to `upstream` that holds each new connection for `delay` (read per connection, in
+/// milliseconds) before passing it on: a slow git server. Stops when the handle is aborted.
+pub async fn delay_proxy(
+    upstream: u16,
+    delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> Result<(u16, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let handle = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let wait = std::time::Duration::from_millis(delay.load(std::sync::atomic::Ordering::SeqCst));
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    Ok((port, handle))
+}

@@ -2,6 +2,7 @@
 //! and its own git remotes, so tests run in parallel against the real services and leave nothing behind.
 
 pub mod git;
+pub mod process;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,0 +1,70 @@
+//! SIGTERM on a worker process (ARCHITECTURE 4.9): it stops consuming, lets the sync in flight finish within the
+//! grace period, hands back what it cannot finish, and exits 0.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use uuid::Uuid;
+
+use crate::support::TestEnv;
+use crate::support::git::{Remote, delay_proxy, git_daemon};
+
+async fn wait_status(env: &TestEnv, id: Uuid, status: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.job(id).await?.status != status {
+        if Instant::now() > deadline {
+            bail!("JobResult {id} never became {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_work_within_the_grace_period_and_exits_0() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let served = env.tmp.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    let remote = Remote::new(&served, "slow")?;
+    let head = remote.commit("first", &[("README.md", "one")])?;
+    let daemon = git_daemon(&served).await?;
+    let delay = Arc::new(AtomicU64::new(2_000));
+    let (port, proxy) = delay_proxy(daemon.port, delay.clone()).await?;
+    let url = format!("git://127.0.0.1:{port}/slow.git");
+    env.start_relay();
+
+    // Grace 20 s: the 2-second fetch in flight finishes, and the worker exits 0.
+    let mut worker = env.spawn_worker_process("graceful", &[("GITFLEET_SHUTDOWN_GRACE_SECS", "20".into())])?;
+    let first = env.create(&format!("Slow {}", env.id), &url, "main").await?;
+    wait_status(&env, first, "STARTED").await?;
+    worker.terminate()?;
+    let second = env.create(&format!("Later {}", env.id), &url, "main").await?;
+    let status = worker.wait_exit(Duration::from_secs(30))?.expect("the worker exits within the grace period");
+    assert!(status.success(), "exit status {status:?}");
+    let view = env.job(first).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(view.result.clone().unwrap()["current_head"], head.as_str());
+    // It stopped consuming: the event sent after SIGTERM waits for another worker.
+    assert_eq!(env.job(second).await?.status, "PENDING");
+
+    // Grace 1 s with a fetch held for 60 s: the sync is handed back, the worker still exits 0, and the next worker
+    // finishes the event.
+    delay.store(60_000, Ordering::SeqCst);
+    let mut impatient = env.spawn_worker_process("impatient", &[("GITFLEET_SHUTDOWN_GRACE_SECS", "1".into())])?;
+    wait_status(&env, second, "STARTED").await?;
+    let stopped = Instant::now();
+    impatient.terminate()?;
+    let status = impatient.wait_exit(Duration::from_secs(20))?.expect("the worker exits after its grace period");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(10), "it did not wait for the held fetch");
+    assert_eq!(env.job(second).await?.status, "STARTED", "handed back, not ended");
+    delay.store(0, Ordering::SeqCst);
+    let _next = env.spawn_worker_process("next", &[])?;
+    let view = env.wait_job(second).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    proxy.abort();
+    drop(daemon);
+    env.teardown().await
+}

@@ -1,0 +1,73 @@
+//! The `worker` command line: read settings, start telemetry, run until SIGTERM. Shared by the `worker` binary and
+//! the test suite's process-level worker (crash and shutdown tests run it as a real process).
+
+use std::process::ExitCode;
+
+use crate::WorkerSettings;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(name = "worker", version, about = "gitfleet worker: sync Git repositories from the event queue")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    settings: WorkerSettings,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume events until SIGTERM or Ctrl-C (the default).
+    Run,
+    /// Load a local repository with the sync's loaders, no services needed; exit 1 on any error.
+    Check(crate::check::CheckArgs),
+    /// List the registered data types in refresh order.
+    DataTypes,
+}
+
+/// Parses the command line and runs the chosen command on a Tokio runtime. The runtime is shut down without
+/// waiting for git threads still blocked on a remote: after the grace period, what did not finish has been handed
+/// back, and the process exits (libgit2's own timeouts would otherwise hold it for minutes).
+pub fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(run());
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
+}
+
+async fn run() -> ExitCode {
+    gitfleet_infra::telemetry::init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check(args) => match crate::check::run(args, &mut std::io::stdout().lock()) {
+            Ok(0) => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::from(1),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::from(2)
+            }
+        },
+        Command::DataTypes => match crate::check::print_data_types(&mut std::io::stdout().lock()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::from(1),
+        },
+        Command::Run => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(gitfleet_infra::shutdown::on_signal(shutdown.clone()));
+            match crate::run(cli.settings, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!(error = format!("{err:#}"), "worker failed");
+                    ExitCode::from(1)
+                }
+            }
+        }
+    }
+}
