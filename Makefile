@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration demo bench clean
+.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration test-chaos demo bench clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,6 +35,9 @@ test-unit: ## Unit tests and contract tests (no services needed)
 
 test-integration: services test-deps ## Integration tests against the real services
 	scripts/cargo-test.sh -p gitfleet-tests
+
+test-chaos: services test-deps ## The full chaos test: 3 worker processes, 300 events over 30 repositories, kills and restarts
+	GITFLEET_CHAOS_EVENTS=300 GITFLEET_CHAOS_REPOS=30 scripts/cargo-test.sh -p gitfleet-tests --test chaos -- --nocapture
 
 test: services test-deps lint ## Everything CI runs: lint, unit and integration tests
 	scripts/cargo-test.sh --workspace

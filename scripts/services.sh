@@ -152,6 +152,29 @@ s3_up() {
   curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$S3_PORT/$BUCKET" || die "could not create bucket $BUCKET"
 }
 
+# ---------------------------------------------------------------------------------------------- restarts (chaos)
+# The chaos test restarts each service once, whoever started it. Both wait until the service answers again.
+pg_restart() {
+  local cluster; cluster=$(pg_lsclusters -h 2>/dev/null | awk -v p="$PG_PORT" '$3==p {print $1, $2; exit}')
+  if [ -n "$cluster" ]; then
+    read -r ver name <<<"$cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" restart -m fast </dev/null >/dev/null
+  else
+    local data; data=$(psql -w -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -Atc 'SHOW data_directory')
+    runuser -u postgres -- "$(pg_bindir)/pg_ctl" -D "$data" -l "$data/server.log" -m fast -w restart </dev/null >/dev/null
+  fi
+  wait_for 60 PostgreSQL pg_ready
+  log "PostgreSQL restarted"
+}
+
+rmq_restart() {
+  # The broker application restarts inside its Erlang node: every connection drops, quorum queues recover from disk.
+  rabbitmqctl -q stop_app </dev/null >/dev/null
+  rabbitmqctl -q start_app </dev/null >/dev/null
+  wait_for 60 RabbitMQ port_open "$AMQP_PORT"
+  log "RabbitMQ restarted"
+}
+
 # ----------------------------------------------------------------------------------------------------------- main
 down() {
   [ -f "$STARTED" ] || { log "nothing was started by this script"; return; }
@@ -177,5 +200,7 @@ case "${1:-up}" in
   up) pg_up; rmq_up; s3_up; log "ready: postgres://postgres@127.0.0.1:$PG_PORT/$DB amqp://guest:guest@127.0.0.1:$AMQP_PORT/$VHOST http://127.0.0.1:$S3_PORT/$BUCKET" ;;
   down) down ;;
   status) status ;;
-  *) die "usage: $0 up|down|status" ;;
+  restart-postgres) pg_restart ;;
+  restart-rabbitmq) rmq_restart ;;
+  *) die "usage: $0 up|down|status|restart-postgres|restart-rabbitmq" ;;
 esac
