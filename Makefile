@@ -46,7 +46,9 @@ demo: ## Start services, two workers and the relay; sync the example repository 
 	@scripts/demo.sh
 
 bench: services test-deps ## Benchmarks on an optimized build (profile perf); results written to BENCHMARKS.md
+	$(CARGO) build --profile perf -p gitfleet-tests --bins
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench -- --write BENCHMARKS.md
+	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_fleet -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_git -- --write BENCHMARKS.md
 
 clean: ## Remove build output and demo state

@@ -24,7 +24,15 @@ use crate::job::{self, Disposition, JobContext};
 
 /// Runs the worker until `shutdown` is cancelled, reconnecting to RabbitMQ when the connection is lost.
 pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let pool = gitfleet_infra::db::connect(&settings.database, Duration::from_secs(60)).await?;
+    // Each event in flight holds its lock's connection and needs another for its log lines and heartbeats; the
+    // reaper and the dead-letter recorder need theirs. A smaller pool would starve running jobs of their heartbeat.
+    let mut database = settings.database.clone();
+    let needed = usize::from(settings.prefetch.max(1)) * 2 + 4;
+    if database.pool_size < needed {
+        tracing::info!(configured = database.pool_size, used = needed, "database pool raised to 2 x prefetch + 4");
+        database.pool_size = needed;
+    }
+    let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(60)).await?;
     let ctx = Arc::new(JobContext {
         pool,
         git_root: settings.git_root(),

@@ -148,6 +148,14 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
         RepoLock::try_acquire(&ctx.pool, repo.id, repo.slug.as_str(), event.event_id, &ctx.worker_name).await?
     else {
         tracing::debug!(event_id = %event.event_id, slug = %repo.slug, "repository busy, deferring");
+        // Started by an earlier try of this delivery: nobody is on it while it waits in the delay queue.
+        let client = ctx.pool.get().await?;
+        client
+            .execute(
+                "UPDATE job_result SET status = 'PENDING', heartbeat = NULL WHERE id = $1 AND status = 'STARTED'",
+                &[&event.event_id],
+            )
+            .await?;
         return Ok(Disposition::Defer);
     };
 

@@ -241,11 +241,12 @@ pub async fn status(db: &impl GenericClient, id: Uuid) -> Result<Option<JobStatu
 }
 
 /// Notes a transient failure of an attempt (the event goes back to the queue): the reason a dead-lettered event's
-/// JobResult will end with.
+/// JobResult will end with. A STARTED result is PENDING again: no worker is on it until the event comes back.
 pub async fn note_transient(db: &impl GenericClient, id: Uuid, reason: &str) -> Result<u64, tokio_postgres::Error> {
     db.execute(
         "UPDATE job_result SET meta = coalesce(meta, '{}'::jsonb) || jsonb_build_object('last_error', $2::text,
-             'failed_attempts', coalesce((meta->>'failed_attempts')::int, 0) + 1)
+             'failed_attempts', coalesce((meta->>'failed_attempts')::int, 0) + 1),
+             status = CASE WHEN status = 'STARTED' THEN 'PENDING' ELSE status END, heartbeat = NULL
          WHERE id = $1 AND status NOT IN ('SUCCESS', 'FAILURE', 'REVOKED')",
         &[&id, &reason],
     )
