@@ -147,9 +147,18 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
     let Some(mut lock) =
         RepoLock::try_acquire(&ctx.pool, repo.id, repo.slug.as_str(), event.event_id, &ctx.worker_name).await?
     else {
+        let client = ctx.pool.get().await?;
+        // A sync superseded by a newer queued one needs neither the lock nor a turn in the delay queue.
+        if matches!(event.kind, EventKind::Create | EventKind::Update | EventKind::Sync)
+            && let Some(newer) = newer_queued(&**client, event).await?
+            && job_result::start(&**client, event.event_id, &ctx.worker_name).await? == StartOutcome::Started
+        {
+            let log = JobLog { pool: &ctx.pool, id: event.event_id };
+            finish_superseded(&**client, &log, event, newer, json!({})).await?;
+            return Ok(Disposition::Ack);
+        }
         tracing::debug!(event_id = %event.event_id, slug = %repo.slug, "repository busy, deferring");
         // Started by an earlier try of this delivery: nobody is on it while it waits in the delay queue.
-        let client = ctx.pool.get().await?;
         client
             .execute(
                 "UPDATE job_result SET status = 'PENDING', heartbeat = NULL WHERE id = $1 AND status = 'STARTED'",
@@ -241,6 +250,45 @@ async fn current_definition(
     log.write(LogEntry::error(grouping::RUN, &problem)).await?;
     fail(lock, event.event_id, "DoesNotExist", &problem).await?;
     Ok(None)
+}
+
+/// The newest sync, create or update of the same repository that is still queued and was made after this event.
+async fn newer_queued(db: &impl GenericClient, event: &Event) -> Result<Option<Uuid>, TransientError> {
+    Ok(db
+        .query_opt(
+            "SELECT n.id FROM job_result n JOIN job_result me ON me.id = $2
+             WHERE n.repository_id = $1 AND n.id <> $2 AND n.status = 'PENDING'
+               AND n.event_kind IN ('create', 'update', 'sync') AND n.date_created > me.date_created
+             ORDER BY n.date_created DESC LIMIT 1",
+            &[&event.repository.id, &event.event_id],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// Ends a sync that a newer queued event makes unnecessary: SUCCESS, no fetch, naming the newer event.
+async fn finish_superseded(
+    db: &impl GenericClient,
+    log: &JobLog<'_>,
+    event: &Event,
+    newer: Uuid,
+    extra: serde_json::Value,
+) -> Result<(), TransientError> {
+    let name = event.repository.name.as_str();
+    log.write(LogEntry::info(
+        grouping::MAIN,
+        format!("A newer event ({newer}) for {name} is queued: it will fetch and load, so this one ends here."),
+    ))
+    .await?;
+    log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
+    let mut result = json!({
+        "fetched": false, "coalesced": "superseded by a newer queued event", "superseded_by": newer,
+    });
+    if let (Some(result), serde_json::Value::Object(extra)) = (result.as_object_mut(), extra) {
+        result.extend(extra);
+    }
+    job_result::finish(db, event.event_id, JobStatus::Success, Some(&result), None).await?;
+    Ok(())
 }
 
 /// Why a sync event needs no fetch, if it does not (ARCHITECTURE 4.3): its definition version is older than the
@@ -425,31 +473,10 @@ async fn sync(
     let (fetch_started, requested): (chrono::DateTime<chrono::Utc>, Option<chrono::DateTime<chrono::Utc>>) =
         (row.get(0), row.get(1));
     // A newer sync of this repository is queued: it fetches after this event was made, so this one can end here.
-    if let Some(requested) = requested {
-        let newer: Option<Uuid> = lock
-            .client()
-            .query_opt(
-                "SELECT id FROM job_result WHERE repository_id = $1 AND id <> $2 AND status = 'PENDING'
-                   AND event_kind IN ('create', 'update', 'sync') AND date_created > $3
-                 ORDER BY date_created DESC LIMIT 1",
-                &[&repo.id, &event.event_id, &requested],
-            )
-            .await?
-            .map(|r| r.get(0));
-        if let Some(newer) = newer {
-            log.write(LogEntry::info(
-                grouping::MAIN,
-                format!("A newer event ({newer}) for {name} is queued: it will fetch and load, so this one ends here."),
-            ))
-            .await?;
-            log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
-            let result = json!({
-                "current_head": repo.current_head, "applied_version": repo.applied_version, "fetched": false,
-                "coalesced": "superseded by a newer queued event", "superseded_by": newer,
-            });
-            job_result::finish(&***lock.client(), event.event_id, JobStatus::Success, Some(&result), None).await?;
-            return Ok(None);
-        }
+    if let Some(newer) = newer_queued(&***lock.client(), event).await? {
+        let extra = json!({ "current_head": repo.current_head, "applied_version": repo.applied_version });
+        finish_superseded(&***lock.client(), log, event, newer, extra).await?;
+        return Ok(None);
     }
     if let Some(reason) = coalesce(&repo, event, requested) {
         let (_, stamp, _) = load_context(ctx, &repo.slug).await?;
