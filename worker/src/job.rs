@@ -144,19 +144,22 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
         }
     }
 
-    let Some(mut lock) =
-        RepoLock::try_acquire(&ctx.pool, repo.id, repo.slug.as_str(), event.event_id, &ctx.worker_name).await?
-    else {
+    // A sync superseded by a newer queued one needs neither the lock nor a turn in the delay queue.
+    if matches!(event.kind, EventKind::Create | EventKind::Update | EventKind::Sync) {
         let client = ctx.pool.get().await?;
-        // A sync superseded by a newer queued one needs neither the lock nor a turn in the delay queue.
-        if matches!(event.kind, EventKind::Create | EventKind::Update | EventKind::Sync)
-            && let Some(newer) = newer_queued(&**client, event).await?
+        if let Some(newer) = newer_queued(&**client, event).await?
             && job_result::start(&**client, event.event_id, &ctx.worker_name).await? == StartOutcome::Started
         {
             let log = JobLog { pool: &ctx.pool, id: event.event_id };
             finish_superseded(&**client, &log, event, newer, json!({})).await?;
             return Ok(Disposition::Ack);
         }
+    }
+
+    let Some(mut lock) =
+        RepoLock::try_acquire(&ctx.pool, repo.id, repo.slug.as_str(), event.event_id, &ctx.worker_name).await?
+    else {
+        let client = ctx.pool.get().await?;
         tracing::debug!(event_id = %event.event_id, slug = %repo.slug, "repository busy, deferring");
         // Started by an earlier try of this delivery: nobody is on it while it waits in the delay queue.
         client
