@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "applied_fingerprint", include_str!("../../migrations/0003_applied_fingerprint.sql")),
     (4, "git_timeout", include_str!("../../migrations/0004_git_timeout.sql")),
     (5, "fleet", include_str!("../../migrations/0005_fleet.sql")),
+    (6, "storage", include_str!("../../migrations/0006_storage.sql")),
 ];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).

@@ -67,6 +67,10 @@ pub struct WorkerSettings {
     /// exponential backoff and jitter, before the event goes back to the queue.
     #[arg(long, env = "GITFLEET_TRANSIENT_RETRIES", default_value_t = 3)]
     pub transient_retries: usize,
+    /// Storage settings; `None` (the binary): read from the environment's django-storages names (`AWS_*`,
+    /// `GITFLEET_STORAGES`, `GITFLEET_STORAGE_ROOT`). Tests pass them here.
+    #[arg(skip)]
+    pub storage: Option<crate::storage::StorageSettings>,
     /// On SIGTERM, how long in-flight events may take to finish before they are handed back.
     #[arg(long, env = "GITFLEET_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,

@@ -33,7 +33,13 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         database.pool_size = needed;
     }
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(60)).await?;
+    let storage_settings = match settings.storage.clone() {
+        Some(storage) => storage,
+        None => crate::storage::StorageSettings::from_vars(std::env::vars())?,
+    };
+    let storage = Arc::new(crate::storage::Storage::new(storage_settings).await);
     let ctx = Arc::new(JobContext {
+        storage,
         pool,
         git_root: settings.git_root(),
         worker_name: settings.worker_name(),

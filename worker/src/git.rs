@@ -258,6 +258,34 @@ impl Mirror {
         }
     }
 
+    /// Every regular file under `folder` at `commit`, with its blob id and content, for storage. Symbolic links and
+    /// submodules are not files; a missing folder gives nothing.
+    pub fn files_under(&self, commit: &str, folder: &str) -> Result<Vec<(String, String, Vec<u8>)>, GitError> {
+        let repo = Repository::open_bare(self.path())?;
+        let tree = repo.find_commit(Oid::from_str(commit)?)?.tree()?;
+        let Ok(entry) = tree.get_path(Path::new(folder)) else { return Ok(Vec::new()) };
+        let Ok(subtree) = repo.find_tree(entry.id()) else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        let mut failure = None;
+        subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
+            if entry.kind() == Some(ObjectType::Blob) && entry.filemode() != 0o120_000 {
+                let path = format!("{folder}/{root}{}", String::from_utf8_lossy(entry.name_bytes()));
+                match repo.find_blob(entry.id()) {
+                    Ok(blob) => out.push((path, entry.id().to_string(), blob.content().to_vec())),
+                    Err(err) => {
+                        failure = Some(GitError::from(err));
+                        return TreeWalkResult::Abort;
+                    }
+                }
+            }
+            TreeWalkResult::Ok
+        })?;
+        match failure {
+            Some(err) => Err(err),
+            None => Ok(out),
+        }
+    }
+
     /// File changes from `old` (None: an empty tree) to `new`, worded as Nautobot's dry-run words them:
     /// `Addition`, `Deletion`, `Modification`, `Renaming`, `File Type Changed`, ... (spec b.11).
     pub fn diff(&self, old: Option<&str>, new: &str) -> Result<Vec<(String, String)>, GitError> {

@@ -55,6 +55,9 @@ pub enum TransientError {
     /// A network fault reaching the remote (connection refused or reset, a 5xx answer): tried again.
     #[error("fetching from the remote: {0}")]
     Git(String),
+    /// Storage unreachable or answering 5xx: tried again.
+    #[error("storage: {0}")]
+    Storage(String),
 }
 
 /// Everything a job needs; built once per worker.
@@ -77,6 +80,7 @@ pub struct JobContext {
     pub limits: Limits,
     /// How often a running job beats (`job_result.heartbeat`).
     pub heartbeat: std::time::Duration,
+    pub storage: Arc<crate::storage::Storage>,
 }
 
 impl JobContext {
@@ -537,6 +541,7 @@ async fn sync(
     }
 
     // Read the commit's tree and load every registered data type (pure, CPU only).
+    let files_mirror = mirror.clone();
     let loaded = match load_commit(ctx, &repo, mirror, &head, inventory, had_jobs).await? {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -544,6 +549,26 @@ async fn sync(
             log.write(LogEntry::error(grouping::ENSURE, &message)).await?;
             fail(lock, event.event_id, err.exc_type(), &message).await?;
             return Ok(None);
+        }
+    };
+
+    // The provided files go to storage before the transaction (blobs, manifest, artifact); nothing points at them
+    // until current.json is written, just before the commit.
+    let staged = if loaded.has_errors() {
+        Vec::new()
+    } else {
+        let files = provided_files(ctx, &repo, files_mirror, &head).await?;
+        match ctx.storage.stage(&repo.slug, &head, &files).await {
+            Ok(staged) => staged,
+            Err(err) if err.is_transient() => return Err(TransientError::Storage(sanitize(&err.to_string()))),
+            Err(err) => {
+                let message = format!("Could not store the files of {name}: {err}");
+                log.write(LogEntry::error(grouping::MAIN, &message)).await?;
+                log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted.")).await?;
+                fail(lock, event.event_id, "StorageError", &message).await?;
+                let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
+                return Ok(Some(("repo.sync_failed", body)));
+            }
         }
     };
 
@@ -562,17 +587,111 @@ async fn sync(
     }
     log.write(summary(name, false)).await?;
     log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
+    // The report, then the pointers, then the commit: a failure before the commit leaves the previous commit live in
+    // both places (the pointers are put back if the commit itself fails).
+    let artifacts: Vec<serde_json::Value> = staged.iter().map(crate::storage::Staged::describe).collect();
+    let stored = async {
+        let report = report(ctx, event.event_id, &repo, &head, &artifacts).await?;
+        let report_key = ctx.storage.put_report(event.event_id, &report).await?;
+        let previous = ctx.storage.point(&staged, &repo.slug, &head, event.event_id).await?;
+        Ok::<_, crate::storage::StorageError>((report_key, previous))
+    }
+    .await;
+    let (report_key, previous) = match stored {
+        Ok(stored) => stored,
+        Err(err) => {
+            tx.rollback().await?;
+            if err.is_transient() {
+                return Err(TransientError::Storage(sanitize(&err.to_string())));
+            }
+            let message = format!("Could not store the files of {name}: {err}");
+            log.write(LogEntry::error(grouping::MAIN, &message)).await?;
+            fail(lock, event.event_id, "StorageError", &message).await?;
+            return Ok(None);
+        }
+    };
     // The records, the new head and the JobResult's end commit together or not at all.
     let result = json!({
         "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind),
+        "artifacts": artifacts, "report": report_key,
     });
-    repository::record_sync(&*tx, repo.id, &head, repo.version, &fingerprint, fetch_started).await?;
-    job_result::finish(&*tx, event.event_id, JobStatus::Success, Some(&result), None).await?;
-    tx.commit().await?;
+    let artifacts = serde_json::Value::Array(artifacts);
+    let committed = async {
+        repository::record_sync(&*tx, repo.id, &head, repo.version, &fingerprint, fetch_started, &artifacts).await?;
+        job_result::finish(&*tx, event.event_id, JobStatus::Success, Some(&result), None).await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(err) = committed {
+        ctx.storage.restore_pointers(&staged, previous).await;
+        return Err(err.into());
+    }
     let body = json!({
         "repository_id": repo.id, "slug": repo.slug, "current_head": head, "job_result_id": event.event_id,
     });
     Ok(Some(("repo.synced", body)))
+}
+
+/// The files of every provided data type at `head`, read from the mirror (all of them, whatever their size).
+async fn provided_files(
+    ctx: &JobContext,
+    repo: &RepositoryRow,
+    mirror: Mirror,
+    head: &str,
+) -> Result<std::collections::BTreeMap<String, Vec<crate::storage::StagedFile>>, TransientError> {
+    let folders: Vec<(String, &'static str)> = repo
+        .provided_contents
+        .iter()
+        .filter_map(|id| ctx.registry.get(id).map(|t| (id.clone(), t.folder())))
+        .filter(|(_, folder)| !folder.is_empty())
+        .collect();
+    let head = head.to_owned();
+    let files = tokio::task::spawn_blocking(move || {
+        let mut out = std::collections::BTreeMap::new();
+        for (id, folder) in folders {
+            let files = mirror.files_under(&head, folder)?;
+            let staged = files
+                .into_iter()
+                .map(|(path, blob, bytes)| crate::storage::StagedFile { path, blob, bytes })
+                .collect::<Vec<_>>();
+            out.insert(id, staged);
+        }
+        Ok::<_, GitError>(out)
+    })
+    .await?;
+    files.map_err(|e| TransientError::Storage(format!("reading the provided files from the mirror: {e}")))
+}
+
+/// The sync report stored with each successful sync: the commit, the artifacts and every log entry.
+async fn report(
+    ctx: &JobContext,
+    id: Uuid,
+    repo: &RepositoryRow,
+    head: &str,
+    artifacts: &[serde_json::Value],
+) -> Result<serde_json::Value, crate::storage::StorageError> {
+    let unavailable = |e: String| crate::storage::StorageError::Unavailable { what: "report".into(), message: e };
+    let client = ctx.pool.get().await.map_err(|e| unavailable(e.to_string()))?;
+    let rows = client
+        .query(
+            "SELECT log_level, grouping, message, log_object FROM job_log_entry WHERE job_result_id = $1
+             ORDER BY created, seq",
+            &[&id],
+        )
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let log: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let (level, grouping, message, object): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            json!({ "level": level, "grouping": grouping, "message": message, "object": object })
+        })
+        .collect();
+    Ok(json!({
+        "job_result_id": id, "repository": { "id": repo.id, "name": repo.name, "slug": repo.slug },
+        "commit": head, "artifacts": artifacts, "log": log,
+    }))
 }
 
 /// Writes each type's loading lines followed by what reconciling it did, in refresh order. Returns whether any
@@ -649,6 +768,30 @@ async fn delete(
     let mirror = Mirror::new(&ctx.git_root, &repo.slug);
     if let Err(err) = tokio::task::spawn_blocking(move || mirror.remove()).await? {
         tracing::warn!(error = %err, "could not remove the mirror of a deleted repository");
+    }
+    // Stored objects: removed now, or kept for the configured retention (then `worker storage gc` removes them).
+    let retention = ctx.storage.settings.retention_days;
+    if retention == 0 {
+        match ctx.storage.remove_repository(&repo.slug).await {
+            Ok(n) => log.write(LogEntry::info(grouping::MAIN, format!("Removed {n} stored objects of {name}."))).await?,
+            Err(err) if err.is_transient() => {
+                tx.rollback().await?;
+                return Err(TransientError::Storage(sanitize(&err.to_string())));
+            }
+            Err(err) => {
+                tx.rollback().await?;
+                let message = format!("Could not remove the stored objects of {name}: {err}");
+                log.write(LogEntry::error(grouping::MAIN, &message)).await?;
+                fail(lock, event.event_id, "StorageError", &message).await?;
+                return Ok(None);
+            }
+        }
+    } else {
+        log.write(LogEntry::info(
+            grouping::MAIN,
+            format!("Stored objects of {name} are kept for {retention} days (GITFLEET_STORAGE_RETENTION_DAYS)."),
+        ))
+        .await?;
     }
     repository::tombstone(&*tx, repo.id, event.version.get()).await?;
     log.write(LogEntry::info(grouping::MAIN, format!("Git repository \"{name}\" deleted.")).about(name)).await?;

@@ -14,6 +14,7 @@ pub mod known_hosts;
 pub mod lock;
 pub mod reconcile;
 pub mod secrets;
+pub mod storage;
 
 pub use config::WorkerSettings;
 pub use consumer::run;

@@ -207,11 +207,12 @@ pub async fn record_sync(
     applied_version: i64,
     fingerprint: &str,
     fetched_at: DateTime<Utc>,
+    artifacts: &Value,
 ) -> Result<u64, tokio_postgres::Error> {
     db.execute(
         "UPDATE git_repository SET current_head = $2, applied_version = GREATEST(applied_version, $3),
-             applied_fingerprint = $4, fetched_at = GREATEST(fetched_at, $5) WHERE id = $1",
-        &[&id, &head, &applied_version, &fingerprint, &fetched_at],
+             applied_fingerprint = $4, fetched_at = GREATEST(fetched_at, $5), artifacts = $6 WHERE id = $1",
+        &[&id, &head, &applied_version, &fingerprint, &fetched_at, artifacts],
     )
     .await
 }

@@ -213,6 +213,10 @@ async fn main() -> Result<()> {
         heartbeat_secs: 10,
         reap_after_secs: 60,
         transient_retries: 3,
+        storage: Some(gitfleet_worker::storage::StorageSettings::from_vars([(
+            "GITFLEET_STORAGE_ROOT".to_owned(),
+            tmp.path().join("storage").display().to_string(),
+        )])?),
         shutdown_grace_secs: 10,
     };
     let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));

@@ -47,6 +47,8 @@ pub struct TestEnv {
     /// Heartbeat interval and reaper threshold of the workers this env starts.
     pub heartbeat_secs: u64,
     pub reap_after_secs: u64,
+    /// Storage of the workers this env starts: the filesystem under the env's directory unless a test sets S3.
+    pub storage: gitfleet_worker::storage::StorageSettings,
     components: Vec<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -68,6 +70,11 @@ impl TestEnv {
             delivery_limit: 3,
             defer_delay_ms,
         };
+        let tmp = tempfile::tempdir()?;
+        let storage = gitfleet_worker::storage::StorageSettings::from_vars([(
+            "GITFLEET_STORAGE_ROOT".to_owned(),
+            tmp.path().join("storage").display().to_string(),
+        )])?;
         let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20))
             .await
             .context("PostgreSQL (run `make services`)")?;
@@ -76,7 +83,7 @@ impl TestEnv {
             database,
             amqp,
             pool,
-            tmp: tempfile::tempdir()?,
+            tmp,
             max_mirror_bytes: u64::MAX,
             ssl_no_verify: false,
             ca_bundle: None,
@@ -84,6 +91,7 @@ impl TestEnv {
             shallow: true,
             heartbeat_secs: 10,
             reap_after_secs: 60,
+            storage,
             components: Vec::new(),
         })
     }
@@ -116,6 +124,7 @@ impl TestEnv {
             heartbeat_secs: self.heartbeat_secs,
             reap_after_secs: self.reap_after_secs,
             transient_retries: 3,
+            storage: Some(self.storage.clone()),
             shutdown_grace_secs: 10,
         }
     }

@@ -39,7 +39,8 @@ impl TestEnv {
             .env("GITFLEET_SECRETS_DIR", self.tmp.path().join("secrets"))
             .env("GITFLEET_HEARTBEAT_SECS", self.heartbeat_secs.to_string())
             .env("GITFLEET_REAP_AFTER_SECS", self.reap_after_secs.to_string())
-            .env("GITFLEET_GIT_TIMEOUT_SECS", "30");
+            .env("GITFLEET_GIT_TIMEOUT_SECS", "30")
+            .env("GITFLEET_STORAGE_ROOT", &self.storage.root);
         for (key, value) in extra {
             command.env(key, value);
         }

@@ -1,0 +1,299 @@
+//! Where objects go: S3 (aws-sdk-s3) or a local directory, behind one small set of operations.
+
+use std::path::{Path, PathBuf};
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl};
+use thiserror::Error;
+
+use super::settings::{S3Settings, StorageSettings};
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The server could not be reached or answered 5xx: may pass.
+    #[error("storage unavailable ({what}): {message}")]
+    Unavailable { what: String, message: String },
+    /// Refused (credentials, permissions, a missing bucket): will not pass by retrying.
+    #[error("storage refused {what}: {message}")]
+    Refused { what: String, message: String },
+    #[error("local storage error at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+impl StorageError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
+
+fn sdk<E: ProvideErrorMetadata + std::error::Error + 'static>(what: String, err: SdkError<E>) -> StorageError {
+    let message = match &err {
+        SdkError::ServiceError(e) => {
+            format!("{} {}", e.err().code().unwrap_or("error"), e.err().message().unwrap_or_default())
+        }
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    };
+    let transient = match &err {
+        SdkError::DispatchFailure(d) => !message.contains("credentials") || d.is_io() || d.is_timeout(),
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(e) => e.raw().status().is_server_error(),
+        _ => false,
+    };
+    if transient { StorageError::Unavailable { what, message } } else { StorageError::Refused { what, message } }
+}
+
+/// One bucket (or folder) with its upload options.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    S3 { client: aws_sdk_s3::Client, bucket: String },
+    Fs { dir: PathBuf },
+}
+
+/// Builds the S3 client: explicit keys when given, else a named profile, else the standard AWS chain
+/// (environment, profile, web identity for Kubernetes service accounts, instance metadata).
+pub async fn s3_client(s3: &S3Settings) -> aws_sdk_s3::Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &s3.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    } else if s3.endpoint_url.is_some() {
+        // A custom endpoint still signs with a region; us-east-1 is what S3-compatible servers expect by default.
+        loader = loader.region(aws_config::Region::new("us-east-1"));
+    }
+    if let Some(profile) = &s3.session_profile {
+        loader = loader.profile_name(profile);
+    }
+    if let (Some(key), Some(secret)) = (&s3.access_key, &s3.secret_key) {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+            key,
+            secret,
+            s3.security_token.clone(),
+            None,
+            "gitfleet-settings",
+        ));
+    }
+    let shared = loader.load().await;
+    let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(s3.path_style);
+    if let Some(endpoint) = &s3.endpoint_url {
+        config = config.endpoint_url(endpoint);
+    }
+    aws_sdk_s3::Client::from_conf(config.build())
+}
+
+impl Backend {
+    pub fn for_bucket(settings: &StorageSettings, client: Option<&aws_sdk_s3::Client>, bucket: Option<&str>) -> Self {
+        match (client, bucket) {
+            (Some(client), Some(bucket)) => Self::S3 { client: client.clone(), bucket: bucket.to_owned() },
+            (_, Some(bucket)) => Self::Fs { dir: settings.root.join(bucket) },
+            (_, None) => Self::Fs { dir: settings.root.clone() },
+        }
+    }
+
+    /// `s3://bucket` or the directory, for messages and results.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::S3 { bucket, .. } => format!("s3://{bucket}"),
+            Self::Fs { dir } => dir.display().to_string(),
+        }
+    }
+
+    fn path(dir: &Path, key: &str) -> PathBuf {
+        dir.join(key)
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        match self {
+            Self::S3 { client, bucket } => match client.head_object().bucket(bucket).key(key).send().await {
+                Ok(_) => Ok(true),
+                Err(SdkError::ServiceError(e)) if e.err().is_not_found() || e.raw().status().as_u16() == 404 => {
+                    Ok(false)
+                }
+                Err(err) => Err(sdk(format!("HEAD {key}"), err)),
+            },
+            Self::Fs { dir } => Ok(Self::path(dir, key).is_file()),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        match self {
+            Self::S3 { client, bucket } => match client.get_object().bucket(bucket).key(key).send().await {
+                Ok(out) => {
+                    let bytes = out.body.collect().await.map_err(|e| StorageError::Unavailable {
+                        what: format!("GET {key}"),
+                        message: e.to_string(),
+                    })?;
+                    Ok(Some(bytes.into_bytes().to_vec()))
+                }
+                Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() || e.raw().status().as_u16() == 404 => {
+                    Ok(None)
+                }
+                Err(err) => Err(sdk(format!("GET {key}"), err)),
+            },
+            Self::Fs { dir } => match std::fs::read(Self::path(dir, key)) {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(StorageError::Io { path: Self::path(dir, key), source }),
+            },
+        }
+    }
+
+    /// Writes an object. Over `multipart_threshold` bytes, S3 gets a multipart upload in parts of that size.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        acl: Option<&str>,
+        multipart_threshold: u64,
+    ) -> Result<(), StorageError> {
+        match self {
+            Self::S3 { client, bucket } => {
+                if body.len() as u64 > multipart_threshold {
+                    return self.put_multipart(client, bucket, key, body, content_type, acl, multipart_threshold).await;
+                }
+                let mut request =
+                    client.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).content_type(content_type);
+                if let Some(acl) = acl {
+                    request = request.acl(ObjectCannedAcl::from(acl));
+                }
+                request.send().await.map_err(|e| sdk(format!("PUT {key}"), e))?;
+                Ok(())
+            }
+            Self::Fs { dir } => {
+                let path = Self::path(dir, key);
+                let io = |source| StorageError::Io { path: path.clone(), source };
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent).map_err(io)?;
+                }
+                // Written aside and renamed, so a reader never sees half an object.
+                let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+                std::fs::write(&tmp, &body).map_err(io)?;
+                std::fs::rename(&tmp, &path).map_err(io)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn put_multipart(
+        &self,
+        client: &aws_sdk_s3::Client,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        acl: Option<&str>,
+        part_size: u64,
+    ) -> Result<(), StorageError> {
+        let what = || format!("multipart PUT {key}");
+        let mut create = client.create_multipart_upload().bucket(bucket).key(key).content_type(content_type);
+        if let Some(acl) = acl {
+            create = create.acl(ObjectCannedAcl::from(acl));
+        }
+        let upload = create.send().await.map_err(|e| sdk(what(), e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let mut parts = Vec::new();
+        let result = async {
+            for (n, chunk) in body.chunks(usize::try_from(part_size).unwrap_or(usize::MAX)).enumerate() {
+                let number = i32::try_from(n + 1).unwrap_or(i32::MAX);
+                let part = client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(chunk.to_vec()))
+                    .send()
+                    .await
+                    .map_err(|e| sdk(what(), e))?;
+                parts.push(CompletedPart::builder().set_e_tag(part.e_tag().map(str::to_owned)).part_number(number).build());
+            }
+            client
+                .complete_multipart_upload()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| sdk(what(), e))?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
+        }
+        result
+    }
+
+    /// Every key under `prefix`.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        match self {
+            Self::S3 { client, bucket } => {
+                let mut keys = Vec::new();
+                let mut token = None;
+                loop {
+                    let page = client
+                        .list_objects_v2()
+                        .bucket(bucket)
+                        .prefix(prefix)
+                        .set_continuation_token(token)
+                        .send()
+                        .await
+                        .map_err(|e| sdk(format!("LIST {prefix}"), e))?;
+                    keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+                    token = page.next_continuation_token().map(str::to_owned);
+                    if token.is_none() {
+                        return Ok(keys);
+                    }
+                }
+            }
+            Self::Fs { dir } => {
+                let mut keys = Vec::new();
+                walk(dir, dir, &mut keys);
+                keys.retain(|k| k.starts_with(prefix));
+                keys.sort();
+                Ok(keys)
+            }
+        }
+    }
+
+    /// Removes an object; a missing one is not an error (as django-storages' `delete`).
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        match self {
+            Self::S3 { client, bucket } => {
+                client.delete_object().bucket(bucket).key(key).send().await.map_err(|e| sdk(format!("DELETE {key}"), e))?;
+                Ok(())
+            }
+            Self::Fs { dir } => match std::fs::remove_file(Self::path(dir, key)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(StorageError::Io { path: Self::path(dir, key), source }),
+            },
+        }
+    }
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(root, &path, out);
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            let key = relative.to_string_lossy().into_owned();
+            if !key.contains(".tmp-") {
+                out.push(key);
+            }
+        }
+    }
+}
