@@ -129,15 +129,27 @@ rmq_up() {
 # ------------------------------------------------------------------------------------------------------ S3 (moto)
 s3_ready() { curl -fs -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/data.json"; }
 
+# moto 5.2 answers CompleteMultipartUpload with the wrong XML root (aws-sdk-s3 refuses it); 5.1.22 is right.
+MOTO_VERSION=5.1.22
+moto_version() { python3 -c 'import moto; print(moto.__version__)' 2>/dev/null; }
+
 s3_up() {
+  local installed=0
+  if [ "$(moto_version)" != "$MOTO_VERSION" ]; then
+    command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
+    log "installing moto[server]==$MOTO_VERSION from PyPI"
+    "$(command -v pip3 || command -v pip)" install -q "moto[server]==$MOTO_VERSION" 2>/dev/null \
+      || "$(command -v pip3 || command -v pip)" install -q --break-system-packages "moto[server]==$MOTO_VERSION"
+    hash -r
+    installed=1
+  fi
+  # A server this script started with another version is restarted on the pinned one.
+  if [ "$installed" = 1 ] && s3_ready && [ -f "$STATE/moto.pid" ]; then
+    log "restarting moto on version $MOTO_VERSION"
+    kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true
+    for _ in $(seq 50); do s3_ready || break; sleep 0.1; done
+  fi
   if ! s3_ready; then
-    if ! command -v moto_server >/dev/null; then
-      command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
-      log "installing moto[server] from PyPI"
-      "$(command -v pip3 || command -v pip)" install -q 'moto[server]' 2>/dev/null \
-        || "$(command -v pip3 || command -v pip)" install -q --break-system-packages 'moto[server]'
-      hash -r
-    fi
     command -v curl >/dev/null || apt_install curl
     mkdir -p "$STATE"
     log "starting moto (S3) on 127.0.0.1:$S3_PORT"

@@ -24,6 +24,17 @@ enum Command {
     Check(crate::check::CheckArgs),
     /// List the registered data types in refresh order.
     DataTypes,
+    /// Stored files: list them, or remove what nothing references any more.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StorageCommand {
+    /// Every stored object (storage, key, size in bytes), optionally under a key prefix.
+    Ls { prefix: Option<String> },
+    /// Remove the objects of repositories deleted longer ago than the retention, then unreferenced blobs.
+    Gc,
 }
 
 /// Parses the command line and runs the chosen command on a Tokio runtime. The runtime is shut down without
@@ -58,6 +69,22 @@ async fn run() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::from(1),
         },
+        Command::Storage(command) => {
+            let out = &mut std::io::stdout().lock();
+            let done = match command {
+                StorageCommand::Ls { prefix } => {
+                    crate::storage::commands::ls(&cli.settings, prefix.as_deref().unwrap_or(""), out).await
+                }
+                StorageCommand::Gc => crate::storage::commands::gc(&cli.settings, out).await,
+            };
+            match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Run => {
             let shutdown = CancellationToken::new();
             tokio::spawn(gitfleet_infra::shutdown::on_signal(shutdown.clone()));

@@ -773,7 +773,9 @@ async fn delete(
     let retention = ctx.storage.settings.retention_days;
     if retention == 0 {
         match ctx.storage.remove_repository(&repo.slug).await {
-            Ok(n) => log.write(LogEntry::info(grouping::MAIN, format!("Removed {n} stored objects of {name}."))).await?,
+            Ok(n) => {
+                log.write(LogEntry::info(grouping::MAIN, format!("Removed {n} stored objects of {name}."))).await?
+            }
             Err(err) if err.is_transient() => {
                 tx.rollback().await?;
                 return Err(TransientError::Storage(sanitize(&err.to_string())));

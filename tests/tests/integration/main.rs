@@ -8,6 +8,7 @@ mod delete;
 mod faults;
 mod fleet;
 mod shutdown;
+mod storage;
 mod support;
 mod sync;
 mod transport;

@@ -30,9 +30,13 @@ impl StorageError {
 
 fn sdk<E: ProvideErrorMetadata + std::error::Error + 'static>(what: String, err: SdkError<E>) -> StorageError {
     let message = match &err {
-        SdkError::ServiceError(e) => {
-            format!("{} {}", e.err().code().unwrap_or("error"), e.err().message().unwrap_or_default())
-        }
+        SdkError::ServiceError(e) => format!(
+            "HTTP {} {} {} {}",
+            e.raw().status().as_u16(),
+            e.err().code().unwrap_or("error"),
+            e.err().message().unwrap_or_default(),
+            format!("{:?}", e.err()).chars().take(600).collect::<String>()
+        ),
         other => {
             let mut text = other.to_string();
             let mut source = std::error::Error::source(other);
@@ -82,6 +86,7 @@ pub async fn s3_client(s3: &S3Settings) -> aws_sdk_s3::Client {
             "gitfleet-settings",
         ));
     }
+    loader = loader.retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(s3.max_attempts));
     let shared = loader.load().await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(s3.path_style);
     if let Some(endpoint) = &s3.endpoint_url {
@@ -94,8 +99,9 @@ impl Backend {
     pub fn for_bucket(settings: &StorageSettings, client: Option<&aws_sdk_s3::Client>, bucket: Option<&str>) -> Self {
         match (client, bucket) {
             (Some(client), Some(bucket)) => Self::S3 { client: client.clone(), bucket: bucket.to_owned() },
+            // The filesystem backend keeps one folder per bucket, the default store's being `default`.
             (_, Some(bucket)) => Self::Fs { dir: settings.root.join(bucket) },
-            (_, None) => Self::Fs { dir: settings.root.clone() },
+            (_, None) => Self::Fs { dir: settings.root.join("default") },
         }
     }
 
@@ -194,12 +200,12 @@ impl Backend {
         acl: Option<&str>,
         part_size: u64,
     ) -> Result<(), StorageError> {
-        let what = || format!("multipart PUT {key}");
+        let step = |name: &str| format!("multipart PUT {key} ({name})");
         let mut create = client.create_multipart_upload().bucket(bucket).key(key).content_type(content_type);
         if let Some(acl) = acl {
             create = create.acl(ObjectCannedAcl::from(acl));
         }
-        let upload = create.send().await.map_err(|e| sdk(what(), e))?;
+        let upload = create.send().await.map_err(|e| sdk(step("create"), e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
         let mut parts = Vec::new();
         let result = async {
@@ -214,8 +220,10 @@ impl Backend {
                     .body(ByteStream::from(chunk.to_vec()))
                     .send()
                     .await
-                    .map_err(|e| sdk(what(), e))?;
-                parts.push(CompletedPart::builder().set_e_tag(part.e_tag().map(str::to_owned)).part_number(number).build());
+                    .map_err(|e| sdk(step("part"), e))?;
+                parts.push(
+                    CompletedPart::builder().set_e_tag(part.e_tag().map(str::to_owned)).part_number(number).build(),
+                );
             }
             client
                 .complete_multipart_upload()
@@ -225,7 +233,7 @@ impl Backend {
                 .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
                 .send()
                 .await
-                .map_err(|e| sdk(what(), e))?;
+                .map_err(|e| sdk(step("complete"), e))?;
             Ok(())
         }
         .await;
@@ -237,6 +245,11 @@ impl Backend {
 
     /// Every key under `prefix`.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self.list_sizes(prefix).await?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Every key under `prefix` with its size in bytes.
+    pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
         match self {
             Self::S3 { client, bucket } => {
                 let mut keys = Vec::new();
@@ -250,7 +263,9 @@ impl Backend {
                         .send()
                         .await
                         .map_err(|e| sdk(format!("LIST {prefix}"), e))?;
-                    keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+                    keys.extend(page.contents().iter().filter_map(|o| {
+                        o.key().map(|k| (k.to_owned(), u64::try_from(o.size().unwrap_or(0)).unwrap_or(0)))
+                    }));
                     token = page.next_continuation_token().map(str::to_owned);
                     if token.is_none() {
                         return Ok(keys);
@@ -262,7 +277,13 @@ impl Backend {
                 walk(dir, dir, &mut keys);
                 keys.retain(|k| k.starts_with(prefix));
                 keys.sort();
-                Ok(keys)
+                Ok(keys
+                    .into_iter()
+                    .map(|k| {
+                        let size = std::fs::metadata(dir.join(&k)).map(|m| m.len()).unwrap_or(0);
+                        (k, size)
+                    })
+                    .collect())
             }
         }
     }
@@ -271,7 +292,13 @@ impl Backend {
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         match self {
             Self::S3 { client, bucket } => {
-                client.delete_object().bucket(bucket).key(key).send().await.map_err(|e| sdk(format!("DELETE {key}"), e))?;
+                client
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| sdk(format!("DELETE {key}"), e))?;
                 Ok(())
             }
             Self::Fs { dir } => match std::fs::remove_file(Self::path(dir, key)) {

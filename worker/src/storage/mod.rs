@@ -13,6 +13,7 @@
 //! leaves the previous commit live in both PostgreSQL and storage.
 
 pub mod backend;
+pub mod commands;
 pub mod settings;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -148,7 +149,13 @@ impl Storage {
                 let key = Self::key(&store, &format!("{}/blobs/{}", store.upload_to, file.blob))?;
                 if seen.insert(file.blob.clone()) && !backend.exists(&key).await? {
                     backend
-                        .put(&key, file.bytes.clone(), "application/octet-stream", acl, self.settings.multipart_threshold)
+                        .put(
+                            &key,
+                            file.bytes.clone(),
+                            "application/octet-stream",
+                            acl,
+                            self.settings.multipart_threshold,
+                        )
                         .await?;
                     uploaded_blobs += 1;
                     uploaded_bytes += file.bytes.len() as u64;
@@ -219,9 +226,7 @@ impl Storage {
                 "sha256": s.artifact_sha256, "job_result_id": job_result_id,
             });
             let body = serde_json::to_vec_pretty(&pointer).unwrap_or_default();
-            s.backend
-                .put(&s.current_key, body, "application/json", s.store.default_acl.as_deref(), u64::MAX)
-                .await?;
+            s.backend.put(&s.current_key, body, "application/json", s.store.default_acl.as_deref(), u64::MAX).await?;
         }
         Ok(previous)
     }
@@ -245,7 +250,7 @@ impl Storage {
         let mut removed = 0;
         for store in self.stores() {
             let backend = self.backend(&store);
-            let prefix = Self::key(&store, &format!("{}/{slug}/", store.upload_to))?;
+            let prefix = format!("{}/", Self::key(&store, &format!("{}/{slug}", store.upload_to))?);
             for key in backend.list(&prefix).await? {
                 backend.delete(&key).await?;
                 removed += 1;
@@ -259,8 +264,8 @@ impl Storage {
         let (mut kept, mut removed) = (0, 0);
         for store in self.stores() {
             let backend = self.backend(&store);
-            let root = Self::key(&store, &format!("{}/", store.upload_to))?;
-            let blobs_prefix = Self::key(&store, &format!("{}/blobs/", store.upload_to))?;
+            let root = format!("{}/", Self::key(&store, &store.upload_to)?);
+            let blobs_prefix = format!("{}/", Self::key(&store, &format!("{}/blobs", store.upload_to))?);
             let mut referenced = BTreeSet::new();
             let keys = backend.list(&root).await?;
             for key in keys.iter().filter(|k| k.ends_with("/manifest.json") && !k.starts_with(&blobs_prefix)) {

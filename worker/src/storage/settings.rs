@@ -4,7 +4,7 @@
 //! and `location` for one kind of file.
 //!
 //! With no `AWS_STORAGE_BUCKET_NAME`, everything goes to the filesystem under `GITFLEET_STORAGE_ROOT`, in the same
-//! layout (an override's bucket becomes a folder).
+//! layout, one folder per bucket: `default/` for the default store, `<bucket_name>/` for an override naming one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,7 +34,8 @@ pub enum SettingsError {
 /// One storage: where a data type's files go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
-    /// `None`: the filesystem backend, at the storage root (or `root/<bucket>` for an override that names one).
+    /// `None`: the default store of the filesystem backend (`root/default`; an override naming a bucket gets
+    /// `root/<bucket>`).
     pub bucket_name: Option<String>,
     pub location: String,
     pub default_acl: Option<String>,
@@ -65,6 +66,8 @@ pub struct S3Settings {
     pub secret_key: Option<String>,
     pub security_token: Option<String>,
     pub session_profile: Option<String>,
+    /// Tries of each request inside the SDK (`AWS_MAX_ATTEMPTS`, the SDK's own name; default 3).
+    pub max_attempts: u32,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -152,6 +155,7 @@ impl StorageSettings {
             secret_key,
             security_token: first(&["AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"]),
             session_profile,
+            max_attempts: get("AWS_MAX_ATTEMPTS").and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
         });
         let number = |name: &'static str, default: u64| match get(name) {
             None => Ok(default),
@@ -235,7 +239,10 @@ mod tests {
 
     #[test]
     fn keys_as_safe_join_builds_them() {
-        assert_eq!(key("subfolder/name/", "devicetype-images/x.png").as_deref(), Some("subfolder/name/devicetype-images/x.png"));
+        assert_eq!(
+            key("subfolder/name/", "devicetype-images/x.png").as_deref(),
+            Some("subfolder/name/devicetype-images/x.png")
+        );
         assert_eq!(key("", "devicetype-images/x.png").as_deref(), Some("devicetype-images/x.png"));
         assert_eq!(key("media", "a/./b/../c").as_deref(), Some("media/a/c"));
         assert_eq!(key("media", "../escape"), None);

@@ -317,3 +317,31 @@ pub async fn delay_proxy(
     });
     Ok((port, handle))
 }
+
+/// A loopback TCP proxy to `upstream` that can be switched off: while the sender holds `true`, new connections are
+/// dropped at once and open ones are cut. A storage or git server that went away and came back.
+pub async fn switch_proxy(
+    upstream: u16,
+) -> Result<(u16, tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (down, watch) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if *watch.borrow() {
+                drop(inbound);
+                continue;
+            }
+            let mut watch = watch.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|down| *down) => {}
+                    }
+                }
+            });
+        }
+    });
+    Ok((port, down, handle))
+}

@@ -236,7 +236,7 @@ impl TestEnv {
     }
 }
 
-fn accepted(outcome: Outcome) -> Result<Uuid> {
+pub fn accepted(outcome: Outcome) -> Result<Uuid> {
     outcome.job_result_id().context("expected an accepted event")
 }
 

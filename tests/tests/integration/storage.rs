@@ -1,0 +1,364 @@
+//! Storage (ARCHITECTURE section 6) against a real S3-compatible server (moto, `make services`) and the
+//! filesystem backend: layout, content addressing, per-type buckets and ACLs, multipart, the credential chain,
+//! an outage mid-sync, delete with and without retention, and gc.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use aws_sdk_s3::Client;
+use gitfleet_producer::commands::{self, NewRepo};
+use gitfleet_shared::event::RequestedBy;
+use gitfleet_worker::storage::{Storage, StorageSettings};
+use serde_json::Value;
+
+use crate::support::git::{Remote, switch_proxy};
+use crate::support::{TestEnv, assert_log};
+
+fn s3_port() -> u16 {
+    std::env::var("GITFLEET_TEST_S3_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5000)
+}
+
+fn vars(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+}
+
+/// S3 settings for the test server through `port`, with a public default bucket and a private one for jobs.
+fn s3_settings(env: &TestEnv, port: u16, bucket: &str, jobs_bucket: &str) -> Result<StorageSettings> {
+    Ok(StorageSettings::from_vars(vars(&[
+        ("AWS_STORAGE_BUCKET_NAME", bucket.to_owned()),
+        ("AWS_LOCATION", "nautobot/".to_owned()),
+        ("AWS_S3_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_S3_REGION_NAME", "us-east-1".to_owned()),
+        ("AWS_S3_ADDRESSING_STYLE", "path".to_owned()),
+        ("AWS_S3_ACCESS_KEY_ID", "test-key".to_owned()),
+        ("AWS_S3_SECRET_ACCESS_KEY", "test-secret".to_owned()),
+        ("AWS_DEFAULT_ACL", "public-read".to_owned()),
+        ("AWS_MAX_ATTEMPTS", "2".to_owned()),
+        (
+            "GITFLEET_STORAGES",
+            format!(
+                r#"{{"extras.job": {{"bucket_name": "{jobs_bucket}", "default_acl": "private", "upload_to": "software_images"}}}}"#
+            ),
+        ),
+        ("GITFLEET_STORAGE_MULTIPART_THRESHOLD", (5 * 1024 * 1024).to_string()),
+        ("GITFLEET_STORAGE_ROOT", env.tmp.path().join("unused").display().to_string()),
+    ]))?)
+}
+
+async fn raw_client(env: &TestEnv) -> Result<Client> {
+    let settings = s3_settings(env, s3_port(), "x", "y")?;
+    Ok(gitfleet_worker::storage::backend::s3_client(settings.s3.as_ref().unwrap()).await)
+}
+
+/// A repository with two config contexts, an export template and a jobs package carrying a 6 MiB binary.
+fn data_remote(env: &TestEnv) -> Result<Remote> {
+    let remote = Remote::new(env.tmp.path(), "stored")?;
+    let big: String = (0..6 * 1024 * 1024 / 16).map(|n| format!("{n:015x}\n")).collect();
+    remote.commit(
+        "data",
+        &[
+            ("config_contexts/ntp.yaml", "---\n_metadata:\n  name: ntp\n  weight: 100\nntp: [10.0.0.1]\n"),
+            ("config_contexts/dns.yaml", "---\n_metadata:\n  name: dns\n  weight: 100\ndns: [10.0.0.53]\n"),
+            ("export_templates/dcim/device/inventory.j2", "{% for d in queryset %}{{ d.name }}\n{% endfor %}\n"),
+            ("__init__.py", ""),
+            ("jobs/__init__.py", ""),
+            ("jobs/firmware.bin", &big),
+        ],
+    )?;
+    Ok(remote)
+}
+
+fn provided() -> Vec<String> {
+    ["extras.configcontext", "extras.exporttemplate", "extras.job"].map(str::to_owned).to_vec()
+}
+
+async fn keys(storage: &Storage, bucket_store: usize) -> Result<BTreeSet<String>> {
+    let stores = storage.stores();
+    Ok(storage.backend(&stores[bucket_store]).list("").await?.into_iter().collect())
+}
+
+/// The same assertions on either backend: layout, digests, a one-file change, delete and gc. Returns the slug.
+async fn layout_and_increments(env: &mut TestEnv, settings: StorageSettings) -> Result<(String, Storage)> {
+    env.storage = settings.clone();
+    let storage = Storage::new(settings).await;
+    let remote = data_remote(env)?;
+    env.start_fleet(1);
+    let name = format!("Stored {}", env.id);
+    let new = NewRepo {
+        name: name.clone(),
+        remote_url: remote.file_url(),
+        provided_contents: provided(),
+        ..NewRepo::default()
+    };
+    let view =
+        env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let result = view.result.clone().unwrap();
+    let head = result["current_head"].as_str().unwrap().to_owned();
+    let repo = env.repo(view.repository_id.unwrap()).await?;
+    let slug = repo.slug.clone();
+
+    // Default store: 3 blobs (2 contexts, 1 template), manifest, artifact, pointer, report.
+    let default = keys(&storage, 0).await?;
+    let blobs: Vec<&String> = default.iter().filter(|k| k.starts_with("nautobot/git/blobs/")).collect();
+    assert_eq!(blobs.len(), 3, "{default:#?}");
+    for expected in [
+        format!("nautobot/git/{slug}/{head}/manifest.json"),
+        format!("nautobot/git/{slug}/{head}/artifact.tar.gz"),
+        format!("nautobot/git/{slug}/current.json"),
+        format!("nautobot/reports/{}.json", view.id),
+    ] {
+        assert!(default.contains(&expected), "{expected} missing from {default:#?}");
+    }
+    // Jobs store: their own bucket (or folder) and upload_to.
+    let jobs = keys(&storage, 1).await?;
+    assert_eq!(jobs.iter().filter(|k| k.starts_with("nautobot/software_images/blobs/")).count(), 2, "{jobs:#?}");
+    assert!(jobs.contains(&format!("nautobot/software_images/{slug}/current.json")));
+
+    // The pointer names the commit; the artifact's digest matches the database and the JobResult.
+    let stores = storage.stores();
+    let backend = storage.backend(&stores[0]);
+    let current: Value =
+        serde_json::from_slice(&backend.get(&format!("nautobot/git/{slug}/current.json")).await?.unwrap())?;
+    assert_eq!(current["commit"], head.as_str());
+    let artifact = backend.get(current["artifact"].as_str().unwrap()).await?.unwrap();
+    let digest: String = openssl::sha::sha256(&artifact).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(current["sha256"], digest.as_str());
+    let client = env.pool.get().await?;
+    let recorded: Value =
+        client.query_one("SELECT artifacts FROM git_repository WHERE id = $1", &[&repo.id]).await?.get(0);
+    drop(client);
+    assert_eq!(recorded[0]["sha256"], digest.as_str(), "{recorded}");
+    assert_eq!(recorded[0]["artifact"], current["artifact"]);
+    assert_eq!(result["artifacts"][0]["sha256"], digest.as_str());
+    assert_eq!(result["report"], format!("nautobot/reports/{}.json", view.id));
+    let manifest: Value = serde_json::from_slice(&backend.get(current["manifest"].as_str().unwrap()).await?.unwrap())?;
+    assert_eq!(manifest["files"].as_array().unwrap().len(), 3);
+
+    // One file changed: exactly one new blob, plus the new commit's manifest and artifact and the report.
+    let second = remote.commit(
+        "dns moves",
+        &[("config_contexts/dns.yaml", "---\n_metadata:\n  name: dns\n  weight: 100\ndns: [10.0.0.54]\n")],
+    )?;
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let after = keys(&storage, 0).await?;
+    let added: BTreeSet<&String> = after.difference(&default).collect();
+    let expected: BTreeSet<String> = [
+        format!("nautobot/git/{slug}/{second}/manifest.json"),
+        format!("nautobot/git/{slug}/{second}/artifact.tar.gz"),
+        format!("nautobot/reports/{}.json", view.id),
+    ]
+    .into();
+    let new_blobs: Vec<&&String> = added.iter().filter(|k| k.starts_with("nautobot/git/blobs/")).collect();
+    assert_eq!(new_blobs.len(), 1, "{added:#?}");
+    assert_eq!(added.len(), 4, "{added:#?}");
+    assert!(expected.iter().all(|k| added.contains(k)), "{added:#?}");
+    let result = view.result.clone().unwrap();
+    assert_eq!(result["artifacts"][0]["uploaded_blobs"], 1);
+    assert_eq!(result["artifacts"][1]["uploaded_blobs"], 0, "the unchanged job files are not uploaded again");
+    let current: Value =
+        serde_json::from_slice(&backend.get(&format!("nautobot/git/{slug}/current.json")).await?.unwrap())?;
+    assert_eq!(current["commit"], second.as_str());
+    Ok((slug, storage))
+}
+
+/// Delete without retention removes the repository's objects from every store (blobs stay for gc); gc then
+/// removes the blobs no manifest references.
+async fn delete_and_gc(env: &TestEnv, storage: &Storage, slug: &str) -> Result<()> {
+    let name = format!("Stored {}", env.id);
+    let view =
+        env.wait_job(crate::support::accepted(commands::delete(&env.pool, &name, RequestedBy::cli()).await?)?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_log(&view, "info", "main", "stored objects of");
+    for store in 0..2 {
+        let left = keys(storage, store).await?;
+        assert!(left.iter().all(|k| !k.contains(&format!("/{slug}/"))), "{left:#?}");
+        assert!(left.iter().any(|k| k.contains("/blobs/")), "blobs stay until gc");
+    }
+    let (kept, removed) = storage.gc().await?;
+    assert_eq!((kept, removed), (0, 6), "3 + 1 default blobs and 2 job blobs");
+    for store in 0..2 {
+        assert!(keys(storage, store).await?.iter().all(|k| !k.contains("/blobs/")));
+    }
+    Ok(())
+}
+
+async fn create_buckets(client: &Client, names: &[&str]) -> Result<()> {
+    for name in names {
+        client.create_bucket().bucket(*name).send().await?;
+    }
+    Ok(())
+}
+
+async fn public_read(client: &Client, bucket: &str, key: &str) -> Result<bool> {
+    let acl = client.get_object_acl().bucket(bucket).key(key).send().await?;
+    Ok(acl.grants().iter().any(|g| {
+        g.grantee().and_then(|g| g.uri()).is_some_and(|uri| uri.ends_with("/global/AllUsers"))
+            && g.permission().is_some_and(|p| p.as_str() == "READ")
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_layout_increments_acls_multipart_delete_and_gc() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let client = raw_client(&env).await?;
+    let (bucket, jobs_bucket) = (format!("gf-{}", env.id), format!("gf-{}-jobs", env.id));
+    create_buckets(&client, &[&bucket, &jobs_bucket]).await?;
+    let settings = s3_settings(&env, s3_port(), &bucket, &jobs_bucket)?;
+    let (slug, storage) = layout_and_increments(&mut env, settings).await?;
+
+    // ACLs as sent: public-read on the default bucket, private in the jobs bucket.
+    let default_blob = keys(&storage, 0).await?.into_iter().find(|k| k.contains("/blobs/")).unwrap();
+    assert!(public_read(&client, &bucket, &default_blob).await?, "default ACL public-read");
+    let job_blobs: Vec<String> = keys(&storage, 1).await?.into_iter().filter(|k| k.contains("/blobs/")).collect();
+    for key in &job_blobs {
+        assert!(!public_read(&client, &jobs_bucket, key).await?, "jobs are private");
+    }
+    // The 6 MiB file went up in parts (an ETag of a multipart upload ends in -<parts>).
+    let mut multipart = 0;
+    for key in &job_blobs {
+        let head = client.head_object().bucket(&jobs_bucket).key(key).send().await?;
+        if head.content_length().unwrap_or(0) > 5 * 1024 * 1024 {
+            assert!(head.e_tag().unwrap_or_default().contains("-2"), "{:?}", head.e_tag());
+            multipart += 1;
+        }
+    }
+    assert_eq!(multipart, 1);
+    delete_and_gc(&env, &storage, &slug).await?;
+    env.teardown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filesystem_backend_has_the_same_layout() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let root = env.tmp.path().join("files");
+    let settings = StorageSettings::from_vars(vars(&[
+        ("AWS_LOCATION", "nautobot".to_owned()),
+        ("GITFLEET_STORAGE_ROOT", root.display().to_string()),
+        ("GITFLEET_STORAGES", r#"{"extras.job": {"bucket_name": "jobs", "upload_to": "software_images"}}"#.to_owned()),
+    ]))?;
+    let (slug, storage) = layout_and_increments(&mut env, settings).await?;
+    assert!(root.join(format!("default/nautobot/git/{slug}/current.json")).is_file());
+    assert!(
+        root.join(format!("jobs/nautobot/software_images/{slug}/current.json")).is_file(),
+        "an override's bucket is a folder"
+    );
+    delete_and_gc(&env, &storage, &slug).await?;
+    env.teardown().await
+}
+
+/// S3 goes away mid-sync: the sync fails (after its retries and the delivery limit) and the previous commit stays
+/// live in PostgreSQL and in S3; when S3 is back, the next sync succeeds. Retention keeps a deleted repository's
+/// objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_outage_keeps_the_last_good_state_and_retention_keeps_objects() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let client = raw_client(&env).await?;
+    let (bucket, jobs_bucket) = (format!("gf-{}", env.id), format!("gf-{}-jobs", env.id));
+    create_buckets(&client, &[&bucket, &jobs_bucket]).await?;
+    let (port, down, proxy) = switch_proxy(s3_port()).await?;
+    let mut settings = s3_settings(&env, port, &bucket, &jobs_bucket)?;
+    settings.retention_days = 7;
+    env.storage = settings.clone();
+    let remote = Remote::new(env.tmp.path(), "outage")?;
+    let first =
+        remote.commit("one", &[("config_contexts/a.yaml", "---\n_metadata:\n  name: a\n  weight: 1\nv: 1\n")])?;
+    env.start_fleet(1);
+    let name = format!("Outage {}", env.id);
+    let new = NewRepo {
+        name: name.clone(),
+        remote_url: remote.file_url(),
+        provided_contents: vec!["extras.configcontext".into()],
+        ..NewRepo::default()
+    };
+    let view =
+        env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let slug = env.repo(view.repository_id.unwrap()).await?.slug;
+    let pointer = format!("nautobot/git/{slug}/current.json");
+    let read_pointer = || async {
+        let body = client.get_object().bucket(&bucket).key(&pointer).send().await?.body.collect().await?.into_bytes();
+        Ok::<Value, anyhow::Error>(serde_json::from_slice(&body)?)
+    };
+
+    down.send(true)?;
+    let second =
+        remote.commit("two", &[("config_contexts/a.yaml", "---\n_metadata:\n  name: a\n  weight: 1\nv: 2\n")])?;
+    let failed = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(failed.status, "FAILURE");
+    let message = failed.result.clone().unwrap()["exc_message"].as_str().unwrap().to_owned();
+    assert!(message.contains("storage unavailable"), "{message}");
+    let repo = env.repo(view.repository_id.unwrap()).await?;
+    assert_eq!(repo.current_head, first, "the previous commit stays live in PostgreSQL");
+    assert_eq!(read_pointer().await?["commit"], first.as_str(), "and in S3");
+
+    down.send(false)?;
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(read_pointer().await?["commit"], second.as_str());
+
+    // Retention: the deleted repository's objects stay.
+    let deleted =
+        env.wait_job(crate::support::accepted(commands::delete(&env.pool, &name, RequestedBy::cli()).await?)?).await?;
+    assert_log(&deleted, "info", "main", "are kept for 7 days");
+    assert_eq!(read_pointer().await?["commit"], second.as_str());
+    proxy.abort();
+    env.teardown().await
+}
+
+/// No keys in the settings: the standard AWS chain finds them in the environment of a worker process; without
+/// them the sync fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_credentials_from_the_environment_chain() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let client = raw_client(&env).await?;
+    let bucket = format!("gf-{}", env.id);
+    create_buckets(&client, &[&bucket]).await?;
+    let remote = Remote::new(env.tmp.path(), "chain")?;
+    remote.commit("one", &[("config_contexts/a.yaml", "---\n_metadata:\n  name: a\n  weight: 1\nv: 1\n")])?;
+    env.amqp.delivery_limit = 1;
+    env.start_relay();
+    let common = |with_keys: bool| {
+        let mut vars = vec![
+            ("AWS_STORAGE_BUCKET_NAME", bucket.clone()),
+            ("AWS_S3_ENDPOINT_URL", format!("http://127.0.0.1:{}", s3_port())),
+            ("AWS_S3_REGION_NAME", "us-east-1".to_owned()),
+            ("AWS_S3_ADDRESSING_STYLE", "path".to_owned()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+            ("AWS_CONFIG_FILE", "/nonexistent".to_owned()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_owned()),
+            ("AWS_MAX_ATTEMPTS", "1".to_owned()),
+            ("GITFLEET_TRANSIENT_RETRIES", "1".to_owned()),
+        ];
+        if with_keys {
+            vars.push(("AWS_ACCESS_KEY_ID", "chain-key".to_owned()));
+            vars.push(("AWS_SECRET_ACCESS_KEY", "chain-secret".to_owned()));
+        }
+        vars
+    };
+    let mut worker = env.spawn_worker_process("chain", &common(true))?;
+    let name = format!("Chain {}", env.id);
+    let new = NewRepo {
+        name: name.clone(),
+        remote_url: remote.file_url(),
+        provided_contents: vec!["extras.configcontext".into()],
+        ..NewRepo::default()
+    };
+    let view =
+        env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let slug = env.repo(view.repository_id.unwrap()).await?.slug;
+    client.head_object().bucket(&bucket).key(format!("git/{slug}/current.json")).send().await?;
+    worker.kill();
+
+    let _keyless = env.spawn_worker_process("keyless", &common(false))?;
+    remote.commit("two", &[("config_contexts/a.yaml", "---\n_metadata:\n  name: a\n  weight: 1\nv: 2\n")])?;
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "FAILURE", "{:#?}", view.logs);
+    let message = view.result.clone().unwrap()["exc_message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.to_lowercase().contains("credential"), "{message}");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    env.teardown().await
+}

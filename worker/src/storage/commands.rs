@@ -1,0 +1,61 @@
+//! `worker storage ls` and `worker storage gc`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::{Storage, StorageSettings};
+use crate::WorkerSettings;
+
+fn settings(worker: &WorkerSettings) -> anyhow::Result<StorageSettings> {
+    Ok(match worker.storage.clone() {
+        Some(settings) => settings,
+        None => StorageSettings::from_vars(std::env::vars())?,
+    })
+}
+
+/// Prints every stored object (store, key, size) under an optional key prefix.
+pub async fn ls(worker: &WorkerSettings, prefix: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let storage = Storage::new(settings(worker)?).await;
+    let mut seen = Vec::new();
+    for store in storage.stores() {
+        let backend = storage.backend(&store);
+        let name = backend.describe();
+        if seen.contains(&name) {
+            continue;
+        }
+        for (key, size) in backend.list_sizes(prefix).await? {
+            writeln!(out, "{name}\t{key}\t{size}")?;
+        }
+        seen.push(name);
+    }
+    Ok(())
+}
+
+/// Removes what deleted repositories kept past the retention, then every blob no manifest references.
+pub async fn gc(worker: &WorkerSettings, out: &mut impl Write) -> anyhow::Result<()> {
+    let storage = Storage::new(settings(worker)?).await;
+    let pool = gitfleet_infra::db::connect(&worker.database, Duration::from_secs(10)).await?;
+    let client = pool.get().await?;
+    let days = i32::try_from(storage.settings.retention_days).unwrap_or(i32::MAX);
+    let expired: Vec<String> = client
+        .query(
+            "SELECT DISTINCT slug FROM git_repository d WHERE d.deleted_at < now() - make_interval(days => $1)
+               AND NOT EXISTS (SELECT 1 FROM git_repository l WHERE l.slug = d.slug AND l.deleted_at IS NULL)",
+            &[&days],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut removed_objects = 0;
+    for slug in &expired {
+        removed_objects += storage.remove_repository(slug).await?;
+    }
+    let (kept, removed) = storage.gc().await?;
+    writeln!(
+        out,
+        "removed {removed_objects} objects of deleted repositories past the retention of {days} days; blobs: {kept} \
+         referenced, {removed} removed"
+    )?;
+    Ok(())
+}
