@@ -10,6 +10,14 @@ export GITFLEET_DATABASE_SCHEMA=demo
 export GITFLEET_AMQP_PREFIX=gitfleet-demo
 export GITFLEET_GIT_ROOT="$PWD/$STATE/git"
 export GITFLEET_DEFER_DELAY_MS=200
+# Files go to a local directory by default; `DEMO_S3=1 make demo` sends them to the S3 server of `make services`.
+if [ "${DEMO_S3:-0}" = 1 ]; then
+  export AWS_STORAGE_BUCKET_NAME=gitfleet AWS_S3_ENDPOINT_URL=http://127.0.0.1:5000 AWS_S3_REGION_NAME=us-east-1
+  export AWS_S3_ADDRESSING_STYLE=path AWS_S3_ACCESS_KEY_ID=demo AWS_S3_SECRET_ACCESS_KEY=demo AWS_LOCATION=demo
+  export GITFLEET_STORAGES='{"extras.job": {"upload_to": "software_images", "default_acl": "private"}}'
+else
+  export GITFLEET_STORAGE_ROOT="$PWD/$STATE/storage"
+fi
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 step "services"
@@ -75,3 +83,6 @@ step "producer repo list, and what the database holds now"
 psql -w -h 127.0.0.1 -U postgres -d gitfleet -c "SET search_path = demo" \
   -c "SELECT name, weight, data FROM config_context ORDER BY name" \
   -c "SELECT module_name, job_class_name, name, installed FROM job"
+
+step "where the files went (storage, key, size in bytes): worker storage ls"
+"$WORKER" storage ls
