@@ -306,13 +306,16 @@ async fn s3_outage_keeps_the_last_good_state_and_retention_keeps_objects() -> Re
     assert_eq!(read_pointer().await?["commit"], second.as_str());
     // `worker storage gc` within the retention keeps them; once the deletion is older than it, removes them.
     let mut worker = env.worker_settings("gc");
-    worker.storage = Some(StorageSettings { retention_days: 7, ..s3_settings(&env, s3_port(), &bucket, &jobs_bucket)? });
+    worker.storage =
+        Some(StorageSettings { retention_days: 7, ..s3_settings(&env, s3_port(), &bucket, &jobs_bucket)? });
     let mut out = Vec::new();
     gitfleet_worker::storage::commands::gc(&worker, &mut out).await?;
     assert!(String::from_utf8_lossy(&out).starts_with("removed 0 objects"), "{}", String::from_utf8_lossy(&out));
     assert_eq!(read_pointer().await?["commit"], second.as_str());
     let client_db = env.pool.get().await?;
-    client_db.execute("UPDATE git_repository SET deleted_at = now() - interval '8 days' WHERE slug = $1", &[&slug]).await?;
+    client_db
+        .execute("UPDATE git_repository SET deleted_at = now() - interval '8 days' WHERE slug = $1", &[&slug])
+        .await?;
     drop(client_db);
     let mut out = Vec::new();
     gitfleet_worker::storage::commands::gc(&worker, &mut out).await?;
