@@ -8,6 +8,10 @@ use crate::support::git::{Remote, git_http_with_auth};
 use crate::support::{TestEnv, assert_log};
 
 const TOKEN: &str = "tok3n-s3cr3t-value-0042";
+/// A GitHub-style token, sent alone as the user name.
+const GITHUB_TOKEN: &str = "ghp_t0ken0nly0042";
+/// A GitLab token, sent with the user `oauth2`.
+const GITLAB_TOKEN: &str = "glpat-0auth2-0042";
 
 fn group(env: &TestEnv, name: &str, username: &str, token: &str) -> Result<()> {
     let dir = env.tmp.path().join("secrets").join(name);
@@ -22,11 +26,16 @@ async fn private_http_remote_with_secrets_groups() -> Result<()> {
     let mut env = TestEnv::new().await?;
     group(&env, "private-git", "alice", TOKEN)?;
     group(&env, "wrong-token", "alice", "not-the-token")?;
+    group(&env, "gitlab", "oauth2", GITLAB_TOKEN)?;
+    let github = env.tmp.path().join("secrets").join("github");
+    std::fs::create_dir_all(&github)?;
+    std::fs::write(github.join("token"), GITHUB_TOKEN)?;
     let served = env.tmp.path().join("served");
     std::fs::create_dir_all(&served)?;
     let remote = Remote::new(&served, "private")?;
     let head = remote.commit("first", &[("README.md", "private")])?;
-    let http = git_http_with_auth(&served, &env.tmp.path().join("lighttpd"), Some(("alice", TOKEN))).await?;
+    let users = [("alice", TOKEN), ("oauth2", GITLAB_TOKEN), (GITHUB_TOKEN, "")];
+    let http = git_http_with_auth(&served, &env.tmp.path().join("lighttpd"), &users).await?;
     env.start_fleet(1);
     let url = format!("http://127.0.0.1:{}/git/private.git", http.port);
 
@@ -42,6 +51,8 @@ async fn private_http_remote_with_secrets_groups() -> Result<()> {
         ("Anonymous", None),
         ("Wrong", Some("wrong-token")),
         ("Missing", Some("no-such-group")),
+        ("GitHub", Some("github")),
+        ("GitLab", Some("gitlab")),
     ] {
         jobs.push(commands::create(&env.pool, create(name, group), RequestedBy::cli()).await?.job_result_id().unwrap());
     }
@@ -64,6 +75,11 @@ async fn private_http_remote_with_secrets_groups() -> Result<()> {
         "The secrets_group \"no-such-group\" is not configured on this worker: set GITFLEET_SECRETS_NO_SUCH_GROUP_TOKEN",
     );
     assert_eq!(missing.result.clone().unwrap()["exc_type"], "SecretError");
+    // Provider conventions: a GitHub token alone (as the user name), a GitLab token with the user `oauth2`.
+    for job in &jobs[4..] {
+        let view = env.wait_job(*job).await?;
+        assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    }
     for view in [&anonymous, &wrong, &missing] {
         let (started, done) = (view.date_started.unwrap(), view.date_done.unwrap());
         assert!((done - started).num_seconds() < 10, "failed fast");
@@ -72,10 +88,14 @@ async fn private_http_remote_with_secrets_groups() -> Result<()> {
     // The token is nowhere: not in the mirrors, not in any JobResult or log entry, not in the outbox.
     for entry in walk(&env.git_root()) {
         let bytes = std::fs::read(&entry)?;
-        assert!(!contains(&bytes, TOKEN.as_bytes()), "token found in {}", entry.display());
+        for secret in [TOKEN, GITHUB_TOKEN, GITLAB_TOKEN] {
+            assert!(!contains(&bytes, secret.as_bytes()), "token found in {}", entry.display());
+        }
     }
     let stored = everything_stored(&env).await?;
-    assert!(!stored.contains(TOKEN) && !stored.contains("not-the-token"));
+    for secret in [TOKEN, "not-the-token", GITHUB_TOKEN, GITLAB_TOKEN] {
+        assert!(!stored.contains(secret), "a token reached the database");
+    }
     drop(http);
     env.teardown().await
 }
@@ -122,7 +142,7 @@ async fn self_signed_https_remote() -> Result<()> {
     let (cert, key) = crate::support::git::self_signed(&tmp.path().join("pki"))?;
     let (other_cert, _) = crate::support::git::self_signed(&tmp.path().join("other-pki"))?;
     let https =
-        crate::support::git::git_http_server(&served, &tmp.path().join("lighttpd"), None, Some((&cert, &key))).await?;
+        crate::support::git::git_http_server(&served, &tmp.path().join("lighttpd"), &[], Some((&cert, &key))).await?;
     let url = format!("https://127.0.0.1:{}/git/tls.git", https.port);
 
     let cases: [(bool, Option<&std::path::Path>, Option<&str>); 4] = [

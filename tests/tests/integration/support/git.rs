@@ -112,12 +112,12 @@ pub async fn git_daemon_on(base: &Path, port: u16) -> Result<Server> {
 
 /// lighttpd running `git http-backend` as CGI for every repository under `base`, at `http://127.0.0.1:PORT/git/`.
 pub async fn git_http(base: &Path, state: &Path) -> Result<Server> {
-    git_http_with_auth(base, state, None).await
+    git_http_with_auth(base, state, &[]).await
 }
 
-/// The same, behind HTTP basic authentication for `(user, password)` when given.
-pub async fn git_http_with_auth(base: &Path, state: &Path, auth: Option<(&str, &str)>) -> Result<Server> {
-    git_http_server(base, state, auth, None).await
+/// The same, behind HTTP basic authentication for these `(user, password)` pairs when there are any.
+pub async fn git_http_with_auth(base: &Path, state: &Path, users: &[(&str, &str)]) -> Result<Server> {
+    git_http_server(base, state, users, None).await
 }
 
 /// A self-signed certificate for 127.0.0.1 (also its own CA): `(cert.pem, key.pem)` under `dir`.
@@ -144,7 +144,7 @@ pub fn self_signed(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBuf
 pub async fn git_http_server(
     base: &Path,
     state: &Path,
-    auth: Option<(&str, &str)>,
+    users: &[(&str, &str)],
     tls: Option<(&Path, &Path)>,
 ) -> Result<Server> {
     let lighttpd = ["/usr/sbin/lighttpd", "/usr/local/sbin/lighttpd"]
@@ -155,16 +155,17 @@ pub async fn git_http_server(
     let port = free_port();
     std::fs::create_dir_all(state)?;
     let conf = state.join("lighttpd.conf");
-    let auth_conf = match auth {
-        Some((user, password)) => {
-            std::fs::write(state.join("users"), format!("{user}:{password}\n"))?;
+    let auth_conf = match users {
+        [] => String::new(),
+        users => {
+            let lines: String = users.iter().map(|(user, password)| format!("{user}:{password}\n")).collect();
+            std::fs::write(state.join("users"), lines)?;
             format!(
                 "auth.backend = \"plain\"\nauth.backend.plain.userfile = \"{}/users\"\n\
                  auth.require = (\"/git\" => (\"method\" => \"basic\", \"realm\" => \"git\", \"require\" => \"valid-user\"))\n",
                 state.display()
             )
         }
-        None => String::new(),
     };
     let tls_conf = match tls {
         Some((cert, key)) => format!(
