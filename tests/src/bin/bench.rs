@@ -8,7 +8,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -19,6 +18,7 @@ use gitfleet_shared::event::{EventKind, RequestedBy};
 use gitfleet_shared::job_result::JobStatus;
 use gitfleet_shared::loaders::{LoadInput, Registry, ScopeMode};
 use gitfleet_shared::yaml::Limits;
+use gitfleet_tests::{git, git_daemon, write_section};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -76,22 +76,6 @@ fn generate(dir: &Path) -> Result<usize> {
         )?;
     }
     Ok(CONTEXTS + SCHEMAS + TEMPLATES + JOB_MODULES + 2)
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
-    let status = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "bench")
-        .env("GIT_AUTHOR_EMAIL", "bench@example.net")
-        .env("GIT_COMMITTER_NAME", "bench")
-        .env("GIT_COMMITTER_EMAIL", "bench@example.net")
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("git {args:?} failed");
-    }
-    Ok(())
 }
 
 async fn wait(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<job_result::JobResultView> {
@@ -163,21 +147,7 @@ async fn main() -> Result<()> {
     let served = tmp.path().join("served");
     std::fs::create_dir_all(&served)?;
     git(tmp.path(), &["clone", "-q", "--bare", work.to_str().unwrap(), served.join("bench.git").to_str().unwrap()])?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut daemon = Command::new("git")
-        .args(["daemon", "--listen=127.0.0.1", &format!("--port={port}"), "--export-all", "--reuseaddr"])
-        .arg(format!("--base-path={}", served.display()))
-        .arg(&served)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("git daemon did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (mut daemon, port) = git_daemon(&served)?;
 
     let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let database = DatabaseSettings {
@@ -319,14 +289,7 @@ async fn main() -> Result<()> {
     writeln!(table, "<!-- /bench:data-types -->")?;
     print!("{table}");
     if let Some(path) = write_to {
-        let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".to_owned());
-        let updated = match (current.find("<!-- bench:data-types -->"), current.find("<!-- /bench:data-types -->")) {
-            (Some(a), Some(b)) => {
-                format!("{}{}{}", &current[..a], table.trim_end(), &current[b + "<!-- /bench:data-types -->".len()..])
-            }
-            _ => format!("{current}\n## Data types: load and sync\n\n{table}"),
-        };
-        std::fs::write(&path, updated)?;
+        write_section(&path, "data-types", "Data types: load and sync", &table)?;
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
 use gitfleet_producer::commands::{self, NewRepo};
 use gitfleet_shared::event::{EventKind, RequestedBy};
 use gitfleet_shared::repo::CommitId;
+use gitfleet_tests::{git, git_daemon, write_section};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -34,14 +35,6 @@ const NOOP_EVENTS: usize = 1000;
 /// The worker's default prefetch, used for the throughput and latency runs; the memory run uses 8.
 const PREFETCH: u16 = 4;
 const MEMORY_PREFETCH: u16 = 8;
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git").args(args).current_dir(dir).stderr(Stdio::piped()).output()?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
 
 fn context(repo: usize, file: usize, version: usize) -> String {
     format!(
@@ -282,14 +275,7 @@ async fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let served = tmp.path().join("served");
     std::fs::create_dir_all(&served)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut daemon = Command::new("git")
-        .args(["daemon", "--listen=127.0.0.1", &format!("--port={port}"), "--export-all", "--reuseaddr"])
-        .arg(format!("--base-path={}", served.display()))
-        .arg(&served)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (mut daemon, port) = git_daemon(&served)?;
 
     let mut rows = Vec::new();
     let mut peaks = Vec::new();
@@ -385,14 +371,7 @@ async fn main() -> Result<()> {
     writeln!(table, "<!-- /bench:fleet -->")?;
     print!("{table}");
     if let Some(path) = write_to {
-        let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".to_owned());
-        let updated = match (current.find("<!-- bench:fleet -->"), current.find("<!-- /bench:fleet -->")) {
-            (Some(a), Some(b)) => {
-                format!("{}{}{}", &current[..a], table.trim_end(), &current[b + "<!-- /bench:fleet -->".len()..])
-            }
-            _ => format!("{}\n\n## Fleet: events per second, latency and memory\n\n{}", current.trim_end(), table),
-        };
-        std::fs::write(&path, updated)?;
+        write_section(&path, "fleet", "Fleet: events per second, latency and memory", &table)?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use gitfleet_shared::repo::Branch;
+use gitfleet_tests::{git, git_daemon, write_section};
 use gitfleet_worker::git::Mirror;
 
 const FILES: usize = 5_000;
@@ -22,14 +23,6 @@ const COMMITS: usize = 500;
 const CHANGED_PER_COMMIT: usize = 10;
 const NEW_COMMITS: usize = 10;
 const RUNS: usize = 3;
-
-fn git(dir: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("git").args(args).current_dir(dir).stderr(Stdio::piped()).output()?;
-    if !out.status.success() {
-        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
 
 fn file_body(file: usize, version: usize) -> String {
     let mut body = format!("---\n_metadata:\n  name: context-{file}\n  weight: {}\n", 1000 + file % 7);
@@ -125,21 +118,7 @@ fn main() -> Result<()> {
         .sum();
     println!("generated {FILES} files, {} commits in {:.1} s", COMMITS + NEW_COMMITS, started.elapsed().as_secs_f64());
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut daemon = Command::new("git")
-        .args(["daemon", "--listen=127.0.0.1", &format!("--port={port}"), "--export-all", "--reuseaddr"])
-        .arg(format!("--base-path={}", served.display()))
-        .arg(&served)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("git daemon did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (mut daemon, port) = git_daemon(&served)?;
     let url = format!("git://127.0.0.1:{port}/big.git");
     let main = Branch::parse("main".to_owned())?;
 
@@ -221,14 +200,7 @@ fn main() -> Result<()> {
     writeln!(table, "<!-- /bench:git -->")?;
     print!("{table}");
     if let Some(path) = write_to {
-        let current = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Benchmarks\n\n".to_owned());
-        let updated = match (current.find("<!-- bench:git -->"), current.find("<!-- /bench:git -->")) {
-            (Some(a), Some(b)) => {
-                format!("{}{}{}", &current[..a], table.trim_end(), &current[b + "<!-- /bench:git -->".len()..])
-            }
-            _ => format!("{}\n\n## Git transport: git2 against the git command line\n\n{}", current.trim_end(), table),
-        };
-        std::fs::write(&path, updated)?;
+        write_section(&path, "git", "Git transport: git2 against the git command line", &table)?;
     }
     Ok(())
 }
