@@ -352,13 +352,24 @@ async fn main() -> Result<()> {
          coalesced: superseded by a newer queued event for the same repository, or already covered by a fetch that \
          began after they were made).\n"
     )?;
-    writeln!(table, "| workers | prefetch | load | events | events/s | p50 | p99 | fetched |")?;
-    writeln!(table, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(
+        table,
+        "| workers | prefetch | load | events | events/s | p50 | p99 | fetched | fetch-and-load syncs/s |"
+    )?;
+    writeln!(table, "|---|---|---|---|---|---|---|---|---|")?;
     for row in &rows {
         writeln!(
             table,
-            "| {} | {} | {} | {} | {:.0} | {:.0} ms | {:.0} ms | {} |",
-            row.workers, row.prefetch, row.what, row.events, row.rate, row.p50, row.p99, row.fetched
+            "| {} | {} | {} | {} | {:.0} | {:.0} ms | {:.0} ms | {} | {:.0} |",
+            row.workers,
+            row.prefetch,
+            row.what,
+            row.events,
+            row.rate,
+            row.p50,
+            row.p99,
+            row.fetched,
+            row.rate * row.fetched as f64 / row.events as f64
         )?;
     }
     let peak = peaks.iter().filter(|(p, _)| *p == MEMORY_PREFETCH).map(|(_, kib)| *kib).max().unwrap_or(0);
