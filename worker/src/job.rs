@@ -327,14 +327,16 @@ fn coalesce(
     None
 }
 
-/// What a sync applies: commit, definition version, provided types, inventory state, scope mode and loader version.
+/// What a sync applies: commit, definition version, provided types, inventory state, scope mode, loader version
+/// and where the files are stored (a new storage gets the live commit's files at the next sync).
 fn fingerprint(ctx: &JobContext, repo: &RepositoryRow, head: &str, inventory_stamp: &str) -> String {
     format!(
-        "{head}|v{}|{}|inventory {inventory_stamp}|{}|gitfleet {}",
+        "{head}|v{}|{}|inventory {inventory_stamp}|{}|gitfleet {}|storage {}",
         repo.version,
         repo.provided_contents.join(","),
         ctx.scope_mode_name(),
-        env!("CARGO_PKG_VERSION")
+        env!("CARGO_PKG_VERSION"),
+        ctx.storage.fingerprint()
     )
 }
 

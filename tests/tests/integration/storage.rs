@@ -378,3 +378,36 @@ async fn s3_credentials_from_the_environment_chain() -> Result<()> {
     assert!(message.to_lowercase().contains("credential"), "{message}");
     env.teardown().await
 }
+
+/// A worker that stores somewhere else re-stores the live commit at the next sync, even with nothing new in git.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_storage_gets_the_live_commit_at_the_next_sync() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let remote = Remote::new(env.tmp.path(), "moved")?;
+    let head =
+        remote.commit("one", &[("config_contexts/a.yaml", "---\n_metadata:\n  name: a\n  weight: 1\nv: 1\n")])?;
+    env.start_relay();
+    let (first, second) = (env.tmp.path().join("first"), env.tmp.path().join("second"));
+    let mut worker = env.spawn_worker_process("first", &[("GITFLEET_STORAGE_ROOT", first.display().to_string())])?;
+    let name = format!("Moved {}", env.id);
+    let new = NewRepo {
+        name: name.clone(),
+        remote_url: remote.file_url(),
+        provided_contents: vec!["extras.configcontext".into()],
+        ..NewRepo::default()
+    };
+    let view =
+        env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let slug = env.repo(view.repository_id.unwrap()).await?.slug;
+    let pointer = |root: &std::path::Path| root.join(format!("default/git/{slug}/current.json"));
+    assert!(pointer(&first).is_file());
+    worker.kill();
+
+    let _moved = env.spawn_worker_process("second", &[("GITFLEET_STORAGE_ROOT", second.display().to_string())])?;
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let current: Value = serde_json::from_slice(&std::fs::read(pointer(&second))?)?;
+    assert_eq!(current["commit"], head.as_str());
+    env.teardown().await
+}

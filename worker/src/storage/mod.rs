@@ -107,6 +107,15 @@ impl Storage {
         })
     }
 
+    /// Where files go, as one string: a sync whose commit is already applied still uploads when this changed.
+    pub fn fingerprint(&self) -> String {
+        self.stores()
+            .iter()
+            .map(|s| format!("{}:{}:{}", self.backend(s).describe(), s.location, s.upload_to))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// Every distinct store in use: the default and each override.
     pub fn stores(&self) -> Vec<StoreSettings> {
         let mut stores = vec![self.settings.default.clone()];
