@@ -42,7 +42,7 @@ echo "remote: file://$PWD/$STATE/remote.git"
 
 # A clean slate for the demo's own schema and queues.
 PGOPTIONS="-c client_min_messages=warning" psql -w -q -h 127.0.0.1 -U postgres -d gitfleet -c "DROP SCHEMA IF EXISTS demo CASCADE" >/dev/null
-for q in work delay dead; do rabbitmqctl -q -p gitfleet delete_queue "gitfleet-demo.$q" </dev/null >/dev/null 2>&1 || true; done
+for q in work delay deferred dead; do rabbitmqctl -q -p gitfleet delete_queue "gitfleet-demo.$q" </dev/null >/dev/null 2>&1 || true; done
 "$PRODUCER" migrate
 
 pids=()

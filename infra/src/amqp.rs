@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <prefix>.events (topic) --repo.#--> <prefix>.work (quorum, x-delivery-limit) --dead-letter--> <prefix>.dead
-//! <prefix>.delay (TTL) --expired, key repo.deferred--> <prefix>.events   deferred events come back after the delay
+//! <prefix>.deferred (quorum, TTL) --expired, at least once, key repo.deferred--> <prefix>.events
+//!     (deferred events come back after the delay)
 //! <prefix>.notifications (topic): repo.synced / repo.sync_failed / repo.deleted, published after commit
 //! ```
 
@@ -31,6 +32,9 @@ pub enum AmqpError {
     Lapin(#[from] lapin::Error),
     #[error("RabbitMQ refused the message (publisher confirm nack) on {exchange} with key {routing_key}")]
     Nacked { exchange: String, routing_key: String },
+    /// Published as mandatory and returned: no queue took it (during a broker restart, or a missing binding).
+    #[error("RabbitMQ routed the message on {exchange} with key {routing_key} to no queue")]
+    Unroutable { exchange: String, routing_key: String },
 }
 
 /// Names of every exchange and queue, derived from one prefix so tests and tenants can run side by side.
@@ -54,7 +58,8 @@ impl Topology {
             work: format!("{p}.work"),
             dead_exchange: format!("{p}.dead"),
             dead: format!("{p}.dead"),
-            delay: format!("{p}.delay"),
+            // `.deferred`, not `.delay`: the earlier classic delay queue cannot be redeclared as a quorum queue.
+            delay: format!("{p}.deferred"),
             notifications: format!("{p}.notifications"),
             delivery_limit: settings.delivery_limit,
             defer_delay_ms: settings.defer_delay_ms,
@@ -105,11 +110,16 @@ impl Topology {
             )
             .await?;
 
-        // Deferred events wait here and expire back into the events exchange with their original routing key.
+        // Deferred events wait here and expire back into the events exchange. A quorum queue with at-least-once
+        // dead-lettering: a classic queue's expiry is at-most-once and loses the event if the broker stops just then
+        // (the chaos test caught it).
         let mut delay = FieldTable::default();
+        delay.insert("x-queue-type".into(), long_string("quorum"));
         delay.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.defer_delay_ms)));
         delay.insert("x-dead-letter-exchange".into(), long_string(&self.events));
         delay.insert("x-dead-letter-routing-key".into(), long_string(DEFERRED_ROUTING_KEY));
+        delay.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+        delay.insert("x-overflow".into(), long_string("reject-publish"));
         channel.queue_declare(self.delay.as_str().into(), queue, delay).await?;
         Ok(())
     }
@@ -163,6 +173,8 @@ impl Publisher {
     }
 
     /// Publishes persistently and waits for the broker's confirm; a nack is an error.
+    /// Publishes a persistent, mandatory message and waits for its confirm. A confirm only counts when a queue took
+    /// the message: an unroutable one is acked by the broker too (and returned), which would lose it.
     pub async fn publish(
         &self,
         exchange: &str,
@@ -170,16 +182,40 @@ impl Publisher {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), AmqpError> {
+        self.publish_with(exchange, routing_key, payload, properties, true).await
+    }
+
+    /// The same for a message nobody has to receive (notifications): not mandatory.
+    pub async fn publish_optional(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), AmqpError> {
+        self.publish_with(exchange, routing_key, payload, properties, false).await
+    }
+
+    async fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<(), AmqpError> {
         let properties = properties.with_delivery_mode(2);
+        let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
         let confirm = self
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), BasicPublishOptions::default(), payload, properties)
+            .basic_publish(exchange.into(), routing_key.into(), options, payload, properties)
             .await?
             .await?;
-        if confirm.is_ack() {
-            Ok(())
-        } else {
-            Err(AmqpError::Nacked { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
+        let (exchange, routing_key) = (exchange.to_owned(), routing_key.to_owned());
+        match confirm {
+            lapin::Confirmation::Ack(None) | lapin::Confirmation::NotRequested => Ok(()),
+            lapin::Confirmation::Ack(Some(_)) => Err(AmqpError::Unroutable { exchange, routing_key }),
+            lapin::Confirmation::Nack(_) => Err(AmqpError::Nacked { exchange, routing_key }),
         }
     }
 }

@@ -181,8 +181,9 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
     if let Some((routing_key, body)) = notification {
         // After the commit (fixing Nautobot's h.7 race). Losing one is harmless: the database is the record.
         let properties = lapin::BasicProperties::default().with_content_type("application/json".into());
-        if let Err(err) =
-            publisher.publish(&ctx.topology.notifications, routing_key, body.to_string().as_bytes(), properties).await
+        if let Err(err) = publisher
+            .publish_optional(&ctx.topology.notifications, routing_key, body.to_string().as_bytes(), properties)
+            .await
         {
             tracing::warn!(error = %err, "could not publish the notification");
         }
