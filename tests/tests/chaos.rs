@@ -172,7 +172,7 @@ async fn chaos() -> Result<()> {
         })
     };
 
-    let mut pg_restarted_at = None;
+    let test_started = Utc::now();
     let mut restarts = Vec::new();
     let mut sent = Vec::new();
     let mut pushes = 0;
@@ -186,7 +186,6 @@ async fn chaos() -> Result<()> {
         }
         if i == 2 * events / 3 {
             eprintln!("chaos: restarting PostgreSQL");
-            pg_restarted_at = Some(Utc::now());
             restarts.push(tokio::spawn(restart("restart-postgres")));
         }
         let r = rng.below(repos.len());
@@ -319,7 +318,10 @@ async fn chaos() -> Result<()> {
     let all_records: i64 = client.query_one("SELECT count(*) FROM config_context", &[]).await?.get(0);
     let duplicates = all_records - orphans - expected_total;
 
-    // Lock holdings: no overlap per repository.
+    // Lock holdings: no overlap per repository. PostgreSQL's own start time says when the restart cut every
+    // connection (and so every lock) it held.
+    let pg_started: DateTime<Utc> = client.query_one("SELECT pg_postmaster_start_time()", &[]).await?.get(0);
+    let pg_restarted_at = Some(pg_started).filter(|t| *t > test_started);
     let kills = kills.lock().await.clone();
     let holdings: Vec<Holding> = client
         .query("SELECT repository_id, worker, acquired_at, released_at FROM sync_lock_log ORDER BY repository_id, acquired_at", &[])
