@@ -11,7 +11,7 @@ use gitfleet_shared::event::RequestedBy;
 use gitfleet_worker::storage::{Storage, StorageSettings};
 use serde_json::Value;
 
-use crate::support::git::{Remote, switch_proxy};
+use crate::support::git::{Remote, counting_http_proxy, switch_proxy};
 use crate::support::{TestEnv, assert_log};
 
 fn s3_port() -> u16 {
@@ -78,7 +78,12 @@ async fn keys(storage: &Storage, bucket_store: usize) -> Result<BTreeSet<String>
 }
 
 /// The same assertions on either backend: layout, digests, a one-file change, delete and gc. Returns the slug.
-async fn layout_and_increments(env: &mut TestEnv, settings: StorageSettings) -> Result<(String, Storage)> {
+/// `requests`: what the S3 server was sent (through a counting proxy), for the request count of the second sync.
+async fn layout_and_increments(
+    env: &mut TestEnv,
+    settings: StorageSettings,
+    requests: Option<&std::sync::Mutex<Vec<String>>>,
+) -> Result<(String, Storage)> {
     env.storage = settings.clone();
     let storage = Storage::new(settings).await;
     let remote = data_remote(env)?;
@@ -136,6 +141,9 @@ async fn layout_and_increments(env: &mut TestEnv, settings: StorageSettings) -> 
     assert_eq!(manifest["files"].as_array().unwrap().len(), 3);
 
     // One file changed: exactly one new blob, plus the new commit's manifest and artifact and the report.
+    if let Some(requests) = requests {
+        requests.lock().unwrap().clear();
+    }
     let second = remote.commit(
         "dns moves",
         &[("config_contexts/dns.yaml", "---\n_metadata:\n  name: dns\n  weight: 100\ndns: [10.0.0.54]\n")],
@@ -205,8 +213,10 @@ async fn s3_layout_increments_acls_multipart_delete_and_gc() -> Result<()> {
     let client = raw_client(&env).await?;
     let (bucket, jobs_bucket) = (format!("gf-{}", env.id), format!("gf-{}-jobs", env.id));
     create_buckets(&client, &[&bucket, &jobs_bucket]).await?;
-    let settings = s3_settings(&env, s3_port(), &bucket, &jobs_bucket)?;
-    let (slug, storage) = layout_and_increments(&mut env, settings).await?;
+    // The workers reach S3 through a proxy that records every request.
+    let (port, requests, proxy) = counting_http_proxy(s3_port()).await?;
+    let settings = s3_settings(&env, port, &bucket, &jobs_bucket)?;
+    let (slug, storage) = layout_and_increments(&mut env, settings, Some(&requests)).await?;
 
     // ACLs as sent: public-read on the default bucket, private in the jobs bucket.
     let default_blob = keys(&storage, 0).await?.into_iter().find(|k| k.contains("/blobs/")).unwrap();
@@ -226,6 +236,7 @@ async fn s3_layout_increments_acls_multipart_delete_and_gc() -> Result<()> {
     }
     assert_eq!(multipart, 1);
     delete_and_gc(&env, &storage, &slug).await?;
+    proxy.abort();
     env.teardown().await
 }
 
@@ -238,7 +249,7 @@ async fn filesystem_backend_has_the_same_layout() -> Result<()> {
         ("GITFLEET_STORAGE_ROOT", root.display().to_string()),
         ("GITFLEET_STORAGES", r#"{"extras.job": {"bucket_name": "jobs", "upload_to": "software_images"}}"#.to_owned()),
     ]))?;
-    let (slug, storage) = layout_and_increments(&mut env, settings).await?;
+    let (slug, storage) = layout_and_increments(&mut env, settings, None).await?;
     assert!(root.join(format!("default/nautobot/git/{slug}/current.json")).is_file());
     assert!(
         root.join(format!("jobs/nautobot/software_images/{slug}/current.json")).is_file(),

@@ -346,3 +346,92 @@ pub async fn switch_proxy(
     });
     Ok((port, down, handle))
 }
+
+/// A loopback HTTP/1.1 proxy to `upstream` that records each request it passes on as `"METHOD /path"` (bodies by
+/// Content-Length or chunked encoding), so a test can count what a client really sent to a server.
+pub async fn counting_http_proxy(
+    upstream: u16,
+) -> Result<(u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>, tokio::task::JoinHandle<()>)> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let handle = tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else { return };
+                let (client_read, mut client_write) = inbound.into_split();
+                let (mut server_read, mut server_write) = outbound.into_split();
+                let answers = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                });
+                let mut reader = BufReader::new(client_read);
+                // One request per turn: request line, headers, then the body as the headers describe it.
+                let requests = async {
+                    loop {
+                        let mut head = String::new();
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).await? == 0 {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        let request = line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+                        head.push_str(&line);
+                        let (mut length, mut chunked) = (0usize, false);
+                        loop {
+                            line.clear();
+                            reader.read_line(&mut line).await?;
+                            head.push_str(&line);
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap_or(0);
+                            }
+                            if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                                chunked = true;
+                            }
+                            if line == "\r\n" || line.is_empty() {
+                                break;
+                            }
+                        }
+                        server_write.write_all(head.as_bytes()).await?;
+                        if chunked {
+                            loop {
+                                line.clear();
+                                reader.read_line(&mut line).await?;
+                                server_write.write_all(line.as_bytes()).await?;
+                                let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                                    .unwrap_or(0);
+                                if size == 0 {
+                                    // Trailers up to the empty line.
+                                    loop {
+                                        line.clear();
+                                        reader.read_line(&mut line).await?;
+                                        server_write.write_all(line.as_bytes()).await?;
+                                        if line == "\r\n" || line.is_empty() {
+                                            break;
+                                        }
+                                    }
+                                    break;
+                                }
+                                let mut chunk = vec![0; size + 2];
+                                reader.read_exact(&mut chunk).await?;
+                                server_write.write_all(&chunk).await?;
+                            }
+                        } else if length > 0 {
+                            let mut body = vec![0; length];
+                            reader.read_exact(&mut body).await?;
+                            server_write.write_all(&body).await?;
+                        }
+                        if let Ok(mut log) = log.lock() {
+                            log.push(request);
+                        }
+                    }
+                };
+                let _ = requests.await;
+                answers.abort();
+            });
+        }
+    });
+    Ok((port, seen, handle))
+}
