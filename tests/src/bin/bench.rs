@@ -2,7 +2,8 @@
 //!
 //! A generated repository of 10,000 config context files, 1,000 schemas, 500 export templates and 200 job modules:
 //! (1) the loaders alone, on one thread, in files per second; (2) a full sync of it through a real worker (fetch
-//! from a loopback `git daemon`, load, reconcile into PostgreSQL), publish to SUCCESS; (3) a re-sync of the same
+//! from a loopback `git daemon`, load, store the files in the filesystem storage, reconcile into PostgreSQL),
+//! publish to SUCCESS; (3) a re-sync of the same
 //! commit. Prints a Markdown table and, with `--write FILE`, replaces the matching section of that file.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -272,7 +273,7 @@ async fn main() -> Result<()> {
     )?;
     writeln!(
         table,
-        "| full sync: publish to SUCCESS (git:// fetch, load, reconcile) | {:.2} s | < 10 s |",
+        "| full sync: publish to SUCCESS (git:// fetch, load, store the files, reconcile) | {:.2} s | < 10 s |",
         full_sync.as_secs_f64()
     )?;
     writeln!(
