@@ -3,8 +3,8 @@
 //! A generated repository of 10,000 config context files, 1,000 schemas, 500 export templates and 200 job modules:
 //! (1) the loaders alone, on one thread, in files per second; (2) a full sync of it through a real worker (fetch
 //! from a loopback `git daemon`, load, store the files in the filesystem storage, reconcile into PostgreSQL),
-//! publish to SUCCESS; (3) a re-sync of the same commit. Prints a Markdown table and, with `--write FILE`, replaces the matching
-//! section of that file.
+//! publish to SUCCESS; (3) a re-sync of the same commit. Prints a Markdown table and, with `--write FILE`,
+//! replaces the matching section of that file.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::fmt::Write as _;
