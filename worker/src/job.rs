@@ -193,6 +193,12 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
 
 type Notification = Option<(&'static str, serde_json::Value)>;
 
+/// The `repo.sync_failed` notification of a failed sync.
+fn sync_failed(repo: &RepositoryRow, event: &Event) -> Notification {
+    let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
+    Some(("repo.sync_failed", body))
+}
+
 async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Result<Notification, TransientError> {
     let started = job_result::start(&***lock.client(), event.event_id, &ctx.worker_name).await?;
     if let StartOutcome::AlreadyTerminal(status) = started {
@@ -515,8 +521,7 @@ async fn sync(
             log.write(LogEntry::error(grouping::ENSURE, &failure.message)).await?;
             log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted.")).await?;
             fail(lock, event.event_id, failure.exc_type, &failure.message).await?;
-            let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
-            return Ok(Some(("repo.sync_failed", body)));
+            return Ok(sync_failed(&repo, event));
         }
     };
 
@@ -569,8 +574,7 @@ async fn sync(
                 log.write(LogEntry::error(grouping::MAIN, &message)).await?;
                 log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted.")).await?;
                 fail(lock, event.event_id, "StorageError", &message).await?;
-                let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
-                return Ok(Some(("repo.sync_failed", body)));
+                return Ok(sync_failed(&repo, event));
             }
         }
     };
@@ -585,8 +589,7 @@ async fn sync(
         log.write(summary(name, true)).await?;
         log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted.")).await?;
         fail(lock, event.event_id, "RuntimeError", &message).await?;
-        let body = json!({ "repository_id": repo.id, "slug": repo.slug, "job_result_id": event.event_id });
-        return Ok(Some(("repo.sync_failed", body)));
+        return Ok(sync_failed(&repo, event));
     }
     log.write(summary(name, false)).await?;
     log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
@@ -610,7 +613,7 @@ async fn sync(
             let message = format!("Could not store the files of {name}: {err}");
             log.write(LogEntry::error(grouping::MAIN, &message)).await?;
             fail(lock, event.event_id, "StorageError", &message).await?;
-            return Ok(None);
+            return Ok(sync_failed(&repo, event));
         }
     };
     // The records, the new head and the JobResult's end commit together or not at all.

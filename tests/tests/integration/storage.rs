@@ -68,6 +68,22 @@ fn data_remote(env: &TestEnv) -> Result<Remote> {
     Ok(remote)
 }
 
+/// Creates a repository on `remote` providing `provided` and waits for its first sync.
+async fn create_and_wait(
+    env: &TestEnv,
+    name: &str,
+    remote: &Remote,
+    provided: Vec<String>,
+) -> Result<gitfleet_infra::store::job_result::JobResultView> {
+    let new = NewRepo {
+        name: name.to_owned(),
+        remote_url: remote.file_url(),
+        provided_contents: provided,
+        ..NewRepo::default()
+    };
+    env.wait_job(crate::support::accepted(commands::create(&env.pool, new, RequestedBy::cli()).await?)?).await
+}
+
 fn provided() -> Vec<String> {
     ["extras.configcontext", "extras.exporttemplate", "extras.job"].map(str::to_owned).to_vec()
 }
@@ -89,14 +105,7 @@ async fn layout_and_increments(
     let remote = data_remote(env)?;
     env.start_fleet(1);
     let name = format!("Stored {}", env.id);
-    let new = NewRepo {
-        name: name.clone(),
-        remote_url: remote.file_url(),
-        provided_contents: provided(),
-        ..NewRepo::default()
-    };
-    let view =
-        env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+    let view = create_and_wait(env, &name, &remote, provided()).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     let result = view.result.clone().unwrap();
     let head = result["current_head"].as_str().unwrap().to_owned();
@@ -277,14 +286,7 @@ async fn s3_outage_keeps_the_last_good_state_and_retention_keeps_objects() -> Re
         remote.commit("one", &[("config_contexts/a.yaml", "---\n_metadata:\n  name: a\n  weight: 1\nv: 1\n")])?;
     env.start_fleet(1);
     let name = format!("Outage {}", env.id);
-    let new = NewRepo {
-        name: name.clone(),
-        remote_url: remote.file_url(),
-        provided_contents: vec!["extras.configcontext".into()],
-        ..NewRepo::default()
-    };
-    let view =
-        env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+    let view = create_and_wait(&env, &name, &remote, vec!["extras.configcontext".into()]).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     let slug = env.repo(view.repository_id.unwrap()).await?.slug;
     let pointer = format!("nautobot/git/{slug}/current.json");
@@ -368,14 +370,7 @@ async fn s3_credentials_from_the_environment_chain() -> Result<()> {
     };
     let mut worker = env.spawn_worker_process("chain", &common(true))?;
     let name = format!("Chain {}", env.id);
-    let new = NewRepo {
-        name: name.clone(),
-        remote_url: remote.file_url(),
-        provided_contents: vec!["extras.configcontext".into()],
-        ..NewRepo::default()
-    };
-    let view =
-        env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+    let view = create_and_wait(&env, &name, &remote, vec!["extras.configcontext".into()]).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     let slug = env.repo(view.repository_id.unwrap()).await?.slug;
     client.head_object().bucket(&bucket).key(format!("git/{slug}/current.json")).send().await?;
@@ -401,14 +396,7 @@ async fn a_new_storage_gets_the_live_commit_at_the_next_sync() -> Result<()> {
     let (first, second) = (env.tmp.path().join("first"), env.tmp.path().join("second"));
     let mut worker = env.spawn_worker_process("first", &[("GITFLEET_STORAGE_ROOT", first.display().to_string())])?;
     let name = format!("Moved {}", env.id);
-    let new = NewRepo {
-        name: name.clone(),
-        remote_url: remote.file_url(),
-        provided_contents: vec!["extras.configcontext".into()],
-        ..NewRepo::default()
-    };
-    let view =
-        env.wait_job(commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap()).await?;
+    let view = create_and_wait(&env, &name, &remote, vec!["extras.configcontext".into()]).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     let slug = env.repo(view.repository_id.unwrap()).await?.slug;
     let pointer = |root: &std::path::Path| root.join(format!("default/git/{slug}/current.json"));
