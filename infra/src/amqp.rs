@@ -4,6 +4,8 @@
 //! <prefix>.events (topic) --repo.#--> <prefix>.work (quorum, x-delivery-limit) --dead-letter--> <prefix>.dead
 //! <prefix>.deferred (quorum, TTL) --expired, at least once, key repo.deferred--> <prefix>.events
 //!     (deferred events come back after the delay)
+//! <prefix>.retry.<N>s (quorum, TTL N s, one per delay of the retry schedule) --expired--> <prefix>.events
+//!     (events that met a transient fault come back for their next try)
 //! <prefix>.notifications (topic): repo.synced / repo.sync_failed / repo.deleted, published after commit
 //! ```
 
@@ -48,6 +50,8 @@ pub struct Topology {
     pub notifications: String,
     pub delivery_limit: u32,
     pub defer_delay_ms: u32,
+    /// Retry schedule after transient faults, in seconds: the n-th retry waits `retry_delays[n - 1]`.
+    pub retry_delays: Vec<u32>,
 }
 
 impl Topology {
@@ -63,7 +67,14 @@ impl Topology {
             notifications: format!("{p}.notifications"),
             delivery_limit: settings.delivery_limit,
             defer_delay_ms: settings.defer_delay_ms,
+            retry_delays: settings.retry_delays.clone(),
         }
+    }
+
+    /// The queue where an event waits `seconds` before its next try (one queue per delay: a queue's messages expire
+    /// in order, so a long wait must never sit in front of a short one).
+    pub fn retry_queue(&self, seconds: u32) -> String {
+        format!("{}.retry.{seconds}s", self.events.trim_end_matches(".events"))
     }
 
     /// Declares everything (idempotent; both the producer and the worker call it at start-up).
@@ -121,6 +132,21 @@ impl Topology {
         delay.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
         delay.insert("x-overflow".into(), long_string("reject-publish"));
         channel.queue_declare(self.delay.as_str().into(), queue, delay).await?;
+
+        // Retry queues, the same kind of queue with the schedule's delays.
+        let mut delays = self.retry_delays.clone();
+        delays.sort_unstable();
+        delays.dedup();
+        for seconds in delays {
+            let mut retry = FieldTable::default();
+            retry.insert("x-queue-type".into(), long_string("quorum"));
+            retry.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(seconds) * 1000));
+            retry.insert("x-dead-letter-exchange".into(), long_string(&self.events));
+            retry.insert("x-dead-letter-routing-key".into(), long_string(DEFERRED_ROUTING_KEY));
+            retry.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+            retry.insert("x-overflow".into(), long_string("reject-publish"));
+            channel.queue_declare(self.retry_queue(seconds).as_str().into(), queue, retry).await?;
+        }
         Ok(())
     }
 }

@@ -63,4 +63,15 @@ pub struct AmqpSettings {
     /// How long a deferred event waits in the delay queue before it is delivered again, in milliseconds.
     #[arg(long = "defer-delay-ms", env = "GITFLEET_DEFER_DELAY_MS", default_value_t = 500)]
     pub defer_delay_ms: u32,
+    /// Seconds an event waits before each new try after a transient fault (a remote, storage or the database out
+    /// of reach), comma separated: one retry per entry, each through a delay queue (no worker slot is held), then
+    /// the event is dead-lettered. The default spreads 6 retries over about 9 minutes.
+    #[arg(
+        long = "retry-delays",
+        env = "GITFLEET_RETRY_DELAYS",
+        value_delimiter = ',',
+        default_value = "5,10,30,60,120,300",
+        value_parser = clap::value_parser!(u32).range(1..=86_400)
+    )]
+    pub retry_delays: Vec<u32>,
 }

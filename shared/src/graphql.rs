@@ -245,7 +245,13 @@ struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     variables: Map<String, Value>,
+    /// Open selection sets, lists, objects and list types: bounded, so no query can exhaust the stack.
+    depth: usize,
 }
+
+/// Deepest nesting of selection sets, values and types a query may have. graphql-core has no limit of its own but
+/// runs out of Python's recursion limit near this depth; a query this deep is not a real query.
+pub const MAX_DEPTH: usize = 200;
 
 type Result<T> = std::result::Result<T, SyntaxError>;
 
@@ -287,6 +293,16 @@ impl Parser {
             let token = self.peek().clone();
             Err(self.error(&token, format!("Expected '{p}', found {}.", token.describe())))
         }
+    }
+
+    /// Enters one level of nesting; refused past [`MAX_DEPTH`].
+    fn enter(&mut self) -> Result<()> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            let token = self.peek().clone();
+            return Err(self.error(&token, format!("Query nests deeper than {MAX_DEPTH} levels.")));
+        }
+        Ok(())
     }
 
     fn name(&mut self) -> Result<String> {
@@ -380,7 +396,9 @@ impl Parser {
     fn type_ref(&mut self) -> Result<()> {
         if self.at("[") {
             self.advance();
+            self.enter()?;
             self.type_ref()?;
+            self.depth -= 1;
             self.expect("]")?;
         } else {
             self.name()?;
@@ -417,10 +435,12 @@ impl Parser {
 
     fn selection_set(&mut self) -> Result<()> {
         self.expect("{")?;
+        self.enter()?;
         loop {
             self.selection()?;
             if self.at("}") {
                 self.advance();
+                self.depth -= 1;
                 return Ok(());
             }
         }
@@ -457,6 +477,13 @@ impl Parser {
     }
 
     fn value(&mut self, constant: bool) -> Result<()> {
+        self.enter()?;
+        let value = self.value_inner(constant);
+        self.depth -= 1;
+        value
+    }
+
+    fn value_inner(&mut self, constant: bool) -> Result<()> {
         let token = self.peek().clone();
         match &token.kind {
             Kind::Punct("[") => {
@@ -500,7 +527,7 @@ impl Parser {
 
 /// Parses a query document; returns its variables (name -> default) or the first syntax error.
 pub fn parse_query(source: &str) -> std::result::Result<Map<String, Value>, SyntaxError> {
-    let mut parser = Parser { tokens: lex(source)?, pos: 0, variables: Map::new() };
+    let mut parser = Parser { tokens: lex(source)?, pos: 0, variables: Map::new(), depth: 0 };
     parser.document()?;
     Ok(parser.variables)
 }
@@ -536,6 +563,19 @@ mod tests {
         let vars = parse_query(q).unwrap();
         assert_eq!(Value::Object(vars), json!({"device": "edge-1", "limit": "5", "tags": "", "on": ""}));
         assert!(parse_query("{ devices { name } }").unwrap().is_empty());
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = format!("query {{ {} b {} }}", "a { ".repeat(50_000), "} ".repeat(50_000));
+        let err = parse_query(&deep).unwrap_err();
+        assert_eq!(err.message, format!("Query nests deeper than {MAX_DEPTH} levels."));
+        let deep_value = format!("query {{ a(x: {}1{}) }}", "[".repeat(50_000), "]".repeat(50_000));
+        assert!(parse_query(&deep_value).unwrap_err().message.contains("nests deeper"));
+        let deep_type = format!("query q($v: {}Int{}) {{ a }}", "[".repeat(50_000), "]".repeat(50_000));
+        assert!(parse_query(&deep_type).unwrap_err().message.contains("nests deeper"));
+        let fine = format!("query {{ {} b {} }}", "a { ".repeat(100), "} ".repeat(100));
+        assert!(parse_query(&fine).is_ok());
     }
 
     #[test]

@@ -23,11 +23,23 @@ pub struct Limits {
     pub max_nodes: usize,
     /// Deepest nesting of sequences and mappings.
     pub max_depth: usize,
+    /// Most bytes of keys and scalars a document may expand to once aliases are followed (a 1 MiB string aliased a
+    /// thousand times is 1 GiB in memory, though the file is 1 MiB).
+    pub max_expanded_bytes: usize,
+    /// Largest JSON a parsed document may serialize to: a stored record (context data, a schema) is part of one
+    /// document, so none reaches the database larger than this.
+    pub max_record_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_bytes: 10 * 1024 * 1024, max_nodes: 1_000_000, max_depth: 256 }
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            max_nodes: 1_000_000,
+            max_depth: 256,
+            max_expanded_bytes: 64 * 1024 * 1024,
+            max_record_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -46,6 +58,10 @@ pub enum YamlError {
     UndefinedAlias { line: usize },
     #[error("document expands to more than {0} values once aliases are followed (an alias bomb?)")]
     TooManyNodes(usize),
+    #[error("document expands to more than {0} bytes once aliases are followed (an alias bomb?)")]
+    TooManyBytes(usize),
+    #[error("document is {size} bytes as JSON, over the limit of {limit} bytes for one record")]
+    RecordTooLarge { size: usize, limit: usize },
     #[error("document nests deeper than {0} levels")]
     TooDeep(usize),
     #[error("recursive alias: a node refers to itself, which JSON cannot hold")]
@@ -73,8 +89,33 @@ pub fn load(bytes: &[u8], limits: &Limits) -> Result<Value, YamlError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut composer = Composer::default();
     let Some(root) = composer.compose(text)? else { return Ok(Value::Null) };
-    let mut builder = Builder { nodes: &composer.nodes, limits, count: 0, active: vec![false; composer.nodes.len()] };
-    builder.value(root, 0)
+    let mut builder =
+        Builder { nodes: &composer.nodes, limits, count: 0, bytes: 0, active: vec![false; composer.nodes.len()] };
+    let value = builder.value(root, 0)?;
+    drop(composer);
+    let size = json_size(&value);
+    if size > limits.max_record_bytes {
+        return Err(YamlError::RecordTooLarge { size, limit: limits.max_record_bytes });
+    }
+    Ok(value)
+}
+
+/// The length of a value's compact JSON text, counted without building it.
+pub fn json_size(value: &Value) -> usize {
+    struct Counter(usize);
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter(0);
+    // Writing a `Value` into a counter cannot fail.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }
 
 /// A node of the composed document; aliases point at the anchored node's index.
@@ -181,6 +222,8 @@ struct Builder<'a> {
     nodes: &'a [Node],
     limits: &'a Limits,
     count: usize,
+    /// Bytes of scalars and keys built so far, aliases expanded.
+    bytes: usize,
     active: Vec<bool>,
 }
 
@@ -208,6 +251,10 @@ impl Builder<'_> {
         }
         if depth > self.limits.max_depth {
             return Err(YamlError::TooDeep(self.limits.max_depth));
+        }
+        if let Node::Scalar { value, .. } = &self.nodes[id] {
+            // Counted before the value is copied, so an aliased string costs nothing past the budget.
+            self.spend(value.len())?;
         }
         match &self.nodes[id] {
             Node::Alias(target) => {
@@ -290,9 +337,21 @@ impl Builder<'_> {
         matches!(&self.nodes[id], Node::Scalar { value, style: ScalarStyle::Plain, tag: None } if value == "<<")
     }
 
+    fn spend(&mut self, bytes: usize) -> Result<(), YamlError> {
+        // Each value costs at least a few bytes of JSON (separators, `null`).
+        self.bytes = self.bytes.saturating_add(bytes + 4);
+        if self.bytes > self.limits.max_expanded_bytes {
+            return Err(YamlError::TooManyBytes(self.limits.max_expanded_bytes));
+        }
+        Ok(())
+    }
+
     /// A mapping key as Python's `json.dumps` writes it.
     fn key(&mut self, id: usize) -> Result<String, YamlError> {
         let id = self.resolve(id);
+        if let Node::Scalar { value, .. } = &self.nodes[id] {
+            self.spend(value.len())?;
+        }
         match &self.nodes[id] {
             Node::Sequence { .. } => Err(YamlError::UnhashableKey("list")),
             Node::Mapping { .. } => Err(YamlError::UnhashableKey("dict")),
@@ -663,6 +722,21 @@ mod tests {
             ));
         }
         assert_eq!(err(&text), YamlError::TooManyNodes(Limits::default().max_nodes));
+    }
+
+    #[test]
+    fn aliased_strings_are_budgeted_by_bytes() {
+        // A 1 MiB string aliased 9 x 9 x 9 times: few nodes, hundreds of MiB once expanded.
+        let mut text = format!("s: &s \"{}\"\n", "x".repeat(1 << 20));
+        text.push_str("a: &a [*s, *s, *s, *s, *s, *s, *s, *s, *s]\n");
+        text.push_str("b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n");
+        text.push_str("c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n");
+        let limits = Limits::default();
+        assert_eq!(load(text.as_bytes(), &limits).unwrap_err(), YamlError::TooManyBytes(limits.max_expanded_bytes));
+        // A document within the byte budget but over the record limit is refused too.
+        let small = Limits { max_record_bytes: 1024, ..Limits::default() };
+        let text = format!("a: \"{}\"\n", "x".repeat(2000));
+        assert_eq!(load(text.as_bytes(), &small).unwrap_err(), YamlError::RecordTooLarge { size: 2008, limit: 1024 });
     }
 
     #[test]

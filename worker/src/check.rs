@@ -35,6 +35,13 @@ pub struct CheckArgs {
     /// Largest data file read, in bytes.
     #[arg(long, default_value_t = Limits::default().max_bytes)]
     pub max_file_bytes: usize,
+    /// Most bytes one YAML or JSON document may expand to once aliases are followed (as the worker's
+    /// `GITFLEET_MAX_DOCUMENT_BYTES`).
+    #[arg(long, default_value_t = Limits::default().max_expanded_bytes)]
+    pub max_document_bytes: usize,
+    /// Largest record, in bytes of JSON (as the worker's `GITFLEET_MAX_RECORD_BYTES`).
+    #[arg(long, default_value_t = Limits::default().max_record_bytes)]
+    pub max_record_bytes: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
@@ -191,7 +198,12 @@ pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<i32> {
         anyhow::bail!("unknown data type '{unknown}' (see `worker data-types`)");
     }
     let mode = if args.scope_mode == Mode::Lenient { ScopeMode::Lenient } else { ScopeMode::Strict };
-    let limits = Limits { max_bytes: args.max_file_bytes, ..Limits::default() };
+    let limits = Limits {
+        max_bytes: args.max_file_bytes,
+        max_expanded_bytes: args.max_document_bytes,
+        max_record_bytes: args.max_record_bytes,
+        ..Limits::default()
+    };
     let slug = slugify_dashes_to_underscores(&name);
     let report = check_tree(&tree, &registry, &name, &slug, args.provides, inventory.as_ref(), mode, limits);
     match args.format {

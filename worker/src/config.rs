@@ -29,6 +29,14 @@ pub struct WorkerSettings {
     /// Largest data file a sync reads, in bytes; a larger one is an error naming the file.
     #[arg(long, env = "GITFLEET_MAX_FILE_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_bytes)]
     pub max_file_bytes: usize,
+    /// Most bytes of keys and values one YAML or JSON document may expand to once anchors and aliases are followed;
+    /// past it the file is an error (an alias bomb), in bounded memory.
+    #[arg(long, env = "GITFLEET_MAX_DOCUMENT_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_expanded_bytes)]
+    pub max_document_bytes: usize,
+    /// Largest record a sync stores, in bytes of JSON (a context's data, a schema): a larger one is an error naming
+    /// the file, before anything reaches the database.
+    #[arg(long, env = "GITFLEET_MAX_RECORD_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_record_bytes)]
+    pub max_record_bytes: usize,
     /// Default limit for each git operation, in seconds (a repository's `--git-timeout` overrides it). Also the
     /// connect and read timeout of every git connection.
     #[arg(long, env = "GITFLEET_GIT_TIMEOUT_SECS", default_value_t = 300)]
@@ -111,7 +119,12 @@ impl WorkerSettings {
     }
 
     pub fn limits(&self) -> gitfleet_shared::yaml::Limits {
-        gitfleet_shared::yaml::Limits { max_bytes: self.max_file_bytes, ..Default::default() }
+        gitfleet_shared::yaml::Limits {
+            max_bytes: self.max_file_bytes,
+            max_expanded_bytes: self.max_document_bytes,
+            max_record_bytes: self.max_record_bytes,
+            ..Default::default()
+        }
     }
 
     pub fn git_root(&self) -> PathBuf {

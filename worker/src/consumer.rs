@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use gitfleet_infra::amqp::{self, Publisher, REJECT_REASON_HEADER, Topology};
 use gitfleet_shared::event::Event;
 use lapin::BasicProperties;
@@ -184,9 +184,32 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
     outcome
 }
 
-/// Handles one delivery and settles it exactly once. Transient faults are tried `tries` times in all (backoff with
-/// jitter); then the event goes back to the queue, whose delivery limit dead-letters it if they persist.
+/// Header counting the retries an event has had after transient faults.
+const RETRY_HEADER: &str = "x-gitfleet-retry";
+/// Header with the time (milliseconds since the epoch) of the first transient fault of an event.
+const FIRST_FAILURE_HEADER: &str = "x-gitfleet-first-failure";
+
+/// Handles one delivery and settles it exactly once, whatever happens while handling it (a panic included).
 async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tries: usize) {
+    let (data, properties, acker) = (delivery.data.clone(), delivery.properties.clone(), delivery.acker.clone());
+    let routing_key = delivery.routing_key.to_string();
+    let handled = std::panic::AssertUnwindSafe(process_event(ctx, publisher, delivery, tries)).catch_unwind().await;
+    if let Err(panic) = handled {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(panic = %what, "handling an event panicked: dead-lettering it");
+        let reason = format!("the worker failed unexpectedly while handling this event ({what})");
+        dead_letter_parts(ctx, publisher, &data, properties, &routing_key, &acker, &reason).await;
+    }
+}
+
+/// Transient faults are tried `tries` times in all inside the delivery (backoff with jitter); then the event waits
+/// in a retry queue for the schedule's next delay and comes back, until the schedule is spent and it is
+/// dead-lettered. A failing remote or store never holds a worker slot while it waits.
+async fn process_event(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tries: usize) {
     let event = match Event::decode(&delivery.data) {
         Ok(event) => event,
         Err(err) => {
@@ -196,6 +219,19 @@ async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tr
     };
     let span =
         tracing::info_span!("event", event_id = %event.event_id, kind = %event.kind, repo = %event.repository.slug);
+    if delivery.redelivered && never_started(ctx, &event).await {
+        // Handed back because the worker that held it stopped (a crash, a lost connection) before it ran: send it
+        // again as a new message, so the work queue's delivery limit counts only the event that was running.
+        let fresh = publisher.publish("", &ctx.topology.work, &delivery.data, delivery.properties.clone()).await;
+        match fresh {
+            Ok(()) => {
+                tracing::info!(parent: &span, "redelivered event that never ran: queued afresh");
+                ack(&delivery).await;
+                return;
+            }
+            Err(err) => tracing::warn!(parent: &span, error = %err, "could not queue the event afresh; running it"),
+        }
+    }
     let handled = (|| job::handle(ctx, publisher, &event))
         .retry(gitfleet_infra::retry::transient(tries))
         .notify(
@@ -206,20 +242,81 @@ async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tr
     match handled {
         Ok(Disposition::Ack) => ack(&delivery).await,
         Ok(Disposition::Defer) => defer(ctx, publisher, delivery).await,
+        Err(err) => retry_later(ctx, publisher, delivery, &event, &err.to_string(), &span).await,
+    }
+}
+
+/// Whether the event's JobResult is waiting, not running or ended (so a redelivery of it is not its fault).
+async fn never_started(ctx: &JobContext, event: &Event) -> bool {
+    let Ok(client) = ctx.pool.get().await else { return false };
+    matches!(
+        gitfleet_infra::store::job_result::status(&**client, event.event_id).await,
+        Ok(Some(gitfleet_shared::job_result::JobStatus::Pending))
+    )
+}
+
+/// Sends an event that met a transient fault to the retry queue of its next delay, or dead-letters it when the
+/// schedule is spent.
+async fn retry_later(
+    ctx: &JobContext,
+    publisher: &Publisher,
+    delivery: Delivery,
+    event: &Event,
+    error: &str,
+    span: &tracing::Span,
+) {
+    let error = gitfleet_shared::sanitize::sanitize(error);
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let retries = header_u64(&headers, RETRY_HEADER).unwrap_or(0);
+    let now = chrono::Utc::now().timestamp_millis();
+    let first = header_u64(&headers, FIRST_FAILURE_HEADER).and_then(|t| i64::try_from(t).ok()).unwrap_or(now);
+    let schedule = &ctx.topology.retry_delays;
+    let Some(&delay) = usize::try_from(retries).ok().and_then(|n| schedule.get(n)) else {
+        let waited = gitfleet_shared::job_result::format_duration(std::time::Duration::from_millis(
+            u64::try_from(now - first).unwrap_or(0),
+        ));
+        let reason = format!(
+            "transient failures did not pass in {waited} ({} tries after the first, GITFLEET_RETRY_DELAYS); the last: \
+             {error}",
+            schedule.len()
+        );
+        tracing::warn!(parent: span, %reason, "retry schedule spent: dead-lettering the event");
+        dead_letter(ctx, publisher, delivery, &reason).await;
+        return;
+    };
+    let note = format!("{error} (try {} of {} in {delay} s)", retries + 2, schedule.len() + 1);
+    tracing::warn!(parent: span, error = %error, retry_in_secs = delay, "transient failure; the event waits for its next try");
+    if let Ok(client) = ctx.pool.get().await {
+        // Back to PENDING with the reason: the reaper never mistakes a waiting event for a lost one.
+        let _ = gitfleet_infra::store::job_result::note_transient(&**client, event.event_id, &note).await;
+    }
+    headers.insert(RETRY_HEADER.into(), lapin::types::AMQPValue::LongLongInt(i64::try_from(retries + 1).unwrap_or(i64::MAX)));
+    headers.insert(FIRST_FAILURE_HEADER.into(), lapin::types::AMQPValue::LongLongInt(first));
+    let properties = delivery.properties.clone().with_headers(headers);
+    let queue = ctx.topology.retry_queue(delay);
+    match publisher.publish("", &queue, &delivery.data, properties).await {
+        Ok(()) => ack(&delivery).await,
         Err(err) => {
-            tracing::warn!(parent: &span, error = %err, "transient failure; returning the event to the queue");
-            // The reason its JobResult ends with if the delivery limit dead-letters it.
-            let reason = gitfleet_shared::sanitize::sanitize(&err.to_string());
-            if let Ok(client) = ctx.pool.get().await {
-                let _ = gitfleet_infra::store::job_result::note_transient(&**client, event.event_id, &reason).await;
-            }
-            // Requeue: the quorum queue counts deliveries and dead-letters after the limit.
+            // The broker itself is in trouble: hand the event back; its delivery limit still bounds the tries.
+            tracing::warn!(parent: span, error = %err, "could not queue the retry; returning the event to the queue");
             if let Err(err) =
                 delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await
             {
                 tracing::warn!(error = %err, "could not return the event (it comes back when the channel closes)");
             }
         }
+    }
+}
+
+fn header_u64(headers: &FieldTable, name: &str) -> Option<u64> {
+    use lapin::types::AMQPValue;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).parse().ok(),
+        _ => None,
     }
 }
 
@@ -241,26 +338,47 @@ async fn defer(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
     }
 }
 
-/// Copies a message that is not a valid event to the dead-letter exchange with the reason, then acknowledges it.
+/// Copies a message that is not a valid event (or cannot be handled) to the dead-letter exchange with the reason,
+/// then acknowledges it.
 async fn dead_letter(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, reason: &str) {
-    tracing::warn!(reason, routing_key = %delivery.routing_key, "malformed message: dead-lettering it");
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    let routing_key = delivery.routing_key.to_string();
+    dead_letter_parts(ctx, publisher, &delivery.data, delivery.properties.clone(), &routing_key, &delivery.acker, reason)
+        .await;
+}
+
+async fn dead_letter_parts(
+    ctx: &JobContext,
+    publisher: &Publisher,
+    data: &[u8],
+    original: BasicProperties,
+    routing_key: &str,
+    acker: &lapin::Acker,
+    reason: &str,
+) {
+    tracing::warn!(reason, routing_key, "dead-lettering the message");
+    let mut headers = original.headers().clone().unwrap_or_default();
     headers.insert(REJECT_REASON_HEADER.into(), amqp::long_string(reason));
     headers.insert("x-gitfleet-rejected-by".into(), amqp::long_string(&ctx.worker_name));
-    headers.insert("x-original-routing-key".into(), amqp::long_string(delivery.routing_key.as_str()));
+    if amqp::header_str(&original, "x-original-routing-key").is_none() {
+        headers.insert("x-original-routing-key".into(), amqp::long_string(routing_key));
+    }
     let properties = BasicProperties::default().with_headers(headers).with_content_type(
-        delivery.properties.content_type().clone().unwrap_or_else(|| "application/octet-stream".into()),
+        original.content_type().clone().unwrap_or_else(|| "application/octet-stream".into()),
     );
-    let properties = match delivery.properties.message_id() {
+    let properties = match original.message_id() {
         Some(id) => properties.with_message_id(id.clone()),
         None => properties,
     };
-    match publisher.publish(&ctx.topology.dead_exchange, "", &delivery.data, properties).await {
-        Ok(()) => ack(&delivery).await,
+    match publisher.publish(&ctx.topology.dead_exchange, "", data, properties).await {
+        Ok(()) => {
+            if let Err(err) = acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(error = %err, "ack failed; the event will be redelivered and recognised as done");
+            }
+        }
         Err(err) => {
             // Without the copy, let the broker dead-letter it (no reason header, but nothing is lost).
             tracing::warn!(error = %err, "could not publish to the dead-letter exchange; rejecting");
-            let _ = delivery.acker.reject(lapin::options::BasicRejectOptions { requeue: false }).await;
+            let _ = acker.reject(lapin::options::BasicRejectOptions { requeue: false }).await;
         }
     }
 }

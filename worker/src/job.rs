@@ -58,6 +58,57 @@ pub enum TransientError {
     /// Storage unreachable or answering 5xx: tried again.
     #[error("storage: {0}")]
     Storage(String),
+    /// PostgreSQL refused what a data type wrote (a data or integrity error): not transient, the sync fails at once.
+    #[error("saving {what}: {source}")]
+    Refused {
+        what: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl TransientError {
+    /// A refusal by PostgreSQL that no retry can change (SQLSTATE classes of data, integrity, syntax and limit
+    /// errors); connection, serialization and resource errors stay transient.
+    fn refusal(&self) -> Option<(&str, &tokio_postgres::Error)> {
+        match self {
+            Self::Refused { what, source } => Some((what.as_str(), source)),
+            Self::Db(source) if is_permanent(source) => Some(("records", source)),
+            _ => None,
+        }
+    }
+}
+
+/// Whether PostgreSQL refused the statement itself (retrying sends the same data and is refused the same way).
+pub fn is_permanent(err: &tokio_postgres::Error) -> bool {
+    err.code().is_some_and(|state| matches!(&state.code()[..2], "0A" | "21" | "22" | "23" | "42" | "44" | "54"))
+}
+
+/// The server's own words for a refusal: message, detail and hint, without the driver's "db error" prefix.
+fn server_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => {
+            let mut message = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                message.push_str(&format!(" ({detail})"));
+            }
+            if let Some(column) = db.column() {
+                message.push_str(&format!(" [column {column}]"));
+            }
+            message
+        }
+        None => err.to_string(),
+    }
+}
+
+/// Django's exception class for a PostgreSQL error class.
+fn refusal_type(err: &tokio_postgres::Error) -> &'static str {
+    match err.code().map(|c| &c.code()[..2]) {
+        Some("22") => "DataError",
+        Some("23") => "IntegrityError",
+        Some("42") => "ProgrammingError",
+        _ => "DatabaseError",
+    }
 }
 
 /// Everything a job needs; built once per worker.
@@ -207,11 +258,28 @@ async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Res
     }
     let log = JobLog { pool: &ctx.pool, id: event.event_id };
     let _beating = Heartbeat::start(ctx, event.event_id);
-    match event.kind {
+    let outcome = match event.kind {
         EventKind::Delete => delete(ctx, lock, event, &log).await,
         EventKind::DryRun => dry_run(ctx, lock, event, &log).await,
         EventKind::Create | EventKind::Update | EventKind::Sync => sync(ctx, lock, event, &log).await,
+    };
+    let err = match outcome {
+        Err(err) if err.refusal().is_some() => err,
+        other => return other,
+    };
+    // The database refused the data: the transaction is rolled back (dropping it did), and trying again would be
+    // refused the same way, so the job fails now with the server's words.
+    let Some((what, source)) = err.refusal() else { return Err(err) };
+    let message = format!("The database refused {what}: {}", server_message(source));
+    tracing::warn!(event_id = %event.event_id, %message, "database refusal: failing the job");
+    log.write(LogEntry::error(grouping::MAIN, &message)).await?;
+    log.write(LogEntry::info(grouping::MAIN, "Changes to database records have been reverted.")).await?;
+    fail(lock, event.event_id, refusal_type(source), &message).await?;
+    if event.kind == EventKind::Delete || event.kind == EventKind::DryRun {
+        return Ok(None);
     }
+    let body = json!({ "repository_id": event.repository.id, "slug": event.repository.slug, "job_result_id": event.event_id });
+    Ok(Some(("repo.sync_failed", body)))
 }
 
 /// Beats for a running job until dropped, on a pooled connection (the lock's connection is busy with the sync's
@@ -715,7 +783,14 @@ async fn apply(
         let mut batch: Vec<LogEntry> = loaded.logs[start..*end].to_vec();
         start = *end;
         if let Some(data_type) = registry.get(identifier) {
-            batch.extend(reconcile::reconcile_type(db, owner, data_type, loaded).await?);
+            let reconciled = reconcile::reconcile_type(db, owner, data_type, loaded).await.map_err(|source| {
+                if is_permanent(&source) {
+                    TransientError::Refused { what: format!("{} of {}", data_type.name(), owner.name), source }
+                } else {
+                    TransientError::Db(source)
+                }
+            })?;
+            batch.extend(reconciled);
         }
         failed |= batch.iter().any(|e| e.level == LogLevel::Error);
         log.write_all(&batch).await?;

@@ -107,7 +107,9 @@ pub async fn log_many(
     Ok(())
 }
 
-/// Ends the JobResult: status, `result`, `traceback`, `date_done` and the per-level log counts. Does nothing (and
+/// Ends the JobResult: status, `result`, `traceback`, `date_done` and the per-level log counts. `date_done` is the
+/// statement's own clock, not the transaction's start: the last statement before a commit records when the outcome
+/// was committed. Does nothing (and
 /// returns false) if it had already ended.
 pub async fn finish(
     db: &impl GenericClient,
@@ -118,8 +120,8 @@ pub async fn finish(
 ) -> Result<bool, tokio_postgres::Error> {
     let n = db
         .execute(
-            "UPDATE job_result jr SET status = $2, result = $3, traceback = $4, date_done = now(),
-                 date_started = COALESCE(jr.date_started, now()),
+            "UPDATE job_result jr SET status = $2, result = $3, traceback = $4, date_done = clock_timestamp(),
+                 date_started = COALESCE(jr.date_started, clock_timestamp()),
                  debug_log_count = c.debug, success_log_count = c.success, info_log_count = c.info,
                  warning_log_count = c.warning, error_log_count = c.error
              FROM (SELECT count(*) FILTER (WHERE log_level = 'debug')::int AS debug,

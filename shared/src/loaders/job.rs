@@ -101,15 +101,14 @@ impl DataType for Jobs {
                 Ok(s) => s,
                 Err(e) => return fail(&mut log, &format!("{path}: {e}")),
             };
-            match ruff_python_parser::parse_module(source) {
+            match crate::python::parse_module(source) {
                 Ok(parsed) => {
-                    modules.insert(module, parsed.into_syntax());
+                    modules.insert(module, parsed);
                 }
                 Err(e) => {
-                    let offset = e.location.start().to_usize().min(source.len());
-                    let line = source[..offset].matches('\n').count() + 1;
                     let file = path.rsplit('/').next().unwrap_or(path);
-                    return fail(&mut log, &format!("{} ({file}, line {line})", e.error));
+                    let at = e.line.map(|line| format!(", line {line}")).unwrap_or_default();
+                    return fail(&mut log, &format!("{} ({file}{at})", e.message));
                 }
             }
         }

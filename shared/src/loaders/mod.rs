@@ -7,6 +7,7 @@
 
 mod config_context;
 mod export_template;
+mod fields;
 mod graphql_query;
 mod job;
 mod schema;
@@ -186,7 +187,21 @@ impl Registry {
         for data_type in self.types() {
             out.logs.push(LogEntry::info("main", format!("Refreshing {}...", data_type.name())));
             if input.provided.iter().any(|p| p == data_type.identifier()) {
-                data_type.load(input, &mut out);
+                let marks = fields::Marks::of(&out);
+                // A loader bug must fail this repository's sync, not the worker that runs it.
+                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data_type.load(input, &mut out)));
+                if let Err(panic) = loaded {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    out.logs.push(LogEntry::error(
+                        "main",
+                        format!("Error in loading {}: the loader failed unexpectedly ({what})", data_type.name()),
+                    ));
+                }
+                fields::check(data_type.identifier(), &mut out, marks);
                 out.loaded_types.insert(data_type.identifier().to_owned());
             }
             out.sections.push((data_type.identifier().to_owned(), out.logs.len()));

@@ -162,6 +162,7 @@ async fn main() -> Result<()> {
         prefix: format!("bench.{id}"),
         delivery_limit: 3,
         defer_delay_ms: 100,
+        retry_delays: vec![1, 2, 4],
     };
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
     let shutdown = CancellationToken::new();
@@ -173,6 +174,8 @@ async fn main() -> Result<()> {
         name: Some("bench-worker".into()),
         scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
         max_file_bytes: Limits::default().max_bytes,
+        max_document_bytes: Limits::default().max_expanded_bytes,
+        max_record_bytes: Limits::default().max_record_bytes,
         secrets_dir: None,
         max_mirror_bytes: u64::MAX,
         git_timeout_secs: 60,

@@ -110,6 +110,7 @@ async fn start_fleet(size: usize, prefetch: u16, git_root: &Path) -> Result<Flee
         prefix: format!("bench.{id}"),
         delivery_limit: 5,
         defer_delay_ms: 100,
+        retry_delays: vec![1, 2, 4],
     };
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
     let exe = std::env::current_exe()?.with_file_name("fleet_worker");

@@ -69,6 +69,8 @@ impl TestEnv {
             prefix: format!("test.{id}"),
             delivery_limit: 3,
             defer_delay_ms,
+            // Short, so a fault that does not pass ends dead-lettered within seconds.
+            retry_delays: vec![1, 1],
         };
         let tmp = tempfile::tempdir()?;
         let storage = gitfleet_worker::storage::StorageSettings::from_vars([(
@@ -113,6 +115,8 @@ impl TestEnv {
             name: Some(name.to_owned()),
             scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
             max_file_bytes: gitfleet_shared::yaml::Limits::default().max_bytes,
+            max_document_bytes: gitfleet_shared::yaml::Limits::default().max_expanded_bytes,
+            max_record_bytes: gitfleet_shared::yaml::Limits::default().max_record_bytes,
             secrets_dir: Some(self.tmp.path().join("secrets")),
             max_mirror_bytes: self.max_mirror_bytes,
             git_timeout_secs: 30,
