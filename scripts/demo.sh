@@ -46,13 +46,20 @@ for q in work delay deferred dead; do rabbitmqctl -q -p gitfleet delete_queue "g
 "$PRODUCER" migrate
 
 pids=()
+# Stops what this script started, on every way out: the end, an error, Ctrl-C, a kill, or a reader that went away
+# (`make demo | head` closes the pipe: SIGPIPE, whose default would end the script without running any trap).
 stop() {
-  [ "${#pids[@]}" = 0 ] && return
-  step "stopping the workers and the relay"
+  trap - EXIT INT TERM HUP PIPE
+  [ "${#pids[@]}" = 0 ] && return 0
+  printf '\n==> stopping the workers and the relay\n' >&2 2>/dev/null || true
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
+  pids=()
 }
 trap stop EXIT
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM HUP
+trap 'stop; exit 141' PIPE
 
 step "two workers and the outbox relay (logs in $STATE/*.log)"
 GITFLEET_WORKER_NAME=worker-1 "$WORKER" >"$STATE/worker-1.log" 2>&1 & pids+=($!)

@@ -86,7 +86,9 @@ pg_up() {
   mkdir -p "$STATE"; chmod 755 "$STATE"
   if [ ! -f "$data/PG_VERSION" ]; then
     install -d -o postgres -g postgres "$data"
-    runuser -u postgres -- "$(pg_bindir)/initdb" -D "$data" -A trust -U postgres >/dev/null
+    # UTF-8 whatever the environment's locale: names such as `Zürich` and JSON with \u escapes need it (a cluster
+    # made without LANG would be SQL_ASCII).
+    runuser -u postgres -- "$(pg_bindir)/initdb" -D "$data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
   log "starting a private PostgreSQL on 127.0.0.1:$PG_PORT"
   runuser -u postgres -- "$(pg_bindir)/pg_ctl" -D "$data" -l "$data/server.log" -w \
@@ -110,7 +112,15 @@ rmq_up() {
   if ! port_open "$AMQP_PORT"; then
     command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
     log "starting RabbitMQ on 127.0.0.1:$AMQP_PORT"
-    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$AMQP_PORT rabbitmq-server -detached
+    # Everything on loopback: AMQP, the Erlang port mapper (epmd, 4369) and Erlang distribution (25672).
+    if ! pgrep -x epmd >/dev/null; then
+      ERL_EPMD_ADDRESS=127.0.0.1 epmd -daemon
+      mark_started epmd
+    fi
+    ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT=$AMQP_PORT \
+      RABBITMQ_DIST_PORT=$((AMQP_PORT + 20000)) \
+      RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+      rabbitmq-server -detached
     mark_started rabbitmq
     wait_for 90 RabbitMQ rmq_ready
   else
@@ -127,7 +137,7 @@ rmq_up() {
 }
 
 # ------------------------------------------------------------------------------------------------------ S3 (moto)
-s3_ready() { curl -fs -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/data.json"; }
+s3_ready() { command -v curl >/dev/null && curl -fs -o /dev/null "http://127.0.0.1:$S3_PORT/moto-api/data.json"; }
 
 # moto 5.2 answers CompleteMultipartUpload with the wrong XML root (aws-sdk-s3 refuses it); 5.1.22 is right.
 MOTO_VERSION=5.1.22
@@ -135,6 +145,7 @@ moto_version() { python3 -c 'import moto; print(moto.__version__)' 2>/dev/null; 
 
 s3_up() {
   local installed=0
+  command -v curl >/dev/null || apt_install curl
   if [ "$(moto_version)" != "$MOTO_VERSION" ]; then
     command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
     log "installing moto[server]==$MOTO_VERSION from PyPI"
@@ -150,7 +161,6 @@ s3_up() {
     for _ in $(seq 50); do s3_ready || break; sleep 0.1; done
   fi
   if ! s3_ready; then
-    command -v curl >/dev/null || apt_install curl
     mkdir -p "$STATE"
     log "starting moto (S3) on 127.0.0.1:$S3_PORT"
     nohup moto_server -H 127.0.0.1 -p "$S3_PORT" >"$STATE/moto.log" 2>&1 &
@@ -195,6 +205,7 @@ down() {
     case "$what" in
       moto) [ -f "$STATE/moto.pid" ] && kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true; rm -f "$STATE/moto.pid"; log "stopped moto" ;;
       rabbitmq) rabbitmqctl -q stop </dev/null >/dev/null 2>&1 || true; log "stopped RabbitMQ" ;;
+      epmd) epmd -kill >/dev/null 2>&1 || true; log "stopped epmd" ;;
       pg-cluster) pg_ctlcluster --skip-systemctl-redirect "$a" "$b" stop </dev/null || true; log "stopped PostgreSQL $a/$b" ;;
       pg-private) runuser -u postgres -- "$(pg_bindir)/pg_ctl" -D "$a" -m fast stop >/dev/null || true; log "stopped private PostgreSQL" ;;
     esac

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the build and the integration tests need besides the services: git (file://, git daemon,
+# Installs what the build and the integration tests need besides the services and the Rust toolchain: make and a C
+# compiler (build-essential: libgit2-sys, libssh2-sys, openssl-sys and ring build C code), git (file://, git daemon,
 # http-backend), lighttpd with TLS (the HTTP(S) front for `git http-backend`), openssl (test certificates),
 # OpenSSH's sshd and ssh-keygen (the ssh:// test server and its keys), and libssl-dev + pkg-config (git2's HTTPS
 # and SSH support build against OpenSSL; libssh2 itself is vendored). Idempotent; uses Debian packages.
@@ -7,6 +8,9 @@ set -euo pipefail
 log() { printf '[test-deps] %s\n' "$*" >&2; }
 
 missing=()
+command -v make >/dev/null || missing+=(make)
+command -v cc >/dev/null || missing+=(build-essential)
+[ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
 command -v git >/dev/null || missing+=(git)
 [ -x /usr/sbin/lighttpd ] || [ -x /usr/local/sbin/lighttpd ] || missing+=(lighttpd)
 command -v curl >/dev/null || missing+=(curl)

@@ -11,6 +11,7 @@ use gitfleet_infra::store::repository;
 use gitfleet_shared::event::{EventKind, RequestedBy};
 use gitfleet_shared::job_result::{JobStatus, format_duration};
 use gitfleet_shared::repo::CommitId;
+use gitfleet_shared::sanitize::printable;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -151,7 +152,9 @@ pub enum InventoryCommand {
     /// Import scope objects from JSON: a list of {kind, id?, fields}, or {"objects": [...]}.
     Import {
         file: std::path::PathBuf,
-        /// First remove every stored object of the kinds in the file.
+        /// Replace, not merge: first remove every stored object of each kind that appears in the file (kinds not in
+        /// the file are kept), so objects missing from the file disappear. Without it, objects are added or
+        /// updated by (kind, id) and nothing is removed.
         #[arg(long)]
         replace: bool,
     },
@@ -223,7 +226,14 @@ async fn dead_letters(pool: &Pool, command: DeadLetterCommand, out: &mut impl Wr
             for d in &letters {
                 let event = d.event_id.map_or_else(|| "(not an event)".to_owned(), |e| e.to_string());
                 let replayed = d.replayed_at.map(|t| format!("  replayed {t}")).unwrap_or_default();
-                writeln!(out, "{}\t{}\t{event}\t{}\t{}{replayed}", d.id, d.received_at, d.routing_key, d.reason)?;
+                writeln!(
+                    out,
+                    "{}\t{}\t{event}\t{}\t{}{replayed}",
+                    d.id,
+                    d.received_at,
+                    printable(&d.routing_key),
+                    printable(&d.reason)
+                )?;
             }
             Ok(0)
         }
@@ -289,7 +299,13 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
                 writeln!(
                     out,
                     "{}\t{}\t{}\t{}\t{}\tversion {} (applied {})",
-                    r.name, r.slug, r.remote_url, r.branch, head, r.version, r.applied_version
+                    printable(&r.name),
+                    r.slug,
+                    printable(&r.remote_url),
+                    printable(&r.branch),
+                    head,
+                    r.version,
+                    r.applied_version
                 )?;
             }
             return Ok(0);
@@ -398,7 +414,7 @@ pub fn print_view(view: &JobResultView, format: Format, out: &mut impl Write) ->
         return writeln!(out, "{text}");
     }
     let time = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or("-".to_owned(), |t| t.to_rfc3339());
-    writeln!(out, "JobResult {}  {}", view.id, view.name)?;
+    writeln!(out, "JobResult {}  {}", view.id, printable(&view.name))?;
     writeln!(out, "  status:     {}", view.status)?;
     if let Some(repo) = view.repository_id {
         writeln!(out, "  repository: {repo}")?;
@@ -410,8 +426,9 @@ pub fn print_view(view: &JobResultView, format: Format, out: &mut impl Write) ->
     if let Some(d) = view.duration() {
         writeln!(out, "  duration:   {}", format_duration(d))?;
     }
-    writeln!(out, "  worker:     {}", view.worker.as_deref().unwrap_or("-"))?;
+    writeln!(out, "  worker:     {}", printable(view.worker.as_deref().unwrap_or("-")))?;
     if let Some(result) = &view.result {
+        // JSON escapes control characters already.
         writeln!(out, "  result:     {result}")?;
     }
     writeln!(
@@ -425,8 +442,8 @@ pub fn print_view(view: &JobResultView, format: Format, out: &mut impl Write) ->
             "    {}  {:<8} {:<24} {}",
             log.created.format("%H:%M:%S%.3f"),
             log.level,
-            log.grouping,
-            log.message
+            printable(&log.grouping),
+            printable(&log.message)
         )?;
     }
     Ok(())

@@ -11,7 +11,7 @@ use gitfleet_shared::job_result::{
     DELETE_TASK_NAME, DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME, JobStatus, SYNC_JOB_NAME, SYNC_TASK_NAME,
 };
 use gitfleet_shared::repo::{
-    BUILTIN_CONTENT_TYPES, Branch, CommitId, FieldError, OtherRepository, RemoteUrl, RepoName, RepoSlug, check_overlap,
+    Branch, CommitId, FieldError, OtherRepository, RemoteUrl, RepoName, RepoSlug, check_overlap,
     parse_provided_contents, slugify_dashes_to_underscores,
 };
 use thiserror::Error;
@@ -122,7 +122,9 @@ fn check_fields(
     if secrets_group.is_some_and(|g| g.trim().is_empty()) {
         errors.push(FieldError::field("secrets_group", "A secrets group name must not be empty."));
     }
-    let provided = parse_provided_contents(provided.iter().map(String::as_str), BUILTIN_CONTENT_TYPES)
+    // The choices are the worker's registry, extensions included: what a worker can load, a definition may provide.
+    let choices = gitfleet_shared::loaders::Registry::with_builtins().content_types();
+    let provided = parse_provided_contents(provided.iter().map(String::as_str), &choices)
         .map_err(|e| errors.push(e))
         .unwrap_or_default();
     if errors.is_empty() { Ok(provided) } else { Err(errors) }
@@ -130,9 +132,9 @@ fn check_fields(
 
 fn check_timeout(secs: Option<i32>) -> Result<(), CommandError> {
     match secs {
-        Some(s) if s <= 0 => Err(CommandError::Invalid(vec![FieldError::field(
+        Some(s) if !(1..=86_400).contains(&s) => Err(CommandError::Invalid(vec![FieldError::field(
             "git_timeout",
-            "The git timeout must be a positive number of seconds.",
+            "The git timeout must be between 1 and 86400 seconds (a day).",
         )])),
         _ => Ok(()),
     }
@@ -188,6 +190,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
     let provided =
         check_fields(&new.name, &new.remote_url, &branch, &new.provided_contents, new.secrets_group.as_deref())
             .map_err(CommandError::Invalid)?;
+    check_timeout(new.git_timeout_secs)?;
 
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;

@@ -32,6 +32,24 @@ pub const FILTERS: &[(&str, &str, &str)] = &[
 /// Local context targets: folder under `config_contexts/`, inventory kind.
 pub const LOCAL_KINDS: &[(&str, &str)] = &[("devices", "device"), ("virtual_machines", "virtual_machine")];
 
+/// Every kind an inventory object may have: the scope filters' kinds, then the local context targets'.
+pub const KINDS: &[&str] = &[
+    "location",
+    "device_type",
+    "device_family",
+    "role",
+    "platform",
+    "cluster_group",
+    "cluster",
+    "tenant_group",
+    "tenant",
+    "tag",
+    "dynamic_group",
+    "device_redundancy_group",
+    "device",
+    "virtual_machine",
+];
+
 /// One object of the source of truth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScopeObject {
@@ -210,5 +228,11 @@ mod tests {
     fn python_reprs() {
         assert_eq!(python_repr(&json!({"name": "Test Location"})), "{'name': 'Test Location'}");
         assert_eq!(python_repr(&json!({"a": [1, true, null], "b": "it's"})), "{'a': [1, True, None], 'b': \"it's\"}");
+    }
+
+    #[test]
+    fn kinds_are_the_filters_and_local_targets() {
+        let expected: Vec<&str> = FILTERS.iter().map(|f| f.2).chain(LOCAL_KINDS.iter().map(|l| l.1)).collect();
+        assert_eq!(KINDS, expected.as_slice());
     }
 }

@@ -31,9 +31,30 @@ pub fn sanitize(text: &str) -> String {
     out
 }
 
+/// Text as it may be shown on a terminal: control characters (newline, carriage return, ESC and the rest of C0 and
+/// C1, DEL) and the bidirectional overrides are written as escapes (`\n`, `\u{1b}`), so a name or message from a
+/// repository can neither forge extra lines nor send a terminal escape sequence to an operator.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if unsafe_char(c) => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::sanitize;
+    use super::{printable, sanitize};
 
     #[test]
     fn strips_url_userinfo() {
@@ -55,5 +76,12 @@ mod tests {
     fn leaves_plain_text_alone() {
         let text = "main does not appear to be an existing branch, tag, or possible commit hash.";
         assert_eq!(sanitize(text), text);
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_act_on() {
+        assert_eq!(printable("plain Zürich"), "plain Zürich");
+        assert_eq!(printable("a\nb\x1b[31mred\u{7f}"), "a\\nb\\u{1b}[31mred\\u{7f}");
+        assert_eq!(printable("x\u{202e}y\t"), "x\\u{202e}y\\t");
     }
 }

@@ -124,6 +124,8 @@ async fn chaos() -> Result<()> {
 
     let mut env = TestEnv::with_defer_delay(200).await?;
     env.amqp.delivery_limit = 20;
+    // Outages (the broker and the database restart) last seconds: the retry schedule outlasts them.
+    env.amqp.retry_delays = vec![1, 2, 4, 8, 16];
     env.heartbeat_secs = 1;
     env.reap_after_secs = 30;
     let provided = vec!["extras.configcontext".to_owned()];

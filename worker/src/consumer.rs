@@ -290,7 +290,10 @@ async fn retry_later(
         // Back to PENDING with the reason: the reaper never mistakes a waiting event for a lost one.
         let _ = gitfleet_infra::store::job_result::note_transient(&**client, event.event_id, &note).await;
     }
-    headers.insert(RETRY_HEADER.into(), lapin::types::AMQPValue::LongLongInt(i64::try_from(retries + 1).unwrap_or(i64::MAX)));
+    headers.insert(
+        RETRY_HEADER.into(),
+        lapin::types::AMQPValue::LongLongInt(i64::try_from(retries + 1).unwrap_or(i64::MAX)),
+    );
     headers.insert(FIRST_FAILURE_HEADER.into(), lapin::types::AMQPValue::LongLongInt(first));
     let properties = delivery.properties.clone().with_headers(headers);
     let queue = ctx.topology.retry_queue(delay);
@@ -342,8 +345,16 @@ async fn defer(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
 /// then acknowledges it.
 async fn dead_letter(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, reason: &str) {
     let routing_key = delivery.routing_key.to_string();
-    dead_letter_parts(ctx, publisher, &delivery.data, delivery.properties.clone(), &routing_key, &delivery.acker, reason)
-        .await;
+    dead_letter_parts(
+        ctx,
+        publisher,
+        &delivery.data,
+        delivery.properties.clone(),
+        &routing_key,
+        &delivery.acker,
+        reason,
+    )
+    .await;
 }
 
 async fn dead_letter_parts(
@@ -362,9 +373,9 @@ async fn dead_letter_parts(
     if amqp::header_str(&original, "x-original-routing-key").is_none() {
         headers.insert("x-original-routing-key".into(), amqp::long_string(routing_key));
     }
-    let properties = BasicProperties::default().with_headers(headers).with_content_type(
-        original.content_type().clone().unwrap_or_else(|| "application/octet-stream".into()),
-    );
+    let properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_content_type(original.content_type().clone().unwrap_or_else(|| "application/octet-stream".into()));
     let properties = match original.message_id() {
         Some(id) => properties.with_message_id(id.clone()),
         None => properties,

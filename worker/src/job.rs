@@ -278,7 +278,8 @@ async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Res
     if event.kind == EventKind::Delete || event.kind == EventKind::DryRun {
         return Ok(None);
     }
-    let body = json!({ "repository_id": event.repository.id, "slug": event.repository.slug, "job_result_id": event.event_id });
+    let body =
+        json!({ "repository_id": event.repository.id, "slug": event.repository.slug, "job_result_id": event.event_id });
     Ok(Some(("repo.sync_failed", body)))
 }
 

@@ -300,6 +300,8 @@ fn the_command_exits_1_on_errors_and_prints_the_contract() {
         inventory: Some(own_fixtures().join("nautobot-inventory.json")),
         scope_mode: Mode::Strict,
         max_file_bytes: Limits::default().max_bytes,
+        max_document_bytes: Limits::default().max_expanded_bytes,
+        max_record_bytes: Limits::default().max_record_bytes,
         format,
     };
     let mut out = Vec::new();

@@ -25,6 +25,20 @@ pub fn object_key(object: &ScopeObject) -> Option<String> {
 
 /// Upserts objects by (kind, key); with `replace`, first removes every object of the kinds being imported.
 pub async fn import(db: &impl GenericClient, objects: &[ScopeObject], replace: bool) -> Result<u64, ImportError> {
+    // Every object is checked before anything is written: a file with one bad object imports nothing.
+    let known = gitfleet_shared::inventory::KINDS;
+    for (n, object) in objects.iter().enumerate() {
+        if object.kind.is_empty() {
+            return Err(ImportError::Invalid(format!("object {n}: `kind` must not be empty")));
+        }
+        if !known.contains(&object.kind.as_str()) {
+            return Err(ImportError::Invalid(format!(
+                "object {n}: unknown kind `{}`; the kinds are {}",
+                gitfleet_shared::sanitize::printable(&object.kind),
+                known.join(", ")
+            )));
+        }
+    }
     if replace {
         let mut kinds: Vec<&str> = objects.iter().map(|o| o.kind.as_str()).collect();
         kinds.sort_unstable();
@@ -33,9 +47,6 @@ pub async fn import(db: &impl GenericClient, objects: &[ScopeObject], replace: b
     }
     let mut count = 0;
     for (n, object) in objects.iter().enumerate() {
-        if object.kind.is_empty() {
-            return Err(ImportError::Invalid(format!("object {n}: `kind` must not be empty")));
-        }
         let Some(key) = object_key(object) else {
             return Err(ImportError::Invalid(format!(
                 "object {n} ({}): give it an `id`, or a `name`, `model` or `slug` field",

@@ -99,7 +99,9 @@ pub(super) fn check(identifier: &str, out: &mut Loaded, marks: Marks) {
         let problem = text("_metadata.name", &c.name, CHARFIELD)
             .or_else(|| text("_metadata.description", &c.description, CHARFIELD))
             .or_else(|| nul_in_json("data", &c.data))
-            .or_else(|| c.scope.iter().find_map(|(filter, lookups)| lookups.iter().find_map(|l| nul_in_json(filter, l))))?;
+            .or_else(|| {
+                c.scope.iter().find_map(|(filter, lookups)| lookups.iter().find_map(|l| nul_in_json(filter, l)))
+            })?;
         Some(format!("Error in loading config context data from `{}`: {problem}", c.file))
     });
     keep(&mut out.local_contexts, locals, &mut errors, |l| {

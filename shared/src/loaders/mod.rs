@@ -165,6 +165,13 @@ impl Registry {
         self.types.iter().map(|t| &**t)
     }
 
+    /// Every registered type as a choice for `provided_contents` (what the producer accepts).
+    pub fn content_types(&self) -> Vec<crate::repo::ContentType> {
+        self.types()
+            .map(|t| crate::repo::ContentType { identifier: t.identifier(), name: t.name(), weight: t.weight() })
+            .collect()
+    }
+
     pub fn get(&self, identifier: &str) -> Option<&dyn DataType> {
         self.types().find(|t| t.identifier() == identifier)
     }

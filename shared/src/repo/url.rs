@@ -23,7 +23,9 @@ pub enum RemoteUrlError {
     TooLong,
     #[error("Unsupported URL scheme '{0}': use one of file, git, http, https, ssh.")]
     Scheme(String),
-    #[error("The URL must not contain a password or token: put credentials in a secrets group.")]
+    #[error(
+        "The URL must not contain a password or token (in the user part or the query string): put credentials in a secrets group."
+    )]
     Credentials,
     #[error("A file:// URL must name an absolute path on this host, e.g. file:///srv/git/repo.git.")]
     FilePath,
@@ -49,6 +51,10 @@ impl RemoteUrl {
             return Err(RemoteUrlError::Scheme(scheme.to_owned()));
         }
         if parsed.password().is_some() {
+            return Err(RemoteUrlError::Credentials);
+        }
+        // A token in the query string (`?access_token=...`, GitLab's `private_token`, ...) is a credential too.
+        if parsed.query_pairs().any(|(key, _)| is_credential_key(&key)) {
             return Err(RemoteUrlError::Credentials);
         }
         if scheme == "file" {
@@ -77,6 +83,34 @@ impl RemoteUrl {
     pub fn scheme(&self) -> &str {
         self.0.split_once(':').map_or("", |(scheme, _)| scheme)
     }
+}
+
+/// Query parameters that carry a credential with the Git hosts and proxies in use (case and `-`/`_` ignored).
+fn is_credential_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('-', "_");
+    matches!(
+        key.as_str(),
+        "access_token"
+            | "private_token"
+            | "token"
+            | "job_token"
+            | "oauth_token"
+            | "auth_token"
+            | "api_key"
+            | "apikey"
+            | "key"
+            | "password"
+            | "passwd"
+            | "secret"
+            | "client_secret"
+            | "sig"
+            | "signature"
+            | "x_amz_signature"
+            | "x_amz_credential"
+            | "x_amz_security_token"
+    ) || key.ends_with("_token")
+        || key.ends_with("_secret")
+        || key.ends_with("_password")
 }
 
 impl TryFrom<String> for RemoteUrl {
@@ -125,6 +159,10 @@ mod tests {
         assert_eq!(RemoteUrl::parse("https://user:tok@host/r.git"), Err(RemoteUrlError::Credentials));
         assert_eq!(RemoteUrl::parse("https://ghp_token@host/r.git"), Err(RemoteUrlError::Credentials));
         assert_eq!(RemoteUrl::parse("file://server/share/r.git"), Err(RemoteUrlError::FilePath));
+        for query in ["access_token=x", "private_token=x", "token=x", "Private-Token=x", "a=1&ci_job_token=x"] {
+            assert_eq!(RemoteUrl::parse(format!("https://host/r.git?{query}")), Err(RemoteUrlError::Credentials));
+        }
+        assert!(RemoteUrl::parse("https://host/r.git?ref=main").is_ok(), "other parameters are not credentials");
         assert_eq!(RemoteUrl::parse(format!("http://h/{}", "x".repeat(300))), Err(RemoteUrlError::TooLong));
     }
 }

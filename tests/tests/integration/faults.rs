@@ -8,7 +8,7 @@ use gitfleet_producer::commands::{self, NewRepo};
 use gitfleet_shared::event::{EventKind, RequestedBy};
 use uuid::Uuid;
 
-use crate::support::git::Remote;
+use crate::support::git::{Remote, git_daemon_on};
 use crate::support::{TestEnv, assert_log, free_port};
 
 /// Waits (bounded) until every listed JobResult has ended; returns their `result` documents.
@@ -80,8 +80,8 @@ async fn a_burst_of_500_syncs_costs_at_most_3_fetches() -> Result<()> {
     env.teardown().await
 }
 
-/// A remote that refuses connections is a transient fault: tried within each delivery, returned to the queue,
-/// dead-lettered at the delivery limit, its JobResult ended FAILURE with the reason; listed and replayed once the
+/// A remote that refuses connections is a transient fault: tried within each delivery, then again after each delay
+/// of the retry schedule, dead-lettered once it is spent, its JobResult ended FAILURE with the reason; listed and replayed once the
 /// remote is back. A missing branch is permanent: FAILURE at once, never retried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_faults_are_retried_dead_lettered_and_replayed() -> Result<()> {
@@ -107,9 +107,10 @@ async fn transient_faults_are_retried_dead_lettered_and_replayed() -> Result<()>
     let result = view.result.clone().unwrap();
     assert_eq!(result["exc_type"], "DeadLettered");
     let message = result["exc_message"].as_str().unwrap();
-    assert!(message.contains("delivery limit of 3"), "{message}");
-    assert!(message.contains("Last error: fetching from the remote"), "{message}");
-    // Tried several times in each of several deliveries.
+    assert!(message.contains("transient failures did not pass in"), "{message}");
+    assert!(message.contains("2 tries after the first, GITFLEET_RETRY_DELAYS"), "{message}");
+    assert!(message.contains("the last: fetching from the remote"), "{message}");
+    // Tried several times in each of the three tries of the schedule.
     let attempts = view.logs.iter().filter(|l| l.message == "Running job").count();
     assert!(attempts >= 6, "{attempts} attempts");
 
@@ -189,5 +190,133 @@ async fn the_reaper_ends_results_of_lost_workers_only() -> Result<()> {
     assert_eq!(env.job(held).await?.status, "STARTED", "a job whose lock is held is not reaped");
     holder.query_one("SELECT pg_advisory_unlock($1)", &[&gitfleet_worker::lock::key(&slug)]).await?;
     drop((client, holder));
+    env.teardown().await
+}
+
+async fn create_providing(env: &TestEnv, name: String, remote_url: String, provides: &[&str]) -> Result<Uuid> {
+    let provided_contents = provides.iter().map(|p| (*p).to_owned()).collect();
+    let new = NewRepo { name, remote_url, provided_contents, ..NewRepo::default() };
+    crate::support::accepted(commands::create(&env.pool, new, RequestedBy::cli()).await?)
+}
+
+/// One repository can only fail its own sync: a job module of one 100,000-term expression and a context file whose
+/// aliases expand a 1 MiB string 729 times end that repository's sync FAILURE with errors naming the files, while
+/// another repository's sync on the same worker (in this test's own process: a crash would end the test) succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_repository_fails_only_its_own_sync() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let hostile = Remote::new(env.tmp.path(), "hostile")?;
+    let expression = format!("x = {}\n", vec!["1"; 100_000].join("+"));
+    let mut bomb = format!("_metadata:\n  name: bomb\ns: &s \"{}\"\n", "x".repeat(1 << 20));
+    bomb.push_str("a: &a [*s, *s, *s, *s, *s, *s, *s, *s, *s]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n");
+    bomb.push_str("c: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n");
+    hostile.commit(
+        "hostile",
+        &[("__init__.py", ""), ("jobs/__init__.py", &expression), ("config_contexts/bomb.yaml", &bomb)],
+    )?;
+    let good = Remote::new(env.tmp.path(), "good")?;
+    let files: Vec<(String, String)> = (0..2000)
+        .map(|i| (format!("config_contexts/c{i:05}.yaml"), format!("_metadata:\n  name: ctx-{i}\nv: {i}\n")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    good.commit("good", &refs)?;
+    env.start_fleet(1);
+
+    let both = ["extras.configcontext", "extras.job"];
+    let bad = create_providing(&env, format!("Hostile {}", env.id), hostile.file_url(), &both).await?;
+    let fine = create_providing(&env, format!("Good {}", env.id), good.file_url(), &["extras.configcontext"]).await?;
+
+    let view = env.wait_job(bad).await?;
+    assert_eq!(view.status, "FAILURE", "{:#?}", view.logs);
+    assert_log(&view, "error", "jobs", "maximum recursion depth exceeded during compilation (__init__.py)");
+    assert_log(&view, "error", "config contexts", "`bomb.yaml`: document expands to more than");
+    let view = env.wait_job(fine).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let client = env.pool.get().await?;
+    let contexts: i64 = client.query_one("SELECT count(*) FROM config_context", &[]).await?.get(0);
+    assert_eq!(contexts, 2000);
+    drop(client);
+    env.teardown().await
+}
+
+/// A refusal by the database (a data or integrity error) is not an outage: the sync fails at once with the
+/// server's message, its records rolled back, and is never retried. An over-long name is caught by the loader
+/// first, with Django's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_refusals_fail_at_once() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let remote = Remote::new(env.tmp.path(), "refused")?;
+    remote.commit("ok", &[("config_contexts/a.yaml", "_metadata:\n  name: fine\nv: 1\n")])?;
+    env.start_fleet(1);
+    let name = format!("Refused {}", env.id);
+    let created = create_providing(&env, name.clone(), remote.file_url(), &["extras.configcontext"]).await?;
+    assert_eq!(env.wait_job(created).await?.status, "SUCCESS");
+
+    // A rule of the database the loaders do not know: PostgreSQL refuses the row (SQLSTATE 23514).
+    let client = env.pool.get().await?;
+    client.batch_execute("ALTER TABLE config_context ADD CONSTRAINT no_refused CHECK (name <> 'refused')").await?;
+    remote.commit("refused", &[("config_contexts/b.yaml", "_metadata:\n  name: refused\nv: 2\n")])?;
+    let started = Instant::now();
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "FAILURE", "{:#?}", view.logs);
+    let result = view.result.clone().unwrap();
+    assert_eq!(result["exc_type"], "IntegrityError");
+    let message = result["exc_message"].as_str().unwrap();
+    assert!(message.contains("violates check constraint \"no_refused\""), "{message}");
+    assert!(message.contains("config contexts of"), "names the data type: {message}");
+    assert_log(&view, "info", "main", "Changes to database records have been reverted.");
+    assert_eq!(view.logs.iter().filter(|l| l.message == "Running job").count(), 1, "not retried");
+    let meta: Option<serde_json::Value> =
+        client.query_one("SELECT meta FROM job_result WHERE id = $1", &[&view.id]).await?.get(0);
+    assert!(meta.is_none_or(|m| m.get("failed_attempts").is_none()), "no transient attempt was counted");
+    assert!(started.elapsed() < Duration::from_secs(20), "at once, not after retries");
+    let names: Vec<String> =
+        client.query("SELECT name FROM config_context", &[]).await?.iter().map(|r| r.get(0)).collect();
+    assert_eq!(names, vec!["fine"], "the last good state stays live");
+
+    // An over-long name: the loader's check, with Django's message, before anything reaches the database.
+    remote
+        .commit("long", &[("config_contexts/b.yaml", &format!("_metadata:\n  name: {}\nv: 2\n", "n".repeat(300)))])?;
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "FAILURE");
+    assert_log(
+        &view,
+        "error",
+        "config contexts",
+        "`b.yaml`: _metadata.name: Ensure this value has at most 255 characters (it has 300).",
+    );
+    assert_eq!(view.logs.iter().filter(|l| l.message == "Running job").count(), 1, "not retried");
+    drop(client);
+    env.teardown().await
+}
+
+/// A remote that refuses connections for 60 seconds, then accepts them: the event waits through the retry schedule
+/// (no worker slot held) and ends SUCCESS, never dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_down_for_a_minute_ends_in_success() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.amqp.retry_delays = vec![5, 10, 20, 40];
+    let served = env.tmp.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    let remote = Remote::new(&served, "outage")?;
+    let head = remote.commit("first", &[("README.md", "one")])?;
+    let port = free_port();
+    env.start_fleet(1);
+    let job = env.create(&format!("Outage {}", env.id), &format!("git://127.0.0.1:{port}/outage.git"), "main").await?;
+    let down_since = Instant::now();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let client = env.pool.get().await?;
+    let status: String = client.query_one("SELECT status FROM job_result WHERE id = $1", &[&job]).await?.get(0);
+    assert_eq!(status, "PENDING", "waiting for its next try, not ended and not holding a worker");
+    let daemon = git_daemon_on(&served, port).await?;
+    eprintln!("remote up after {:.0} s", down_since.elapsed().as_secs_f64());
+    let view = env.wait_job(job).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(view.result.clone().unwrap()["current_head"], head.as_str());
+    let meta: serde_json::Value = client.query_one("SELECT meta FROM job_result WHERE id = $1", &[&job]).await?.get(0);
+    assert!(meta["failed_attempts"].as_i64().unwrap_or(0) >= 3, "{meta}");
+    let letters: i64 = client.query_one("SELECT count(*) FROM dead_letter", &[]).await?.get(0);
+    assert_eq!(letters, 0, "nothing dead-lettered");
+    drop((client, daemon));
     env.teardown().await
 }

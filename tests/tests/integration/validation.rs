@@ -7,7 +7,7 @@ use gitfleet_producer::commands::{self, CommandError, NewRepo, RepoChanges};
 use gitfleet_shared::event::RequestedBy;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::TestEnv;
+use crate::support::{TestEnv, accepted};
 
 fn repo(name: &str, url: &str, provides: &[&str]) -> NewRepo {
     NewRepo {
@@ -121,7 +121,7 @@ async fn branch_and_url_rules_and_the_cli_exit_code() -> Result<()> {
     assert_eq!(
         refusal(commands::create(pool, bad_url, by()).await),
         vec![
-            "The URL must not contain a password or token: put credentials in a secrets group.",
+            "The URL must not contain a password or token (in the user part or the query string): put credentials in a secrets group.",
             "Invalid branch '-x': must not start with '-'",
         ]
     );
@@ -173,6 +173,84 @@ async fn branch_and_url_rules_and_the_cli_exit_code() -> Result<()> {
     assert_eq!(cli::run(Cli::parse_from(&args), pool, CancellationToken::new(), &mut out).await?, 0);
     let printed = String::from_utf8(out)?;
     assert!(uuid::Uuid::parse_str(printed.trim()).is_ok(), "prints the JobResult id: {printed:?}");
+    drop(client);
+    env.teardown().await
+}
+
+/// Runs the producer CLI on the test's schema; returns the exit code and what it printed.
+async fn producer(env: &TestEnv, extra: &[&str]) -> Result<(i32, String)> {
+    let base = ["producer", "--database-url", &env.database.url, "--database-schema", &env.database.schema];
+    let args: Vec<&str> = base.iter().copied().chain(extra.iter().copied()).collect();
+    let mut out = Vec::new();
+    let code = cli::run(Cli::parse_from(&args), &env.pool, CancellationToken::new(), &mut out).await?;
+    Ok((code, String::from_utf8(out)?))
+}
+
+/// Every bad option is refused with its message and exit 2 before anything is written; every registered data type
+/// is accepted; names and messages print escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn front_door_checks() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let (pool, by) = (&env.pool, RequestedBy::cli);
+    let url = format!("file:///tmp/front-{}.git", env.id);
+    for timeout in [0, -5, 100_000] {
+        let new = NewRepo { git_timeout_secs: Some(timeout), ..repo(&format!("Timeout {}", env.id), &url, &[]) };
+        assert_eq!(
+            refusal(commands::create(pool, new, by()).await),
+            vec!["The git timeout must be between 1 and 86400 seconds (a day)."],
+            "{timeout}"
+        );
+    }
+    for query in ["access_token=abc", "private_token=abc", "token=abc"] {
+        let new = repo(&format!("Token {}", env.id), &format!("https://git.example.com/r.git?{query}"), &[]);
+        let refused = refusal(commands::create(pool, new, by()).await);
+        assert!(refused[0].starts_with("The URL must not contain a password or token"), "{refused:?}");
+    }
+    let name = format!("Cli {}", env.id);
+    for extra in [
+        vec!["repo", "create", "--name", &name, "--remote-url", &url, "--git-timeout", "0"],
+        vec!["repo", "create", "--name", &name, "--remote-url", &url, "--git-timeout=-5"],
+        vec!["repo", "create", "--name", &name, "--remote-url", "https://h/r.git?private_token=x"],
+    ] {
+        assert_eq!(producer(&env, &extra).await?.0, 2, "{extra:?}");
+    }
+    let client = pool.get().await?;
+    let rows: i64 = client.query_one("SELECT count(*) FROM git_repository", &[]).await?.get(0);
+    assert_eq!(rows, 0, "nothing refused was recorded");
+
+    // The producer's choices are the worker's registry, extensions included.
+    let (code, _) = producer(
+        &env,
+        &["repo", "create", "--name", &name, "--remote-url", &url, "--provides", "example_app.textfile"],
+    )
+    .await?;
+    assert_eq!(code, 0);
+
+    // An inventory object of an unknown kind is refused with the list of kinds, and nothing is imported.
+    let file = env.tmp.path().join("inventory.json");
+    std::fs::write(
+        &file,
+        r#"[{"kind": "location", "fields": {"name": "A"}}, {"kind": "rack", "fields": {"name": "R1"}}]"#,
+    )?;
+    assert_eq!(producer(&env, &["inventory", "import", file.to_str().unwrap()]).await?.0, 2);
+    let objects: i64 = client.query_one("SELECT count(*) FROM scope_object", &[]).await?.get(0);
+    assert_eq!(objects, 0);
+
+    // Control characters from a name or a log message never reach the terminal raw.
+    let evil = format!("Evil\u{1b}[31m {}\nforged line", env.id);
+    let id = accepted(commands::create(pool, repo(&evil, &format!("{url}x"), &[]), by()).await?)?;
+    let (_, listed) = producer(&env, &["repo", "list"]).await?;
+    assert!(!listed.contains('\u{1b}') && listed.contains("Evil\\u{1b}[31m"), "{listed:?}");
+    assert!(listed.lines().all(|l| !l.starts_with("forged line")), "{listed:?}");
+    gitfleet_infra::store::job_result::log(
+        &**client,
+        id,
+        &gitfleet_shared::job_result::LogEntry::error("main", "bad \u{1b}]0;title\u{7}\r\nfile"),
+    )
+    .await?;
+    let (_, shown) = producer(&env, &["job-result", "show", &id.to_string()]).await?;
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\r'), "{shown:?}");
+    assert!(shown.contains("bad \\u{1b}]0;title\\u{7}\\r\\nfile"), "{shown:?}");
     drop(client);
     env.teardown().await
 }

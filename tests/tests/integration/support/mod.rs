@@ -229,7 +229,8 @@ impl TestEnv {
         let connection = amqp::connect(&self.amqp, Duration::from_secs(5)).await?;
         let channel = connection.create_channel().await?;
         let t = self.topology();
-        for queue in [&t.work, &t.dead, &t.delay] {
+        let retry_queues: Vec<String> = t.retry_delays.iter().map(|&s| t.retry_queue(s)).collect();
+        for queue in [&t.work, &t.dead, &t.delay].into_iter().chain(&retry_queues) {
             channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
         }
         for exchange in [&t.events, &t.dead_exchange, &t.notifications] {

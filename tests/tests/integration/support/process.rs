@@ -34,7 +34,10 @@ impl TestEnv {
             .env("GITFLEET_AMQP_PREFIX", &self.amqp.prefix)
             .env("GITFLEET_DELIVERY_LIMIT", self.amqp.delivery_limit.to_string())
             .env("GITFLEET_DEFER_DELAY_MS", self.amqp.defer_delay_ms.to_string())
-            .env("GITFLEET_RETRY_DELAYS", self.amqp.retry_delays.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+            .env(
+                "GITFLEET_RETRY_DELAYS",
+                self.amqp.retry_delays.iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+            )
             .env("GITFLEET_GIT_ROOT", self.git_root().join(name))
             .env("GITFLEET_WORKER_NAME", name)
             .env("GITFLEET_SECRETS_DIR", self.tmp.path().join("secrets"))
