@@ -30,7 +30,8 @@ pub struct DatabaseSettings {
         long = "database-pool-size",
         value_name = "N",
         env = "GITFLEET_DATABASE_POOL_SIZE",
-        default_value_t = 8
+        default_value_t = 8,
+        value_parser = positive
     )]
     pub pool_size: usize,
 }
@@ -58,10 +59,20 @@ pub struct AmqpSettings {
     )]
     pub prefix: String,
     /// Deliveries of one message before the work queue dead-letters it (quorum queue `x-delivery-limit`).
-    #[arg(long = "delivery-limit", env = "GITFLEET_DELIVERY_LIMIT", default_value_t = 5)]
+    #[arg(
+        long = "delivery-limit",
+        env = "GITFLEET_DELIVERY_LIMIT",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub delivery_limit: u32,
     /// How long a deferred event waits in the delay queue before it is delivered again, in milliseconds.
-    #[arg(long = "defer-delay-ms", env = "GITFLEET_DEFER_DELAY_MS", default_value_t = 500)]
+    #[arg(
+        long = "defer-delay-ms",
+        env = "GITFLEET_DEFER_DELAY_MS",
+        default_value_t = 500,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
     pub defer_delay_ms: u32,
     /// Seconds an event waits before each new try after a transient fault (a remote, storage or the database out
     /// of reach), comma separated: one retry per entry, each through a delay queue (no worker slot is held), then
@@ -74,4 +85,13 @@ pub struct AmqpSettings {
         value_parser = clap::value_parser!(u32).range(1..=86_400)
     )]
     pub retry_delays: Vec<u32>,
+}
+
+/// Parses a count or size that must be at least 1 (a zero would disable what it bounds).
+pub fn positive(value: &str) -> Result<usize, String> {
+    match value.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a whole number: {e}")),
+    }
 }

@@ -43,7 +43,7 @@ pub enum Command {
         #[command(flatten)]
         amqp: AmqpSettings,
         /// Poll interval in milliseconds when no NOTIFY arrives.
-        #[arg(long, env = "GITFLEET_RELAY_POLL_MS", default_value_t = 500)]
+        #[arg(long, env = "GITFLEET_RELAY_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
         poll_ms: u64,
     },
     /// List or replay the events the fleet dead-lettered.

@@ -33,14 +33,14 @@ pub struct CheckArgs {
     #[arg(long, value_enum, default_value_t = Mode::Strict)]
     pub scope_mode: Mode,
     /// Largest data file read, in bytes.
-    #[arg(long, default_value_t = Limits::default().max_bytes)]
+    #[arg(long, default_value_t = Limits::default().max_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_file_bytes: usize,
     /// Most bytes one YAML or JSON document may expand to once aliases are followed (as the worker's
     /// `GITFLEET_MAX_DOCUMENT_BYTES`).
-    #[arg(long, default_value_t = Limits::default().max_expanded_bytes)]
+    #[arg(long, default_value_t = Limits::default().max_expanded_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_document_bytes: usize,
     /// Largest record, in bytes of JSON (as the worker's `GITFLEET_MAX_RECORD_BYTES`).
-    #[arg(long, default_value_t = Limits::default().max_record_bytes)]
+    #[arg(long, default_value_t = Limits::default().max_record_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_record_bytes: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,

@@ -17,7 +17,7 @@ pub struct WorkerSettings {
     pub git_root: Option<PathBuf>,
     /// Unacknowledged events this worker may hold at once (AMQP prefetch), which is also how many it syncs in
     /// parallel.
-    #[arg(long, env = "GITFLEET_PREFETCH", default_value_t = 4)]
+    #[arg(long, env = "GITFLEET_PREFETCH", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: u16,
     /// Name recorded on JobResults and lock holdings. Default: `<hostname>-<pid>`.
     #[arg(long = "worker-name", env = "GITFLEET_WORKER_NAME")]
@@ -27,19 +27,19 @@ pub struct WorkerSettings {
     #[arg(long, env = "GITFLEET_SCOPE_MODE", value_enum, default_value_t = ScopeModeArg::Strict)]
     pub scope_mode: ScopeModeArg,
     /// Largest data file a sync reads, in bytes; a larger one is an error naming the file.
-    #[arg(long, env = "GITFLEET_MAX_FILE_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_bytes)]
+    #[arg(long, env = "GITFLEET_MAX_FILE_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_file_bytes: usize,
     /// Most bytes of keys and values one YAML or JSON document may expand to once anchors and aliases are followed;
     /// past it the file is an error (an alias bomb), in bounded memory.
-    #[arg(long, env = "GITFLEET_MAX_DOCUMENT_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_expanded_bytes)]
+    #[arg(long, env = "GITFLEET_MAX_DOCUMENT_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_expanded_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_document_bytes: usize,
     /// Largest record a sync stores, in bytes of JSON (a context's data, a schema): a larger one is an error naming
     /// the file, before anything reaches the database.
-    #[arg(long, env = "GITFLEET_MAX_RECORD_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_record_bytes)]
+    #[arg(long, env = "GITFLEET_MAX_RECORD_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_record_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_record_bytes: usize,
     /// Default limit for each git operation, in seconds (a repository's `--git-timeout` overrides it). Also the
     /// connect and read timeout of every git connection.
-    #[arg(long, env = "GITFLEET_GIT_TIMEOUT_SECS", default_value_t = 300)]
+    #[arg(long, env = "GITFLEET_GIT_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub git_timeout_secs: u64,
     /// `1` or `true`: accept any HTTPS certificate (self-signed remotes), as `GIT_SSL_NO_VERIFY` does for Nautobot.
     #[arg(long, env = "GIT_SSL_NO_VERIFY", default_value = "", hide_default_value = true)]
@@ -58,22 +58,22 @@ pub struct WorkerSettings {
     #[arg(long, env = "GITFLEET_GIT_SHALLOW", default_value_t = true, action = clap::ArgAction::Set)]
     pub git_shallow: bool,
     /// Largest a repository's mirror may grow, in bytes: a fetch past it is stopped and the sync fails.
-    #[arg(long, env = "GITFLEET_MAX_MIRROR_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    #[arg(long, env = "GITFLEET_MAX_MIRROR_BYTES", default_value_t = 2 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_mirror_bytes: u64,
     /// Directory of secrets groups, one folder per group with `token` and `username` files (a mounted Kubernetes
     /// Secret). Groups can also come from `GITFLEET_SECRETS_<GROUP>_TOKEN` / `_USERNAME` variables.
     #[arg(long, env = "GITFLEET_SECRETS_DIR")]
     pub secrets_dir: Option<PathBuf>,
     /// How often a running job records that its worker is alive.
-    #[arg(long, env = "GITFLEET_HEARTBEAT_SECS", default_value_t = 10)]
+    #[arg(long, env = "GITFLEET_HEARTBEAT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub heartbeat_secs: u64,
     /// A STARTED job whose worker has not beaten for this long, and whose repository lock is free, is ended FAILURE
     /// "worker lost" by any worker's reaper.
-    #[arg(long, env = "GITFLEET_REAP_AFTER_SECS", default_value_t = 60)]
+    #[arg(long, env = "GITFLEET_REAP_AFTER_SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub reap_after_secs: u64,
     /// Tries of an event inside one delivery when it meets a transient fault (database, broker, network), with
     /// exponential backoff and jitter, before the event goes back to the queue.
-    #[arg(long, env = "GITFLEET_TRANSIENT_RETRIES", default_value_t = 3)]
+    #[arg(long, env = "GITFLEET_TRANSIENT_RETRIES", default_value_t = 3, value_parser = gitfleet_infra::settings::positive)]
     pub transient_retries: usize,
     /// Storage settings; `None` (the binary): read from the environment's django-storages names (`AWS_*`,
     /// `GITFLEET_STORAGES`, `GITFLEET_STORAGE_ROOT`). Tests pass them here.

@@ -214,6 +214,17 @@ async fn front_door_checks() -> Result<()> {
     ] {
         assert_eq!(producer(&env, &extra).await?.0, 2, "{extra:?}");
     }
+    // Values that are not even of the option's type are refused by the parser itself, also with exit 2.
+    for args in [
+        vec!["producer", "repo", "create", "--name", "x", "--remote-url", "file:///x.git", "--git-timeout", "soon"],
+        vec!["producer", "relay", "--poll-ms", "0"],
+        vec!["producer", "--database-pool-size", "0", "repo", "list"],
+        vec!["producer", "job-result", "show", "not-a-uuid"],
+        vec!["producer", "job-result", "show", &url, "--format", "yaml"],
+    ] {
+        let err = Cli::try_parse_from(&args).expect_err("refused");
+        assert_eq!(err.exit_code(), 2, "{args:?}: {err}");
+    }
     let client = pool.get().await?;
     let rows: i64 = client.query_one("SELECT count(*) FROM git_repository", &[]).await?.get(0);
     assert_eq!(rows, 0, "nothing refused was recorded");
