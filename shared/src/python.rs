@@ -32,6 +32,12 @@ pub struct PythonError {
 
 /// Parses a module with CPython's nesting limits.
 pub fn parse_module(source: &str) -> Result<ModModule, PythonError> {
+    parse_module_counted(source).map(|(module, _)| module)
+}
+
+/// Parses a module with CPython's nesting limits; also returns how many tokens it has (a measure of the memory its
+/// syntax tree takes).
+pub fn parse_module_counted(source: &str) -> Result<(ModModule, usize), PythonError> {
     let line_of = |offset: usize| source[..offset.min(source.len())].matches('\n').count() + 1;
     let parsed = match ruff_python_parser::parse_module(source) {
         Ok(parsed) => parsed,
@@ -63,6 +69,7 @@ pub fn parse_module(source: &str) -> Result<ModModule, PythonError> {
             _ => {}
         }
     }
+    let tokens = parsed.tokens().len();
     let mut module = parsed.into_syntax();
     let too_deep = refused.is_none() && {
         let mut depth = Depth { depth: 0, too_deep: false };
@@ -70,7 +77,7 @@ pub fn parse_module(source: &str) -> Result<ModModule, PythonError> {
         depth.too_deep
     };
     if refused.is_none() && !too_deep {
-        return Ok(module);
+        return Ok((module, tokens));
     }
     dismantle(&mut module);
     drop(module);

@@ -29,6 +29,12 @@ pub struct Limits {
     /// Largest JSON a parsed document may serialize to: a stored record (context data, a schema) is part of one
     /// document, so none reaches the database larger than this.
     pub max_record_bytes: usize,
+    /// Most bytes of JSON all the documents of one load may add up to (what a sync holds in memory at once).
+    pub max_load_bytes: usize,
+    /// Largest Python module read, in bytes (a syntax tree takes up to about 100 times its source).
+    pub max_python_bytes: usize,
+    /// Most tokens all the Python modules of one load may have together (their trees are kept until jobs resolve).
+    pub max_python_tokens: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +45,9 @@ impl Default for Limits {
             max_depth: 256,
             max_expanded_bytes: 64 * 1024 * 1024,
             max_record_bytes: 16 * 1024 * 1024,
+            max_load_bytes: 256 * 1024 * 1024,
+            max_python_bytes: 2 * 1024 * 1024,
+            max_python_tokens: 2_000_000,
         }
     }
 }

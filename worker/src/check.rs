@@ -161,6 +161,7 @@ pub fn check_tree(
         scope_mode: mode,
         limits,
         had_jobs: false,
+        spent: Default::default(),
     };
     let mut loaded = registry.load(&input);
     let mut logs = std::mem::take(&mut loaded.logs);

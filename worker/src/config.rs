@@ -37,6 +37,10 @@ pub struct WorkerSettings {
     /// the file, before anything reaches the database.
     #[arg(long, env = "GITFLEET_MAX_RECORD_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_record_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_record_bytes: usize,
+    /// Most bytes of JSON all the YAML and JSON documents of one sync may add up to: what a sync holds in memory
+    /// at once is bounded by this, whatever the number of files.
+    #[arg(long, env = "GITFLEET_MAX_LOAD_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_load_bytes, value_parser = gitfleet_infra::settings::positive)]
+    pub max_load_bytes: usize,
     /// Default limit for each git operation, in seconds (a repository's `--git-timeout` overrides it). Also the
     /// connect and read timeout of every git connection.
     #[arg(long, env = "GITFLEET_GIT_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -123,6 +127,7 @@ impl WorkerSettings {
             max_bytes: self.max_file_bytes,
             max_expanded_bytes: self.max_document_bytes,
             max_record_bytes: self.max_record_bytes,
+            max_load_bytes: self.max_load_bytes,
             ..Default::default()
         }
     }

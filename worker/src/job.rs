@@ -532,6 +532,7 @@ async fn load_commit(
                 scope_mode: mode,
                 limits,
                 had_jobs,
+                spent: Default::default(),
             };
             Ok(registry.load(&input))
         })
@@ -832,6 +833,7 @@ async fn delete(
         scope_mode: ctx.scope_mode,
         limits: ctx.limits,
         had_jobs: true,
+        spent: Default::default(),
     };
     let loaded = ctx.registry.load(&input);
     let client = lock.client();

@@ -231,6 +231,7 @@ fn empty_repo_with_jobs_provided() {
         scope_mode: ScopeMode::Strict,
         limits: Limits::default(),
         had_jobs: true,
+        spent: Default::default(),
     };
     let loaded = Registry::with_builtins().load(&input);
     assert!(!loaded.has_errors(), "{:#?}", loaded.logs);

@@ -101,8 +101,27 @@ impl DataType for Jobs {
                 Ok(s) => s,
                 Err(e) => return fail(&mut log, &format!("{path}: {e}")),
             };
-            match crate::python::parse_module(source) {
-                Ok(parsed) => {
+            if source.len() > input.limits.max_python_bytes {
+                let limit = input.limits.max_python_bytes;
+                return fail(
+                    &mut log,
+                    &format!(
+                        "{path}: file is {} bytes, over the limit of {limit} bytes for a Python module",
+                        source.len()
+                    ),
+                );
+            }
+            match crate::python::parse_module_counted(source) {
+                Ok((parsed, tokens)) => {
+                    let total = input.spent.python_tokens.get().saturating_add(tokens);
+                    input.spent.python_tokens.set(total);
+                    if total > input.limits.max_python_tokens {
+                        let limit = input.limits.max_python_tokens;
+                        return fail(
+                            &mut log,
+                            &format!("{path}: the repository's Python modules have more than {limit} tokens in all"),
+                        );
+                    }
                     modules.insert(module, parsed);
                 }
                 Err(e) => {

@@ -54,6 +54,18 @@ pub struct LoadInput<'a> {
     pub limits: Limits,
     /// The repository had installed jobs before this sync (spec e.4: a removed `jobs/` is then a warning).
     pub had_jobs: bool,
+    /// What this load has spent of its budgets so far (`Budget::default()` to start).
+    pub spent: Budget,
+}
+
+/// Running totals of one load, checked against the repository-wide limits of [`Limits`]: each document and module
+/// is bounded on its own, and these bound what a load keeps of all of them together.
+#[derive(Debug, Clone, Default)]
+pub struct Budget {
+    /// Bytes of JSON of every YAML or JSON document parsed so far.
+    pub document_bytes: std::cell::Cell<usize>,
+    /// Tokens of every Python module parsed so far (the syntax trees are kept until jobs are resolved).
+    pub python_tokens: std::cell::Cell<usize>,
 }
 
 /// A record of an extension data type: a natural key and its data.
@@ -275,10 +287,19 @@ pub(crate) fn data_files(
     files
 }
 
-/// Reads and parses a YAML or JSON file with the YAML 1.1 loader.
+/// Reads and parses a YAML or JSON file with the YAML 1.1 loader, within the load's total budget.
 pub(crate) fn parse_file(input: &LoadInput<'_>, path: &str) -> Result<Value, String> {
     let bytes = input.tree.read(path).map_err(|e| e.to_string())?;
-    yaml::load(bytes, &input.limits).map_err(|e| e.to_string())
+    let value = yaml::load(bytes, &input.limits).map_err(|e| e.to_string())?;
+    let total = input.spent.document_bytes.get().saturating_add(yaml::json_size(&value));
+    input.spent.document_bytes.set(total);
+    if total > input.limits.max_load_bytes {
+        return Err(format!(
+            "the repository's documents add up to more than {} bytes of JSON (the limit for one sync)",
+            input.limits.max_load_bytes
+        ));
+    }
+    Ok(value)
 }
 
 /// Reads a text file (templates, queries, Python): UTF-8 and within the size limit.

@@ -43,6 +43,7 @@ fn load_types(
         scope_mode,
         limits,
         had_jobs,
+        spent: Default::default(),
     };
     Registry::with_builtins().load(&input)
 }
@@ -370,4 +371,33 @@ fn the_last_definition_of_a_name_wins() {
     assert_eq!(loaded.config_contexts[0].data, json!({"v": 2}));
     assert_eq!(loaded.local_contexts.len(), 1);
     assert_eq!(loaded.local_contexts[0].data, json!({"v": 2}));
+}
+
+#[test]
+fn a_load_is_bounded_in_all_not_only_per_file() {
+    // Each document is small; together they pass the load's budget, and the file that crosses it is named.
+    let files: Vec<(String, String)> = (0..10)
+        .map(|i| (format!("config_contexts/c{i}.yaml"), format!("_metadata: {{name: c{i}}}\nv: {}\n", "x".repeat(100))))
+        .collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    let limits = Limits { max_load_bytes: 600, ..Limits::default() };
+    let loaded = load_with(&tree(&refs), None, ScopeMode::Strict, limits);
+    let errors = messages(&loaded, LogLevel::Error);
+    assert!(
+        errors.iter().any(|e| e.contains("`c4.yaml`") && e.contains("add up to more than 600 bytes")),
+        "{errors:#?}"
+    );
+    assert_eq!(loaded.config_contexts.len(), 4, "what fitted was loaded");
+
+    // Python: a module over its size limit, and modules over the load's token budget.
+    let jobs = [("__init__.py", ""), ("jobs/__init__.py", "x = 1\n"), ("jobs/big.py", "y = [1, 2, 3, 4, 5, 6]\n")];
+    let limits = Limits { max_python_bytes: 10, ..Limits::default() };
+    let errors = messages(&load_with(&tree(&jobs), None, ScopeMode::Strict, limits), LogLevel::Error);
+    assert!(errors.iter().any(|e| e.contains("jobs/big.py: file is 23 bytes, over the limit of 10")), "{errors:#?}");
+    let limits = Limits { max_python_tokens: 10, ..Limits::default() };
+    let errors = messages(&load_with(&tree(&jobs), None, ScopeMode::Strict, limits), LogLevel::Error);
+    assert!(
+        errors.iter().any(|e| e.contains("jobs/big.py: the repository's Python modules have more than 10 tokens")),
+        "{errors:#?}"
+    );
 }

@@ -115,6 +115,7 @@ async fn main() -> Result<()> {
         scope_mode: ScopeMode::Strict,
         limits: Limits::default(),
         had_jobs: false,
+        spent: Default::default(),
     };
     let runs = 3;
     let started = Instant::now();
@@ -176,6 +177,7 @@ async fn main() -> Result<()> {
         max_file_bytes: Limits::default().max_bytes,
         max_document_bytes: Limits::default().max_expanded_bytes,
         max_record_bytes: Limits::default().max_record_bytes,
+        max_load_bytes: Limits::default().max_load_bytes,
         secrets_dir: None,
         max_mirror_bytes: u64::MAX,
         git_timeout_secs: 60,

@@ -117,6 +117,7 @@ impl TestEnv {
             max_file_bytes: gitfleet_shared::yaml::Limits::default().max_bytes,
             max_document_bytes: gitfleet_shared::yaml::Limits::default().max_expanded_bytes,
             max_record_bytes: gitfleet_shared::yaml::Limits::default().max_record_bytes,
+            max_load_bytes: gitfleet_shared::yaml::Limits::default().max_load_bytes,
             secrets_dir: Some(self.tmp.path().join("secrets")),
             max_mirror_bytes: self.max_mirror_bytes,
             git_timeout_secs: 30,
