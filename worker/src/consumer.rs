@@ -11,6 +11,7 @@ use backon::Retryable;
 use futures_util::{FutureExt, StreamExt};
 use gitfleet_infra::amqp::{self, Publisher, REJECT_REASON_HEADER, Topology};
 use gitfleet_shared::event::Event;
+use gitfleet_shared::job_result::JobStatus;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
@@ -142,12 +143,14 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
     };
 
     let mut tasks = JoinSet::new();
+    let isolation = Isolation::default();
     let outcome = loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     let (ctx, publisher, tries) = (ctx.clone(), publisher.clone(), settings.transient_retries);
-                    tasks.spawn(async move { process(&ctx, &publisher, delivery, tries).await });
+                    let (isolation, limit) = (isolation.clone(), settings.amqp.delivery_limit);
+                    tasks.spawn(async move { process(&ctx, &publisher, &isolation, delivery, tries, limit).await });
                 }
                 Some(Err(err)) => break Err(anyhow::Error::from(err)),
                 None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -189,11 +192,34 @@ const RETRY_HEADER: &str = "x-gitfleet-retry";
 /// Header with the time (milliseconds since the epoch) of the first transient fault of an event.
 const FIRST_FAILURE_HEADER: &str = "x-gitfleet-first-failure";
 
+/// How a worker keeps an event that may have crashed a worker away from the others.
+///
+/// An event redelivered while its JobResult says STARTED was running when its worker stopped (killed, crashed, cut
+/// off): it may be the cause. It runs alone: after the events in flight finish, and while it runs, the events
+/// that arrive are sent through the delay queue instead of being held, so if it stops this worker too, nothing
+/// else was held with it. Only one such event runs at a time per worker; each time one is found, its JobResult
+/// counts a stop (`meta.worker_stops`), and at the delivery limit it is dead-lettered with that reason.
+#[derive(Clone, Default)]
+struct Isolation {
+    turns: Arc<tokio::sync::RwLock<()>>,
+    /// An event runs (or waits to run) alone.
+    alone: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Handles one delivery and settles it exactly once, whatever happens while handling it (a panic included).
-async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tries: usize) {
+async fn process(
+    ctx: &JobContext,
+    publisher: &Publisher,
+    isolation: &Isolation,
+    delivery: Delivery,
+    tries: usize,
+    stop_limit: u32,
+) {
     let (data, properties, acker) = (delivery.data.clone(), delivery.properties.clone(), delivery.acker.clone());
     let routing_key = delivery.routing_key.to_string();
-    let handled = std::panic::AssertUnwindSafe(process_event(ctx, publisher, delivery, tries)).catch_unwind().await;
+    let handled = std::panic::AssertUnwindSafe(process_event(ctx, publisher, isolation, delivery, tries, stop_limit))
+        .catch_unwind()
+        .await;
     if let Err(panic) = handled {
         let what = panic
             .downcast_ref::<&str>()
@@ -209,7 +235,14 @@ async fn process(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tr
 /// Transient faults are tried `tries` times in all inside the delivery (backoff with jitter); then the event waits
 /// in a retry queue for the schedule's next delay and comes back, until the schedule is spent and it is
 /// dead-lettered. A failing remote or store never holds a worker slot while it waits.
-async fn process_event(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, tries: usize) {
+async fn process_event(
+    ctx: &JobContext,
+    publisher: &Publisher,
+    isolation: &Isolation,
+    delivery: Delivery,
+    tries: usize,
+    stop_limit: u32,
+) {
     let event = match Event::decode(&delivery.data) {
         Ok(event) => event,
         Err(err) => {
@@ -219,7 +252,8 @@ async fn process_event(ctx: &JobContext, publisher: &Publisher, delivery: Delive
     };
     let span =
         tracing::info_span!("event", event_id = %event.event_id, kind = %event.kind, repo = %event.repository.slug);
-    if delivery.redelivered && never_started(ctx, &event).await {
+    let status = if delivery.redelivered { job_status(ctx, &event).await } else { None };
+    if status == Some(JobStatus::Pending) {
         // Handed back because the worker that held it stopped (a crash, a lost connection) before it ran: send it
         // again as a new message, so the work queue's delivery limit counts only the event that was running.
         let fresh = publisher.publish("", &ctx.topology.work, &delivery.data, delivery.properties.clone()).await;
@@ -232,6 +266,33 @@ async fn process_event(ctx: &JobContext, publisher: &Publisher, delivery: Delive
             Err(err) => tracing::warn!(parent: &span, error = %err, "could not queue the event afresh; running it"),
         }
     }
+    use std::sync::atomic::Ordering;
+    let suspect = status == Some(JobStatus::Started);
+    let _turn = if suspect {
+        if isolation.alone.swap(true, Ordering::SeqCst) {
+            // Another event already runs alone here: this one waits its turn in the delay queue, not in this worker.
+            requeue_later(ctx, publisher, delivery, &event).await;
+            return;
+        }
+        let alone = AloneFlag(&isolation.alone);
+        let stops = note_worker_stop(ctx, &event).await;
+        if stops >= stop_limit {
+            let reason = format!(
+                "the worker running it stopped {stops} times before it ended (a crash, a kill or a lost connection; \
+                 GITFLEET_DELIVERY_LIMIT is {stop_limit})"
+            );
+            dead_letter(ctx, publisher, delivery, &reason).await;
+            return;
+        }
+        tracing::warn!(parent: &span, stops, "redelivered while it was running: it runs alone on this worker");
+        Turn::Alone { _guard: isolation.turns.clone().write_owned().await, _flag: alone }
+    } else {
+        if isolation.alone.load(Ordering::SeqCst) {
+            requeue_later(ctx, publisher, delivery, &event).await;
+            return;
+        }
+        Turn::Shared { _guard: isolation.turns.clone().read_owned().await }
+    };
     let handled = (|| job::handle(ctx, publisher, &event))
         .retry(gitfleet_infra::retry::transient(tries))
         .notify(
@@ -246,13 +307,55 @@ async fn process_event(ctx: &JobContext, publisher: &Publisher, delivery: Delive
     }
 }
 
-/// Whether the event's JobResult is waiting, not running or ended (so a redelivery of it is not its fault).
-async fn never_started(ctx: &JobContext, event: &Event) -> bool {
-    let Ok(client) = ctx.pool.get().await else { return false };
-    matches!(
-        gitfleet_infra::store::job_result::status(&**client, event.event_id).await,
-        Ok(Some(gitfleet_shared::job_result::JobStatus::Pending))
-    )
+/// The event's JobResult status (None when it cannot be read: the event is then handled as usual).
+async fn job_status(ctx: &JobContext, event: &Event) -> Option<JobStatus> {
+    let client = ctx.pool.get().await.ok()?;
+    gitfleet_infra::store::job_result::status(&**client, event.event_id).await.ok().flatten()
+}
+
+/// Counts one more stop of a worker while it ran the event; returns the count.
+async fn note_worker_stop(ctx: &JobContext, event: &Event) -> u32 {
+    let Ok(client) = ctx.pool.get().await else { return 1 };
+    client
+        .query_one(
+            "UPDATE job_result SET meta = coalesce(meta, '{}'::jsonb) || jsonb_build_object('worker_stops',
+                 coalesce((meta->>'worker_stops')::int, 0) + 1)
+             WHERE id = $1 RETURNING (meta->>'worker_stops')::int",
+            &[&event.event_id],
+        )
+        .await
+        .ok()
+        .and_then(|row| row.get::<_, Option<i32>>(0))
+        .and_then(|n| u32::try_from(n).ok())
+        .unwrap_or(1)
+}
+
+/// Sends the event through the delay queue (its JobResult back to PENDING: nobody is on it meanwhile).
+async fn requeue_later(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, event: &Event) {
+    if let Ok(client) = ctx.pool.get().await {
+        let _ = client
+            .execute(
+                "UPDATE job_result SET status = 'PENDING', heartbeat = NULL WHERE id = $1 AND status = 'STARTED'",
+                &[&event.event_id],
+            )
+            .await;
+    }
+    defer(ctx, publisher, delivery).await;
+}
+
+/// A turn to run an event, shared with the other events or alone; held (for its drop) until the event is settled.
+enum Turn<'a> {
+    Shared { _guard: tokio::sync::OwnedRwLockReadGuard<()> },
+    Alone { _guard: tokio::sync::OwnedRwLockWriteGuard<()>, _flag: AloneFlag<'a> },
+}
+
+/// Clears the "an event runs alone" flag when the lone event ends, however it ends.
+struct AloneFlag<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for AloneFlag<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Sends an event that met a transient fault to the retry queue of its next delay, or dead-letters it when the

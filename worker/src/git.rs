@@ -486,6 +486,9 @@ impl Mirror {
         credentials: Option<&Credentials>,
         depth: Option<i32>,
     ) -> Result<(), GitError> {
+        if let Some(local) = fetch_local(repo, url, depth) {
+            return local;
+        }
         // libgit2's SSH transport replaces a refused host key's message with its own generic one: keep ours.
         let host_key_problem = std::cell::RefCell::new(None::<String>);
         let mut remote = repo.find_remote(REMOTE)?;
@@ -582,6 +585,37 @@ impl Mirror {
             (Err(err), None) => Err(err.into()),
         }
     }
+}
+
+/// git's own fetch for a local (`file://`) remote, when the `git` command is installed: libgit2's local transport
+/// copies objects one at a time and takes several times as long (52 s against 13 s for a 96 MB repository), while
+/// git packs them in one pass. Local remotes are always fetched whole (`depth` is only set for network remotes).
+/// `None`: no `git` command here, so libgit2 fetches instead.
+fn fetch_local(repo: &Repository, url: &str, depth: Option<i32>) -> Option<Result<(), GitError>> {
+    if !url.starts_with("file://") || depth.is_some() {
+        return None;
+    }
+    let output = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(repo.path())
+        // The remote may belong to another user (a shared directory): it is the repository the definition names.
+        .args(["-c", "safe.directory=*", "-c", "protocol.file.allow=always", "-c", "gc.auto=0"])
+        .args(["fetch", "--prune", "--no-tags", "--quiet", "--no-write-fetch-head", REMOTE])
+        .args(REFSPECS)
+        .env_remove("GIT_DIR")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(std::process::Stdio::null())
+        .output();
+    Some(match output {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(err) => Err(GitError::Io { path: repo.path().to_owned(), source: err }),
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let message = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+            Err(GitError::Command(format!("git fetch from {url} failed: {message}")))
+        }
+    })
 }
 
 /// The checkout algorithm of spec b.4, on a fetched mirror: classify `branch` as a branch, a tag or a commit (in

@@ -68,3 +68,79 @@ async fn sigterm_finishes_in_flight_work_within_the_grace_period_and_exits_0() -
     drop(daemon);
     env.teardown().await
 }
+
+/// Events a worker was running when it was killed come back one at a time: each runs alone on the next worker, the
+/// others wait in the delay queue instead of being held with it, so a second stop charges only the event that was
+/// running. An event its workers stopped under as many times as the delivery limit is dead-lettered with that
+/// reason; the others end SUCCESS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_running_when_a_worker_dies_come_back_one_at_a_time() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.amqp.delivery_limit = 2;
+    let served = env.tmp.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    let daemon = git_daemon(&served).await?;
+    let delay = Arc::new(AtomicU64::new(60_000));
+    let (port, proxy) = delay_proxy(daemon.port, delay.clone()).await?;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        Remote::new(&served, &format!("r{n}"))?.commit("first", &[("README.md", "one")])?;
+        let url = format!("git://127.0.0.1:{port}/r{n}.git");
+        ids.push(env.create(&format!("Held {n} {}", env.id), &url, "main").await?);
+    }
+    env.start_relay();
+
+    // The first worker runs all three (each fetch held by the proxy), and is killed.
+    let mut first = env.spawn_worker_process("first", &[])?;
+    for id in &ids {
+        wait_status(&env, *id, "STARTED").await?;
+    }
+    first.kill();
+
+    // The next one runs one of them alone; the two others wait in the delay queue, PENDING, not held by it.
+    let mut second = env.spawn_worker_process("second", &[])?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let running = loop {
+        let mut running = Vec::new();
+        for id in &ids {
+            let view = env.job(*id).await?;
+            if view.status == "STARTED" && view.worker.as_deref().is_some_and(|w| w.starts_with("second")) {
+                running.push(*id);
+            }
+        }
+        if running.len() == 1 {
+            // Give the others time to arrive, and check they are not held here.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            break running[0];
+        }
+        if Instant::now() > deadline {
+            bail!("no event ran alone on the second worker");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for id in ids.iter().filter(|id| **id != running) {
+        let view = env.job(*id).await?;
+        assert_ne!(
+            view.worker.as_deref().filter(|_| view.status == "STARTED").map(|w| w.starts_with("second")),
+            Some(true),
+            "an event ran beside the lone one"
+        );
+    }
+    second.kill();
+
+    // The third worker: the event running at both stops is dead-lettered (two stops, limit 2); the others succeed.
+    delay.store(0, Ordering::SeqCst);
+    let _third = env.spawn_worker_process("third", &[])?;
+    let view = env.wait_job(running).await?;
+    assert_eq!(view.status, "FAILURE", "{:#?}", view.logs);
+    let result = view.result.clone().unwrap();
+    assert_eq!(result["exc_type"], "DeadLettered");
+    assert!(result["exc_message"].as_str().unwrap().contains("the worker running it stopped 2 times"), "{result}");
+    for id in ids.iter().filter(|id| **id != running) {
+        let view = env.wait_job(*id).await?;
+        assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    }
+    proxy.abort();
+    drop(daemon);
+    env.teardown().await
+}
