@@ -619,6 +619,7 @@ async fn sync(
     }
 
     // Read the commit's tree and load every registered data type (pure, CPU only).
+    let mut phases = Phases::start();
     let files_mirror = mirror.clone();
     let loaded = match load_commit(ctx, &repo, mirror, &head, inventory, had_jobs).await? {
         Ok(loaded) => loaded,
@@ -629,6 +630,7 @@ async fn sync(
             return Ok(None);
         }
     };
+    phases.mark("load");
 
     // The provided files go to storage before the transaction (blobs, manifest, artifact); nothing points at them
     // until current.json is written, just before the commit.
@@ -636,8 +638,12 @@ async fn sync(
         Vec::new()
     } else {
         let files = provided_files(ctx, &repo, files_mirror, &head).await?;
+        phases.mark("read files");
         match ctx.storage.stage(&repo.slug, &head, &files).await {
-            Ok(staged) => staged,
+            Ok(staged) => {
+                phases.mark("storage stage");
+                staged
+            }
             Err(err) if err.is_transient() => return Err(TransientError::Storage(sanitize(&err.to_string()))),
             Err(err) => {
                 let message = format!("Could not store the files of {name}: {err}");
@@ -653,6 +659,7 @@ async fn sync(
     let tx = client.transaction().await?;
     let owner = Owner { id: repo.id, name, slug: &repo.slug };
     let failed = apply(&*tx, &ctx.registry, owner, &loaded, log).await?;
+    phases.mark("reconcile and log");
     if failed {
         tx.rollback().await?;
         let message = format!("Failed to refresh data provided by {name}. Please see logs.");
@@ -669,7 +676,9 @@ async fn sync(
     let stored = async {
         let report = report(ctx, event.event_id, &repo, &head, &artifacts).await?;
         let report_key = ctx.storage.put_report(event.event_id, &report).await?;
+        phases.mark("report");
         let previous = ctx.storage.point(&staged, &repo.slug, &head, event.event_id).await?;
+        phases.mark("pointers");
         Ok::<_, crate::storage::StorageError>((report_key, previous))
     }
     .await;
@@ -689,7 +698,7 @@ async fn sync(
     // The records, the new head and the JobResult's end commit together or not at all.
     let result = json!({
         "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind),
-        "artifacts": artifacts, "report": report_key,
+        "artifacts": artifacts, "report": report_key, "phases_ms": phases.to_json(),
     });
     let artifacts = serde_json::Value::Array(artifacts);
     let committed = async {
@@ -702,10 +711,36 @@ async fn sync(
         ctx.storage.restore_pointers(&staged, previous).await;
         return Err(err.into());
     }
+    phases.mark("commit");
+    tracing::info!(event_id = %event.event_id, phases = %phases.to_json(), "sync committed");
     let body = json!({
         "repository_id": repo.id, "slug": repo.slug, "current_head": head, "job_result_id": event.event_id,
     });
     Ok(Some(("repo.synced", body)))
+}
+
+/// Where a sync spends its time after the fetch: each phase's duration, in the JobResult's `result.phases_ms` and
+/// the worker's log.
+struct Phases {
+    last: std::time::Instant,
+    spent: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self { last: std::time::Instant::now(), spent: Vec::new() }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.spent.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let phases = self.spent.iter().map(|(p, d)| ((*p).to_owned(), json!(d.as_millis())));
+        serde_json::Value::Object(phases.collect())
+    }
 }
 
 /// The files of every provided data type at `head`, read from the mirror (all of them, whatever their size).

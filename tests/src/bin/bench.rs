@@ -23,7 +23,10 @@ use gitfleet_tests::{git, git_daemon, write_section};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-const CONTEXTS: usize = 10_000;
+/// Config contexts in the generated repository: 10,000, or `GITFLEET_BENCH_CONTEXTS` to look at a larger one.
+fn contexts() -> usize {
+    std::env::var("GITFLEET_BENCH_CONTEXTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
+}
 const SCHEMAS: usize = 1_000;
 const TEMPLATES: usize = 500;
 const JOB_MODULES: usize = 200;
@@ -45,7 +48,7 @@ fn generate(dir: &Path) -> Result<usize> {
             ),
         )?;
     }
-    for n in 0..CONTEXTS {
+    for n in 0..contexts() {
         std::fs::write(
             dir.join(format!("config_contexts/context_{n:05}.yaml")),
             format!(
@@ -76,7 +79,7 @@ fn generate(dir: &Path) -> Result<usize> {
             ),
         )?;
     }
-    Ok(CONTEXTS + SCHEMAS + TEMPLATES + JOB_MODULES + 2)
+    Ok(contexts() + SCHEMAS + TEMPLATES + JOB_MODULES + 2)
 }
 
 async fn wait(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<job_result::JobResultView> {
@@ -126,7 +129,7 @@ async fn main() -> Result<()> {
     let load_time = started.elapsed() / runs;
     let loaded = loaded.unwrap();
     assert!(!loaded.has_errors(), "generated repository must load cleanly");
-    assert_eq!(loaded.config_contexts.len(), CONTEXTS);
+    assert_eq!(loaded.config_contexts.len(), contexts());
     assert_eq!(loaded.jobs.len(), JOB_MODULES);
     let files_per_sec = files as f64 / load_time.as_secs_f64();
     // Where the time goes: each type alone.
@@ -240,6 +243,13 @@ async fn main() -> Result<()> {
     if view.status != "SUCCESS" {
         bail!("full sync failed: {:?}", view.logs.iter().filter(|l| l.level == "error").take(5).collect::<Vec<_>>());
     }
+    // Where the full sync spent its time after the fetch, and whether date_done is when it was committed.
+    let phases = view.result.as_ref().and_then(|r| r.get("phases_ms")).cloned().unwrap_or_default();
+    let last_log = view.logs.iter().map(|l| l.created).max();
+    eprintln!(
+        "full sync phases (ms): {phases}; started {:?}, last log line {:?}, done {:?}",
+        view.date_started, last_log, view.date_done
+    );
 
     let mut resyncs = Vec::new();
     for _ in 0..5 {
@@ -267,7 +277,8 @@ async fn main() -> Result<()> {
     writeln!(table, "<!-- bench:data-types -->")?;
     writeln!(
         table,
-        "Generated repository: {CONTEXTS} config contexts, {SCHEMAS} schemas, {TEMPLATES} export templates, {JOB_MODULES} job modules ({files} files); {profile}, 2-core machine.\n"
+        "Generated repository: {} config contexts, {SCHEMAS} schemas, {TEMPLATES} export templates, {JOB_MODULES} job modules ({files} files); {profile}, 2-core machine.\n",
+        contexts()
     )?;
     writeln!(table, "| measure | result | target |")?;
     writeln!(table, "|---|---|---|")?;
