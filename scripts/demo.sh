@@ -49,12 +49,14 @@ pids=()
 # Stops what this script started, on every way out: the end, an error, Ctrl-C, a kill, or a reader that went away
 # (`make demo | head` closes the pipe: SIGPIPE, whose default would end the script without running any trap).
 stop() {
-  trap - EXIT INT TERM HUP PIPE
+  # SIGPIPE ignored from here: with the reader gone, a write fails instead of ending the script before the kill.
+  trap '' PIPE
+  trap - EXIT INT TERM HUP
   [ "${#pids[@]}" = 0 ] && return 0
-  printf '\n==> stopping the workers and the relay\n' >&2 2>/dev/null || true
   kill -TERM "${pids[@]}" 2>/dev/null || true
   wait "${pids[@]}" 2>/dev/null || true
   pids=()
+  printf '\n==> stopped the workers and the relay\n' >&2 2>/dev/null || true
 }
 trap stop EXIT
 trap 'stop; exit 130' INT
