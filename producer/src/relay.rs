@@ -59,7 +59,13 @@ pub async fn run(
                 tokio::select! {
                     () = wake.notified() => {}
                     () = tokio::time::sleep(options.poll_interval) => {}
-                    () = shutdown.cancelled() => return Ok::<(), anyhow::Error>(()),
+                    () = shutdown.cancelled() => {
+                        // The channel first, then the connection: closing a connection under an open channel makes
+                        // the client log errors about it at every clean shutdown.
+                        let _ = publisher.channel().close(200, "relay stopping".into()).await;
+                        let _ = connection.close(200, "relay stopping".into()).await;
+                        return Ok::<(), anyhow::Error>(());
+                    }
                 }
             }
         };

@@ -13,3 +13,12 @@ pub mod repo;
 pub mod sanitize;
 pub mod tree;
 pub mod yaml;
+
+/// The message a panic carried (`panic!("...")` gives a `&str` or a `String`), or an empty string.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}

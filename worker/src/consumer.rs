@@ -132,9 +132,10 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
         )
         .await?;
     tracing::info!(queue = %ctx.topology.work, "consuming");
+    let recorder_channel = connection.create_channel().await?;
     let recorder = {
         let (ctx, shutdown, limit) = (ctx.clone(), shutdown.clone(), settings.amqp.delivery_limit);
-        let channel = connection.create_channel().await?;
+        let channel = recorder_channel.clone();
         tokio::spawn(async move {
             if let Err(err) = crate::fleet::record_dead_letters(&ctx, channel, limit, &shutdown).await {
                 tracing::warn!(error = %err, "dead-letter recorder stopped");
@@ -149,8 +150,12 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     let (ctx, publisher, tries) = (ctx.clone(), publisher.clone(), settings.transient_retries);
-                    let (isolation, limit) = (isolation.clone(), settings.amqp.delivery_limit);
-                    tasks.spawn(async move { process(&ctx, &publisher, &isolation, delivery, tries, limit).await });
+                    let (isolation, stop_limit) = (isolation.clone(), settings.amqp.delivery_limit);
+                    tasks.spawn(async move {
+                        let handling =
+                            Handling { ctx: &ctx, publisher: &publisher, isolation: &isolation, tries, stop_limit };
+                        process(handling, delivery).await
+                    });
                 }
                 Some(Err(err)) => break Err(anyhow::Error::from(err)),
                 None => break Err(anyhow::anyhow!("the broker cancelled the consumer")),
@@ -181,7 +186,10 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
         tasks.abort_all();
     }
     recorder.abort();
-    // Closing the channel returns every unacknowledged message to the queue.
+    // Every channel is closed before the connection, the consumer's last (closing it returns every unacknowledged
+    // message to the queue): a connection closed under open channels makes the client log errors about them.
+    let _ = recorder_channel.close(200, "worker stopping".into()).await;
+    let _ = publisher.channel().close(200, "worker stopping".into()).await;
     let _ = channel.close(200, "worker stopping".into()).await;
     let _ = connection.close(200, "worker stopping".into()).await;
     outcome
@@ -206,26 +214,25 @@ struct Isolation {
     alone: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// Handles one delivery and settles it exactly once, whatever happens while handling it (a panic included).
-async fn process(
-    ctx: &JobContext,
-    publisher: &Publisher,
-    isolation: &Isolation,
-    delivery: Delivery,
+/// What handling a delivery needs besides the delivery itself.
+struct Handling<'a> {
+    ctx: &'a JobContext,
+    publisher: &'a Publisher,
+    isolation: &'a Isolation,
+    /// Tries of a transient fault inside one delivery.
     tries: usize,
+    /// Worker stops under one event before it is dead-lettered (the delivery limit).
     stop_limit: u32,
-) {
+}
+
+/// Handles one delivery and settles it exactly once, whatever happens while handling it (a panic included).
+async fn process(handling: Handling<'_>, delivery: Delivery) {
+    let (ctx, publisher) = (handling.ctx, handling.publisher);
     let (data, properties, acker) = (delivery.data.clone(), delivery.properties.clone(), delivery.acker.clone());
     let routing_key = delivery.routing_key.to_string();
-    let handled = std::panic::AssertUnwindSafe(process_event(ctx, publisher, isolation, delivery, tries, stop_limit))
-        .catch_unwind()
-        .await;
+    let handled = std::panic::AssertUnwindSafe(process_event(&handling, delivery)).catch_unwind().await;
     if let Err(panic) = handled {
-        let what = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let what = gitfleet_shared::panic_message(&*panic);
         tracing::error!(panic = %what, "handling an event panicked: dead-lettering it");
         let reason = format!("the worker failed unexpectedly while handling this event ({what})");
         dead_letter_parts(ctx, publisher, &data, properties, &routing_key, &acker, &reason).await;
@@ -235,14 +242,8 @@ async fn process(
 /// Transient faults are tried `tries` times in all inside the delivery (backoff with jitter); then the event waits
 /// in a retry queue for the schedule's next delay and comes back, until the schedule is spent and it is
 /// dead-lettered. A failing remote or store never holds a worker slot while it waits.
-async fn process_event(
-    ctx: &JobContext,
-    publisher: &Publisher,
-    isolation: &Isolation,
-    delivery: Delivery,
-    tries: usize,
-    stop_limit: u32,
-) {
+async fn process_event(handling: &Handling<'_>, delivery: Delivery) {
+    let Handling { ctx, publisher, isolation, tries, stop_limit } = *handling;
     let event = match Event::decode(&delivery.data) {
         Ok(event) => event,
         Err(err) => {

@@ -210,11 +210,7 @@ impl Registry {
                 // A loader bug must fail this repository's sync, not the worker that runs it.
                 let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data_type.load(input, &mut out)));
                 if let Err(panic) = loaded {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
+                    let what = crate::panic_message(&*panic);
                     out.logs.push(LogEntry::error(
                         "main",
                         format!("Error in loading {}: the loader failed unexpectedly ({what})", data_type.name()),
