@@ -7,9 +7,7 @@ use gitfleet_infra::amqp::new_traceparent;
 use gitfleet_infra::store::repository::{NewRepository, RepositoryRow};
 use gitfleet_infra::store::{job_result, outbox, repository};
 use gitfleet_shared::event::{Event, EventKind, RequestedBy, SchemaVersion, Version};
-use gitfleet_shared::job_result::{
-    DELETE_TASK_NAME, DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME, JobStatus, SYNC_JOB_NAME, SYNC_TASK_NAME,
-};
+use gitfleet_shared::job_result::JobStatus;
 use gitfleet_shared::repo::{
     Branch, CommitId, FieldError, OtherRepository, RemoteUrl, RepoName, RepoSlug, check_overlap,
     parse_provided_contents, slugify_dashes_to_underscores,
@@ -378,16 +376,12 @@ async fn emit(
         requested_at: Utc::now(),
         requested_by: requested_by.clone(),
     };
-    let (name, task_name) = match kind {
-        EventKind::Delete => (row.name.as_str(), DELETE_TASK_NAME),
-        EventKind::DryRun => (DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME),
-        EventKind::Create | EventKind::Update | EventKind::Sync => (SYNC_JOB_NAME, SYNC_TASK_NAME),
-    };
+    let (name, task_name) = kind.job_names(&row.name);
     job_result::insert(
         tx,
         &job_result::NewJobResult {
             id: event.event_id,
-            name,
+            name: &name,
             task_name,
             repository_id: Some(row.id),
             kind: Some(kind),

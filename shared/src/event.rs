@@ -60,6 +60,17 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The JobResult's `name` and `task_name` for an event of this kind about `repository_name` (a delete's
+    /// JobResult is named after the repository, as Nautobot's).
+    pub fn job_names(self, repository_name: &str) -> (String, &'static str) {
+        use crate::job_result::{DELETE_TASK_NAME, DRY_RUN_JOB_NAME, DRY_RUN_TASK_NAME, SYNC_JOB_NAME, SYNC_TASK_NAME};
+        match self {
+            Self::Delete => (repository_name.to_owned(), DELETE_TASK_NAME),
+            Self::DryRun => (DRY_RUN_JOB_NAME.to_owned(), DRY_RUN_TASK_NAME),
+            Self::Create | Self::Update | Self::Sync => (SYNC_JOB_NAME.to_owned(), SYNC_TASK_NAME),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Create => "create",

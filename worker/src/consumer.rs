@@ -23,8 +23,19 @@ use tracing::Instrument;
 use crate::config::WorkerSettings;
 use crate::job::{self, Disposition, JobContext};
 
-/// Runs the worker until `shutdown` is cancelled, reconnecting to RabbitMQ when the connection is lost.
+/// Runs the worker with the built-in data types until `shutdown` is cancelled, reconnecting to RabbitMQ when the
+/// connection is lost.
 pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with(settings, gitfleet_shared::loaders::Registry::with_builtins(), shutdown).await
+}
+
+/// The same with a registry of one's own: a worker that embeds gitfleet as a library registers its extension data
+/// types here.
+pub async fn run_with(
+    settings: WorkerSettings,
+    registry: gitfleet_shared::loaders::Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     // Each event in flight holds its lock's connection and needs another for its log lines and heartbeats; the
     // reaper and the dead-letter recorder need theirs. A smaller pool would starve running jobs of their heartbeat.
     let mut database = settings.database.clone();
@@ -45,7 +56,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
         git_root: settings.git_root(),
         worker_name: settings.worker_name(),
         topology: Topology::new(&settings.amqp),
-        registry: Arc::new(gitfleet_shared::loaders::Registry::with_builtins()),
+        registry: Arc::new(registry),
         max_mirror_bytes: settings.max_mirror_bytes,
         tls: settings.tls(),
         host_keys: settings.host_keys(),
@@ -317,29 +328,14 @@ async fn job_status(ctx: &JobContext, event: &Event) -> Option<JobStatus> {
 /// Counts one more stop of a worker while it ran the event; returns the count.
 async fn note_worker_stop(ctx: &JobContext, event: &Event) -> u32 {
     let Ok(client) = ctx.pool.get().await else { return 1 };
-    client
-        .query_one(
-            "UPDATE job_result SET meta = coalesce(meta, '{}'::jsonb) || jsonb_build_object('worker_stops',
-                 coalesce((meta->>'worker_stops')::int, 0) + 1)
-             WHERE id = $1 RETURNING (meta->>'worker_stops')::int",
-            &[&event.event_id],
-        )
-        .await
-        .ok()
-        .and_then(|row| row.get::<_, Option<i32>>(0))
-        .and_then(|n| u32::try_from(n).ok())
-        .unwrap_or(1)
+    let stops = gitfleet_infra::store::job_result::note_worker_stop(&**client, event.event_id).await;
+    stops.ok().flatten().and_then(|n| u32::try_from(n).ok()).unwrap_or(1)
 }
 
 /// Sends the event through the delay queue (its JobResult back to PENDING: nobody is on it meanwhile).
 async fn requeue_later(ctx: &JobContext, publisher: &Publisher, delivery: Delivery, event: &Event) {
     if let Ok(client) = ctx.pool.get().await {
-        let _ = client
-            .execute(
-                "UPDATE job_result SET status = 'PENDING', heartbeat = NULL WHERE id = $1 AND status = 'STARTED'",
-                &[&event.event_id],
-            )
-            .await;
+        let _ = gitfleet_infra::store::job_result::back_to_pending(&**client, event.event_id).await;
     }
     defer(ctx, publisher, delivery).await;
 }

@@ -13,6 +13,14 @@ pub async fn load(db: &impl GenericClient) -> Result<Inventory, tokio_postgres::
     })))
 }
 
+/// A stamp that changes whenever the inventory does (count and last update), part of a sync's fingerprint.
+pub async fn stamp(db: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
+    Ok(db
+        .query_one("SELECT count(*)::text || '@' || coalesce(max(updated)::text, '-') FROM scope_object", &[])
+        .await?
+        .get(0))
+}
+
 /// The key an object is stored under: its id, or else its kind's natural key (`name`, `model`) from the fields.
 pub fn object_key(object: &ScopeObject) -> Option<String> {
     if let Some(id) = &object.id {

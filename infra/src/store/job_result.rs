@@ -336,3 +336,72 @@ pub async fn reopen(db: &impl GenericClient, id: Uuid, by: &str) -> Result<bool,
     }
     Ok(n == 1)
 }
+
+/// The newest sync, create or update of the same repository that is still PENDING and was made after `id`.
+pub async fn newer_queued(
+    db: &impl GenericClient,
+    repository_id: Uuid,
+    id: Uuid,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
+    Ok(db
+        .query_opt(
+            "SELECT n.id FROM job_result n JOIN job_result me ON me.id = $2
+             WHERE n.repository_id = $1 AND n.id <> $2 AND n.status = 'PENDING'
+               AND n.event_kind IN ('create', 'update', 'sync') AND n.date_created > me.date_created
+             ORDER BY n.date_created DESC LIMIT 1",
+            &[&repository_id, &id],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+/// The database's clock now, and when the JobResult was made (coalescing compares both on one clock).
+pub async fn clock_and_created(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>), tokio_postgres::Error> {
+    let row =
+        db.query_one("SELECT clock_timestamp(), (SELECT date_created FROM job_result WHERE id = $1)", &[&id]).await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// A STARTED JobResult back to PENDING, its heartbeat cleared: its event waits in a queue and nobody is on it.
+pub async fn back_to_pending(db: &impl GenericClient, id: Uuid) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "UPDATE job_result SET status = 'PENDING', heartbeat = NULL WHERE id = $1 AND status = 'STARTED'",
+        &[&id],
+    )
+    .await
+}
+
+/// Counts one more stop of a worker while it ran the event (`meta.worker_stops`); returns the count.
+pub async fn note_worker_stop(db: &impl GenericClient, id: Uuid) -> Result<Option<i32>, tokio_postgres::Error> {
+    Ok(db
+        .query_opt(
+            "UPDATE job_result SET meta = coalesce(meta, '{}'::jsonb) || jsonb_build_object('worker_stops',
+                 coalesce((meta->>'worker_stops')::int, 0) + 1)
+             WHERE id = $1 RETURNING (meta->>'worker_stops')::int",
+            &[&id],
+        )
+        .await?
+        .and_then(|row| row.get(0)))
+}
+
+/// Every log line of a JobResult, in order, as the sync report stores them.
+pub async fn report_lines(db: &impl GenericClient, id: Uuid) -> Result<Vec<Value>, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            "SELECT log_level, grouping, message, log_object FROM job_log_entry WHERE job_result_id = $1
+             ORDER BY created, seq",
+            &[&id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (level, grouping, message, object): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            serde_json::json!({ "level": level, "grouping": grouping, "message": message, "object": object })
+        })
+        .collect())
+}

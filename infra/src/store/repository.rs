@@ -238,3 +238,12 @@ pub async fn tombstone(db: &impl GenericClient, id: Uuid, applied_version: i64) 
         .await?;
     Ok(n == 1)
 }
+
+/// Whether the repository with this slug has installed jobs (modules `<slug>.*`).
+pub async fn has_installed_jobs(db: &impl GenericClient, slug: &str) -> Result<bool, tokio_postgres::Error> {
+    let like = format!("{}.%", slug.replace('_', "\\_"));
+    Ok(db
+        .query_one("SELECT EXISTS (SELECT 1 FROM job WHERE module_name LIKE $1 AND installed)", &[&like])
+        .await?
+        .get(0))
+}

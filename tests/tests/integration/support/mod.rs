@@ -136,11 +136,16 @@ impl TestEnv {
 
     /// Starts an in-process worker; it stops when the test env is torn down.
     pub fn start_worker(&mut self, name: &str) {
+        self.start_worker_with(name, gitfleet_shared::loaders::Registry::with_builtins());
+    }
+
+    /// Starts an in-process worker with its own registry of data types (test-only extensions).
+    pub fn start_worker_with(&mut self, name: &str, registry: gitfleet_shared::loaders::Registry) {
         let settings = self.worker_settings(name);
         let token = CancellationToken::new();
         let child = token.clone();
         let handle = tokio::spawn(async move {
-            if let Err(err) = gitfleet_worker::run(settings, child).await {
+            if let Err(err) = gitfleet_worker::run_with(settings, registry, child).await {
                 eprintln!("worker failed: {err:#}");
             }
         });

@@ -1,0 +1,42 @@
+//! What every job of a worker runs with: built once, when the worker starts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use gitfleet_infra::amqp::Topology;
+use gitfleet_shared::loaders::{Registry, ScopeMode};
+use gitfleet_shared::yaml::Limits;
+
+use crate::secrets::Secrets;
+
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub pool: Pool,
+    pub git_root: PathBuf,
+    pub worker_name: String,
+    pub topology: Topology,
+    pub registry: Arc<Registry>,
+    pub secrets: Arc<Secrets>,
+    pub max_mirror_bytes: u64,
+    pub tls: crate::git::TlsPolicy,
+    pub host_keys: crate::known_hosts::HostKeyPolicy,
+    /// Fetch depth 1 where the transport allows it.
+    pub shallow: bool,
+    /// Default limit for a git operation; a repository's `git_timeout_secs` overrides it.
+    pub git_timeout: std::time::Duration,
+    pub scope_mode: ScopeMode,
+    pub limits: Limits,
+    /// How often a running job beats (`job_result.heartbeat`).
+    pub heartbeat: std::time::Duration,
+    pub storage: Arc<crate::storage::Storage>,
+}
+
+impl JobContext {
+    pub(super) fn scope_mode_name(&self) -> &'static str {
+        match self.scope_mode {
+            ScopeMode::Strict => "strict",
+            ScopeMode::Lenient => "lenient",
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Fetch: credentials from the worker's secrets groups, the repository's timeout, and the bare mirror.
+
+use gitfleet_infra::store::repository::RepositoryRow;
+use gitfleet_shared::job_result::grouping;
+use gitfleet_shared::repo::Branch;
+use gitfleet_shared::sanitize::sanitize;
+
+use super::JobContext;
+use super::error::{Failure, Step, StepError, TransientError};
+use crate::git::{Checkout, Credentials, GitError, Mirror};
+use crate::secrets;
+
+/// A fetch that cannot succeed: the error goes under `ensure_git_repository`, and (as Nautobot's handler does)
+/// "Changes to database records have been reverted." follows it.
+fn failed(exc_type: &'static str, message: String) -> StepError {
+    StepError::Failed(Failure::new(exc_type, message, grouping::ENSURE).reverted())
+}
+
+/// Credentials from the worker's secrets groups (a missing group or token fails before any network call), then a
+/// fetch and ref resolution, off the reactor.
+pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirror, Checkout)> {
+    let group = repo.secrets_group.as_deref().map(|name| (name, ctx.secrets.get(name)));
+    let credentials = match group {
+        None => None,
+        Some((name, found)) => {
+            let ssh = repo.remote_url.starts_with("ssh://");
+            match (secrets::problem(name, found, ssh), found) {
+                (None, Some(g)) if ssh => g.ssh_key.as_ref().map(|key| Credentials::SshKey {
+                    username: g.username.clone(),
+                    private_key: key.expose().to_owned(),
+                    passphrase: g.ssh_passphrase.as_ref().map(|p| p.expose().to_owned()),
+                }),
+                (None, Some(g)) => {
+                    g.token.as_ref().map(|token| Credentials::http(g.username.as_deref(), token.expose()))
+                }
+                (problem, _) => {
+                    let message = problem.unwrap_or_else(|| format!("The secrets_group \"{name}\" is unusable."));
+                    return Err(failed("SecretError", message));
+                }
+            }
+        }
+    };
+    let group = group.and_then(|(_, g)| g);
+    let mirror = Mirror::new(&ctx.git_root, &repo.slug)
+        .with_max_bytes(ctx.max_mirror_bytes)
+        .with_tls(ctx.tls.clone())
+        .with_host_keys(ctx.host_keys.clone())
+        .with_shallow(ctx.shallow);
+    let timeout = repo
+        .git_timeout_secs
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(ctx.git_timeout, std::time::Duration::from_secs);
+    let fetched = match Branch::parse(repo.branch.clone()) {
+        Err(err) => Err(GitError::InvalidRef(err)),
+        Ok(branch) => {
+            let (mirror, url) = (mirror.clone(), repo.remote_url.clone());
+            let span = tracing::Span::current();
+            let task = tokio::task::spawn_blocking(move || {
+                span.in_scope(|| mirror.fetch_and_checkout_as(&url, &branch, None, credentials.as_ref()))
+            });
+            // git2 cannot be interrupted while it waits on a stalled server: the sync gives up here, and libgit2's
+            // read timeout (set at start-up) ends the abandoned thread.
+            match tokio::time::timeout(timeout, task).await {
+                Ok(joined) => joined?,
+                Err(_) => {
+                    let message = format!(
+                        "Fetching from the remote timed out after {} seconds (the repository's git timeout, or \
+                         GITFLEET_GIT_TIMEOUT_SECS).",
+                        timeout.as_secs()
+                    );
+                    return Err(failed("TimeoutError", message));
+                }
+            }
+        }
+    };
+    match fetched {
+        Ok(checkout) => Ok((mirror, checkout)),
+        Err(err) if err.is_transient() => {
+            Err(TransientError::Git(sanitize(&secrets::redact(&err.to_string(), group))).into())
+        }
+        Err(err) => Err(failed(err.exc_type(), secrets::redact(&err.to_string(), group))),
+    }
+}

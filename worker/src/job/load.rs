@@ -1,0 +1,69 @@
+//! Load: the commit's tree read from the mirror and every registered data type loaded from it (pure, off the
+//! reactor), with what the database adds (the inventory, whether the repository had jobs).
+
+use gitfleet_infra::store::repository::RepositoryRow;
+use gitfleet_infra::store::{inventory, repository};
+use gitfleet_shared::inventory::Inventory;
+use gitfleet_shared::job_result::grouping;
+use gitfleet_shared::loaders::{LoadInput, Loaded};
+
+use super::JobContext;
+use super::error::{Failure, Step, StepError};
+use crate::git::Mirror;
+
+/// What a load needs from the database besides the tree.
+pub(super) struct LoadContext {
+    pub inventory: Inventory,
+    /// Changes whenever the inventory does: part of the fingerprint.
+    pub inventory_stamp: String,
+    /// The repository had installed jobs before this sync (a removed `jobs/` is then a warning).
+    pub had_jobs: bool,
+}
+
+pub(super) async fn context(ctx: &JobContext, slug: &str) -> Step<LoadContext> {
+    let client = ctx.pool.get().await?;
+    Ok(LoadContext {
+        inventory: inventory::load(&**client).await?,
+        inventory_stamp: inventory::stamp(&**client).await?,
+        had_jobs: repository::has_installed_jobs(&**client, slug).await?,
+    })
+}
+
+/// The inventory stamp alone (coalescing needs only the fingerprint).
+pub(super) async fn inventory_stamp(ctx: &JobContext) -> Step<String> {
+    let client = ctx.pool.get().await?;
+    Ok(inventory::stamp(&**client).await?)
+}
+
+/// Reads the commit's tree and runs every registered loader on it, off the reactor. A tree that cannot be read
+/// fails the job under `ensure_git_repository`.
+pub(super) async fn load_commit(
+    ctx: &JobContext,
+    repo: &RepositoryRow,
+    mirror: Mirror,
+    head: &str,
+    context: LoadContext,
+) -> Step<Loaded> {
+    let (registry, repo, limits, mode, head) =
+        (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode, head.to_owned());
+    let span = tracing::Span::current();
+    let loaded = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let tree = mirror.read_tree(&head, limits.max_bytes)?;
+            let input = LoadInput {
+                tree: &tree,
+                repo_name: &repo.name,
+                slug: &repo.slug,
+                provided: &repo.provided_contents,
+                inventory: Some(&context.inventory),
+                scope_mode: mode,
+                limits,
+                had_jobs: context.had_jobs,
+                spent: Default::default(),
+            };
+            Ok::<_, crate::git::GitError>(registry.load(&input))
+        })
+    })
+    .await?;
+    loaded.map_err(|err| StepError::Failed(Failure::new(err.exc_type(), err.to_string(), grouping::ENSURE)))
+}

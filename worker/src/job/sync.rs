@@ -1,0 +1,169 @@
+//! The sync job (spec b, f.3): the list of its stages. Each stage either continues, ends the job early with
+//! SUCCESS (coalesced, up to date), or fails through the one ending in `run.rs`.
+
+use gitfleet_infra::store::job_result;
+use gitfleet_infra::store::repository::{self, RepositoryRow};
+use gitfleet_shared::job_result::{LogEntry, grouping};
+use gitfleet_shared::loaders::summary;
+use serde_json::json;
+
+use super::Notification;
+use super::coalesce::{self, finish_superseded};
+use super::error::{Failure, Step, StepError};
+use super::run::JobRun;
+use super::{apply::apply, fetch, load, store};
+use crate::lock::RepoLock;
+use crate::reconcile::Owner;
+
+pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notification> {
+    let (ctx, event) = (run.ctx, run.event);
+    run.log.write(LogEntry::info(grouping::INITIALIZATION, "Running job")).await?;
+    let repo = run.definition(lock).await?;
+    let name = repo.name.as_str();
+    run.log
+        .write(LogEntry::info(grouping::RUN, format!("Creating/refreshing local copy of Git repository \"{name}\"...")))
+        .await?;
+    // Coalescing (ARCHITECTURE 4.3), on the database clock: when this fetch begins, and when the event was made.
+    let (fetch_started, requested) = job_result::clock_and_created(&***lock.client(), run.id()).await?;
+    if needs_no_fetch(run, lock, &repo, requested).await? {
+        return Ok(None);
+    }
+
+    let (mirror, checkout) = fetch::fetch(ctx, &repo).await?;
+    let head = checkout.head.clone();
+    run.log
+        .write_all(&[
+            LogEntry::info(grouping::ENSURE, "Repository successfully refreshed"),
+            LogEntry::info(grouping::ENSURE, format!("{name}: the current Git repository hash is \"{head}\""))
+                .about(name),
+        ])
+        .await?;
+
+    // What this sync would apply; the same as last time means the live records are already these.
+    let context = load::context(ctx, &repo.slug).await?;
+    let fingerprint = coalesce::fingerprint(ctx, &repo, &head, &context.inventory_stamp);
+    if fingerprint == repo.applied_fingerprint {
+        run.log
+            .write(LogEntry::info(
+                grouping::MAIN,
+                format!("Data from {name} is already up to date at commit {head}: nothing to reload."),
+            ))
+            .await?;
+        repository::record_fetch(&***lock.client(), repo.id, fetch_started).await?;
+        run.log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
+        run.succeed(
+            &***lock.client(),
+            json!({ "current_head": head, "applied_version": repo.version, "up_to_date": true }),
+        )
+        .await?;
+        return Ok(None);
+    }
+
+    let mut phases = Phases::start();
+    let loaded = load::load_commit(ctx, &repo, mirror.clone(), &head, context).await?;
+    phases.mark("load");
+    let staged =
+        if loaded.has_errors() { Vec::new() } else { store::stage(ctx, &repo, mirror, &head, &mut phases).await? };
+
+    // The records, the report and pointers, the new head and the JobResult's end: one transaction. Any failure
+    // drops it (a rollback) before the ending runs.
+    let client = lock.client();
+    let tx = client.transaction().await?;
+    let owner = Owner { id: repo.id, name, slug: &repo.slug };
+    let failed = apply(&*tx, &ctx.registry, owner, &loaded, &run.log).await?;
+    phases.mark("reconcile and log");
+    if failed {
+        let message = format!("Failed to refresh data provided by {name}. Please see logs.");
+        return Err(StepError::Failed(Failure::new("RuntimeError", message, grouping::MAIN).reverted()));
+    }
+    run.log.write_all(&[summary(name, false), LogEntry::success(grouping::POST_RUN, "Job completed")]).await?;
+    let artifacts: Vec<serde_json::Value> = staged.iter().map(crate::storage::Staged::describe).collect();
+    let pointed = store::report_and_point(ctx, run.id(), &repo, &head, &staged, &artifacts, &mut phases).await?;
+    let result = json!({
+        "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind),
+        "artifacts": artifacts, "report": pointed.report_key, "phases_ms": phases.to_json(),
+    });
+    let artifacts = serde_json::Value::Array(artifacts);
+    let committed = async {
+        repository::record_sync(&*tx, repo.id, &head, repo.version, &fingerprint, fetch_started, &artifacts).await?;
+        job_result::finish(&*tx, run.id(), gitfleet_shared::job_result::JobStatus::Success, Some(&result), None)
+            .await?;
+        tx.commit().await
+    }
+    .await;
+    if let Err(err) = committed {
+        // Storage points at the new commit only if the database does.
+        ctx.storage.restore_pointers(&staged, pointed.previous).await;
+        return Err(StepError::db(&format!("the sync of {name}"), err));
+    }
+    phases.mark("commit");
+    tracing::info!(event_id = %event.event_id, phases = %phases.to_json(), "sync committed");
+    let body = json!({
+        "repository_id": repo.id, "slug": repo.slug, "current_head": head, "job_result_id": event.event_id,
+    });
+    Ok(Some(("repo.synced", body)))
+}
+
+/// Ends the job SUCCESS without a fetch when it needs none: a newer sync of this repository is queued (it fetches
+/// after this event was made), or the live state already covers this event and nothing else changed what the live
+/// commit loads to (inventory, loaders, scope mode, storage). Returns whether it ended the job.
+async fn needs_no_fetch(
+    run: &JobRun<'_>,
+    lock: &mut RepoLock,
+    repo: &RepositoryRow,
+    requested: Option<chrono::DateTime<chrono::Utc>>,
+) -> Step<bool> {
+    let (ctx, event) = (run.ctx, run.event);
+    if let Some(newer) = job_result::newer_queued(&***lock.client(), repo.id, run.id()).await? {
+        let extra = json!({ "current_head": repo.current_head, "applied_version": repo.applied_version });
+        finish_superseded(&***lock.client(), &run.log, event, newer, extra).await?;
+        return Ok(true);
+    }
+    let Some(reason) = coalesce::reason(repo, event, requested) else { return Ok(false) };
+    let stamp = load::inventory_stamp(ctx).await?;
+    if coalesce::fingerprint(ctx, repo, &repo.current_head, &stamp) != repo.applied_fingerprint {
+        return Ok(false);
+    }
+    let (name, head) = (repo.name.as_str(), repo.current_head.as_str());
+    run.log
+        .write_all(&[
+            LogEntry::info(
+                grouping::MAIN,
+                format!(
+                    "Data from {name} is already up to date at commit {head} ({reason}): nothing to fetch or reload."
+                ),
+            ),
+            LogEntry::success(grouping::POST_RUN, "Job completed"),
+        ])
+        .await?;
+    let result = json!({
+        "current_head": head, "applied_version": repo.applied_version, "up_to_date": true, "fetched": false,
+        "coalesced": reason,
+    });
+    run.succeed(&***lock.client(), result).await?;
+    Ok(true)
+}
+
+/// Where a sync spends its time after the fetch: each phase's duration, in the JobResult's `result.phases_ms` and
+/// the worker's log.
+pub(super) struct Phases {
+    last: std::time::Instant,
+    spent: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Phases {
+    fn start() -> Self {
+        Self { last: std::time::Instant::now(), spent: Vec::new() }
+    }
+
+    pub fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.spent.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let phases = self.spent.iter().map(|(p, d)| ((*p).to_owned(), json!(d.as_millis())));
+        serde_json::Value::Object(phases.collect())
+    }
+}
