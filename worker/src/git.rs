@@ -228,7 +228,7 @@ impl Mirror {
         let commit = repo.find_commit(Oid::from_str(commit)?)?;
         let mut out = RepoTree::new();
         let mut failure = None;
-        commit.tree()?.walk(TreeWalkMode::PreOrder, |root, entry| {
+        let walked = commit.tree()?.walk(TreeWalkMode::PreOrder, |root, entry| {
             let name = String::from_utf8_lossy(entry.name_bytes());
             let path = format!("{root}{name}");
             let added = match entry.kind() {
@@ -251,10 +251,12 @@ impl Mirror {
                 return TreeWalkResult::Skip;
             }
             TreeWalkResult::Ok
-        })?;
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(out),
+        });
+        // An aborted walk reports only "callback returned -7": the blob's own error says what went wrong.
+        match (failure, walked) {
+            (Some(err), _) => Err(err),
+            (None, Err(err)) => Err(err.into()),
+            (None, Ok(())) => Ok(out),
         }
     }
 
@@ -267,7 +269,7 @@ impl Mirror {
         let Ok(subtree) = repo.find_tree(entry.id()) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         let mut failure = None;
-        subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
+        let walked = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
             if entry.kind() == Some(ObjectType::Blob) && entry.filemode() != 0o120_000 {
                 let path = format!("{folder}/{root}{}", String::from_utf8_lossy(entry.name_bytes()));
                 match repo.find_blob(entry.id()) {
@@ -279,10 +281,12 @@ impl Mirror {
                 }
             }
             TreeWalkResult::Ok
-        })?;
-        match failure {
-            Some(err) => Err(err),
-            None => Ok(out),
+        });
+        // An aborted walk reports only "callback returned -7": the blob's own error says what went wrong.
+        match (failure, walked) {
+            (Some(err), _) => Err(err),
+            (None, Err(err)) => Err(err.into()),
+            (None, Ok(())) => Ok(out),
         }
     }
 

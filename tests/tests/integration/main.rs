@@ -5,6 +5,7 @@ mod contract;
 mod credentials;
 mod data_types;
 mod delete;
+mod endings;
 mod faults;
 mod fleet;
 mod shutdown;

@@ -15,14 +15,14 @@ use super::error::{Failure, Step, StepError, TransientError};
 use crate::git::Mirror;
 use crate::storage::{Staged, StagedFile, StorageError};
 
-/// A storage fault: transient when the store is out of reach or answering 5xx, else the job fails. `reverted`:
-/// whether records had been written when it happened.
-fn storage_error(name: &str, err: StorageError, reverted: bool) -> StepError {
+/// A storage fault: transient when the store is out of reach or answering 5xx, else the job fails (with the
+/// reverted line, as every failure of a sync after its fetch).
+fn storage_error(name: &str, err: StorageError) -> StepError {
     if err.is_transient() {
         return TransientError::Storage(sanitize(&err.to_string())).into();
     }
-    let failure = Failure::new("StorageError", format!("Could not store the files of {name}: {err}"), grouping::MAIN);
-    StepError::Failed(if reverted { failure.reverted() } else { failure })
+    let message = format!("Could not store the files of {name}: {err}");
+    StepError::Failed(Failure::new("StorageError", message, grouping::MAIN).reverted())
 }
 
 /// The files of every provided data type at `head`, read from the mirror (all of them, whatever their size).
@@ -64,7 +64,7 @@ pub(super) async fn stage(
 ) -> Step<Vec<Staged>> {
     let files = provided_files(ctx, repo, mirror, head).await?;
     phases.mark("read files");
-    let staged = ctx.storage.stage(&repo.slug, head, &files).await.map_err(|e| storage_error(&repo.name, e, false))?;
+    let staged = ctx.storage.stage(&repo.slug, head, &files).await.map_err(|e| storage_error(&repo.name, e))?;
     phases.mark("storage stage");
     Ok(staged)
 }
@@ -94,10 +94,9 @@ pub(super) async fn report_and_point(
         "job_result_id": id, "repository": { "id": repo.id, "name": repo.name, "slug": repo.slug },
         "commit": head, "artifacts": artifacts, "log": lines,
     });
-    let report_key = ctx.storage.put_report(id, &report).await.map_err(|e| storage_error(&repo.name, e, true))?;
+    let report_key = ctx.storage.put_report(id, &report).await.map_err(|e| storage_error(&repo.name, e))?;
     phases.mark("report");
-    let previous =
-        ctx.storage.point(staged, &repo.slug, head, id).await.map_err(|e| storage_error(&repo.name, e, true))?;
+    let previous = ctx.storage.point(staged, &repo.slug, head, id).await.map_err(|e| storage_error(&repo.name, e))?;
     phases.mark("pointers");
     Ok(Pointed { report_key, previous })
 }
