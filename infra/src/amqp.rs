@@ -77,10 +77,20 @@ impl Topology {
         format!("{}.retry.{seconds}s", self.events.trim_end_matches(".events"))
     }
 
+    /// A quorum queue whose messages wait `ttl_ms` and then expire, at least once, back into the events exchange.
+    fn waiting_queue_args(&self, ttl_ms: i64) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl_ms));
+        args.insert("x-dead-letter-exchange".into(), long_string(&self.events));
+        args.insert("x-dead-letter-routing-key".into(), long_string(DEFERRED_ROUTING_KEY));
+        args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
+        args.insert("x-overflow".into(), long_string("reject-publish"));
+        args
+    }
+
     /// Declares everything (idempotent; both the producer and the worker call it at start-up).
     pub async fn declare(&self, channel: &Channel) -> Result<(), AmqpError> {
         let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
-        let queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         for (name, kind) in [
             (&self.events, ExchangeKind::Topic),
             (&self.dead_exchange, ExchangeKind::Fanout),
@@ -90,65 +100,47 @@ impl Topology {
         }
 
         let mut work = FieldTable::default();
-        work.insert("x-queue-type".into(), long_string("quorum"));
         work.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(i64::from(self.delivery_limit)));
         work.insert("x-dead-letter-exchange".into(), long_string(&self.dead_exchange));
         // At-least-once dead-lettering: a message is removed from the work queue only once the dead-letter queue has
         // it. RabbitMQ requires reject-publish overflow for that strategy.
         work.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
         work.insert("x-overflow".into(), long_string("reject-publish"));
-        channel.queue_declare(self.work.as_str().into(), queue, work).await?;
-        channel
-            .queue_bind(
-                self.work.as_str().into(),
-                self.events.as_str().into(),
-                "repo.#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-
-        let mut dead = FieldTable::default();
-        dead.insert("x-queue-type".into(), long_string("quorum"));
-        channel.queue_declare(self.dead.as_str().into(), queue, dead).await?;
-        channel
-            .queue_bind(
-                self.dead.as_str().into(),
-                self.dead_exchange.as_str().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        quorum_queue(channel, &self.work, work, Some((&self.events, "repo.#"))).await?;
+        quorum_queue(channel, &self.dead, FieldTable::default(), Some((&self.dead_exchange, ""))).await?;
 
         // Deferred events wait here and expire back into the events exchange. A quorum queue with at-least-once
         // dead-lettering: a classic queue's expiry is at-most-once and loses the event if the broker stops just then
         // (the chaos test caught it).
-        let mut delay = FieldTable::default();
-        delay.insert("x-queue-type".into(), long_string("quorum"));
-        delay.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(self.defer_delay_ms)));
-        delay.insert("x-dead-letter-exchange".into(), long_string(&self.events));
-        delay.insert("x-dead-letter-routing-key".into(), long_string(DEFERRED_ROUTING_KEY));
-        delay.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
-        delay.insert("x-overflow".into(), long_string("reject-publish"));
-        channel.queue_declare(self.delay.as_str().into(), queue, delay).await?;
-
+        quorum_queue(channel, &self.delay, self.waiting_queue_args(i64::from(self.defer_delay_ms)), None).await?;
         // Retry queues, the same kind of queue with the schedule's delays.
         let mut delays = self.retry_delays.clone();
         delays.sort_unstable();
         delays.dedup();
         for seconds in delays {
-            let mut retry = FieldTable::default();
-            retry.insert("x-queue-type".into(), long_string("quorum"));
-            retry.insert("x-message-ttl".into(), AMQPValue::LongLongInt(i64::from(seconds) * 1000));
-            retry.insert("x-dead-letter-exchange".into(), long_string(&self.events));
-            retry.insert("x-dead-letter-routing-key".into(), long_string(DEFERRED_ROUTING_KEY));
-            retry.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
-            retry.insert("x-overflow".into(), long_string("reject-publish"));
-            channel.queue_declare(self.retry_queue(seconds).as_str().into(), queue, retry).await?;
+            let retry = self.waiting_queue_args(i64::from(seconds) * 1000);
+            quorum_queue(channel, &self.retry_queue(seconds), retry, None).await?;
         }
         Ok(())
     }
+}
+
+/// Declares a durable quorum queue with `args`, bound to `bind` (exchange, routing key) when given.
+async fn quorum_queue(
+    channel: &Channel,
+    name: &str,
+    mut args: FieldTable,
+    bind: Option<(&str, &str)>,
+) -> Result<(), AmqpError> {
+    args.insert("x-queue-type".into(), long_string("quorum"));
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(name.into(), durable, args).await?;
+    if let Some((exchange, key)) = bind {
+        channel
+            .queue_bind(name.into(), exchange.into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+    }
+    Ok(())
 }
 
 pub fn long_string(value: &str) -> AMQPValue {

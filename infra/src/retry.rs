@@ -22,3 +22,30 @@ pub fn transient(tries: usize) -> ExponentialBuilder {
         .with_max_times(tries.saturating_sub(1))
         .with_jitter()
 }
+
+/// Runs `session` until it ends cleanly or `shutdown` fires; after each failure (a lost broker connection, say) it
+/// waits, from `first` doubling up to 5 s, and runs it again.
+pub async fn reconnecting<F, Fut>(
+    what: &str,
+    first: Duration,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut session: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut backoff = first;
+    while !shutdown.is_cancelled() {
+        match session().await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?backoff, "{what} interrupted; reconnecting");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -95,3 +95,27 @@ pub fn positive(value: &str) -> Result<usize, String> {
         Err(e) => Err(format!("not a whole number: {e}")),
     }
 }
+
+/// How a command prints what it found: for people, or as JSON for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Scope lookups that match no inventory object: `strict` fails the file (as Nautobot), `lenient` stores them
+/// unresolved with a warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScopeModeArg {
+    Strict,
+    Lenient,
+}
+
+impl From<ScopeModeArg> for gitfleet_shared::loaders::ScopeMode {
+    fn from(arg: ScopeModeArg) -> Self {
+        match arg {
+            ScopeModeArg::Strict => Self::Strict,
+            ScopeModeArg::Lenient => Self::Lenient,
+        }
+    }
+}

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use deadpool_postgres::Pool;
 use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
 use gitfleet_infra::store::job_result::{self, JobResultView};
@@ -178,11 +178,7 @@ pub enum JobResultCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
+pub use gitfleet_infra::settings::Format;
 
 /// Exit codes: 0 done, 1 operational failure or a FAILED JobResult, 2 bad input, 3 timed out waiting.
 pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut impl Write) -> anyhow::Result<i32> {
@@ -367,14 +363,7 @@ async fn inventory(pool: &Pool, command: InventoryCommand, out: &mut impl Write)
 fn read_objects(path: &std::path::Path) -> anyhow::Result<Vec<gitfleet_shared::inventory::ScopeObject>> {
     use anyhow::Context;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let list = match value {
-        serde_json::Value::Object(mut map) => map.remove("objects").unwrap_or_default(),
-        other => other,
-    };
-    serde_json::from_value(list)
-        .with_context(|| format!("{}: expected a list of {{kind, id?, fields}}", path.display()))
+    gitfleet_shared::inventory::parse_objects(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 async fn show(

@@ -42,45 +42,32 @@ pub async fn run(
     let topology = Topology::new(&amqp_settings);
     let wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(database, wake.clone(), shutdown.clone()));
-    let mut backoff = Duration::from_millis(100);
-
-    while !shutdown.is_cancelled() {
-        let session = async {
-            let connection = amqp::connect(&amqp_settings, Duration::from_secs(5)).await?;
-            let publisher = Publisher::new(&connection).await?;
-            topology.declare(publisher.channel()).await?;
-            tracing::info!("outbox relay connected to RabbitMQ");
-            loop {
-                let published = relay_batch(&pool, &publisher, &topology, options.batch).await?;
-                if published > 0 {
-                    tracing::debug!(published, "published outbox rows");
-                    continue;
-                }
-                tokio::select! {
-                    () = wake.notified() => {}
-                    () = tokio::time::sleep(options.poll_interval) => {}
-                    () = shutdown.cancelled() => {
-                        // The channel first, then the connection: closing a connection under an open channel makes
-                        // the client log errors about it at every clean shutdown.
-                        let _ = publisher.channel().close(200, "relay stopping".into()).await;
-                        let _ = connection.close(200, "relay stopping".into()).await;
-                        return Ok::<(), anyhow::Error>(());
-                    }
-                }
+    let reconnect = Duration::from_millis(100);
+    gitfleet_infra::retry::reconnecting("the outbox relay", reconnect, &shutdown, || async {
+        let connection = amqp::connect(&amqp_settings, Duration::from_secs(5)).await?;
+        let publisher = Publisher::new(&connection).await?;
+        topology.declare(publisher.channel()).await?;
+        tracing::info!("outbox relay connected to RabbitMQ");
+        loop {
+            let published = relay_batch(&pool, &publisher, &topology, options.batch).await?;
+            if published > 0 {
+                tracing::debug!(published, "published outbox rows");
+                continue;
             }
-        };
-        match session.await {
-            Ok(()) => break,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?backoff, "outbox relay interrupted");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => break,
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(options.poll_interval) => {}
+                () = shutdown.cancelled() => {
+                    // The channel first, then the connection: closing a connection under an open channel makes
+                    // the client log errors about it at every clean shutdown.
+                    let _ = publisher.channel().close(200, "relay stopping".into()).await;
+                    let _ = connection.close(200, "relay stopping".into()).await;
+                    return Ok::<(), anyhow::Error>(());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
+    })
+    .await;
     listener.abort();
     Ok(())
 }

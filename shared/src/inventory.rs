@@ -50,6 +50,17 @@ pub const KINDS: &[&str] = &[
     "virtual_machine",
 ];
 
+/// Reads an inventory file's text: a JSON list of `{kind, id?, fields}`, or `{"objects": [...]}`. `worker check`
+/// and `producer inventory import` read the same format.
+pub fn parse_objects(text: &str) -> Result<Vec<ScopeObject>, String> {
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let list = match value {
+        Value::Object(mut map) => map.remove("objects").unwrap_or(Value::Array(Vec::new())),
+        other => other,
+    };
+    serde_json::from_value(list).map_err(|e| format!("expected a list of {{kind, id?, fields}}: {e}"))
+}
+
 /// One object of the source of truth.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScopeObject {

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
-use gitfleet_shared::inventory::{Inventory, ScopeObject};
+use clap::Args;
+use gitfleet_shared::inventory::Inventory;
 use gitfleet_shared::job_result::{LogEntry, LogLevel};
 use gitfleet_shared::loaders::{LoadInput, Loaded, Registry, ScopeMode, summary};
 use gitfleet_shared::repo::slugify_dashes_to_underscores;
@@ -46,17 +46,7 @@ pub struct CheckArgs {
     pub format: Format,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    Strict,
-    Lenient,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    Text,
-    Json,
-}
+pub use gitfleet_infra::settings::{Format, ScopeModeArg as Mode};
 
 /// Reads a directory into a tree: regular files with their bytes, symbolic links as links (never followed),
 /// and no `.git` directory.
@@ -97,13 +87,8 @@ pub fn read_dir_into(tree: &mut RepoTree, root: &Path) -> Result<()> {
 /// Reads an inventory file.
 pub fn read_inventory(path: &Path) -> Result<Inventory> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let value: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let list = match value {
-        Value::Object(mut map) => map.remove("objects").unwrap_or(Value::Array(Vec::new())),
-        other => other,
-    };
-    let objects: Vec<ScopeObject> = serde_json::from_value(list)
-        .with_context(|| format!("{}: expected a list of {{kind, fields}}", path.display()))?;
+    let objects =
+        gitfleet_shared::inventory::parse_objects(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     Ok(Inventory::new(objects))
 }
 
@@ -198,7 +183,7 @@ pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<i32> {
     {
         anyhow::bail!("unknown data type '{unknown}' (see `worker data-types`)");
     }
-    let mode = if args.scope_mode == Mode::Lenient { ScopeMode::Lenient } else { ScopeMode::Strict };
+    let mode = ScopeMode::from(args.scope_mode);
     let limits = Limits {
         max_bytes: args.max_file_bytes,
         max_expanded_bytes: args.max_document_bytes,

@@ -88,18 +88,11 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ScopeModeArg {
-    Strict,
-    Lenient,
-}
+pub use gitfleet_infra::settings::ScopeModeArg;
 
 impl WorkerSettings {
     pub fn scope_mode(&self) -> gitfleet_shared::loaders::ScopeMode {
-        match self.scope_mode {
-            ScopeModeArg::Strict => gitfleet_shared::loaders::ScopeMode::Strict,
-            ScopeModeArg::Lenient => gitfleet_shared::loaders::ScopeMode::Lenient,
-        }
+        self.scope_mode.into()
     }
 
     pub fn tls(&self) -> crate::git::TlsPolicy {

@@ -83,20 +83,10 @@ pub async fn run_with(
         tokio::spawn(async move { crate::fleet::reap(&ctx, every, stale, &shutdown).await })
     };
 
-    let mut backoff = Duration::from_millis(200);
-    while !shutdown.is_cancelled() {
-        match session(&settings, &ctx, &shutdown).await {
-            Ok(()) => break,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?backoff, "lost RabbitMQ; reconnecting");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
-                    () = shutdown.cancelled() => break,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+    gitfleet_infra::retry::reconnecting("the worker's RabbitMQ session", Duration::from_millis(200), &shutdown, || {
+        session(&settings, &ctx, &shutdown)
+    })
+    .await;
     reaper.abort();
     ctx.pool.close();
     tracing::info!(worker = %ctx.worker_name, "worker stopped");

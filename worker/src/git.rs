@@ -501,6 +501,24 @@ impl Mirror {
         if let Some(depth) = depth {
             options.depth(depth);
         }
+        let callbacks = self.callbacks(url, credentials, &host_key_problem);
+        options.remote_callbacks(callbacks);
+        let fetched = remote.fetch(&REFSPECS, Some(&mut options), None);
+        drop(options);
+        match (fetched, host_key_problem.into_inner()) {
+            (Ok(()), _) => Ok(()),
+            (Err(err), Some(problem)) => Err(GitError::Git { message: problem, class: err.class(), code: err.code() }),
+            (Err(err), None) => Err(err.into()),
+        }
+    }
+    /// The fetch's callbacks: credentials offered once, host keys and certificates checked by the worker's policy
+    /// (a refused host key's message kept in `host_key_problem`), and the download stopped past the size cap.
+    fn callbacks<'a>(
+        &'a self,
+        url: &str,
+        credentials: Option<&'a Credentials>,
+        host_key_problem: &'a std::cell::RefCell<Option<String>>,
+    ) -> RemoteCallbacks<'a> {
         let mut callbacks = RemoteCallbacks::new();
         let mut offered = false;
         callbacks.credentials(move |_url, url_user, allowed| {
@@ -543,50 +561,48 @@ impl Mirror {
             }
         });
         let ssh_port = known_hosts::ssh_host_port(url).map_or(22, |(_, port)| port);
-        let (tls, host_keys) = (&self.tls, &self.host_keys);
-        let host_key_problem_ref = &host_key_problem;
-        callbacks.certificate_check(move |cert, host| {
-            if let Some(hostkey) = cert.as_hostkey() {
-                let key = hostkey.hostkey().unwrap_or_default();
-                return match known_hosts::check(host_keys, host, ssh_port, key) {
-                    Ok(()) => Ok(git2::CertificateCheckStatus::CertificateOk),
-                    Err(problem) => {
-                        *host_key_problem_ref.borrow_mut() = Some(problem.clone());
-                        Err(git2::Error::new(git2::ErrorCode::Certificate, git2::ErrorClass::Ssh, problem))
-                    }
-                };
-            }
-            match tls {
-                TlsPolicy::System => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
-                TlsPolicy::NoVerify => Ok(git2::CertificateCheckStatus::CertificateOk),
-                TlsPolicy::CaBundle(bundle) => {
-                    let der = cert.as_x509().map(|x| x.data()).unwrap_or_default();
-                    match verify_with_bundle(bundle, der, host) {
-                        Ok(true) => Ok(git2::CertificateCheckStatus::CertificateOk),
-                        Ok(false) => Err(git2::Error::new(
-                            git2::ErrorCode::Certificate,
-                            git2::ErrorClass::Ssl,
-                            format!(
-                                "the SSL certificate of {host} is not issued by the configured CA bundle for this host"
-                            ),
-                        )),
-                        Err(problem) => {
-                            Err(git2::Error::new(git2::ErrorCode::Certificate, git2::ErrorClass::Ssl, problem))
-                        }
-                    }
-                }
-            }
-        });
+        callbacks.certificate_check(move |cert, host| self.check_certificate(cert, host, ssh_port, host_key_problem));
         // Stop a download that passes the size cap instead of filling the disk first.
         let max_bytes = self.max_bytes;
         callbacks.transfer_progress(move |progress| progress.received_bytes() as u64 <= max_bytes);
-        options.remote_callbacks(callbacks);
-        let fetched = remote.fetch(&REFSPECS, Some(&mut options), None);
-        drop(options);
-        match (fetched, host_key_problem.into_inner()) {
-            (Ok(()), _) => Ok(()),
-            (Err(err), Some(problem)) => Err(GitError::Git { message: problem, class: err.class(), code: err.code() }),
-            (Err(err), None) => Err(err.into()),
+        callbacks
+    }
+    /// An SSH host key against the known hosts (a refusal's message kept in `problem`: libgit2 replaces it), or an
+    /// HTTPS certificate by the TLS policy.
+    fn check_certificate(
+        &self,
+        cert: &git2::cert::Cert<'_>,
+        host: &str,
+        ssh_port: u16,
+        problem: &std::cell::RefCell<Option<String>>,
+    ) -> Result<git2::CertificateCheckStatus, git2::Error> {
+        let refused = |class, message: String| Err(git2::Error::new(git2::ErrorCode::Certificate, class, message));
+        if let Some(hostkey) = cert.as_hostkey() {
+            let key = hostkey.hostkey().unwrap_or_default();
+            return match known_hosts::check(&self.host_keys, host, ssh_port, key) {
+                Ok(()) => Ok(git2::CertificateCheckStatus::CertificateOk),
+                Err(message) => {
+                    *problem.borrow_mut() = Some(message.clone());
+                    refused(git2::ErrorClass::Ssh, message)
+                }
+            };
+        }
+        match &self.tls {
+            TlsPolicy::System => Ok(git2::CertificateCheckStatus::CertificatePassthrough),
+            TlsPolicy::NoVerify => Ok(git2::CertificateCheckStatus::CertificateOk),
+            TlsPolicy::CaBundle(bundle) => {
+                let der = cert.as_x509().map(|x| x.data()).unwrap_or_default();
+                match verify_with_bundle(bundle, der, host) {
+                    Ok(true) => Ok(git2::CertificateCheckStatus::CertificateOk),
+                    Ok(false) => refused(
+                        git2::ErrorClass::Ssl,
+                        format!(
+                            "the SSL certificate of {host} is not issued by the configured CA bundle for this host"
+                        ),
+                    ),
+                    Err(message) => refused(git2::ErrorClass::Ssl, message),
+                }
+            }
         }
     }
 }

@@ -144,58 +144,12 @@ async fn contexts(
     logs: &mut Vec<LogEntry>,
 ) -> Result<(), Db> {
     const G: &str = "config contexts";
-    let rows = db
-        .query(
-            "SELECT c.id, c.name, c.weight, c.description, c.is_active, s.name, c.data, c.scope, c.scope_resolved
-             FROM config_context c LEFT JOIN config_context_schema s ON s.id = c.config_context_schema_id
-             WHERE c.owner_repository_id = $1",
-            &[&owner.id],
-        )
-        .await?;
-    struct Row {
-        id: Uuid,
-        fields: (i16, String, bool, Value, Value, Value),
-        schema: Option<String>,
-    }
-    let owned: BTreeMap<String, Row> = rows
-        .iter()
-        .map(|r| {
-            let row = Row {
-                id: r.get(0),
-                fields: (r.get(2), r.get(3), r.get(4), r.get(6), r.get(7), r.get(8)),
-                schema: r.get(5),
-            };
-            (r.get::<_, String>(1), row)
-        })
-        .collect();
+    let owned = owned_contexts(db, owner).await?;
     let new_names: Vec<&str> =
         loaded.config_contexts.iter().map(|c| c.name.as_str()).filter(|n| !owned.contains_key(*n)).collect();
     let taken = names_taken(db, "config_context", &new_names).await?;
-    // Schema links are looked up by name, globally (spec c.3.4 step 8): one query for all of them.
-    let schema_names: Vec<&str> =
-        loaded.config_contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
-    let schema_ids: BTreeMap<String, Uuid> = if schema_names.is_empty() {
-        BTreeMap::new()
-    } else {
-        db.query("SELECT name, id FROM config_context_schema WHERE name = ANY($1)", &[&schema_names])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-    };
+    let schema_ids = schema_ids(db, loaded).await?;
 
-    #[derive(Default)]
-    struct Insert<'a> {
-        ids: Vec<Uuid>,
-        names: Vec<&'a str>,
-        weights: Vec<i16>,
-        descriptions: Vec<&'a str>,
-        active: Vec<bool>,
-        data: Vec<Value>,
-        scope: Vec<Value>,
-        resolved: Vec<Value>,
-        schema: Vec<Option<Uuid>>,
-    }
     let mut insert = Insert::default();
     let mut seen = HashSet::new();
     for context in &loaded.config_contexts {
@@ -203,13 +157,11 @@ async fn contexts(
         let shown = owner.display(&context.name);
         let existing = owned.get(&context.name);
         if existing.is_none() && taken.contains(&context.name) {
-            logs.push(LogEntry::error(
-                G,
-                format!(
-                    "Error in loading config context data from `{}`: Config context with this Name already exists.",
-                    context.file
-                ),
-            ));
+            let file = &context.file;
+            let message = format!(
+                "Error in loading config context data from `{file}`: Config context with this Name already exists."
+            );
+            logs.push(LogEntry::error(G, message));
             continue;
         }
         let current_schema = existing.and_then(|e| e.schema.clone());
@@ -226,59 +178,152 @@ async fn contexts(
         let scope = json!(context.scope);
         let resolved = json!(context.resolved);
         match existing {
-            Some(row)
-                if !schema_changed
-                    && row.fields
-                        == (
-                            weight,
-                            context.description.clone(),
-                            context.is_active,
-                            context.data.clone(),
-                            scope.clone(),
-                            resolved.clone(),
-                        ) =>
-            {
+            Some(row) if !schema_changed && row.same_as(context, weight, &scope, &resolved) => {
                 logs.push(LogEntry::info(G, "No change to config context").about(&shown));
             }
             Some(row) => {
-                db.execute(
-                    "UPDATE config_context SET weight = $2, description = $3, is_active = $4, data = $5, scope = $6,
-                         scope_resolved = $7, config_context_schema_id = $8, last_updated = now() WHERE id = $1",
-                    &[
-                        &row.id,
-                        &weight,
-                        &context.description,
-                        &context.is_active,
-                        &context.data,
-                        &scope,
-                        &resolved,
-                        &schema_id,
-                    ],
-                )
-                .await?;
+                let fields: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+                    &row.id,
+                    &weight,
+                    &context.description,
+                    &context.is_active,
+                    &context.data,
+                    &scope,
+                    &resolved,
+                    &schema_id,
+                ];
+                update_context(db, &fields).await?;
                 logs.push(LogEntry::info(G, "Successfully refreshed config context").about(&shown));
             }
             None => {
-                insert.ids.push(Uuid::new_v4());
-                insert.names.push(&context.name);
-                insert.weights.push(weight);
-                insert.descriptions.push(&context.description);
-                insert.active.push(context.is_active);
-                insert.data.push(context.data.clone());
-                insert.scope.push(scope);
-                insert.resolved.push(resolved);
-                insert.schema.push(schema_id);
+                insert.push(context, weight, [scope, resolved], schema_id);
                 logs.push(LogEntry::info(G, "Successfully created config context").about(&shown));
             }
         }
     }
+    insert_contexts(db, owner, &insert).await?;
+    let mut stale = Vec::new();
+    for (name, row) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
+        stale.push(row.id);
+        logs.push(LogEntry::warning(G, format!("Deleted config context {}", owner.display(name))));
+    }
+    delete_ids(db, "config_context", &stale).await
+}
+
+/// Schema links are looked up by name, globally (spec c.3.4 step 8): one query for all of them.
+async fn schema_ids(db: &impl GenericClient, loaded: &Loaded) -> Result<BTreeMap<String, Uuid>, Db> {
+    let names: Vec<&str> = loaded.config_contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
+    if names.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let rows = db.query("SELECT name, id FROM config_context_schema WHERE name = ANY($1)", &[&names]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Rewrites a config context: id, weight, description, is_active, data, scope, resolved scope, schema id.
+async fn update_context(
+    db: &impl GenericClient,
+    fields: &[&(dyn tokio_postgres::types::ToSql + Sync); 8],
+) -> Result<(), Db> {
+    db.execute(
+        "UPDATE config_context SET weight = $2, description = $3, is_active = $4, data = $5, scope = $6,
+             scope_resolved = $7, config_context_schema_id = $8, last_updated = now() WHERE id = $1",
+        fields,
+    )
+    .await?;
+    Ok(())
+}
+
+/// A config context as the database holds it: its id, the fields a sync compares, and its schema's name.
+struct ContextRow {
+    id: Uuid,
+    fields: (i16, String, bool, Value, Value, Value),
+    schema: Option<String>,
+}
+
+impl ContextRow {
+    fn same_as(
+        &self,
+        context: &gitfleet_shared::loaders::ConfigContext,
+        weight: i16,
+        scope: &Value,
+        resolved: &Value,
+    ) -> bool {
+        let (w, description, active, data, s, r) = &self.fields;
+        *w == weight
+            && *description == context.description
+            && *active == context.is_active
+            && *data == context.data
+            && s == scope
+            && r == resolved
+    }
+}
+
+/// The config contexts the repository owns, by name.
+async fn owned_contexts(db: &impl GenericClient, owner: Owner<'_>) -> Result<BTreeMap<String, ContextRow>, Db> {
+    let rows = db
+        .query(
+            "SELECT c.id, c.name, c.weight, c.description, c.is_active, s.name, c.data, c.scope, c.scope_resolved
+             FROM config_context c LEFT JOIN config_context_schema s ON s.id = c.config_context_schema_id
+             WHERE c.owner_repository_id = $1",
+            &[&owner.id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let row = ContextRow {
+                id: r.get(0),
+                fields: (r.get(2), r.get(3), r.get(4), r.get(6), r.get(7), r.get(8)),
+                schema: r.get(5),
+            };
+            (r.get::<_, String>(1), row)
+        })
+        .collect())
+}
+
+/// New config contexts, column by column, written in one statement.
+#[derive(Default)]
+struct Insert<'a> {
+    ids: Vec<Uuid>,
+    names: Vec<&'a str>,
+    weights: Vec<i16>,
+    descriptions: Vec<&'a str>,
+    active: Vec<bool>,
+    data: Vec<Value>,
+    scope: Vec<Value>,
+    resolved: Vec<Value>,
+    schema: Vec<Option<Uuid>>,
+}
+
+impl<'a> Insert<'a> {
+    fn push(
+        &mut self,
+        context: &'a gitfleet_shared::loaders::ConfigContext,
+        weight: i16,
+        [scope, resolved]: [Value; 2],
+        schema: Option<Uuid>,
+    ) {
+        self.ids.push(Uuid::new_v4());
+        self.names.push(&context.name);
+        self.weights.push(weight);
+        self.descriptions.push(&context.description);
+        self.active.push(context.is_active);
+        self.data.push(context.data.clone());
+        self.scope.push(scope);
+        self.resolved.push(resolved);
+        self.schema.push(schema);
+    }
+}
+
+async fn insert_contexts(db: &impl GenericClient, owner: Owner<'_>, insert: &Insert<'_>) -> Result<(), Db> {
     if !insert.ids.is_empty() {
         db.execute(
             "INSERT INTO config_context (id, name, weight, description, is_active, data, scope, scope_resolved,
-                 config_context_schema_id, owner_repository_id)
-             SELECT u.*, $10 FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::bool[], $6::jsonb[],
-                 $7::jsonb[], $8::jsonb[], $9::uuid[])
-                 AS u(id, name, weight, description, is_active, data, scope, scope_resolved, schema_id)",
+             config_context_schema_id, owner_repository_id)
+         SELECT u.*, $10 FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::bool[], $6::jsonb[],
+             $7::jsonb[], $8::jsonb[], $9::uuid[])
+             AS u(id, name, weight, description, is_active, data, scope, scope_resolved, schema_id)",
             &[
                 &insert.ids,
                 &insert.names,
@@ -294,12 +339,7 @@ async fn contexts(
         )
         .await?;
     }
-    let mut stale = Vec::new();
-    for (name, row) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
-        stale.push(row.id);
-        logs.push(LogEntry::warning(G, format!("Deleted config context {}", owner.display(name))));
-    }
-    delete_ids(db, "config_context", &stale).await
+    Ok(())
 }
 
 async fn local_contexts(
@@ -447,18 +487,7 @@ async fn export_templates(
         .filter(|t| !owned.contains_key(&(t.content_type.clone(), t.name.clone())))
         .map(|t| format!("{}/{}", t.content_type, t.name))
         .collect();
-    let taken: HashSet<String> = if new_keys.is_empty() {
-        HashSet::new()
-    } else {
-        db.query(
-            "SELECT content_type || '/' || name FROM export_template WHERE content_type || '/' || name = ANY($1)",
-            &[&new_keys],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-    };
+    let taken = templates_taken(db, &new_keys).await?;
     let mut seen = HashSet::new();
     for t in &loaded.export_templates {
         let key = (t.content_type.clone(), t.name.clone());
@@ -491,18 +520,11 @@ async fn export_templates(
                     ));
                     continue;
                 }
+                let row = [&t.content_type, &t.name, &t.mime_type, &t.file_extension, &t.template_code];
                 db.execute(
                     "INSERT INTO export_template (id, content_type, name, mime_type, file_extension, template_code,
                          owner_repository_id) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    &[
-                        &Uuid::new_v4(),
-                        &t.content_type,
-                        &t.name,
-                        &t.mime_type,
-                        &t.file_extension,
-                        &t.template_code,
-                        &owner.id,
-                    ],
+                    &[&Uuid::new_v4(), row[0], row[1], row[2], row[3], row[4], &owner.id],
                 )
                 .await?;
                 logs.push(LogEntry::info(G, "Successfully created export template").about(&shown));
@@ -517,6 +539,20 @@ async fn export_templates(
         ));
     }
     Ok(())
+}
+
+/// Which of `keys` (`content_type/name`) some export template already uses.
+async fn templates_taken(db: &impl GenericClient, keys: &[String]) -> Result<HashSet<String>, Db> {
+    if keys.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = db
+        .query(
+            "SELECT content_type || '/' || name FROM export_template WHERE content_type || '/' || name = ANY($1)",
+            &[&keys],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
 async fn graphql_queries(

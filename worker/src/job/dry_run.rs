@@ -70,32 +70,7 @@ async fn stages(run: &JobRun<'_>, lock: &mut RepoLock, completed: &(dyn Fn() -> 
     let owner = Owner { id: repo.id, name, slug: &repo.slug };
     let client = lock.client();
     let tx = client.transaction().await?;
-    let mut summary_lines = Vec::new();
-    let mut record_changes = serde_json::Map::new();
-    for (identifier, _) in &loaded.sections {
-        let Some(data_type) = ctx.registry.get(identifier) else { continue };
-        let outcome = reconcile::reconcile_type(&*tx, owner, data_type, &loaded)
-            .await
-            .map_err(|e| StepError::db(&format!("{} of {name}", data_type.name()), e))?;
-        let counts = count_changes(&outcome, &mut summary_lines);
-        if counts[..3].iter().any(|&c| c > 0) {
-            summary_lines.push(LogEntry::info(
-                DRY_RUN,
-                format!(
-                    "{}: {} to create, {} to change, {} to delete, {} unchanged",
-                    data_type.name(),
-                    counts[0],
-                    counts[1],
-                    counts[2],
-                    counts[3]
-                ),
-            ));
-        }
-        record_changes.insert(
-            identifier.clone(),
-            json!({ "create": counts[0], "change": counts[1], "delete": counts[2], "unchanged": counts[3] }),
-        );
-    }
+    let (mut summary_lines, record_changes) = record_changes(&*tx, run, owner, &loaded).await?;
     tx.rollback().await?;
     let load_errors: Vec<LogEntry> = loaded.logs.iter().filter(|l| l.level == LogLevel::Error).cloned().collect();
     let failed = !load_errors.is_empty() || summary_lines.iter().any(|l| l.level == LogLevel::Error);
@@ -113,6 +88,36 @@ async fn stages(run: &JobRun<'_>, lock: &mut RepoLock, completed: &(dyn Fn() -> 
     run.log.write_all(&[LogEntry::info(DRY_RUN, "Repository dry run successful"), completed()]).await?;
     run.succeed(&***lock.client(), result).await?;
     Ok(())
+}
+
+/// The record changes a sync would make, per data type: summary lines (and the reconcile's errors), and the counts.
+async fn record_changes(
+    db: &impl tokio_postgres::GenericClient,
+    run: &JobRun<'_>,
+    owner: Owner<'_>,
+    loaded: &gitfleet_shared::loaders::Loaded,
+) -> Step<(Vec<LogEntry>, serde_json::Map<String, serde_json::Value>)> {
+    let mut summary_lines = Vec::new();
+    let mut record_changes = serde_json::Map::new();
+    for (identifier, _) in &loaded.sections {
+        let Some(data_type) = run.ctx.registry.get(identifier) else { continue };
+        let outcome = reconcile::reconcile_type(db, owner, data_type, loaded)
+            .await
+            .map_err(|e| StepError::db(&format!("{} of {}", data_type.name(), owner.name), e))?;
+        let [create, change, delete, unchanged] = count_changes(&outcome, &mut summary_lines);
+        if create + change + delete > 0 {
+            let name = data_type.name();
+            summary_lines.push(LogEntry::info(
+                DRY_RUN,
+                format!("{name}: {create} to create, {change} to change, {delete} to delete, {unchanged} unchanged"),
+            ));
+        }
+        record_changes.insert(
+            identifier.clone(),
+            json!({ "create": create, "change": change, "delete": delete, "unchanged": unchanged }),
+        );
+    }
+    Ok((summary_lines, record_changes))
 }
 
 /// Counts a type's record outcomes: created, changed, deleted, unchanged; errors go to `errors`.

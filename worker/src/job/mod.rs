@@ -128,7 +128,8 @@ async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Res
             }
         };
         use futures_util::FutureExt;
-        std::panic::AssertUnwindSafe(job).catch_unwind().await.unwrap_or_else(|panic| Err(panicked(&*panic)))
+        // Boxed: the job's future is deep, and its layout would otherwise be part of every caller's.
+        std::panic::AssertUnwindSafe(Box::pin(job)).catch_unwind().await.unwrap_or_else(|panic| Err(panicked(&*panic)))
     };
     match outcome {
         Ok(notification) => Ok(notification),

@@ -16,7 +16,7 @@ use crate::lock::RepoLock;
 use crate::reconcile::Owner;
 
 pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notification> {
-    let (ctx, event) = (run.ctx, run.event);
+    let ctx = run.ctx;
     run.log.write(LogEntry::info(grouping::INITIALIZATION, "Running job")).await?;
     let repo = run.definition(lock).await?;
     let name = repo.name.as_str();
@@ -77,24 +77,55 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
         return Err(StepError::Failed(Failure::new("RuntimeError", message, grouping::MAIN).reverted()));
     }
     run.log.write_all(&[summary(name, false), LogEntry::success(grouping::POST_RUN, "Job completed")]).await?;
-    let artifacts: Vec<serde_json::Value> = staged.iter().map(crate::storage::Staged::describe).collect();
-    let pointed = store::report_and_point(ctx, run.id(), &repo, &head, &staged, &artifacts, &mut phases).await?;
+    let applied = Applied { head: &head, ref_kind: checkout.kind, fingerprint: &fingerprint, fetch_started, staged };
+    commit(run, tx, &repo, applied, phases).await
+}
+
+/// What a sync applies once its records are written.
+struct Applied<'a> {
+    head: &'a str,
+    ref_kind: crate::git::RefKind,
+    fingerprint: &'a str,
+    fetch_started: chrono::DateTime<chrono::Utc>,
+    staged: Vec<crate::storage::Staged>,
+}
+
+/// The report and the pointers, then the new head and the JobResult's end, committed with the records. If the
+/// commit fails, the pointers are put back: storage names the new commit only if the database does.
+async fn commit(
+    run: &JobRun<'_>,
+    tx: deadpool_postgres::Transaction<'_>,
+    repo: &RepositoryRow,
+    applied: Applied<'_>,
+    mut phases: Phases,
+) -> Step<Notification> {
+    let (ctx, event, head) = (run.ctx, run.event, applied.head);
+    let artifacts: Vec<serde_json::Value> = applied.staged.iter().map(crate::storage::Staged::describe).collect();
+    let pointed = store::report_and_point(ctx, run.id(), repo, head, &applied.staged, &artifacts, &mut phases).await?;
     let result = json!({
-        "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", checkout.kind),
+        "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", applied.ref_kind),
         "artifacts": artifacts, "report": pointed.report_key, "phases_ms": phases.to_json(),
     });
     let artifacts = serde_json::Value::Array(artifacts);
     let committed = async {
-        repository::record_sync(&*tx, repo.id, &head, repo.version, &fingerprint, fetch_started, &artifacts).await?;
+        repository::record_sync(
+            &*tx,
+            repo.id,
+            head,
+            repo.version,
+            applied.fingerprint,
+            applied.fetch_started,
+            &artifacts,
+        )
+        .await?;
         job_result::finish(&*tx, run.id(), gitfleet_shared::job_result::JobStatus::Success, Some(&result), None)
             .await?;
         tx.commit().await
     }
     .await;
     if let Err(err) = committed {
-        // Storage points at the new commit only if the database does.
-        ctx.storage.restore_pointers(&staged, pointed.previous).await;
-        return Err(StepError::db(&format!("the sync of {name}"), err));
+        ctx.storage.restore_pointers(&applied.staged, pointed.previous).await;
+        return Err(StepError::db(&format!("the sync of {}", repo.name), err));
     }
     phases.mark("commit");
     tracing::info!(event_id = %event.event_id, phases = %phases.to_json(), "sync committed");
