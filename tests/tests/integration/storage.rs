@@ -410,3 +410,43 @@ async fn a_new_storage_gets_the_live_commit_at_the_next_sync() -> Result<()> {
     assert_eq!(current["commit"], head.as_str());
     env.teardown().await
 }
+
+/// An S3 endpoint that accepts connections and never answers: each request attempt is cut at
+/// `GITFLEET_STORAGE_TIMEOUT_SECS` and the fault is transient (retried through the schedule), so a hung endpoint
+/// never holds a sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_s3_endpoint_is_a_transient_fault_after_the_timeout() -> Result<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let settings = StorageSettings::from_vars(vars(&[
+        ("AWS_STORAGE_BUCKET_NAME", "hung".into()),
+        ("AWS_S3_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_S3_REGION_NAME", "us-east-1".into()),
+        ("AWS_S3_ADDRESSING_STYLE", "path".into()),
+        ("AWS_S3_ACCESS_KEY_ID", "test".into()),
+        ("AWS_S3_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_MAX_ATTEMPTS", "2".into()),
+        ("GITFLEET_STORAGE_TIMEOUT_SECS", "1".into()),
+    ]))?;
+    let storage = Storage::new(settings).await;
+    let started = std::time::Instant::now();
+    let put = storage.put_report(uuid::Uuid::new_v4(), &serde_json::json!({}));
+    let err = tokio::time::timeout(std::time::Duration::from_secs(20), put).await?.expect_err("no answer");
+    let took = started.elapsed();
+    assert!(err.is_transient(), "{err}");
+    assert!(took < std::time::Duration::from_secs(10), "cut at the timeout, not hung: {took:?}");
+    // Without the setting the default applies; a zero is refused.
+    let zero = StorageSettings::from_vars(vars(&[
+        ("AWS_STORAGE_BUCKET_NAME", "hung".into()),
+        ("GITFLEET_STORAGE_TIMEOUT_SECS", "0".into()),
+    ]));
+    assert!(zero.is_err());
+    holder.abort();
+    Ok(())
+}

@@ -87,6 +87,15 @@ pub async fn s3_client(s3: &S3Settings) -> aws_sdk_s3::Client {
         ));
     }
     loader = loader.retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(s3.max_attempts));
+    // Each attempt, and each operation with its retries, is bounded: a hung endpoint becomes a transient fault.
+    let attempts = s3.timeout * s3.max_attempts;
+    loader = loader.timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(s3.timeout.min(std::time::Duration::from_secs(10)))
+            .operation_attempt_timeout(s3.timeout)
+            .operation_timeout(attempts)
+            .build(),
+    );
     let shared = loader.load().await;
     let mut config = aws_sdk_s3::config::Builder::from(&shared).force_path_style(s3.path_style);
     if let Some(endpoint) = &s3.endpoint_url {
@@ -126,7 +135,10 @@ impl Backend {
                 }
                 Err(err) => Err(sdk(format!("HEAD {key}"), err)),
             },
-            Self::Fs { dir } => Ok(Self::path(dir, key).is_file()),
+            Self::Fs { dir } => {
+                let path = Self::path(dir, key);
+                Ok(blocking(move || path.is_file()).await)
+            }
         }
     }
 
@@ -145,11 +157,18 @@ impl Backend {
                 }
                 Err(err) => Err(sdk(format!("GET {key}"), err)),
             },
-            Self::Fs { dir } => match std::fs::read(Self::path(dir, key)) {
-                Ok(bytes) => Ok(Some(bytes)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(source) => Err(StorageError::Io { path: Self::path(dir, key), source }),
-            },
+            Self::Fs { dir } => {
+                let path = Self::path(dir, key);
+                let read = {
+                    let path = path.clone();
+                    blocking(move || std::fs::read(path)).await
+                };
+                match read {
+                    Ok(bytes) => Ok(Some(bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(StorageError::Io { path, source }),
+                }
+            }
         }
     }
 
@@ -177,14 +196,17 @@ impl Backend {
             }
             Self::Fs { dir } => {
                 let path = Self::path(dir, key);
-                let io = |source| StorageError::Io { path: path.clone(), source };
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(io)?;
-                }
-                // Written aside and renamed, so a reader never sees half an object.
-                let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-                std::fs::write(&tmp, &body).map_err(io)?;
-                std::fs::rename(&tmp, &path).map_err(io)
+                blocking(move || {
+                    let io = |source| StorageError::Io { path: path.clone(), source };
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(io)?;
+                    }
+                    // Written aside and renamed, so a reader never sees half an object.
+                    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+                    std::fs::write(&tmp, &body).map_err(io)?;
+                    std::fs::rename(&tmp, &path).map_err(io)
+                })
+                .await
             }
         }
     }
@@ -273,17 +295,20 @@ impl Backend {
                 }
             }
             Self::Fs { dir } => {
-                let mut keys = Vec::new();
-                walk(dir, dir, &mut keys);
-                keys.retain(|k| k.starts_with(prefix));
-                keys.sort();
-                Ok(keys
-                    .into_iter()
-                    .map(|k| {
-                        let size = std::fs::metadata(dir.join(&k)).map(|m| m.len()).unwrap_or(0);
-                        (k, size)
-                    })
-                    .collect())
+                let (dir, prefix) = (dir.clone(), prefix.to_owned());
+                Ok(blocking(move || {
+                    let mut keys = Vec::new();
+                    walk(&dir, &dir, &mut keys);
+                    keys.retain(|k| k.starts_with(&prefix));
+                    keys.sort();
+                    keys.into_iter()
+                        .map(|k| {
+                            let size = std::fs::metadata(dir.join(&k)).map(|m| m.len()).unwrap_or(0);
+                            (k, size)
+                        })
+                        .collect()
+                })
+                .await)
             }
         }
     }
@@ -301,12 +326,27 @@ impl Backend {
                     .map_err(|e| sdk(format!("DELETE {key}"), e))?;
                 Ok(())
             }
-            Self::Fs { dir } => match std::fs::remove_file(Self::path(dir, key)) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(StorageError::Io { path: Self::path(dir, key), source }),
-            },
+            Self::Fs { dir } => {
+                let path = Self::path(dir, key);
+                let removed = {
+                    let path = path.clone();
+                    blocking(move || std::fs::remove_file(path)).await
+                };
+                match removed {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    Err(source) => Err(StorageError::Io { path, source }),
+                }
+            }
         }
+    }
+}
+
+/// The filesystem store's file I/O, off the async runtime's threads (a slow disk must not stall other events).
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
     }
 }
 

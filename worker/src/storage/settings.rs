@@ -68,6 +68,9 @@ pub struct S3Settings {
     pub session_profile: Option<String>,
     /// Tries of each request inside the SDK (`AWS_MAX_ATTEMPTS`, the SDK's own name; default 3).
     pub max_attempts: u32,
+    /// Longest one request attempt, and one operation with its retries, may take (`GITFLEET_STORAGE_TIMEOUT_SECS`,
+    /// default 60): a server that accepts and never answers is a transient fault, not a stalled sync.
+    pub timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -147,6 +150,14 @@ impl StorageSettings {
                 overrides.insert(data_type, store);
             }
         }
+        let timeout_secs = match get("GITFLEET_STORAGE_TIMEOUT_SECS") {
+            None => 60,
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|&s| s > 0)
+                .ok_or(SettingsError::Number("GITFLEET_STORAGE_TIMEOUT_SECS"))?,
+        };
         let s3 = default.bucket_name.is_some().then(|| S3Settings {
             region: get("AWS_S3_REGION_NAME"),
             endpoint_url: get("AWS_S3_ENDPOINT_URL"),
@@ -156,6 +167,7 @@ impl StorageSettings {
             security_token: first(&["AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"]),
             session_profile,
             max_attempts: get("AWS_MAX_ATTEMPTS").and_then(|v| v.parse().ok()).unwrap_or(3).max(1),
+            timeout: std::time::Duration::from_secs(timeout_secs),
         });
         let number = |name: &'static str, default: u64| match get(name) {
             None => Ok(default),
