@@ -436,7 +436,8 @@ async fn a_hung_s3_endpoint_is_a_transient_fault_after_the_timeout() -> Result<(
     ]))?;
     let storage = Storage::new(settings).await;
     let started = std::time::Instant::now();
-    let put = storage.put_report(uuid::Uuid::new_v4(), &serde_json::json!({}));
+    let report = serde_json::json!({});
+    let put = storage.put_report(uuid::Uuid::new_v4(), &report);
     let err = tokio::time::timeout(std::time::Duration::from_secs(20), put).await?.expect_err("no answer");
     let took = started.elapsed();
     assert!(err.is_transient(), "{err}");
