@@ -119,3 +119,13 @@ impl From<ScopeModeArg> for gitfleet_shared::loaders::ScopeMode {
         }
     }
 }
+
+/// Parses a yes/no option as people write it: `yes`/`no`, `true`/`false`, `1`/`0`, `on`/`off` (any case; empty
+/// is no).
+pub fn yes_no(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" | "" => Ok(false),
+        other => Err(format!("'{other}' is not yes or no")),
+    }
+}

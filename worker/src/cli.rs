@@ -71,12 +71,16 @@ async fn run() -> ExitCode {
         },
         Command::Storage(command) => {
             let out = &mut std::io::stdout().lock();
-            let done = match command {
-                StorageCommand::Ls { prefix } => {
-                    crate::storage::commands::ls(&cli.settings, prefix.as_deref().unwrap_or(""), out).await
+            let done = async {
+                let storage = crate::storage::StorageSettings::from_env()?;
+                match command {
+                    StorageCommand::Ls { prefix } => {
+                        crate::storage::commands::ls(storage, prefix.as_deref().unwrap_or(""), out).await
+                    }
+                    StorageCommand::Gc => crate::storage::commands::gc(&cli.settings, storage, out).await,
                 }
-                StorageCommand::Gc => crate::storage::commands::gc(&cli.settings, out).await,
-            };
+            }
+            .await;
             match done {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {

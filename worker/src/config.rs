@@ -45,9 +45,11 @@ pub struct WorkerSettings {
     /// connect and read timeout of every git connection.
     #[arg(long, env = "GITFLEET_GIT_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub git_timeout_secs: u64,
-    /// `1` or `true`: accept any HTTPS certificate (self-signed remotes), as `GIT_SSL_NO_VERIFY` does for Nautobot.
-    #[arg(long, env = "GIT_SSL_NO_VERIFY", default_value = "", hide_default_value = true)]
-    pub git_ssl_no_verify: String,
+    /// `1`, `true` or `yes`: accept any HTTPS certificate (self-signed remotes), as `GIT_SSL_NO_VERIFY` does for
+    /// Nautobot.
+    #[arg(long, env = "GIT_SSL_NO_VERIFY", default_value_t = false, action = clap::ArgAction::Set,
+          value_parser = gitfleet_infra::settings::yes_no)]
+    pub git_ssl_no_verify: bool,
     /// PEM bundle of the CAs that HTTPS remotes' certificates must be issued by (instead of the system store).
     #[arg(long, env = "GITFLEET_GIT_CA_BUNDLE")]
     pub git_ca_bundle: Option<PathBuf>,
@@ -55,8 +57,9 @@ pub struct WorkerSettings {
     #[arg(long, env = "GITFLEET_SSH_KNOWN_HOSTS")]
     pub ssh_known_hosts: Option<PathBuf>,
     /// `no`: accept any SSH host key (an explicit opt-out of host-key checking, logged at start-up). Default `yes`.
-    #[arg(long, env = "GITFLEET_SSH_STRICT_HOST_KEY_CHECKING", default_value = "yes")]
-    pub ssh_strict_host_key_checking: String,
+    #[arg(long, env = "GITFLEET_SSH_STRICT_HOST_KEY_CHECKING", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = gitfleet_infra::settings::yes_no)]
+    pub ssh_strict_host_key_checking: bool,
     /// `false`: fetch whole histories. By default a new mirror fetches only the branch and tag tips (depth 1) over
     /// git://, http(s):// and ssh://, and deepens when a commit outside them is asked for.
     #[arg(long, env = "GITFLEET_GIT_SHALLOW", default_value_t = true, action = clap::ArgAction::Set)]
@@ -79,10 +82,6 @@ pub struct WorkerSettings {
     /// exponential backoff and jitter, before the event goes back to the queue.
     #[arg(long, env = "GITFLEET_TRANSIENT_RETRIES", default_value_t = 3, value_parser = gitfleet_infra::settings::positive)]
     pub transient_retries: usize,
-    /// Storage settings; `None` (the binary): read from the environment's django-storages names (`AWS_*`,
-    /// `GITFLEET_STORAGES`, `GITFLEET_STORAGE_ROOT`). Tests pass them here.
-    #[arg(skip)]
-    pub storage: Option<crate::storage::StorageSettings>,
     /// On SIGTERM, how long in-flight events may take to finish before they are handed back.
     #[arg(long, env = "GITFLEET_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -96,7 +95,7 @@ impl WorkerSettings {
     }
 
     pub fn tls(&self) -> crate::git::TlsPolicy {
-        if matches!(self.git_ssl_no_verify.to_ascii_lowercase().as_str(), "1" | "true" | "yes") {
+        if self.git_ssl_no_verify {
             crate::git::TlsPolicy::NoVerify
         } else if let Some(bundle) = &self.git_ca_bundle {
             crate::git::TlsPolicy::CaBundle(bundle.clone())
@@ -106,7 +105,7 @@ impl WorkerSettings {
     }
 
     pub fn host_keys(&self) -> crate::known_hosts::HostKeyPolicy {
-        if matches!(self.ssh_strict_host_key_checking.to_ascii_lowercase().as_str(), "no" | "0" | "false" | "off") {
+        if !self.ssh_strict_host_key_checking {
             crate::known_hosts::HostKeyPolicy::AcceptAny
         } else {
             crate::known_hosts::HostKeyPolicy::KnownHosts(

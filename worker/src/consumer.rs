@@ -26,16 +26,26 @@ use crate::job::{self, Disposition, JobContext};
 /// Runs the worker with the built-in data types until `shutdown` is cancelled, reconnecting to RabbitMQ when the
 /// connection is lost.
 pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with(settings, gitfleet_shared::loaders::Registry::with_builtins(), shutdown).await
+    let parts = Parts {
+        registry: gitfleet_shared::loaders::Registry::with_builtins(),
+        storage: crate::storage::StorageSettings::from_env()?,
+        secrets: crate::secrets::Secrets::from_env(settings.secrets_dir.as_deref())?,
+    };
+    run_with(settings, parts, shutdown).await
+}
+
+/// What a worker is built from besides its settings: the data types it loads, where it stores files and the
+/// secrets groups it fetches with. `run` reads the last two from the environment; a program that embeds the
+/// worker (or a test) passes its own.
+pub struct Parts {
+    pub registry: gitfleet_shared::loaders::Registry,
+    pub storage: crate::storage::StorageSettings,
+    pub secrets: crate::secrets::Secrets,
 }
 
 /// The same with a registry of one's own: a worker that embeds gitfleet as a library registers its extension data
 /// types here.
-pub async fn run_with(
-    settings: WorkerSettings,
-    registry: gitfleet_shared::loaders::Registry,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Each event in flight holds its lock's connection and needs another for its log lines and heartbeats; the
     // reaper and the dead-letter recorder need theirs. A smaller pool would starve running jobs of their heartbeat.
     let mut database = settings.database.clone();
@@ -45,24 +55,20 @@ pub async fn run_with(
         database.pool_size = needed;
     }
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(60)).await?;
-    let storage_settings = match settings.storage.clone() {
-        Some(storage) => storage,
-        None => crate::storage::StorageSettings::from_vars(std::env::vars())?,
-    };
-    let storage = Arc::new(crate::storage::Storage::new(storage_settings).await);
+    let storage = Arc::new(crate::storage::Storage::new(parts.storage).await);
     let ctx = Arc::new(JobContext {
         storage,
         pool,
         git_root: settings.git_root(),
         worker_name: settings.worker_name(),
         topology: Topology::new(&settings.amqp),
-        registry: Arc::new(registry),
+        registry: Arc::new(parts.registry),
         max_mirror_bytes: settings.max_mirror_bytes,
         tls: settings.tls(),
         host_keys: settings.host_keys(),
         shallow: settings.git_shallow,
         git_timeout: Duration::from_secs(settings.git_timeout_secs.max(1)),
-        secrets: Arc::new(crate::secrets::Secrets::load(std::env::vars(), settings.secrets_dir.as_deref())?),
+        secrets: Arc::new(parts.secrets),
         scope_mode: settings.scope_mode(),
         limits: settings.limits(),
         heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),

@@ -17,4 +17,4 @@ pub mod secrets;
 pub mod storage;
 
 pub use config::WorkerSettings;
-pub use consumer::{run, run_with};
+pub use consumer::{Parts, run, run_with};

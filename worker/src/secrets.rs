@@ -63,6 +63,11 @@ pub fn env_key(group: &str) -> String {
 
 impl Secrets {
     /// Reads `GITFLEET_SECRETS_<KEY>_TOKEN` / `_USERNAME` variables and, if given, a directory of group folders.
+    /// The groups of this process's environment and of `dir` (the only place the worker reads secrets variables).
+    pub fn from_env(dir: Option<&Path>) -> std::io::Result<Self> {
+        Self::load(std::env::vars(), dir)
+    }
+
     pub fn load(vars: impl IntoIterator<Item = (String, String)>, dir: Option<&Path>) -> std::io::Result<Self> {
         let mut secrets = Self::default();
         for (name, value) in vars {

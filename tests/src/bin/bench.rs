@@ -184,21 +184,25 @@ async fn main() -> Result<()> {
         secrets_dir: None,
         max_mirror_bytes: u64::MAX,
         git_timeout_secs: 60,
-        git_ssl_no_verify: String::new(),
+        git_ssl_no_verify: false,
         git_ca_bundle: None,
         ssh_known_hosts: None,
-        ssh_strict_host_key_checking: "yes".into(),
+        ssh_strict_host_key_checking: true,
         git_shallow: true,
         heartbeat_secs: 10,
         reap_after_secs: 60,
         transient_retries: 3,
-        storage: Some(gitfleet_worker::storage::StorageSettings::from_vars([(
-            "GITFLEET_STORAGE_ROOT".to_owned(),
-            tmp.path().join("storage").display().to_string(),
-        )])?),
         shutdown_grace_secs: 10,
     };
-    let worker = tokio::spawn(gitfleet_worker::run(settings, shutdown.clone()));
+    let parts = gitfleet_worker::Parts {
+        registry: Registry::with_builtins(),
+        storage: gitfleet_worker::storage::StorageSettings::from_vars([(
+            "GITFLEET_STORAGE_ROOT".to_owned(),
+            tmp.path().join("storage").display().to_string(),
+        )])?,
+        secrets: gitfleet_worker::secrets::Secrets::default(),
+    };
+    let worker = tokio::spawn(gitfleet_worker::run_with(settings, parts, shutdown.clone()));
     let relay_options =
         gitfleet_producer::relay::RelayOptions { poll_interval: Duration::from_millis(20), ..Default::default() };
     let relay = tokio::spawn(gitfleet_producer::relay::run(

@@ -317,11 +317,10 @@ async fn s3_outage_keeps_the_last_good_state_and_retention_keeps_objects() -> Re
     assert_log(&deleted, "info", "main", "are kept for 7 days");
     assert_eq!(read_pointer().await?["commit"], second.as_str());
     // `worker storage gc` within the retention keeps them; once the deletion is older than it, removes them.
-    let mut worker = env.worker_settings("gc");
-    worker.storage =
-        Some(StorageSettings { retention_days: 7, ..s3_settings(&env, s3_port(), &bucket, &jobs_bucket)? });
+    let worker = env.worker_settings("gc");
+    let gc_storage = StorageSettings { retention_days: 7, ..s3_settings(&env, s3_port(), &bucket, &jobs_bucket)? };
     let mut out = Vec::new();
-    gitfleet_worker::storage::commands::gc(&worker, &mut out).await?;
+    gitfleet_worker::storage::commands::gc(&worker, gc_storage.clone(), &mut out).await?;
     assert!(String::from_utf8_lossy(&out).starts_with("removed 0 objects"), "{}", String::from_utf8_lossy(&out));
     assert_eq!(read_pointer().await?["commit"], second.as_str());
     let client_db = env.pool.get().await?;
@@ -330,7 +329,7 @@ async fn s3_outage_keeps_the_last_good_state_and_retention_keeps_objects() -> Re
         .await?;
     drop(client_db);
     let mut out = Vec::new();
-    gitfleet_worker::storage::commands::gc(&worker, &mut out).await?;
+    gitfleet_worker::storage::commands::gc(&worker, gc_storage, &mut out).await?;
     let printed = String::from_utf8_lossy(&out).into_owned();
     assert!(printed.contains("blobs: 0 referenced, 2 removed"), "{printed}");
     assert!(read_pointer().await.is_err(), "the pointer is gone after the retention");

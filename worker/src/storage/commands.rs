@@ -6,16 +6,9 @@ use std::time::Duration;
 use super::{Storage, StorageSettings};
 use crate::WorkerSettings;
 
-fn settings(worker: &WorkerSettings) -> anyhow::Result<StorageSettings> {
-    Ok(match worker.storage.clone() {
-        Some(settings) => settings,
-        None => StorageSettings::from_vars(std::env::vars())?,
-    })
-}
-
 /// Prints every stored object (store, key, size) under an optional key prefix.
-pub async fn ls(worker: &WorkerSettings, prefix: &str, out: &mut impl Write) -> anyhow::Result<()> {
-    let storage = Storage::new(settings(worker)?).await;
+pub async fn ls(settings: StorageSettings, prefix: &str, out: &mut impl Write) -> anyhow::Result<()> {
+    let storage = Storage::new(settings).await;
     let mut seen = Vec::new();
     for store in storage.stores() {
         let backend = storage.backend(&store);
@@ -32,8 +25,8 @@ pub async fn ls(worker: &WorkerSettings, prefix: &str, out: &mut impl Write) -> 
 }
 
 /// Removes what deleted repositories kept past the retention, then every blob no manifest references.
-pub async fn gc(worker: &WorkerSettings, out: &mut impl Write) -> anyhow::Result<()> {
-    let storage = Storage::new(settings(worker)?).await;
+pub async fn gc(worker: &WorkerSettings, settings: StorageSettings, out: &mut impl Write) -> anyhow::Result<()> {
+    let storage = Storage::new(settings).await;
     let pool = gitfleet_infra::db::connect(&worker.database, Duration::from_secs(10)).await?;
     let client = pool.get().await?;
     let days = i32::try_from(storage.settings.retention_days).unwrap_or(i32::MAX);

@@ -101,6 +101,11 @@ pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 
 impl StorageSettings {
     /// Reads the settings from `(name, value)` pairs (the process environment in production).
+    /// The settings of this process's environment (the only place the worker reads storage variables).
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(std::env::vars())
+    }
+
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, SettingsError> {
         let vars: BTreeMap<String, String> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         let get = |name: &str| vars.get(name).cloned();

@@ -121,15 +121,14 @@ impl TestEnv {
             secrets_dir: Some(self.tmp.path().join("secrets")),
             max_mirror_bytes: self.max_mirror_bytes,
             git_timeout_secs: 30,
-            git_ssl_no_verify: if self.ssl_no_verify { "1".into() } else { String::new() },
+            git_ssl_no_verify: self.ssl_no_verify,
             git_ca_bundle: self.ca_bundle.clone(),
             ssh_known_hosts: self.known_hosts.clone(),
-            ssh_strict_host_key_checking: if self.known_hosts.is_some() { "yes" } else { "no" }.to_owned(),
+            ssh_strict_host_key_checking: self.known_hosts.is_some(),
             git_shallow: self.shallow,
             heartbeat_secs: self.heartbeat_secs,
             reap_after_secs: self.reap_after_secs,
             transient_retries: 3,
-            storage: Some(self.storage.clone()),
             shutdown_grace_secs: 10,
         }
     }
@@ -142,10 +141,15 @@ impl TestEnv {
     /// Starts an in-process worker with its own registry of data types (test-only extensions).
     pub fn start_worker_with(&mut self, name: &str, registry: gitfleet_shared::loaders::Registry) {
         let settings = self.worker_settings(name);
+        let storage = self.storage.clone();
+        // The groups as the worker binary reads them: the environment and the test's secrets directory.
+        let secrets = gitfleet_worker::secrets::Secrets::from_env(settings.secrets_dir.as_deref())
+            .expect("the test's secrets directory is readable");
         let token = CancellationToken::new();
         let child = token.clone();
         let handle = tokio::spawn(async move {
-            if let Err(err) = gitfleet_worker::run_with(settings, registry, child).await {
+            let parts = gitfleet_worker::Parts { registry, storage, secrets };
+            if let Err(err) = gitfleet_worker::run_with(settings, parts, child).await {
                 eprintln!("worker failed: {err:#}");
             }
         });
