@@ -25,6 +25,9 @@ pub enum CommandError {
     Invalid(Vec<FieldError>),
     #[error("no repository named '{0}'")]
     NotFound(String),
+    /// A request that cannot be done as asked (a dead letter already replayed, say).
+    #[error("{0}")]
+    Refused(String),
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
     #[error("could not get a database connection: {0}")]
@@ -37,7 +40,7 @@ impl CommandError {
     /// Bad input exits 2, as the CLI promises; everything else is an operational failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Invalid(_) | Self::NotFound(_) => 2,
+            Self::Invalid(_) | Self::NotFound(_) | Self::Refused(_) => 2,
             _ => 1,
         }
     }

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use gitfleet_shared::event::EventKind;
-use gitfleet_shared::job_result::{JobStatus, LogEntry, LogLevel};
+use gitfleet_shared::job_result::{JobStatus, LogEntry};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_postgres::Row;
@@ -180,12 +180,6 @@ pub struct LogView {
     pub grouping: String,
     pub message: String,
     pub log_object: String,
-}
-
-impl LogView {
-    pub fn level(&self) -> Option<LogLevel> {
-        self.level.parse().ok()
-    }
 }
 
 fn view(row: &Row, logs: Vec<LogView>) -> JobResultView {

@@ -13,7 +13,7 @@ mod job;
 mod schema;
 mod text_file;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -86,9 +86,6 @@ pub struct Loaded {
     pub jobs: Vec<JobRecord>,
     /// Records of extension types, by identifier.
     pub extensions: BTreeMap<String, Vec<ExtensionRecord>>,
-    /// Identifiers of the types that were provided and loaded (the others own nothing after this sync).
-    #[serde(skip)]
-    pub loaded_types: BTreeSet<String>,
     #[serde(skip)]
     pub logs: Vec<LogEntry>,
     /// Where each type's log lines end in `logs` (identifier, index): the reconciler's lines for a type go there.
@@ -217,7 +214,6 @@ impl Registry {
                     ));
                 }
                 fields::check(data_type.identifier(), &mut out, marks);
-                out.loaded_types.insert(data_type.identifier().to_owned());
             }
             out.sections.push((data_type.identifier().to_owned(), out.logs.len()));
         }

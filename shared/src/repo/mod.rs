@@ -200,18 +200,6 @@ impl fmt::Display for CommitId {
     }
 }
 
-/// `current_head` as stored: empty (never synced) or 4 to 48 hex digits (spec a.3 step 3).
-pub fn check_current_head(value: &str) -> Result<(), FieldError> {
-    if value.is_empty() || (4..=48).contains(&value.len()) && value.chars().all(|c| c.is_ascii_hexdigit()) {
-        Ok(())
-    } else {
-        Err(FieldError::field(
-            "current_head",
-            format!("Invalid current_head '{value}': must be 4-48 hexadecimal characters"),
-        ))
-    }
-}
-
 /// A data type a repository can provide (spec c.0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ContentType {
@@ -304,16 +292,6 @@ mod tests {
             assert_eq!(Branch::parse(value).unwrap().may_be_commit(), commit, "{value}");
         }
         assert!(Branch::parse("DEADBEEF").unwrap().may_be_commit());
-    }
-
-    #[test]
-    fn current_head_rules() {
-        assert!(check_current_head("").is_ok());
-        assert!(check_current_head(&"0".repeat(40)).is_ok());
-        for bad in ["--detach", "deadbeef-not-hex", "abc", &"z".repeat(40), &"a".repeat(49)] {
-            let err = check_current_head(bad).unwrap_err();
-            assert_eq!(err.field, Some("current_head"));
-        }
     }
 
     #[test]
