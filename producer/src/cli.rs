@@ -352,8 +352,8 @@ async fn inventory(pool: &Pool, command: InventoryCommand, out: &mut impl Write)
             }
         }
         InventoryCommand::List => {
-            for row in client.query("SELECT kind, count(*) FROM scope_object GROUP BY kind ORDER BY kind", &[]).await? {
-                writeln!(out, "{}\t{}", row.get::<_, String>(0), row.get::<_, i64>(1))?;
+            for (kind, count) in gitfleet_infra::store::inventory::count_by_kind(&**client).await? {
+                writeln!(out, "{kind}\t{count}")?;
             }
             Ok(0)
         }

@@ -141,13 +141,6 @@ fn check_timeout(secs: Option<i32>) -> Result<(), CommandError> {
     }
 }
 
-/// Serializes definition writes that touch one remote URL, so two concurrent writers cannot both pass the overlap
-/// rule.
-async fn lock_remote_url(tx: &impl GenericClient, remote_url: &str) -> Result<(), tokio_postgres::Error> {
-    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('gitfleet:url:' || $1, 0))", &[&remote_url]).await?;
-    Ok(())
-}
-
 async fn check_overlap_in_db(
     tx: &impl GenericClient,
     remote_url: &str,
@@ -195,7 +188,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
 
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    lock_remote_url(&*tx, &new.remote_url).await?;
+    repository::lock_remote_url(&*tx, &new.remote_url).await?;
 
     let mut errors = Vec::new();
     if repository::find_live_by_name(&*tx, &new.name, false).await?.is_some() {
@@ -308,7 +301,7 @@ pub async fn update(
     if next.name != current.name && repository::find_live_by_name(&*tx, &next.name, false).await?.is_some() {
         errors.push(FieldError::field("name", "Git repository with this Name already exists."));
     }
-    lock_remote_url(&*tx, &next.remote_url).await?;
+    repository::lock_remote_url(&*tx, &next.remote_url).await?;
     if let Err(e) = check_overlap_in_db(&*tx, &next.remote_url, &next.provided_contents, Some(current.id)).await? {
         errors.push(e);
     }

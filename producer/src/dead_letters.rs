@@ -50,7 +50,7 @@ async fn replay_one(pool: &Pool, id: i64, by: &RequestedBy) -> Result<Uuid, Comm
         tracing::info!(event_id = %event.event_id, "replaying an event whose JobResult no longer exists");
     }
     // The outbox keeps one row per event id: the published original makes way for the replay.
-    tx.execute("DELETE FROM outbox WHERE event_id = $1", &[&event.event_id]).await?;
+    outbox::discard(&*tx, event.event_id).await?;
     outbox::insert(&*tx, &event, &new_traceparent()).await?;
     dead_letter::mark_replayed(&*tx, id).await?;
     tx.commit().await?;

@@ -13,6 +13,12 @@ pub async fn load(db: &impl GenericClient) -> Result<Inventory, tokio_postgres::
     })))
 }
 
+/// How many objects of each kind the inventory holds, by kind.
+pub async fn count_by_kind(db: &impl GenericClient) -> Result<Vec<(String, i64)>, tokio_postgres::Error> {
+    let rows = db.query("SELECT kind, count(*) FROM scope_object GROUP BY kind ORDER BY kind", &[]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
 /// A stamp that changes whenever the inventory does (count and last update), part of a sync's fingerprint.
 pub async fn stamp(db: &impl GenericClient) -> Result<String, tokio_postgres::Error> {
     Ok(db

@@ -67,3 +67,8 @@ pub async fn mark_failed(db: &impl GenericClient, ids: &[i64], error: &str) -> R
 pub async fn backlog(db: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
     Ok(db.query_one("SELECT count(*) FROM outbox WHERE published_at IS NULL", &[]).await?.get(0))
 }
+
+/// Removes an event's row (the outbox keeps one row per event id: a replay takes the published original's place).
+pub async fn discard(db: &impl GenericClient, event_id: uuid::Uuid) -> Result<u64, tokio_postgres::Error> {
+    db.execute("DELETE FROM outbox WHERE event_id = $1", &[&event_id]).await
+}

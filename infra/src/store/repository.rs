@@ -247,3 +247,10 @@ pub async fn has_installed_jobs(db: &impl GenericClient, slug: &str) -> Result<b
         .await?
         .get(0))
 }
+
+/// Serializes definition writes that touch one remote URL (until the transaction ends), so two concurrent writers
+/// cannot both pass the overlap rule.
+pub async fn lock_remote_url(tx: &impl GenericClient, remote_url: &str) -> Result<(), tokio_postgres::Error> {
+    tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('gitfleet:url:' || $1, 0))", &[&remote_url]).await?;
+    Ok(())
+}
