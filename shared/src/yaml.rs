@@ -91,22 +91,32 @@ pub enum YamlError {
 
 /// Parses one file's bytes: UTF-8, at most one document, YAML 1.1 scalars. An empty file is `null`.
 pub fn load(bytes: &[u8], limits: &Limits) -> Result<Value, YamlError> {
+    load_sized(bytes, limits).map(|(value, _)| value)
+}
+
+/// The same, with an estimate of the value's size as JSON (the bytes of its scalars and keys plus a few per value):
+/// what a load's budget counts.
+pub fn load_sized(bytes: &[u8], limits: &Limits) -> Result<(Value, usize), YamlError> {
     if bytes.len() > limits.max_bytes {
         return Err(YamlError::TooLarge { size: bytes.len(), limit: limits.max_bytes });
     }
     let text = std::str::from_utf8(bytes).map_err(|e| YamlError::NotUtf8(e.valid_up_to()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut composer = Composer::default();
-    let Some(root) = composer.compose(text)? else { return Ok(Value::Null) };
+    let Some(root) = composer.compose(text)? else { return Ok((Value::Null, 4)) };
     let mut builder =
         Builder { nodes: &composer.nodes, limits, count: 0, bytes: 0, active: vec![false; composer.nodes.len()] };
     let value = builder.value(root, 0)?;
+    let estimate = builder.bytes;
     drop(composer);
-    let size = json_size(&value);
-    if size > limits.max_record_bytes {
-        return Err(YamlError::RecordTooLarge { size, limit: limits.max_record_bytes });
+    // Escaping at most sextuples a character (`\u0001`): below that bound the exact size need not be counted.
+    if estimate.saturating_mul(6) > limits.max_record_bytes {
+        let size = json_size(&value);
+        if size > limits.max_record_bytes {
+            return Err(YamlError::RecordTooLarge { size, limit: limits.max_record_bytes });
+        }
     }
-    Ok(value)
+    Ok((value, estimate))
 }
 
 /// The length of a value's compact JSON text, counted without building it.

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use gitfleet_shared::job_result::LogEntry;
-use gitfleet_shared::loaders::{DataType, Loaded};
+use gitfleet_shared::loaders::{DataType, Loaded, Records};
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -27,30 +27,63 @@ impl Owner<'_> {
     }
 }
 
-/// Reconciles one data type; returns the log entries to write after that type's loading lines.
+/// What reconciling did to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    Created,
+    Refreshed,
+    Unchanged,
+    /// Deleted (a Job is never deleted: marked as no longer installed, it is refreshed).
+    Deleted,
+    /// Refused (a name another repository owns, a schema that does not exist): an error that fails the sync.
+    Rejected,
+}
+
+/// One record's outcome: its data type, the record as the log line names it, what happened, and that line (in the
+/// type's own wording, as Nautobot logs it).
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub data_type: &'static str,
+    pub record: String,
+    pub kind: ChangeKind,
+    pub line: LogEntry,
+}
+
+/// The changes of one data type, in the order they happened.
+struct Changes {
+    data_type: &'static str,
+    list: Vec<Change>,
+}
+
+impl Changes {
+    fn push(&mut self, kind: ChangeKind, line: LogEntry) {
+        let record = if line.log_object.is_empty() { line.message.clone() } else { line.log_object.clone() };
+        self.list.push(Change { data_type: self.data_type, record, kind, line });
+    }
+}
+
+/// Reconciles one data type with the writer its records need; returns what happened to each record.
 pub async fn reconcile_type(
     db: &impl GenericClient,
     owner: Owner<'_>,
     data_type: &dyn DataType,
     loaded: &Loaded,
-) -> Result<Vec<LogEntry>, Db> {
-    let mut logs = Vec::new();
-    match data_type.identifier() {
-        "extras.configcontextschema" => schemas(db, owner, loaded, &mut logs).await?,
-        "extras.configcontext" => {
-            contexts(db, owner, loaded, &mut logs).await?;
-            local_contexts(db, owner, loaded, &mut logs).await?;
+) -> Result<Vec<Change>, Db> {
+    let mut changes = Changes { data_type: data_type.identifier(), list: Vec::new() };
+    let logs = &mut changes;
+    match data_type.records() {
+        Records::ConfigContextSchemas => schemas(db, owner, loaded, logs).await?,
+        Records::ConfigContexts => {
+            contexts(db, owner, loaded, logs).await?;
+            local_contexts(db, owner, loaded, logs).await?;
         }
-        "extras.job" => jobs(db, owner, loaded, &mut logs).await?,
-        "extras.exporttemplate" => export_templates(db, owner, loaded, &mut logs).await?,
-        "extras.graphqlquery" => graphql_queries(db, owner, loaded, &mut logs).await?,
-        "data_validation.data_compliance_rule" => {}
-        identifier if data_type.is_extension() => {
-            extension(db, owner, data_type, identifier, loaded, &mut logs).await?
-        }
-        _ => {}
+        Records::Jobs => jobs(db, owner, loaded, logs).await?,
+        Records::ExportTemplates => export_templates(db, owner, loaded, logs).await?,
+        Records::GraphqlQueries => graphql_queries(db, owner, loaded, logs).await?,
+        Records::Nothing => {}
+        Records::Extension => extension(db, owner, data_type, data_type.identifier(), loaded, logs).await?,
     }
-    Ok(logs)
+    Ok(changes.list)
 }
 
 /// Which of `names` some row of `table` already uses (one query for the whole batch).
@@ -69,12 +102,7 @@ async fn delete_ids(db: &impl GenericClient, table: &str, ids: &[Uuid]) -> Resul
     Ok(())
 }
 
-async fn schemas(
-    db: &impl GenericClient,
-    owner: Owner<'_>,
-    loaded: &Loaded,
-    logs: &mut Vec<LogEntry>,
-) -> Result<(), Db> {
+async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes) -> Result<(), Db> {
     const G: &str = "config context schemas";
     let rows = db
         .query(
@@ -94,30 +122,39 @@ async fn schemas(
         let shown = owner.display(&schema.name);
         if let Some((id, description, data_schema)) = owned.get(&schema.name) {
             if *description == schema.description && *data_schema == schema.data_schema {
-                logs.push(LogEntry::info(G, "No change to config context schema").about(&shown));
+                logs.push(ChangeKind::Unchanged, LogEntry::info(G, "No change to config context schema").about(&shown));
             } else {
                 db.execute(
                     "UPDATE config_context_schema SET description = $2, data_schema = $3, last_updated = now() WHERE id = $1",
                     &[id, &schema.description, &schema.data_schema],
                 )
                 .await?;
-                logs.push(LogEntry::info(G, "Successfully refreshed config context schema").about(&shown));
+                logs.push(
+                    ChangeKind::Refreshed,
+                    LogEntry::info(G, "Successfully refreshed config context schema").about(&shown),
+                );
             }
         } else if taken.contains(&schema.name) {
-            logs.push(LogEntry::error(
-                G,
-                format!(
-                    "Error in loading config context schema data from `{}`: Config context schema with this Name \
+            logs.push(
+                ChangeKind::Rejected,
+                LogEntry::error(
+                    G,
+                    format!(
+                        "Error in loading config context schema data from `{}`: Config context schema with this Name \
                      already exists.",
-                    schema.file
+                        schema.file
+                    ),
                 ),
-            ));
+            );
         } else {
             ids.push(Uuid::new_v4());
             names.push(schema.name.as_str());
             descriptions.push(schema.description.as_str());
             schemas_json.push(schema.data_schema.clone());
-            logs.push(LogEntry::info(G, "Successfully created config context schema").about(&shown));
+            logs.push(
+                ChangeKind::Created,
+                LogEntry::info(G, "Successfully created config context schema").about(&shown),
+            );
         }
     }
     if !ids.is_empty() {
@@ -132,17 +169,15 @@ async fn schemas(
     let mut stale = Vec::new();
     for (name, (id, _, _)) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
         stale.push(*id);
-        logs.push(LogEntry::warning(G, format!("Deleted config context schema {}", owner.display(name))));
+        logs.push(
+            ChangeKind::Deleted,
+            LogEntry::warning(G, format!("Deleted config context schema {}", owner.display(name))),
+        );
     }
     delete_ids(db, "config_context_schema", &stale).await
 }
 
-async fn contexts(
-    db: &impl GenericClient,
-    owner: Owner<'_>,
-    loaded: &Loaded,
-    logs: &mut Vec<LogEntry>,
-) -> Result<(), Db> {
+async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes) -> Result<(), Db> {
     const G: &str = "config contexts";
     let owned = owned_contexts(db, owner).await?;
     let new_names: Vec<&str> =
@@ -161,7 +196,7 @@ async fn contexts(
             let message = format!(
                 "Error in loading config context data from `{file}`: Config context with this Name already exists."
             );
-            logs.push(LogEntry::error(G, message));
+            logs.push(ChangeKind::Rejected, LogEntry::error(G, message));
             continue;
         }
         let current_schema = existing.and_then(|e| e.schema.clone());
@@ -171,7 +206,10 @@ async fn contexts(
             && schema_id.is_none()
             && schema_changed
         {
-            logs.push(LogEntry::error(G, format!("ConfigContextSchema {name} does not exist.")).about(&shown));
+            logs.push(
+                ChangeKind::Rejected,
+                LogEntry::error(G, format!("ConfigContextSchema {name} does not exist.")).about(&shown),
+            );
             schema_changed = false;
         }
         let weight = i16::try_from(context.weight).unwrap_or(i16::MAX);
@@ -179,7 +217,7 @@ async fn contexts(
         let resolved = json!(context.resolved);
         match existing {
             Some(row) if !schema_changed && row.same_as(context, weight, &scope, &resolved) => {
-                logs.push(LogEntry::info(G, "No change to config context").about(&shown));
+                logs.push(ChangeKind::Unchanged, LogEntry::info(G, "No change to config context").about(&shown));
             }
             Some(row) => {
                 let fields: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
@@ -193,11 +231,14 @@ async fn contexts(
                     &schema_id,
                 ];
                 update_context(db, &fields).await?;
-                logs.push(LogEntry::info(G, "Successfully refreshed config context").about(&shown));
+                logs.push(
+                    ChangeKind::Refreshed,
+                    LogEntry::info(G, "Successfully refreshed config context").about(&shown),
+                );
             }
             None => {
                 insert.push(context, weight, [scope, resolved], schema_id);
-                logs.push(LogEntry::info(G, "Successfully created config context").about(&shown));
+                logs.push(ChangeKind::Created, LogEntry::info(G, "Successfully created config context").about(&shown));
             }
         }
     }
@@ -205,7 +246,7 @@ async fn contexts(
     let mut stale = Vec::new();
     for (name, row) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
         stale.push(row.id);
-        logs.push(LogEntry::warning(G, format!("Deleted config context {}", owner.display(name))));
+        logs.push(ChangeKind::Deleted, LogEntry::warning(G, format!("Deleted config context {}", owner.display(name))));
     }
     delete_ids(db, "config_context", &stale).await
 }
@@ -346,7 +387,7 @@ async fn local_contexts(
     db: &impl GenericClient,
     owner: Owner<'_>,
     loaded: &Loaded,
-    logs: &mut Vec<LogEntry>,
+    logs: &mut Changes,
 ) -> Result<(), Db> {
     const G: &str = "local config contexts";
     let mut seen: HashSet<(String, String)> = HashSet::new();
@@ -389,13 +430,13 @@ async fn local_contexts(
         let key: (String, String) = (row.get(0), row.get(1));
         if !seen.contains(&key) {
             db.execute("DELETE FROM local_context WHERE kind = $1 AND name = $2", &[&key.0, &key.1]).await?;
-            logs.push(LogEntry::warning(G, "Deleted local config context").about(&key.1));
+            logs.push(ChangeKind::Deleted, LogEntry::warning(G, "Deleted local config context").about(&key.1));
         }
     }
     Ok(())
 }
 
-async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Vec<LogEntry>) -> Result<(), Db> {
+async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes) -> Result<(), Db> {
     const G: &str = "jobs";
     let prefix = format!("{}.%", owner.slug.replace('_', "\\_"));
     let rows = db
@@ -419,7 +460,9 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
                 &[&id, &job.grouping, &job.description, &flags, &owner.id],
             )
             .await?;
+            // Rewritten at every sync, as Nautobot does: counted as unchanged (a dry-run has nothing to report).
             logs.push(
+                ChangeKind::Unchanged,
                 LogEntry::info(G, format!("Refreshed Job record for {class_path}")).about(row.get::<_, String>(3)),
             );
         } else {
@@ -448,7 +491,10 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
                 ],
             )
             .await?;
-            logs.push(LogEntry::info(G, format!("Created Job record for {class_path}")).about(&name));
+            logs.push(
+                ChangeKind::Created,
+                LogEntry::info(G, format!("Created Job record for {class_path}")).about(&name),
+            );
             all_names.insert(name);
         }
     }
@@ -459,7 +505,10 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
             let id: Uuid = row.get(0);
             db.execute("UPDATE job SET installed = false, enabled = false, last_updated = now() WHERE id = $1", &[&id])
                 .await?;
-            logs.push(LogEntry::warning(G, "Marking Job record as no longer installed").about(row.get::<_, String>(3)));
+            logs.push(
+                ChangeKind::Refreshed,
+                LogEntry::warning(G, "Marking Job record as no longer installed").about(row.get::<_, String>(3)),
+            );
         }
     }
     Ok(())
@@ -469,7 +518,7 @@ async fn export_templates(
     db: &impl GenericClient,
     owner: Owner<'_>,
     loaded: &Loaded,
-    logs: &mut Vec<LogEntry>,
+    logs: &mut Changes,
 ) -> Result<(), Db> {
     const G: &str = "export templates";
     let rows = db
@@ -497,7 +546,7 @@ async fn export_templates(
             Some((_, mime, ext, code))
                 if *mime == t.mime_type && *ext == t.file_extension && *code == t.template_code =>
             {
-                logs.push(LogEntry::info(G, "No change to export template").about(&shown));
+                logs.push(ChangeKind::Unchanged, LogEntry::info(G, "No change to export template").about(&shown));
             }
             Some((id, ..)) => {
                 db.execute(
@@ -506,11 +555,14 @@ async fn export_templates(
                     &[id, &t.mime_type, &t.file_extension, &t.template_code],
                 )
                 .await?;
-                logs.push(LogEntry::info(G, "Successfully refreshed export template").about(&shown));
+                logs.push(
+                    ChangeKind::Refreshed,
+                    LogEntry::info(G, "Successfully refreshed export template").about(&shown),
+                );
             }
             None => {
                 if taken.contains(&format!("{}/{}", t.content_type, t.name)) {
-                    logs.push(LogEntry::error(
+                    logs.push(ChangeKind::Rejected, LogEntry::error(
                         G,
                         format!(
                             "Error in loading export template `{}/{}`: Export template with this Content type and Name \
@@ -527,16 +579,19 @@ async fn export_templates(
                     &[&Uuid::new_v4(), row[0], row[1], row[2], row[3], row[4], &owner.id],
                 )
                 .await?;
-                logs.push(LogEntry::info(G, "Successfully created export template").about(&shown));
+                logs.push(ChangeKind::Created, LogEntry::info(G, "Successfully created export template").about(&shown));
             }
         }
     }
     for ((content_type, name), (id, ..)) in owned.iter().filter(|(k, _)| !seen.contains(*k)) {
         db.execute("DELETE FROM export_template WHERE id = $1", &[id]).await?;
-        logs.push(LogEntry::warning(
-            G,
-            format!("Deleted export template {}", owner.display(&format!("{content_type}: {name}"))),
-        ));
+        logs.push(
+            ChangeKind::Deleted,
+            LogEntry::warning(
+                G,
+                format!("Deleted export template {}", owner.display(&format!("{content_type}: {name}"))),
+            ),
+        );
     }
     Ok(())
 }
@@ -559,7 +614,7 @@ async fn graphql_queries(
     db: &impl GenericClient,
     owner: Owner<'_>,
     loaded: &Loaded,
-    logs: &mut Vec<LogEntry>,
+    logs: &mut Changes,
 ) -> Result<(), Db> {
     const G: &str = "graphql queries";
     let rows =
@@ -574,7 +629,7 @@ async fn graphql_queries(
         let variables = Value::Object(q.variables.clone());
         match owned.get(&q.name) {
             Some((_, query)) if *query == q.query => {
-                logs.push(LogEntry::info(G, format!("No changes to GraphQL query: {}", q.name)));
+                logs.push(ChangeKind::Unchanged, LogEntry::info(G, format!("No changes to GraphQL query: {}", q.name)));
             }
             Some((id, _)) => {
                 db.execute(
@@ -582,10 +637,13 @@ async fn graphql_queries(
                     &[id, &q.query, &variables],
                 )
                 .await?;
-                logs.push(LogEntry::info(G, format!("Successfully updated GraphQL query: {}", q.name)));
+                logs.push(
+                    ChangeKind::Refreshed,
+                    LogEntry::info(G, format!("Successfully updated GraphQL query: {}", q.name)),
+                );
             }
             None if taken.contains(&q.name) => {
-                logs.push(LogEntry::error(
+                logs.push(ChangeKind::Rejected, LogEntry::error(
                     G,
                     format!(
                         "GraphQL query '{}' already exists. Please rename the query in the repository and try again.",
@@ -600,13 +658,16 @@ async fn graphql_queries(
                 )
                 .await?;
                 // Nautobot's "created" line is unreachable (spec h.9); we say what happened.
-                logs.push(LogEntry::info(G, format!("Successfully created GraphQL query: {}", q.name)));
+                logs.push(
+                    ChangeKind::Created,
+                    LogEntry::info(G, format!("Successfully created GraphQL query: {}", q.name)),
+                );
             }
         }
     }
     for (name, (id, _)) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
         db.execute("DELETE FROM graphql_query WHERE id = $1", &[id]).await?;
-        logs.push(LogEntry::warning(G, format!("Deleted GraphQL query: {name}")));
+        logs.push(ChangeKind::Deleted, LogEntry::warning(G, format!("Deleted GraphQL query: {name}")));
     }
     Ok(())
 }
@@ -617,7 +678,7 @@ async fn extension(
     data_type: &dyn DataType,
     identifier: &str,
     loaded: &Loaded,
-    logs: &mut Vec<LogEntry>,
+    logs: &mut Changes,
 ) -> Result<(), Db> {
     let records = loaded.extensions.get(identifier).map(Vec::as_slice).unwrap_or_default();
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
@@ -637,10 +698,13 @@ async fn extension(
         )
         .await?;
     for row in gone {
-        logs.push(LogEntry::warning(
-            data_type.name(),
-            format!("Deleted {} record {}", data_type.name(), row.get::<_, String>(0)),
-        ));
+        logs.push(
+            ChangeKind::Deleted,
+            LogEntry::warning(
+                data_type.name(),
+                format!("Deleted {} record {}", data_type.name(), row.get::<_, String>(0)),
+            ),
+        );
     }
     Ok(())
 }

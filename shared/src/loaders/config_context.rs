@@ -58,8 +58,8 @@ impl DataType for ConfigContexts {
     fn folder(&self) -> &'static str {
         "config_contexts"
     }
-    fn is_extension(&self) -> bool {
-        false
+    fn records(&self) -> super::Records {
+        super::Records::ConfigContexts
     }
 
     fn load(&self, input: &LoadInput<'_>, out: &mut Loaded) {

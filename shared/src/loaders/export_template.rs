@@ -46,8 +46,8 @@ impl DataType for ExportTemplates {
     fn folder(&self) -> &'static str {
         "export_templates"
     }
-    fn is_extension(&self) -> bool {
-        false
+    fn records(&self) -> super::Records {
+        super::Records::ExportTemplates
     }
 
     fn load(&self, input: &LoadInput<'_>, out: &mut Loaded) {

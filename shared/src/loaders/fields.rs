@@ -28,8 +28,29 @@ fn text(field: &str, value: &str, max: usize) -> Option<String> {
     too_long(field, value, max).or_else(|| nul(field, value))
 }
 
-/// The path of the first string or key holding a NUL character in a JSON value.
+/// The path of the first string or key holding a NUL character in a JSON value. The walk allocates nothing; only a
+/// value that holds one is walked again to name where.
 fn nul_in_json(field: &str, value: &Value) -> Option<String> {
+    fn has_nul(value: &Value) -> bool {
+        let mut stack = vec![value];
+        while let Some(value) = stack.pop() {
+            match value {
+                Value::String(s) if s.contains('\0') => return true,
+                Value::Array(items) => stack.extend(items),
+                Value::Object(map) => {
+                    if map.keys().any(|k| k.contains('\0')) {
+                        return true;
+                    }
+                    stack.extend(map.values());
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+    if !has_nul(value) {
+        return None;
+    }
     let mut stack = vec![(field.to_owned(), value)];
     while let Some((path, value)) = stack.pop() {
         match value {

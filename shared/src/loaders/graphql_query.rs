@@ -34,8 +34,8 @@ impl DataType for GraphqlQueries {
     fn folder(&self) -> &'static str {
         "graphql_queries"
     }
-    fn is_extension(&self) -> bool {
-        false
+    fn records(&self) -> super::Records {
+        super::Records::GraphqlQueries
     }
 
     fn load(&self, input: &LoadInput<'_>, out: &mut Loaded) {

@@ -46,8 +46,8 @@ impl DataType for Jobs {
     fn folder(&self) -> &'static str {
         "jobs"
     }
-    fn is_extension(&self) -> bool {
-        false
+    fn records(&self) -> super::Records {
+        super::Records::Jobs
     }
 
     fn load(&self, input: &LoadInput<'_>, out: &mut Loaded) {
@@ -415,8 +415,8 @@ impl DataType for DataComplianceRules {
     fn folder(&self) -> &'static str {
         "custom_validators"
     }
-    fn is_extension(&self) -> bool {
-        false
+    fn records(&self) -> super::Records {
+        super::Records::Nothing
     }
 
     fn load(&self, input: &LoadInput<'_>, out: &mut Loaded) {

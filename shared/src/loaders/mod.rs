@@ -113,6 +113,21 @@ impl Loaded {
     }
 }
 
+/// The records a data type writes, which tells the reconciler which writer to use (the built-in types have tables
+/// of their own; an extension's records are rows of `extension_record`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Records {
+    ConfigContextSchemas,
+    /// Config contexts and local contexts.
+    ConfigContexts,
+    Jobs,
+    ExportTemplates,
+    GraphqlQueries,
+    /// Reported while loading, stored nowhere (data compliance rules, as Nautobot).
+    Nothing,
+    Extension,
+}
+
 /// One data type a repository can provide. Built-in types and extensions implement the same trait.
 pub trait DataType: Send + Sync {
     /// The content identifier stored in `provided_contents`, e.g. `extras.configcontext`.
@@ -125,9 +140,9 @@ pub trait DataType: Send + Sync {
     }
     /// The folder (or file) whose presence means the repository has this type (`worker check` default).
     fn folder(&self) -> &'static str;
-    /// Whether this type's records are stored by the built-in reconciler (false) or as extension records.
-    fn is_extension(&self) -> bool {
-        true
+    /// Which records this type's loads become in the database (an extension's: `extension_record` rows).
+    fn records(&self) -> Records {
+        Records::Extension
     }
     /// Loads the type from the tree into `out`, logging as it goes.
     fn load(&self, input: &LoadInput<'_>, out: &mut Loaded);
@@ -282,8 +297,8 @@ pub(crate) fn data_files(
 /// Reads and parses a YAML or JSON file with the YAML 1.1 loader, within the load's total budget.
 pub(crate) fn parse_file(input: &LoadInput<'_>, path: &str) -> Result<Value, String> {
     let bytes = input.tree.read(path).map_err(|e| e.to_string())?;
-    let value = yaml::load(bytes, &input.limits).map_err(|e| e.to_string())?;
-    let total = input.spent.document_bytes.get().saturating_add(yaml::json_size(&value));
+    let (value, size) = yaml::load_sized(bytes, &input.limits).map_err(|e| e.to_string())?;
+    let total = input.spent.document_bytes.get().saturating_add(size);
     input.spent.document_bytes.set(total);
     if total > input.limits.max_load_bytes {
         return Err(format!(

@@ -35,8 +35,8 @@ impl DataType for Schemas {
     fn folder(&self) -> &'static str {
         "config_context_schemas"
     }
-    fn is_extension(&self) -> bool {
-        false
+    fn records(&self) -> super::Records {
+        super::Records::ConfigContextSchemas
     }
 
     fn load(&self, input: &LoadInput<'_>, out: &mut Loaded) {

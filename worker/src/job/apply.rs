@@ -27,7 +27,7 @@ pub(super) async fn apply(
             let reconciled = reconcile::reconcile_type(db, owner, data_type, loaded)
                 .await
                 .map_err(|e| StepError::db(&format!("{} of {}", data_type.name(), owner.name), e))?;
-            batch.extend(reconciled);
+            batch.extend(reconciled.into_iter().map(|change| change.line));
         }
         failed |= batch.iter().any(|e| e.level == LogLevel::Error);
         log.write_all(&batch).await?;

@@ -120,24 +120,17 @@ async fn record_changes(
     Ok((summary_lines, record_changes))
 }
 
-/// Counts a type's record outcomes: created, changed, deleted, unchanged; errors go to `errors`.
-fn count_changes(outcome: &[LogEntry], errors: &mut Vec<LogEntry>) -> [usize; 4] {
+/// Counts a type's record outcomes: created, changed, deleted, unchanged; rejections go to `errors`.
+fn count_changes(outcome: &[reconcile::Change], errors: &mut Vec<LogEntry>) -> [usize; 4] {
+    use reconcile::ChangeKind;
     let mut counts = [0usize; 4];
-    for entry in outcome {
-        let m = entry.message.as_str();
-        if entry.level == LogLevel::Error {
-            errors.push(entry.clone());
-        } else if m.starts_with("Successfully created") || m.starts_with("Created Job record") {
-            counts[0] += 1;
-        } else if m.starts_with("Successfully refreshed")
-            || m.starts_with("Successfully updated")
-            || m == "Marking Job record as no longer installed"
-        {
-            counts[1] += 1;
-        } else if m.starts_with("Deleted") {
-            counts[2] += 1;
-        } else {
-            counts[3] += 1;
+    for change in outcome {
+        match change.kind {
+            ChangeKind::Created => counts[0] += 1,
+            ChangeKind::Refreshed => counts[1] += 1,
+            ChangeKind::Deleted => counts[2] += 1,
+            ChangeKind::Unchanged => counts[3] += 1,
+            ChangeKind::Rejected => errors.push(change.line.clone()),
         }
     }
     counts

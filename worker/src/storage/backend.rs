@@ -172,6 +172,45 @@ impl Backend {
         }
     }
 
+    /// Writes each object that is not stored yet (content-addressed blobs: the same key is the same bytes). Returns
+    /// the sizes of those it wrote. The filesystem store does them all in one trip off the async runtime.
+    pub async fn put_absent(
+        &self,
+        objects: Vec<(String, Vec<u8>)>,
+        acl: Option<&str>,
+        multipart_threshold: u64,
+    ) -> Result<Vec<u64>, StorageError> {
+        match self {
+            Self::S3 { .. } => {
+                let mut written = Vec::new();
+                for (key, body) in objects {
+                    if !self.exists(&key).await? {
+                        let size = body.len() as u64;
+                        self.put(&key, body, "application/octet-stream", acl, multipart_threshold).await?;
+                        written.push(size);
+                    }
+                }
+                Ok(written)
+            }
+            Self::Fs { dir } => {
+                let dir = dir.clone();
+                blocking(move || {
+                    let mut written = Vec::new();
+                    for (key, body) in objects {
+                        let path = Self::path(&dir, &key);
+                        if !path.is_file() {
+                            let size = body.len() as u64;
+                            write_file(&path, &body)?;
+                            written.push(size);
+                        }
+                    }
+                    Ok(written)
+                })
+                .await
+            }
+        }
+    }
+
     /// Writes an object. Over `multipart_threshold` bytes, S3 gets a multipart upload in parts of that size.
     pub async fn put(
         &self,
@@ -196,17 +235,7 @@ impl Backend {
             }
             Self::Fs { dir } => {
                 let path = Self::path(dir, key);
-                blocking(move || {
-                    let io = |source| StorageError::Io { path: path.clone(), source };
-                    if let Some(parent) = path.parent() {
-                        std::fs::create_dir_all(parent).map_err(io)?;
-                    }
-                    // Written aside and renamed, so a reader never sees half an object.
-                    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
-                    std::fs::write(&tmp, &body).map_err(io)?;
-                    std::fs::rename(&tmp, &path).map_err(io)
-                })
-                .await
+                blocking(move || write_file(&path, &body)).await
             }
         }
     }
@@ -340,6 +369,17 @@ impl Backend {
             }
         }
     }
+}
+
+/// Writes a file aside and renames it into place, so a reader never sees half an object.
+fn write_file(path: &Path, body: &[u8]) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io { path: path.to_owned(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&tmp, body).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// The filesystem store's file I/O, off the async runtime's threads (a slow disk must not stall other events).

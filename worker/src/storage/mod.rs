@@ -154,25 +154,20 @@ impl Storage {
             let (mut uploaded_blobs, mut uploaded_bytes) = (0, 0);
             let mut manifest_files = Vec::new();
             let mut seen = BTreeSet::new();
+            let mut blobs = Vec::new();
             for file in &list {
                 let key = Self::key(&store, &format!("{}/blobs/{}", store.upload_to, file.blob))?;
-                if seen.insert(file.blob.clone()) && !backend.exists(&key).await? {
-                    backend
-                        .put(
-                            &key,
-                            file.bytes.clone(),
-                            "application/octet-stream",
-                            acl,
-                            self.settings.multipart_threshold,
-                        )
-                        .await?;
-                    uploaded_blobs += 1;
-                    uploaded_bytes += file.bytes.len() as u64;
+                if seen.insert(file.blob.clone()) {
+                    blobs.push((key.clone(), file.bytes.clone()));
                 }
                 manifest_files.push(json!({
                     "path": file.path, "blob": file.blob, "size": file.bytes.len(), "sha256": sha256_hex(&file.bytes),
                     "key": key,
                 }));
+            }
+            for bytes in backend.put_absent(blobs, acl, self.settings.multipart_threshold).await? {
+                uploaded_blobs += 1;
+                uploaded_bytes += bytes;
             }
             let base = format!("{}/{slug}/{commit}", store.upload_to);
             let artifact_key = Self::key(&store, &format!("{base}/artifact.tar.gz"))?;
