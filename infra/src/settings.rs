@@ -129,3 +129,14 @@ pub fn yes_no(value: &str) -> Result<bool, String> {
         other => Err(format!("'{other}' is not yes or no")),
     }
 }
+
+/// Process logs: the filter (`RUST_LOG` syntax) and the format.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogSettings {
+    /// Which log lines are written, in `RUST_LOG` syntax (`info`, `gitfleet_worker=debug,info`, ...).
+    #[arg(id = "log", long = "log", value_name = "FILTER", env = "GITFLEET_LOG", default_value = "info")]
+    pub filter: String,
+    /// `text` for people, `json` for JSON lines.
+    #[arg(id = "log_format", long = "log-format", env = "GITFLEET_LOG_FORMAT", value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}

@@ -3,9 +3,9 @@
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
-    let filter = EnvFilter::try_from_env("GITFLEET_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("GITFLEET_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+pub fn init(settings: &crate::settings::LogSettings) {
+    let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = settings.format == crate::settings::Format::Json;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     // A second call (tests start several components in one process) keeps the first subscriber.
     let _ = if json {

@@ -23,6 +23,8 @@ use crate::relay::{self, RelayOptions};
 pub struct Cli {
     #[command(flatten)]
     pub database: DatabaseSettings,
+    #[command(flatten)]
+    pub log: gitfleet_infra::settings::LogSettings,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    gitfleet_infra::telemetry::init();
     let cli = Cli::parse();
+    gitfleet_infra::telemetry::init(&cli.log);
     let shutdown = CancellationToken::new();
     tokio::spawn(gitfleet_infra::shutdown::on_signal(shutdown.clone()));
 

@@ -14,6 +14,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     settings: WorkerSettings,
+    #[command(flatten)]
+    log: gitfleet_infra::settings::LogSettings,
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,8 +56,8 @@ pub fn main() -> ExitCode {
 }
 
 async fn run() -> ExitCode {
-    gitfleet_infra::telemetry::init();
     let cli = Cli::parse();
+    gitfleet_infra::telemetry::init(&cli.log);
     match cli.command.unwrap_or(Command::Run) {
         Command::Check(args) => match crate::check::run(args, &mut std::io::stdout().lock()) {
             Ok(0) => ExitCode::SUCCESS,

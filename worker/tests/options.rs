@@ -22,6 +22,7 @@ fn bad_options_exit_2_with_a_message() {
         (vec![], vec![("GITFLEET_DELIVERY_LIMIT", "0")], "--delivery-limit"),
         (vec![], vec![("GITFLEET_DATABASE_POOL_SIZE", "0")], "--database-pool-size"),
         (vec![], vec![("GITFLEET_SCOPE_MODE", "loose")], "--scope-mode"),
+        (vec![], vec![("GITFLEET_LOG_FORMAT", "yaml")], "--log-format"),
         (vec!["check", ".", "--max-record-bytes", "0"], vec![], "--max-record-bytes"),
         (vec!["check", ".", "--format", "yaml"], vec![], "--format"),
     ] {
