@@ -186,8 +186,8 @@ impl Mirror {
     }
 
     /// Fetches `url` into the mirror (creating or repairing it) and resolves `branch` (spec b.4).
-    pub fn fetch_and_checkout(&self, url: &str, branch: &Branch, pinned: Option<&str>) -> Result<Checkout, GitError> {
-        self.fetch_and_checkout_as(url, branch, pinned, None)
+    pub fn fetch_and_checkout(&self, url: &str, branch: &Branch) -> Result<Checkout, GitError> {
+        self.fetch_and_checkout_as(url, branch, None)
     }
 
     /// Whether the mirror holds only part of its history.
@@ -200,21 +200,17 @@ impl Mirror {
         &self,
         url: &str,
         branch: &Branch,
-        pinned: Option<&str>,
         credentials: Option<&Credentials>,
     ) -> Result<Checkout, GitError> {
-        if let Some(commit) = pinned.filter(|c| !c.is_empty()) {
-            check_ref("commit", commit)?;
-        }
         let (repo, cloned) = self.open_or_clone(url, credentials)?;
-        let (head, kind) = match resolve(&repo, branch, pinned) {
-            // A commit older than the fetched tips (a branch pinned to a commit, or a pinned commit checked against
-            // its branch) needs the history the shallow fetch left out: fetch it and resolve again.
+        let (head, kind) = match resolve(&repo, branch, None) {
+            // A commit older than the fetched tips (a branch naming an old commit) needs the history the shallow
+            // fetch left out: fetch it and resolve again.
             Err(err @ (GitError::NotOnBranch(_) | GitError::Command(_))) if repo.is_shallow() => {
                 tracing::info!(slug = %self.slug, reason = %err, "deepening a shallow mirror to its full history");
                 self.fetch(&repo, url, credentials, Some(UNSHALLOW)).map_err(|e| self.size_error(e))?;
                 self.check_size()?;
-                resolve(&repo, branch, pinned)?
+                resolve(&repo, branch, None)?
             }
             other => other?,
         };
@@ -643,6 +639,9 @@ fn fetch_local(repo: &Repository, url: &str, depth: Option<i32>) -> Option<Resul
 pub fn resolve(repo: &Repository, branch: &Branch, pinned: Option<&str>) -> Result<(String, RefKind), GitError> {
     let b = branch.as_str();
     let pinned = pinned.filter(|c| !c.is_empty());
+    if let Some(commit) = pinned {
+        check_ref("commit", commit)?;
+    }
 
     if let Ok(reference) = repo.find_reference(&format!("refs/remotes/{REMOTE}/{b}")) {
         let tip = reference.peel_to_commit()?.id();
@@ -746,8 +745,15 @@ mod tests {
         [ids[0].clone(), ids[1].clone(), ids[2].clone(), ids[3].clone()]
     }
 
+    /// Fetches, then resolves `b` with an optional pinned commit checked against it.
     fn checkout(mirror: &Mirror, url: &str, b: &str, pinned: Option<&str>) -> Result<Checkout, GitError> {
-        mirror.fetch_and_checkout(url, &Branch::parse(b).unwrap(), pinned)
+        let branch = Branch::parse(b).unwrap();
+        let fetched = mirror.fetch_and_checkout(url, &branch)?;
+        if pinned.is_none() {
+            return Ok(fetched);
+        }
+        let (head, kind) = resolve(&Repository::open_bare(mirror.path())?, &branch, pinned)?;
+        Ok(Checkout { head, kind, cloned: fetched.cloned })
     }
 
     #[test]

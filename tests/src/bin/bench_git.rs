@@ -130,7 +130,7 @@ fn main() -> Result<()> {
             let root = tmp.path().join(format!("run-{shallow}-{run}"));
             let mirror = Mirror::new(root.join("git2"), "big").with_shallow(shallow);
             clone2.push(timed(|| {
-                let checkout = mirror.fetch_and_checkout(&url, &main, None)?;
+                let checkout = mirror.fetch_and_checkout(&url, &main)?;
                 assert_eq!(checkout.head, base);
                 Ok(())
             })?);
@@ -147,7 +147,7 @@ fn main() -> Result<()> {
             // Ten new commits on the remote, then a fetch into each clone.
             git(&bare, &["update-ref", "refs/heads/main", &next])?;
             fetch2.push(timed(|| {
-                let checkout = mirror.fetch_and_checkout(&url, &main, None)?;
+                let checkout = mirror.fetch_and_checkout(&url, &main)?;
                 assert_eq!(checkout.head, next);
                 Ok(())
             })?);

@@ -56,7 +56,7 @@ pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirro
             let (mirror, url) = (mirror.clone(), repo.remote_url.clone());
             let span = tracing::Span::current();
             let task = tokio::task::spawn_blocking(move || {
-                span.in_scope(|| mirror.fetch_and_checkout_as(&url, &branch, None, credentials.as_ref()))
+                span.in_scope(|| mirror.fetch_and_checkout_as(&url, &branch, credentials.as_ref()))
             });
             // git2 cannot be interrupted while it waits on a stalled server: the sync gives up here, and libgit2's
             // read timeout (set at start-up) ends the abandoned thread.
