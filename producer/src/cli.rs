@@ -293,14 +293,14 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
         RepoCommand::List => {
             let client = pool.get().await?;
             for r in repository::list_live(&**client).await? {
-                let head = if r.current_head.is_empty() { "-" } else { &r.current_head };
+                let head = r.current_head.as_ref().map_or("-", |c| c.as_str());
                 writeln!(
                     out,
                     "{}\t{}\t{}\t{}\t{}\tversion {} (applied {})",
                     printable(&r.name),
                     r.slug,
                     printable(&r.remote_url),
-                    printable(&r.branch),
+                    printable(r.branch.as_str()),
                     head,
                     r.version,
                     r.applied_version

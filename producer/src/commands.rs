@@ -263,9 +263,7 @@ pub async fn update(
     if let Some(u) = changes.remote_url {
         next.remote_url = u;
     }
-    if let Some(b) = changes.branch {
-        next.branch = b;
-    }
+    let branch = changes.branch.unwrap_or_else(|| next.branch.to_string());
     if let Some(p) = changes.provided_contents {
         next.provided_contents = p;
     }
@@ -279,7 +277,7 @@ pub async fn update(
     let mut errors = match check_fields(
         &next.name,
         &next.remote_url,
-        &next.branch,
+        &branch,
         &next.provided_contents,
         next.secrets_group.as_deref(),
     ) {
@@ -294,6 +292,12 @@ pub async fn update(
             "Slug cannot be changed once set. Current slug is {}, requested slug is {slug}",
             current.slug
         )));
+    }
+    match Branch::parse(branch) {
+        Ok(branch) => next.branch = branch,
+        // Reported by the field checks above already.
+        Err(_) if !errors.is_empty() => {}
+        Err(e) => errors.push(FieldError::field("branch", e.to_string())),
     }
     if !errors.is_empty() {
         return Err(CommandError::Invalid(errors));

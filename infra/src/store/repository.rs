@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use gitfleet_shared::event::{RepositoryRef, SlugRef};
-use gitfleet_shared::repo::{Branch, RemoteUrl, RepoName};
+use gitfleet_shared::repo::{Branch, CommitId, RemoteUrl, RepoName};
 use serde_json::Value;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -19,8 +19,9 @@ pub struct RepositoryRow {
     pub name: String,
     pub slug: String,
     pub remote_url: String,
-    pub branch: String,
-    pub current_head: String,
+    pub branch: Branch,
+    /// The commit whose records are live; `None` before the first successful sync.
+    pub current_head: Option<CommitId>,
     pub secrets_group: Option<String>,
     pub provided_contents: Vec<String>,
     pub version: i64,
@@ -48,8 +49,12 @@ impl RepositoryRow {
             name: row.get("name"),
             slug: row.get("slug"),
             remote_url: row.get("remote_url"),
-            branch: row.get("branch"),
-            current_head: row.get("current_head"),
+            // The column's CHECK constraint holds exactly the branch rules: every stored value parses.
+            branch: Branch::parse(row.get::<_, String>("branch")).unwrap_or_default(),
+            // Written only from git's own commit ids; anything else (an edit by hand) reads as never synced.
+            current_head: Some(row.get::<_, String>("current_head"))
+                .filter(|h| !h.is_empty())
+                .and_then(|h| CommitId::parse(h).ok()),
             secrets_group: row.get("secrets_group"),
             provided_contents,
             version: row.get("version"),
@@ -63,6 +68,11 @@ impl RepositoryRow {
         }
     }
 
+    /// The live commit as text, `""` before the first sync (for output and JSON results).
+    pub fn head_str(&self) -> &str {
+        self.current_head.as_ref().map_or("", CommitId::as_str)
+    }
+
     pub fn is_deleted(&self) -> bool {
         self.deleted_at.is_some()
     }
@@ -74,7 +84,7 @@ impl RepositoryRow {
             name: RepoName::parse(self.name.clone()).map_err(|e| e.to_string())?,
             slug: SlugRef::parse(self.slug.clone()).map_err(|e| e.to_string())?,
             remote_url: RemoteUrl::parse(self.remote_url.clone()).map_err(|e| e.to_string())?,
-            branch: Branch::parse(self.branch.clone()).map_err(|e| e.to_string())?,
+            branch: self.branch.clone(),
             provided_contents: self.provided_contents.clone(),
             secrets_group: self.secrets_group.clone(),
         })
@@ -185,7 +195,15 @@ pub async fn update(db: &impl GenericClient, row: &RepositoryRow) -> Result<Repo
     let updated = db
         .query_one(
             &sql,
-            &[&row.id, &row.name, &row.remote_url, &row.branch, &row.secrets_group, &provided, &row.git_timeout_secs],
+            &[
+                &row.id,
+                &row.name,
+                &row.remote_url,
+                &row.branch.as_str(),
+                &row.secrets_group,
+                &provided,
+                &row.git_timeout_secs,
+            ],
         )
         .await?;
     Ok(RepositoryRow::from_row(&updated))

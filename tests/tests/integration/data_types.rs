@@ -233,7 +233,7 @@ async fn bad_data_fails_and_loads_nothing() -> Result<()> {
     {
         assert_eq!(count(&env, &format!("SELECT count(*) FROM {table}")).await?, 0, "{table}");
     }
-    assert_eq!(env.repo(view.repository_id.unwrap()).await?.current_head, "");
+    assert_eq!(env.repo(view.repository_id.unwrap()).await?.head_str(), "");
     env.teardown().await
 }
 
@@ -403,7 +403,7 @@ async fn dry_run_reports_and_changes_nothing() -> Result<()> {
             "{table}: a dry-run writes nothing"
         );
     }
-    assert_eq!(env.repo(row.id).await?.current_head, "");
+    assert_eq!(env.repo(row.id).await?.head_str(), "");
 
     // Synced and unchanged upstream: no file changes, no record changes.
     let sync = env.wait_job(env.sync("Test Git Repository").await?).await?;

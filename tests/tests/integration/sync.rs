@@ -20,8 +20,11 @@ async fn create_then_sync_follows_the_branch_head() -> Result<()> {
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     assert_eq!(view.name, "Git Repository: Sync");
     let repo = env.repo(view.repository_id.unwrap()).await?;
-    assert_eq!(repo.current_head, first);
+    assert_eq!(repo.head_str(), first);
     assert_eq!(repo.applied_version, 1);
+    // date_done is when the outcome was committed: after every log line, not at the transaction's start.
+    let last_line = view.logs.iter().map(|l| l.created).max().unwrap();
+    assert!(view.date_done.unwrap() >= last_line, "done {:?} before the last line {last_line:?}", view.date_done);
 
     // The log catalogue of spec f.3, as far as it applies before data types exist.
     assert_log(&view, "info", "initialization", "Running job");
@@ -49,7 +52,7 @@ async fn create_then_sync_follows_the_branch_head() -> Result<()> {
     let second = remote.commit("second", &[("README.md", "two")])?;
     let view = env.wait_job(env.sync(&name).await?).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
-    assert_eq!(env.repo(repo.id).await?.current_head, second);
+    assert_eq!(env.repo(repo.id).await?.head_str(), second);
     env.teardown().await
 }
 
@@ -72,7 +75,7 @@ async fn missing_branch_and_empty_remote_fail_with_nautobots_messages() -> Resul
     assert_eq!(result["exc_type"], "BranchDoesNotExist");
     assert_eq!(result["exc_message"], expected);
     assert_eq!(view.error_log_count, 1);
-    assert_eq!(env.repo(view.repository_id.unwrap()).await?.current_head, "", "a failed sync sets no head");
+    assert_eq!(env.repo(view.repository_id.unwrap()).await?.head_str(), "", "a failed sync sets no head");
 
     let view = env.wait_job(env.create(&format!("Empty {}", env.id), &empty.file_url(), "main").await?).await?;
     assert_eq!(view.status, "FAILURE");
@@ -131,7 +134,7 @@ async fn tags_and_commit_hashes_as_branch() -> Result<()> {
             (Some(*head), Some(*kind)),
             "{branch}"
         );
-        assert_eq!(env.repo(view.repository_id.unwrap()).await?.current_head, *head);
+        assert_eq!(env.repo(view.repository_id.unwrap()).await?.head_str(), *head);
     }
 
     // One to three hex characters are never a commit, even when a commit starts with them.
@@ -169,7 +172,7 @@ async fn git_and_http_remotes() -> Result<()> {
     for (n, url) in urls.iter().enumerate() {
         let view = env.wait_job(env.create(&format!("Transport {n} {}", env.id), url, "main").await?).await?;
         assert_eq!(view.status, "SUCCESS", "{url}: {:#?}", view.logs);
-        assert_eq!(env.repo(view.repository_id.unwrap()).await?.current_head, head, "{url}");
+        assert_eq!(env.repo(view.repository_id.unwrap()).await?.head_str(), head, "{url}");
     }
     // A new commit over the same transports: an incremental fetch into the existing mirrors.
     let next = remote.commit("second", &[("config_contexts/a.yaml", "x: 2")])?;

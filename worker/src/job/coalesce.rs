@@ -46,9 +46,7 @@ pub(super) async fn finish_superseded(
 /// wave, not one each); or it names the commit that is already live (a push webhook).
 pub(super) fn reason(repo: &RepositoryRow, event: &Event, requested: Option<DateTime<Utc>>) -> Option<&'static str> {
     let version = event.version.get();
-    if repo.current_head.is_empty() {
-        return None;
-    }
+    let head = repo.current_head.as_ref()?;
     if version < repo.applied_version {
         return Some("a newer definition is applied");
     }
@@ -60,7 +58,7 @@ pub(super) fn reason(repo: &RepositoryRow, event: &Event, requested: Option<Date
     {
         return Some("fetched since this event was made");
     }
-    if event.target_commit.as_ref().is_some_and(|c| c.as_str() == repo.current_head) {
+    if event.target_commit.as_ref() == Some(head) {
         return Some("the pushed commit is live");
     }
     None

@@ -50,8 +50,8 @@ async fn stages(run: &JobRun<'_>, lock: &mut RepoLock, completed: &(dyn Fn() -> 
     let changes = {
         let (mirror, current, head) = (mirror.clone(), repo.current_head.clone(), head.clone());
         tokio::task::spawn_blocking(move || {
-            let old = (!current.is_empty() && mirror.has_commit(&current)).then_some(current);
-            mirror.diff(old.as_deref(), &head)
+            let old = current.filter(|c| mirror.has_commit(c.as_str()));
+            mirror.diff(old.as_ref().map(|c| c.as_str()), &head)
         })
         .await?
         .map_err(|err| StepError::Failed(Failure::new(err.exc_type(), err.to_string(), DRY_RUN)))?

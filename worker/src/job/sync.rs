@@ -146,16 +146,16 @@ async fn needs_no_fetch(
 ) -> Step<bool> {
     let (ctx, event) = (run.ctx, run.event);
     if let Some(newer) = job_result::newer_queued(&***lock.client(), repo.id, run.id()).await? {
-        let extra = json!({ "current_head": repo.current_head, "applied_version": repo.applied_version });
+        let extra = json!({ "current_head": repo.head_str(), "applied_version": repo.applied_version });
         finish_superseded(&***lock.client(), &run.log, event, newer, extra).await?;
         return Ok(true);
     }
     let Some(reason) = coalesce::reason(repo, event, requested) else { return Ok(false) };
     let stamp = load::inventory_stamp(ctx).await?;
-    if coalesce::fingerprint(ctx, repo, &repo.current_head, &stamp) != repo.applied_fingerprint {
+    if coalesce::fingerprint(ctx, repo, repo.head_str(), &stamp) != repo.applied_fingerprint {
         return Ok(false);
     }
-    let (name, head) = (repo.name.as_str(), repo.current_head.as_str());
+    let (name, head) = (repo.name.as_str(), repo.head_str());
     run.log
         .write_all(&[
             LogEntry::info(
