@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use gitfleet_shared::job_result::LogEntry;
+use gitfleet_shared::job_result::{LogEntry, LogLevel};
 use gitfleet_shared::loaders::{DataType, Loaded, Records};
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
@@ -39,15 +39,84 @@ pub enum ChangeKind {
     Rejected,
 }
 
-/// One record's outcome: its data type, the record as the log line names it, what happened, and that line (in the
-/// type's own wording, as Nautobot logs it).
+/// One record's outcome: its data type, the record, what happened, and its log line, rendered from these by the
+/// type's [`Wording`] (or, for a rejection, the error itself).
 #[derive(Debug, Clone)]
 pub struct Change {
     pub data_type: &'static str,
+    /// The record as the line names it (a name, a class path, `content type: name`).
     pub record: String,
     pub kind: ChangeKind,
     pub line: LogEntry,
 }
+
+/// One line template: its level, its message (`{record}` and `{object}` are filled in) and whether the line's log
+/// object is the record as shown (`[repository] name`).
+#[derive(Debug, Clone, Copy)]
+struct Line {
+    level: LogLevel,
+    message: &'static str,
+    about: bool,
+}
+
+const fn info(message: &'static str, about: bool) -> Line {
+    Line { level: LogLevel::Info, message, about }
+}
+
+const fn warning(message: &'static str, about: bool) -> Line {
+    Line { level: LogLevel::Warning, message, about }
+}
+
+/// How a data type's record outcomes read in the log: Nautobot's own wording, per outcome.
+#[derive(Debug, Clone, Copy)]
+struct Wording {
+    grouping: &'static str,
+    created: Line,
+    refreshed: Line,
+    unchanged: Line,
+    deleted: Line,
+}
+
+const SCHEMAS: Wording = Wording {
+    grouping: "config context schemas",
+    created: info("Successfully created config context schema", true),
+    refreshed: info("Successfully refreshed config context schema", true),
+    unchanged: info("No change to config context schema", true),
+    deleted: warning("Deleted config context schema {object}", false),
+};
+const CONTEXTS: Wording = Wording {
+    grouping: "config contexts",
+    created: info("Successfully created config context", true),
+    refreshed: info("Successfully refreshed config context", true),
+    unchanged: info("No change to config context", true),
+    deleted: warning("Deleted config context {object}", false),
+};
+/// Local contexts are only ever deleted by a sync (their data lives on the device or virtual machine).
+const LOCAL_CONTEXTS: Wording =
+    Wording { grouping: "local config contexts", deleted: warning("Deleted local config context", true), ..CONTEXTS };
+/// A Job is rewritten at every sync (counted as unchanged) and never deleted: no longer provided, it is marked
+/// uninstalled (counted as a change).
+const JOBS: Wording = Wording {
+    grouping: "jobs",
+    created: info("Created Job record for {record}", true),
+    refreshed: warning("Marking Job record as no longer installed", true),
+    unchanged: info("Refreshed Job record for {record}", true),
+    deleted: warning("Marking Job record as no longer installed", true),
+};
+const EXPORT_TEMPLATES: Wording = Wording {
+    grouping: "export templates",
+    created: info("Successfully created export template", true),
+    refreshed: info("Successfully refreshed export template", true),
+    unchanged: info("No change to export template", true),
+    deleted: warning("Deleted export template {object}", false),
+};
+const GRAPHQL_QUERIES: Wording = Wording {
+    grouping: "graphql queries",
+    created: info("Successfully created GraphQL query: {record}", false),
+    refreshed: info("Successfully updated GraphQL query: {record}", false),
+    unchanged: info("No changes to GraphQL query: {record}", false),
+    deleted: warning("Deleted GraphQL query: {record}", false),
+};
 
 /// The changes of one data type, in the order they happened.
 struct Changes {
@@ -56,9 +125,27 @@ struct Changes {
 }
 
 impl Changes {
-    fn push(&mut self, kind: ChangeKind, line: LogEntry) {
-        let record = if line.log_object.is_empty() { line.message.clone() } else { line.log_object.clone() };
-        self.list.push(Change { data_type: self.data_type, record, kind, line });
+    /// Records an outcome and renders its line: `record` fills `{record}`, `object` (the record as shown, or the
+    /// name the line is about) fills `{object}` and the log object.
+    fn record(&mut self, wording: &Wording, kind: ChangeKind, record: &str, object: &str) {
+        let line = match kind {
+            ChangeKind::Created => wording.created,
+            ChangeKind::Refreshed => wording.refreshed,
+            ChangeKind::Unchanged => wording.unchanged,
+            ChangeKind::Deleted | ChangeKind::Rejected => wording.deleted,
+        };
+        let message = line.message.replace("{record}", record).replace("{object}", object);
+        let mut entry = LogEntry::new(line.level, wording.grouping, message);
+        if line.about {
+            entry = entry.about(object);
+        }
+        self.list.push(Change { data_type: self.data_type, record: record.to_owned(), kind, line: entry });
+    }
+
+    /// Records a refusal: its error line says what was refused and why.
+    fn reject(&mut self, record: &str, line: LogEntry) {
+        let kind = ChangeKind::Rejected;
+        self.list.push(Change { data_type: self.data_type, record: record.to_owned(), kind, line });
     }
 }
 
@@ -122,21 +209,18 @@ async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, log
         let shown = owner.display(&schema.name);
         if let Some((id, description, data_schema)) = owned.get(&schema.name) {
             if *description == schema.description && *data_schema == schema.data_schema {
-                logs.push(ChangeKind::Unchanged, LogEntry::info(G, "No change to config context schema").about(&shown));
+                logs.record(&SCHEMAS, ChangeKind::Unchanged, &schema.name, &shown);
             } else {
                 db.execute(
                     "UPDATE config_context_schema SET description = $2, data_schema = $3, last_updated = now() WHERE id = $1",
                     &[id, &schema.description, &schema.data_schema],
                 )
                 .await?;
-                logs.push(
-                    ChangeKind::Refreshed,
-                    LogEntry::info(G, "Successfully refreshed config context schema").about(&shown),
-                );
+                logs.record(&SCHEMAS, ChangeKind::Refreshed, &schema.name, &shown);
             }
         } else if taken.contains(&schema.name) {
-            logs.push(
-                ChangeKind::Rejected,
+            logs.reject(
+                &schema.name,
                 LogEntry::error(
                     G,
                     format!(
@@ -151,10 +235,7 @@ async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, log
             names.push(schema.name.as_str());
             descriptions.push(schema.description.as_str());
             schemas_json.push(schema.data_schema.clone());
-            logs.push(
-                ChangeKind::Created,
-                LogEntry::info(G, "Successfully created config context schema").about(&shown),
-            );
+            logs.record(&SCHEMAS, ChangeKind::Created, &schema.name, &shown);
         }
     }
     if !ids.is_empty() {
@@ -169,10 +250,7 @@ async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, log
     let mut stale = Vec::new();
     for (name, (id, _, _)) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
         stale.push(*id);
-        logs.push(
-            ChangeKind::Deleted,
-            LogEntry::warning(G, format!("Deleted config context schema {}", owner.display(name))),
-        );
+        logs.record(&SCHEMAS, ChangeKind::Deleted, name, &owner.display(name));
     }
     delete_ids(db, "config_context_schema", &stale).await
 }
@@ -196,7 +274,7 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
             let message = format!(
                 "Error in loading config context data from `{file}`: Config context with this Name already exists."
             );
-            logs.push(ChangeKind::Rejected, LogEntry::error(G, message));
+            logs.reject(&context.name, LogEntry::error(G, message));
             continue;
         }
         let current_schema = existing.and_then(|e| e.schema.clone());
@@ -206,8 +284,8 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
             && schema_id.is_none()
             && schema_changed
         {
-            logs.push(
-                ChangeKind::Rejected,
+            logs.reject(
+                &context.name,
                 LogEntry::error(G, format!("ConfigContextSchema {name} does not exist.")).about(&shown),
             );
             schema_changed = false;
@@ -217,7 +295,7 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
         let resolved = json!(context.resolved);
         match existing {
             Some(row) if !schema_changed && row.same_as(context, weight, &scope, &resolved) => {
-                logs.push(ChangeKind::Unchanged, LogEntry::info(G, "No change to config context").about(&shown));
+                logs.record(&CONTEXTS, ChangeKind::Unchanged, &context.name, &shown);
             }
             Some(row) => {
                 let fields: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
@@ -231,14 +309,11 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
                     &schema_id,
                 ];
                 update_context(db, &fields).await?;
-                logs.push(
-                    ChangeKind::Refreshed,
-                    LogEntry::info(G, "Successfully refreshed config context").about(&shown),
-                );
+                logs.record(&CONTEXTS, ChangeKind::Refreshed, &context.name, &shown);
             }
             None => {
                 insert.push(context, weight, [scope, resolved], schema_id);
-                logs.push(ChangeKind::Created, LogEntry::info(G, "Successfully created config context").about(&shown));
+                logs.record(&CONTEXTS, ChangeKind::Created, &context.name, &shown);
             }
         }
     }
@@ -246,7 +321,7 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
     let mut stale = Vec::new();
     for (name, row) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
         stale.push(row.id);
-        logs.push(ChangeKind::Deleted, LogEntry::warning(G, format!("Deleted config context {}", owner.display(name))));
+        logs.record(&CONTEXTS, ChangeKind::Deleted, name, &owner.display(name));
     }
     delete_ids(db, "config_context", &stale).await
 }
@@ -389,7 +464,6 @@ async fn local_contexts(
     loaded: &Loaded,
     logs: &mut Changes,
 ) -> Result<(), Db> {
-    const G: &str = "local config contexts";
     let mut seen: HashSet<(String, String)> = HashSet::new();
     for local in &loaded.local_contexts {
         seen.insert((local.kind.to_owned(), local.name.clone()));
@@ -430,14 +504,13 @@ async fn local_contexts(
         let key: (String, String) = (row.get(0), row.get(1));
         if !seen.contains(&key) {
             db.execute("DELETE FROM local_context WHERE kind = $1 AND name = $2", &[&key.0, &key.1]).await?;
-            logs.push(ChangeKind::Deleted, LogEntry::warning(G, "Deleted local config context").about(&key.1));
+            logs.record(&LOCAL_CONTEXTS, ChangeKind::Deleted, &key.1, &key.1);
         }
     }
     Ok(())
 }
 
 async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes) -> Result<(), Db> {
-    const G: &str = "jobs";
     let prefix = format!("{}.%", owner.slug.replace('_', "\\_"));
     let rows = db
         .query("SELECT id, module_name, job_class_name, name, installed FROM job WHERE module_name LIKE $1", &[&prefix])
@@ -461,10 +534,7 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
             )
             .await?;
             // Rewritten at every sync, as Nautobot does: counted as unchanged (a dry-run has nothing to report).
-            logs.push(
-                ChangeKind::Unchanged,
-                LogEntry::info(G, format!("Refreshed Job record for {class_path}")).about(row.get::<_, String>(3)),
-            );
+            logs.record(&JOBS, ChangeKind::Unchanged, &class_path, &row.get::<_, String>(3));
         } else {
             // Job names are unique: a clash gets " (2)", " (3)", ... (spec e.2).
             let mut name = job.name.clone();
@@ -491,10 +561,7 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
                 ],
             )
             .await?;
-            logs.push(
-                ChangeKind::Created,
-                LogEntry::info(G, format!("Created Job record for {class_path}")).about(&name),
-            );
+            logs.record(&JOBS, ChangeKind::Created, &class_path, &name);
             all_names.insert(name);
         }
     }
@@ -505,10 +572,8 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
             let id: Uuid = row.get(0);
             db.execute("UPDATE job SET installed = false, enabled = false, last_updated = now() WHERE id = $1", &[&id])
                 .await?;
-            logs.push(
-                ChangeKind::Refreshed,
-                LogEntry::warning(G, "Marking Job record as no longer installed").about(row.get::<_, String>(3)),
-            );
+            let class_path = format!("{}.{}", key.0, key.1);
+            logs.record(&JOBS, ChangeKind::Refreshed, &class_path, &row.get::<_, String>(3));
         }
     }
     Ok(())
@@ -541,12 +606,13 @@ async fn export_templates(
     for t in &loaded.export_templates {
         let key = (t.content_type.clone(), t.name.clone());
         seen.insert(key.clone());
-        let shown = owner.display(&format!("{}: {}", t.content_type, t.name));
+        let key_text = format!("{}: {}", t.content_type, t.name);
+        let shown = owner.display(&key_text);
         match owned.get(&key) {
             Some((_, mime, ext, code))
                 if *mime == t.mime_type && *ext == t.file_extension && *code == t.template_code =>
             {
-                logs.push(ChangeKind::Unchanged, LogEntry::info(G, "No change to export template").about(&shown));
+                logs.record(&EXPORT_TEMPLATES, ChangeKind::Unchanged, &key_text, &shown);
             }
             Some((id, ..)) => {
                 db.execute(
@@ -555,14 +621,11 @@ async fn export_templates(
                     &[id, &t.mime_type, &t.file_extension, &t.template_code],
                 )
                 .await?;
-                logs.push(
-                    ChangeKind::Refreshed,
-                    LogEntry::info(G, "Successfully refreshed export template").about(&shown),
-                );
+                logs.record(&EXPORT_TEMPLATES, ChangeKind::Refreshed, &key_text, &shown);
             }
             None => {
                 if taken.contains(&format!("{}/{}", t.content_type, t.name)) {
-                    logs.push(ChangeKind::Rejected, LogEntry::error(
+                    logs.reject(&key_text, LogEntry::error(
                         G,
                         format!(
                             "Error in loading export template `{}/{}`: Export template with this Content type and Name \
@@ -579,19 +642,14 @@ async fn export_templates(
                     &[&Uuid::new_v4(), row[0], row[1], row[2], row[3], row[4], &owner.id],
                 )
                 .await?;
-                logs.push(ChangeKind::Created, LogEntry::info(G, "Successfully created export template").about(&shown));
+                logs.record(&EXPORT_TEMPLATES, ChangeKind::Created, &key_text, &shown);
             }
         }
     }
     for ((content_type, name), (id, ..)) in owned.iter().filter(|(k, _)| !seen.contains(*k)) {
         db.execute("DELETE FROM export_template WHERE id = $1", &[id]).await?;
-        logs.push(
-            ChangeKind::Deleted,
-            LogEntry::warning(
-                G,
-                format!("Deleted export template {}", owner.display(&format!("{content_type}: {name}"))),
-            ),
-        );
+        let key_text = format!("{content_type}: {name}");
+        logs.record(&EXPORT_TEMPLATES, ChangeKind::Deleted, &key_text, &owner.display(&key_text));
     }
     Ok(())
 }
@@ -629,7 +687,7 @@ async fn graphql_queries(
         let variables = Value::Object(q.variables.clone());
         match owned.get(&q.name) {
             Some((_, query)) if *query == q.query => {
-                logs.push(ChangeKind::Unchanged, LogEntry::info(G, format!("No changes to GraphQL query: {}", q.name)));
+                logs.record(&GRAPHQL_QUERIES, ChangeKind::Unchanged, &q.name, &q.name);
             }
             Some((id, _)) => {
                 db.execute(
@@ -637,13 +695,10 @@ async fn graphql_queries(
                     &[id, &q.query, &variables],
                 )
                 .await?;
-                logs.push(
-                    ChangeKind::Refreshed,
-                    LogEntry::info(G, format!("Successfully updated GraphQL query: {}", q.name)),
-                );
+                logs.record(&GRAPHQL_QUERIES, ChangeKind::Refreshed, &q.name, &q.name);
             }
             None if taken.contains(&q.name) => {
-                logs.push(ChangeKind::Rejected, LogEntry::error(
+                logs.reject(&q.name, LogEntry::error(
                     G,
                     format!(
                         "GraphQL query '{}' already exists. Please rename the query in the repository and try again.",
@@ -658,16 +713,13 @@ async fn graphql_queries(
                 )
                 .await?;
                 // Nautobot's "created" line is unreachable (spec h.9); we say what happened.
-                logs.push(
-                    ChangeKind::Created,
-                    LogEntry::info(G, format!("Successfully created GraphQL query: {}", q.name)),
-                );
+                logs.record(&GRAPHQL_QUERIES, ChangeKind::Created, &q.name, &q.name);
             }
         }
     }
     for (name, (id, _)) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
         db.execute("DELETE FROM graphql_query WHERE id = $1", &[id]).await?;
-        logs.push(ChangeKind::Deleted, LogEntry::warning(G, format!("Deleted GraphQL query: {name}")));
+        logs.record(&GRAPHQL_QUERIES, ChangeKind::Deleted, name, name);
     }
     Ok(())
 }
@@ -698,13 +750,14 @@ async fn extension(
         )
         .await?;
     for row in gone {
-        logs.push(
-            ChangeKind::Deleted,
-            LogEntry::warning(
-                data_type.name(),
-                format!("Deleted {} record {}", data_type.name(), row.get::<_, String>(0)),
-            ),
-        );
+        // An extension's wording: its name is its grouping.
+        let key: String = row.get(0);
+        let wording = Wording {
+            grouping: data_type.name(),
+            deleted: warning("Deleted {object} record {record}", false),
+            ..EXPORT_TEMPLATES
+        };
+        logs.record(&wording, ChangeKind::Deleted, &key, data_type.name());
     }
     Ok(())
 }

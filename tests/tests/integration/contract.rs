@@ -4,37 +4,17 @@ use std::time::Duration;
 
 use anyhow::Result;
 use futures_util::StreamExt;
-use gitfleet_infra::amqp::{self, header_str};
+use gitfleet_infra::amqp::header_str;
 use gitfleet_infra::settings::DatabaseSettings;
 use gitfleet_shared::event::{Event, EventKind};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 
 use crate::support::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_publishes_the_event_contract_with_confirms() -> Result<()> {
     let mut env = TestEnv::new().await?;
-    let topology = env.topology();
-    let connection = amqp::connect(&env.amqp, Duration::from_secs(5)).await?;
-    let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
-    let tap = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await?;
-    let tap_name = tap.name().to_string();
-    channel
-        .queue_bind(
-            tap_name.as_str().into(),
-            topology.events.as_str().into(),
-            "repo.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut consumer = channel
-        .basic_consume(tap_name.as_str().into(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await?;
+    let (connection, mut consumer) = crate::support::tap(&env, &env.topology().events).await?;
 
     // Recorded before the relay runs: the outbox holds it until then.
     let job = env.create(&format!("Contract {}", env.id), "file:///srv/git/contract.git", "main").await?;

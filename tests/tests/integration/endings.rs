@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
-use gitfleet_infra::amqp;
 use gitfleet_producer::commands::{self, NewRepo};
 use gitfleet_shared::event::RequestedBy;
 use gitfleet_shared::loaders::{DataType, LoadInput, Loaded, Registry};
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use uuid::Uuid;
 
 use crate::support::TestEnv;
@@ -91,26 +89,7 @@ async fn every_failure_of_a_sync_ends_the_same_way() -> Result<()> {
     let cc = ["extras.configcontext"];
 
     // The notifications, tapped before anything runs.
-    let connection = amqp::connect(&env.amqp, Duration::from_secs(5)).await?;
-    let channel = connection.create_channel().await?;
-    let topology = env.topology();
-    topology.declare(&channel).await?;
-    let tap = channel
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
-        .await?;
-    let tap_name = tap.name().to_string();
-    channel
-        .queue_bind(
-            tap_name.as_str().into(),
-            topology.notifications.as_str().into(),
-            "repo.#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut notifications = channel
-        .basic_consume(tap_name.as_str().into(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
-        .await?;
+    let (connection, mut notifications) = crate::support::tap(&env, &env.topology().notifications).await?;
 
     // Secrets groups are read when the worker starts.
     let dir = env.tmp.path().join("secrets").join("wrong");
@@ -149,28 +128,14 @@ async fn every_failure_of_a_sync_ends_the_same_way() -> Result<()> {
         true,
     ));
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let stalled = listener.local_addr()?.port();
-    let holder = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    // Accepts and holds connections, silently, until the test ends.
+    let (stalled, holder) = crate::support::silent_server().await?;
     let url = format!("http://127.0.0.1:{stalled}/stalled.git");
     let job = create(&env, "Timeout", &url, &cc, |n| n.git_timeout_secs = Some(2)).await?;
     cases.push(("fetch timeout", job, name("Timeout"), "TimeoutError", ("ensure_git_repository", "timed out"), true));
 
     let big = Remote::new(&served, "big")?;
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let noise: String = (0..10_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            format!("{x:016x}")
-        })
-        .collect();
+    let noise = crate::support::noise(0x2545_f491_4f6c_dd1d_u64, 10_000);
     big.commit("big", &[("blob.txt", &noise)])?;
     let job = create(&env, "Big", &big.file_url(), &cc, |_| {}).await?;
     cases.push((

@@ -415,14 +415,8 @@ async fn a_new_storage_gets_the_live_commit_at_the_next_sync() -> Result<()> {
 /// never holds a sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_s3_endpoint_is_a_transient_fault_after_the_timeout() -> Result<()> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let holder = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    // Accepts and holds connections, silently, until the test ends.
+    let (port, holder) = crate::support::silent_server().await?;
     let settings = StorageSettings::from_vars(vars(&[
         ("AWS_STORAGE_BUCKET_NAME", "hung".into()),
         ("AWS_S3_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),

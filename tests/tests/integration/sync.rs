@@ -214,15 +214,7 @@ async fn a_mirror_over_the_size_limit_fails_the_sync() -> Result<()> {
     env.max_mirror_bytes = 40_000;
     env.start_fleet(1);
     let remote = Remote::new(env.tmp.path(), "big")?;
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let noise: String = (0..10_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            format!("{x:016x}")
-        })
-        .collect();
+    let noise = crate::support::noise(0x2545_f491_4f6c_dd1d_u64, 10_000);
     remote.commit("big", &[("blob.txt", &noise)])?;
     let view = env.wait_job(env.create(&format!("Big {}", env.id), &remote.file_url(), "main").await?).await?;
     assert_eq!(view.status, "FAILURE");
@@ -239,15 +231,8 @@ async fn a_mirror_over_the_size_limit_fails_the_sync() -> Result<()> {
 async fn a_stalled_server_hits_the_repository_timeout() -> Result<()> {
     let mut env = TestEnv::new().await?;
     env.start_fleet(1);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
     // Accepts and holds connections, silently, until the test ends.
-    let server = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let (port, server) = crate::support::silent_server().await?;
     let new = gitfleet_producer::commands::NewRepo {
         name: format!("Stalled {}", env.id),
         remote_url: format!("http://127.0.0.1:{port}/stalled.git"),

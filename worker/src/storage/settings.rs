@@ -99,13 +99,40 @@ struct Override {
 pub const DEFAULT_UPLOAD_TO: &str = "git";
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 8 * 1024 * 1024;
 
+/// `GITFLEET_STORAGES`: per data type stores, each option defaulting to the default store's.
+fn overrides(json: &str, default: &StoreSettings) -> Result<BTreeMap<String, StoreSettings>, SettingsError> {
+    let mut overrides = BTreeMap::new();
+    let raw: BTreeMap<String, serde_json::Value> =
+        serde_json::from_str(json).map_err(|e| SettingsError::Json(e.to_string()))?;
+    for (data_type, options) in raw {
+        if let Some(unknown) = options.as_object().and_then(|o| {
+            o.keys().find(|k| !["bucket_name", "location", "default_acl", "upload_to"].contains(&k.as_str()))
+        }) {
+            return Err(SettingsError::UnknownOption(unknown.clone()));
+        }
+        let o: Override = serde_json::from_value(options).map_err(|e| SettingsError::Json(e.to_string()))?;
+        let location = o.location.unwrap_or_else(|| default.location.clone());
+        if location.starts_with('/') {
+            return Err(SettingsError::AbsoluteLocation(location));
+        }
+        let store = StoreSettings {
+            bucket_name: o.bucket_name.or_else(|| default.bucket_name.clone()),
+            location,
+            default_acl: o.default_acl.or_else(|| default.default_acl.clone()),
+            upload_to: o.upload_to.unwrap_or_else(|| default.upload_to.clone()),
+        };
+        overrides.insert(data_type, store);
+    }
+    Ok(overrides)
+}
+
 impl StorageSettings {
-    /// Reads the settings from `(name, value)` pairs (the process environment in production).
     /// The settings of this process's environment (the only place the worker reads storage variables).
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_vars(std::env::vars())
     }
 
+    /// Reads the settings from `(name, value)` pairs (the process environment in production).
     pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, SettingsError> {
         let vars: BTreeMap<String, String> = vars.into_iter().filter(|(_, v)| !v.is_empty()).collect();
         let get = |name: &str| vars.get(name).cloned();
@@ -131,30 +158,10 @@ impl StorageSettings {
         if session_profile.is_some() && (access_key.is_some() || secret_key.is_some()) {
             return Err(SettingsError::ProfileAndKeys);
         }
-        let mut overrides = BTreeMap::new();
-        if let Some(json) = get("GITFLEET_STORAGES") {
-            let raw: BTreeMap<String, serde_json::Value> =
-                serde_json::from_str(&json).map_err(|e| SettingsError::Json(e.to_string()))?;
-            for (data_type, options) in raw {
-                if let Some(unknown) = options.as_object().and_then(|o| {
-                    o.keys().find(|k| !["bucket_name", "location", "default_acl", "upload_to"].contains(&k.as_str()))
-                }) {
-                    return Err(SettingsError::UnknownOption(unknown.clone()));
-                }
-                let o: Override = serde_json::from_value(options).map_err(|e| SettingsError::Json(e.to_string()))?;
-                let location = o.location.unwrap_or_else(|| default.location.clone());
-                if location.starts_with('/') {
-                    return Err(SettingsError::AbsoluteLocation(location));
-                }
-                let store = StoreSettings {
-                    bucket_name: o.bucket_name.or_else(|| default.bucket_name.clone()),
-                    location,
-                    default_acl: o.default_acl.or_else(|| default.default_acl.clone()),
-                    upload_to: o.upload_to.unwrap_or_else(|| default.upload_to.clone()),
-                };
-                overrides.insert(data_type, store);
-            }
-        }
+        let overrides = match get("GITFLEET_STORAGES") {
+            Some(json) => overrides(&json, &default)?,
+            None => BTreeMap::new(),
+        };
         let timeout_secs = match get("GITFLEET_STORAGE_TIMEOUT_SECS") {
             None => 60,
             Some(v) => v

@@ -278,3 +278,48 @@ pub async fn wait_port(port: u16) -> Result<()> {
     }
     Ok(())
 }
+
+/// Incompressible text: `words` xorshift64 values as hex (16 characters each), the same for the same seed.
+pub fn noise(seed: u64, words: usize) -> String {
+    let mut x = seed;
+    (0..words)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            format!("{x:016x}")
+        })
+        .collect()
+}
+
+/// A loopback server that accepts connections and never answers (a hung remote or store). Returns its port; it
+/// stops when the handle is aborted.
+pub async fn silent_server() -> Result<(u16, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let handle = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    Ok((port, handle))
+}
+
+/// An exclusive queue bound to `exchange` with `repo.#`, and a consumer on it: what a test sees published there.
+pub async fn tap(env: &TestEnv, exchange: &str) -> Result<(lapin::Connection, lapin::Consumer)> {
+    use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection = amqp::connect(&env.amqp, Duration::from_secs(5)).await?;
+    let channel = connection.create_channel().await?;
+    env.topology().declare(&channel).await?;
+    let exclusive = QueueDeclareOptions { exclusive: true, ..Default::default() };
+    let tap = channel.queue_declare("".into(), exclusive, FieldTable::default()).await?;
+    let name = tap.name().to_string();
+    let bind = QueueBindOptions::default();
+    channel.queue_bind(name.as_str().into(), exchange.into(), "repo.#".into(), bind, FieldTable::default()).await?;
+    let consumer = channel
+        .basic_consume(name.as_str().into(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    Ok((connection, consumer))
+}
