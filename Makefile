@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration test-chaos demo bench clean
+.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration test-chaos test-fixtures demo bench clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,7 +28,7 @@ fmt: ## Format the code
 
 lint: test-deps ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
 
 test-unit: ## Unit tests and contract tests (no services needed)
 	scripts/cargo-test.sh --workspace --exclude gitfleet-tests
@@ -38,6 +38,10 @@ test-integration: services test-deps ## Integration tests against the real servi
 
 test-chaos: services test-deps ## The full chaos test: 3 worker processes, 300 events over 30 repositories, kills and restarts
 	GITFLEET_CHAOS_EVENTS=300 GITFLEET_CHAOS_REPOS=30 scripts/cargo-test.sh -p gitfleet-tests --test chaos -- --nocapture
+
+test-fixtures: services test-deps ## Tests that read ../shared/fixtures (Nautobot's conformance fixtures, real repositories)
+	scripts/cargo-test.sh -p gitfleet-worker --features shared-fixtures --test check
+	scripts/cargo-test.sh -p gitfleet-tests --features shared-fixtures --test integration data_types::
 
 test: services test-deps lint ## Everything CI runs: lint, unit and integration tests
 	scripts/cargo-test.sh --workspace

@@ -3,6 +3,7 @@
 
 mod contract;
 mod credentials;
+#[cfg(feature = "shared-fixtures")]
 mod data_types;
 mod delete;
 mod endings;

@@ -268,6 +268,7 @@ pub async fn ssh_server(state: &Path, authorized: &[&str]) -> Result<(Server, St
 /// Nautobot's Git test repository (conformance inventory 0.1): commit "Empty commit" tagged `empty-repo`, then one
 /// commit per fixture folder (its data files from shared/fixtures, its Python files from tests/fixtures), each tree
 /// replacing the previous one, tagged `valid-files` and `invalid-files`. `main` ends at the invalid commit.
+#[cfg(feature = "shared-fixtures")]
 pub fn nautobot_fixture(dir: &Path) -> Result<Remote> {
     let remote = Remote::new(dir, "nautobot")?;
     remote.commit("Empty commit", &[])?;
@@ -283,6 +284,7 @@ pub fn nautobot_fixture(dir: &Path) -> Result<Remote> {
     Ok(remote)
 }
 
+#[cfg(feature = "shared-fixtures")]
 fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
