@@ -8,6 +8,7 @@ pub mod graphql;
 pub mod inventory;
 pub mod job_result;
 pub mod loaders;
+pub mod py;
 pub mod python;
 pub mod repo;
 pub mod sanitize;

@@ -297,17 +297,17 @@ impl Builder<'_> {
             Node::Mapping { tag, .. } => {
                 check_collection_tag(tag.as_ref(), "map")?;
                 self.active[id] = true;
-                let mut map = Map::new();
-                self.fill_mapping(id, &mut map, depth)?;
+                let mut dict = PyDict::default();
+                self.fill_mapping(id, &mut dict, depth)?;
                 self.active[id] = false;
-                Ok(Value::Object(map))
+                Ok(Value::Object(dict.into_json()))
             }
         }
     }
 
     /// PyYAML's `flatten_mapping`: merged pairs first (earlier merge sources win over later ones), then the
-    /// mapping's own pairs, which win over everything merged. Later duplicate keys replace earlier ones.
-    fn fill_mapping(&mut self, id: usize, map: &mut Map<String, Value>, depth: usize) -> Result<(), YamlError> {
+    /// mapping's own pairs, which win over everything merged. Keys are a Python dict's: equal keys are one key.
+    fn fill_mapping(&mut self, id: usize, dict: &mut PyDict, depth: usize) -> Result<(), YamlError> {
         let Node::Mapping { pairs, .. } = &self.nodes[self.resolve(id)] else { return Err(YamlError::BadMerge) };
         let mut merges = Vec::new();
         let mut own = Vec::new();
@@ -321,7 +321,7 @@ impl Builder<'_> {
                 Node::Sequence { items, .. } => items.iter().map(|&i| self.resolve(i)).collect(),
                 _ => return Err(YamlError::BadMerge),
             };
-            let mut merged = Map::new();
+            // A sequence's sources are merged last to first, so the first one's values win.
             for source in sources.into_iter().rev() {
                 if !matches!(self.nodes[source], Node::Mapping { .. }) {
                     return Err(YamlError::BadMerge);
@@ -330,17 +330,18 @@ impl Builder<'_> {
                     return Err(YamlError::Recursive);
                 }
                 self.active[source] = true;
-                let mut part = Map::new();
+                // Merging a source's own (deduplicated) dict gives what its flattened pairs would: each key's
+                // first spelling, last value and first position are kept.
+                let mut part = PyDict::default();
                 self.fill_mapping(source, &mut part, depth + 1)?;
                 self.active[source] = false;
-                merged.extend(part);
+                dict.extend(part);
             }
-            map.extend(merged);
         }
         for (k, v) in own {
-            let key = self.key(k)?;
+            let (key, spelling) = self.key(k)?;
             let value = self.value(v, depth + 1)?;
-            map.insert(key, value);
+            dict.insert(key, spelling, value);
         }
         Ok(())
     }
@@ -365,8 +366,8 @@ impl Builder<'_> {
         Ok(())
     }
 
-    /// A mapping key as Python's `json.dumps` writes it.
-    fn key(&mut self, id: usize) -> Result<String, YamlError> {
+    /// A mapping key: what Python compares it by, and how `json.dumps` writes it.
+    fn key(&mut self, id: usize) -> Result<(PyKey, String), YamlError> {
         let id = self.resolve(id);
         if let Node::Scalar { value, .. } = &self.nodes[id] {
             self.spend(value.len())?;
@@ -376,11 +377,11 @@ impl Builder<'_> {
             Node::Mapping { .. } => Err(YamlError::UnhashableKey("dict")),
             Node::Alias(_) => Err(YamlError::Recursive),
             Node::Scalar { .. } => Ok(match self.scalar(id)? {
-                Scalar::Null => "null".to_owned(),
-                Scalar::Bool(b) => b.to_string(),
-                Scalar::Int(i) => i.to_string(),
-                Scalar::Float(f) => python_float_repr(f),
-                Scalar::Str(s) => s,
+                Scalar::Null => (PyKey::None, "null".to_owned()),
+                Scalar::Bool(b) => (PyKey::Number(i128::from(b)), b.to_string()),
+                Scalar::Int(i) => (PyKey::Number(i), i.to_string()),
+                Scalar::Float(f) => (PyKey::float(f), python_float_repr(f)),
+                Scalar::Str(s) => (PyKey::Str(s.clone()), s),
                 Scalar::Date(_) => return Err(YamlError::BadKey("date")),
             }),
         }
@@ -409,6 +410,70 @@ impl Builder<'_> {
             Some("timestamp") => timestamp_value(value).map(Scalar::Date).ok_or_else(bad),
             _ => Err(YamlError::UnknownTag(name)),
         }
+    }
+}
+
+/// A key as a Python dict compares it: `True == 1 == 1.0` and `False == 0 == 0.0` are one key; PyYAML builds every
+/// `.nan` as the same object, so those are one key too.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PyKey {
+    None,
+    /// Booleans, integers and the floats equal to an integer.
+    Number(i128),
+    /// Any other float, by its bits.
+    Float(u64),
+    Nan,
+    Str(String),
+}
+
+impl PyKey {
+    fn float(f: f64) -> Self {
+        if f.is_nan() {
+            Self::Nan
+        } else if f.fract() == 0.0 && f.abs() < 1e38 {
+            #[allow(clippy::cast_possible_truncation)]
+            Self::Number(f as i128)
+        } else {
+            Self::Float(f.to_bits())
+        }
+    }
+}
+
+/// A mapping as PyYAML builds it, a Python dict: a key seen again keeps its first spelling and position and takes
+/// the new value.
+#[derive(Default)]
+struct PyDict {
+    entries: Vec<(String, Value)>,
+    index: HashMap<PyKey, usize>,
+}
+
+impl PyDict {
+    fn insert(&mut self, key: PyKey, spelling: String, value: Value) {
+        match self.index.get(&key) {
+            Some(&at) => self.entries[at].1 = value,
+            None => {
+                self.index.insert(key, self.entries.len());
+                self.entries.push((spelling, value));
+            }
+        }
+    }
+
+    fn extend(&mut self, other: PyDict) {
+        let mut keys: Vec<(usize, PyKey)> = other.index.into_iter().map(|(k, at)| (at, k)).collect();
+        keys.sort_unstable_by_key(|(at, _)| *at);
+        for ((_, key), (spelling, value)) in keys.into_iter().zip(other.entries) {
+            self.insert(key, spelling, value);
+        }
+    }
+
+    /// The dict as `json.dumps` writes it and PostgreSQL reads it back: keys that are distinct in Python but
+    /// written alike (`1` and `"1"`) keep the later value.
+    fn into_json(self) -> Map<String, Value> {
+        let mut map = Map::new();
+        for (spelling, value) in self.entries {
+            map.insert(spelling, value);
+        }
+        map
     }
 }
 
@@ -662,7 +727,7 @@ fn valid_date(date: &str) -> bool {
     chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok()
 }
 
-/// Python's `repr(float)` for the values a key can hold (shortest round-trip form).
+/// A float key as `json.dumps` writes it: `repr(float)`, with JavaScript's names for the non-finite values.
 fn python_float_repr(f: f64) -> String {
     if f.is_nan() {
         return "NaN".to_owned();
@@ -670,8 +735,7 @@ fn python_float_repr(f: f64) -> String {
     if f.is_infinite() {
         return if f > 0.0 { "Infinity".to_owned() } else { "-Infinity".to_owned() };
     }
-    let s = format!("{f:?}");
-    if s.contains('e') { s.replace("e", "e+").replace("e+-", "e-") } else { s }
+    crate::py::float_repr(f)
 }
 
 #[cfg(test)]
@@ -714,10 +778,28 @@ mod tests {
 
     #[test]
     fn keys_are_written_as_json_dumps_does() {
-        assert_eq!(y("yes: 1\n1: 2\n~: 3\n1.5: 4\n"), json!({"true": 1, "1": 2, "null": 3, "1.5": 4}));
+        assert_eq!(
+            y("yes: 1\nno: 0\n~: 3\n1.5: 4\n1.0e+20: 5\n1e20: 6\n"),
+            json!({"true": 1, "false": 0, "null": 3, "1.5": 4, "1e+20": 5, "1e20": 6})
+        );
         assert_eq!(err("? [a]\n: 1\n"), YamlError::UnhashableKey("list"));
         assert_eq!(err("2026-01-01: x\n"), YamlError::BadKey("date"));
         assert_eq!(y("a: 1\na: 2\n"), json!({"a": 2}), "the last duplicate wins");
+    }
+
+    #[test]
+    fn keys_equal_in_python_are_one_key() {
+        // True == 1 == 1.0 and False == 0: the first key's spelling, the last value.
+        assert_eq!(y("yes: a\n1: b\n"), json!({"true": "b"}));
+        assert_eq!(y("1: a\ntrue: b\n1.0: c\n"), json!({"1": "c"}));
+        assert_eq!(y("0: a\noff: b\n0.0: c\n-0.0: d\n"), json!({"0": "d"}));
+        assert_eq!(y("1.5: a\n1.5: b\n"), json!({"1.5": "b"}));
+        // Distinct in Python, written alike as JSON: PostgreSQL keeps the later one.
+        assert_eq!(y("1: a\n'1': b\n"), json!({"1": "b"}));
+        assert_eq!(y("'1': a\n1: b\n"), json!({"1": "b"}));
+        // Merge keys: merged pairs come first, so the merged spelling stays and the own value wins.
+        assert_eq!(y("base: &b {1: x}\nm: {<<: *b, yes: y}\n")["m"], json!({"1": "y"}));
+        assert_eq!(y("a: &a {on: x}\nb: &b {1: y}\nm: {<<: [*a, *b]}\n")["m"], json!({"1": "x"}));
     }
 
     #[test]

@@ -145,7 +145,6 @@ pub fn check_tree(
         inventory,
         scope_mode: mode,
         limits,
-        had_jobs: false,
         spent: Default::default(),
     };
     let mut loaded = registry.load(&input);

@@ -219,23 +219,6 @@ fn empty_repo_with_jobs_provided() {
     let no_jobs = report.logs.iter().find(|l| l.grouping == "jobs").unwrap();
     assert_eq!(no_jobs.level, LogLevel::Error);
     assert!(no_jobs.message.contains("No `jobs` submodule found"), "{}", no_jobs.message);
-
-    // The same tree for a repository that had jobs: a warning, and the sync goes on (they become uninstalled).
-    let provided: Vec<String> = ALL.iter().map(|s| (*s).to_owned()).collect();
-    let input = gitfleet_shared::loaders::LoadInput {
-        tree: &tree,
-        repo_name: "Test Git Repository",
-        slug: "test_git_repo",
-        provided: &provided,
-        inventory: None,
-        scope_mode: ScopeMode::Strict,
-        limits: Limits::default(),
-        had_jobs: true,
-        spent: Default::default(),
-    };
-    let loaded = Registry::with_builtins().load(&input);
-    assert!(!loaded.has_errors(), "{:#?}", loaded.logs);
-    assert!(loaded.logs.iter().any(|l| l.level == LogLevel::Warning && l.message.contains("no longer installed")));
 }
 
 /// Every real-world repository loads with the outcome the spec predicts for it.

@@ -257,15 +257,6 @@ pub async fn tombstone(db: &impl GenericClient, id: Uuid, applied_version: i64) 
     Ok(n == 1)
 }
 
-/// Whether the repository with this slug has installed jobs (modules `<slug>.*`).
-pub async fn has_installed_jobs(db: &impl GenericClient, slug: &str) -> Result<bool, tokio_postgres::Error> {
-    let like = format!("{}.%", slug.replace('_', "\\_"));
-    Ok(db
-        .query_one("SELECT EXISTS (SELECT 1 FROM job WHERE module_name LIKE $1 AND installed)", &[&like])
-        .await?
-        .get(0))
-}
-
 /// Serializes definition writes that touch one remote URL (until the transaction ends), so two concurrent writers
 /// cannot both pass the overlap rule.
 pub async fn lock_remote_url(tx: &impl GenericClient, remote_url: &str) -> Result<(), tokio_postgres::Error> {

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{DataType, LoadInput, Loaded, Log, ScopeMode, data_files, metadata, parse_file, value_text};
+use super::{DataType, LoadInput, Loaded, Log, ScopeMode, data_files, django, metadata, parse_file};
 use crate::inventory::{FILTERS, LOCAL_KINDS, python_repr};
 use crate::job_result::LogEntry;
+use crate::py;
 use crate::tree::{EntryKind, stem};
 
 pub const GROUPING: &str = "config contexts";
@@ -221,40 +222,46 @@ fn import(
 ) -> Result<ConfigContext, String> {
     let (meta, name) = metadata(&data)?;
     let meta = meta.clone();
+    // Absent keys take Nautobot's defaults; present ones go through Django's field preparation, `null` included.
     let weight = match meta.get("weight") {
-        None | Some(Value::Null) => 1000,
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(w @ 0..=32767) => w,
-            _ => return Err(format!("weight {n} is out of range: it must be an integer from 0 to 32767")),
+        None => 1000,
+        Some(value) => match django::integer("weight", value)? {
+            w @ 0..=32767 => i64::try_from(w).unwrap_or_default(),
+            w => return Err(format!("weight {w} is out of range: it must be an integer from 0 to 32767")),
         },
-        Some(other) => return Err(format!("weight must be an integer from 0 to 32767, not {other}")),
     };
-    let description = match meta.get("description") {
-        None | Some(Value::Null) => String::new(),
-        Some(d) => value_text(d),
+    let description = meta.get("description").map_or(Ok(String::new()), |d| django::text("description", d))?;
+    let is_active = meta.get("is_active").map_or(Ok(true), |a| django::boolean("is_active", a))?;
+    // The deprecated key applies when the new one is absent (even if empty); a link is made only when the value is
+    // truthy, so `config_context_schema: ""` means no schema.
+    let link = match (meta.get("config_context_schema"), meta.get("schema")) {
+        (None, Some(old)) => {
+            logs.push(LogEntry::warning(
+                "config context",
+                "`schema` is deprecated in `_metadata`, please use `config_context_schema` instead.",
+            ));
+            Some(old)
+        }
+        (new, _) => new,
     };
-    let is_active = match meta.get("is_active") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(other) => return Err(format!("is_active must be true or false, not {other}")),
-    };
-    let mut schema = meta.get("config_context_schema").filter(|v| !v.is_null()).map(value_text);
-    if schema.is_none()
-        && let Some(old) = meta.get("schema").filter(|v| !v.is_null())
-    {
-        logs.push(LogEntry::warning(
-            "config context",
-            "`schema` is deprecated in `_metadata`, please use `config_context_schema` instead.",
-        ));
-        schema = Some(value_text(old));
-    }
+    let schema = link.filter(|v| py::truthy(v)).map(py::str_of);
 
     let mut scope = BTreeMap::new();
     let mut resolved = BTreeMap::new();
     for &(filter, model, kind) in FILTERS {
-        let Some(lookups) = meta.get(filter).filter(|v| !v.is_null()) else { continue };
-        let Value::Array(lookups) = lookups else {
-            return Err(format!("`_metadata.{filter}` must be a list of lookups, e.g. [{{name: \"...\"}}]"));
+        let Some(lookups) = meta.get(filter) else { continue };
+        // Nautobot iterates the value: an empty string or mapping is no lookup at all; anything else that is not
+        // a list fails there.
+        let lookups: &[Value] = match lookups {
+            Value::Array(items) => items,
+            Value::String(s) if s.is_empty() => &[],
+            Value::Object(m) if m.is_empty() => &[],
+            other => {
+                return Err(format!(
+                    "`_metadata.{filter}` must be a list of lookups, e.g. [{{name: \"...\"}}], not {}",
+                    py::repr(other)
+                ));
+            }
         };
         let mut ids = Vec::new();
         for lookup in lookups {
@@ -282,7 +289,7 @@ fn import(
                 return Err(format!("a lookup must be a mapping of field to value, got {}", python_repr(lookup)));
             }
         }
-        scope.insert(filter.to_owned(), lookups.clone());
+        scope.insert(filter.to_owned(), lookups.to_vec());
         resolved.insert(filter.to_owned(), ids);
     }
 

@@ -75,7 +75,7 @@ impl DataType for ExportTemplates {
                     let code = if kind == EntryKind::Dir {
                         Err(format!("`{content_type}/{file}` is a directory, not a template file"))
                     } else {
-                        read_text(input, &format!("{model_dir}/{file}")).map(str::to_owned)
+                        read_text(input, &format!("{model_dir}/{file}")).map(std::borrow::Cow::into_owned)
                     };
                     match code {
                         Ok(template_code) => out.export_templates.push(ExportTemplate {

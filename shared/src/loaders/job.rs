@@ -60,14 +60,9 @@ impl DataType for Jobs {
         let tree = input.tree;
         let package = tree.is_dir("jobs");
         if !package && !tree.is_file("jobs.py") {
-            let message = format!("No `jobs` submodule found in Git repository {}", input.repo_name);
-            if input.had_jobs {
-                // Spec e.4, decided: a repository that had jobs and removed them syncs, and its jobs are marked
-                // as no longer installed (Nautobot gets there through a leftover __pycache__ directory).
-                log.warning(format!("{message}; its jobs are marked as no longer installed"));
-            } else {
-                fail(&mut log, &message);
-            }
+            // As Nautobot: a repository that provides jobs must have them, whether or not an earlier sync had some
+            // (a sync that fails here keeps the last good state, jobs included).
+            fail(&mut log, &format!("No `jobs` submodule found in Git repository {}", input.repo_name));
             return;
         }
         let no_jobs = |log: &mut Log<'_>| {
@@ -111,7 +106,7 @@ impl DataType for Jobs {
                     ),
                 );
             }
-            match crate::python::parse_module_counted(source) {
+            match crate::python::parse_module_counted(&source) {
                 Ok((parsed, tokens)) => {
                     let total = input.spent.python_tokens.get().saturating_add(tokens);
                     input.spent.python_tokens.set(total);
@@ -431,7 +426,7 @@ impl DataType for DataComplianceRules {
         };
         for path in paths {
             let Ok(source) = read_text(input, &path) else { continue };
-            let Ok(parsed) = ruff_python_parser::parse_module(source) else { continue };
+            let Ok(parsed) = ruff_python_parser::parse_module(&source) else { continue };
             for stmt in &parsed.syntax().body {
                 if let Stmt::ClassDef(class) = stmt {
                     let is_rule = class.arguments.as_ref().is_some_and(|a| {

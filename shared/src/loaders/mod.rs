@@ -6,6 +6,7 @@
 //! (change detection, global uniqueness, deletion) is the reconciler's job; nothing here does I/O.
 
 mod config_context;
+mod django;
 mod export_template;
 mod fields;
 mod graphql_query;
@@ -13,6 +14,7 @@ mod job;
 mod schema;
 mod text_file;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -52,8 +54,6 @@ pub struct LoadInput<'a> {
     pub inventory: Option<&'a Inventory>,
     pub scope_mode: ScopeMode,
     pub limits: Limits,
-    /// The repository had installed jobs before this sync (spec e.4: a removed `jobs/` is then a warning).
-    pub had_jobs: bool,
     /// What this load has spent of its budgets so far (`Budget::default()` to start).
     pub spent: Budget,
 }
@@ -294,10 +294,11 @@ pub(crate) fn data_files(
     files
 }
 
-/// Reads and parses a YAML or JSON file with the YAML 1.1 loader, within the load's total budget.
+/// Reads and parses a YAML or JSON file with the YAML 1.1 loader, within the load's total budget. Nautobot opens
+/// data files in text mode, so line ends are Python's universal newlines before the parser sees them.
 pub(crate) fn parse_file(input: &LoadInput<'_>, path: &str) -> Result<Value, String> {
     let bytes = input.tree.read(path).map_err(|e| e.to_string())?;
-    let (value, size) = yaml::load_sized(bytes, &input.limits).map_err(|e| e.to_string())?;
+    let (value, size) = yaml::load_sized(&universal_newlines(bytes), &input.limits).map_err(|e| e.to_string())?;
     let total = input.spent.document_bytes.get().saturating_add(size);
     input.spent.document_bytes.set(total);
     if total > input.limits.max_load_bytes {
@@ -309,17 +310,42 @@ pub(crate) fn parse_file(input: &LoadInput<'_>, path: &str) -> Result<Value, Str
     Ok(value)
 }
 
-/// Reads a text file (templates, queries, Python): UTF-8 and within the size limit.
-pub(crate) fn read_text<'t>(input: &LoadInput<'t>, path: &str) -> Result<&'t str, String> {
+/// Reads a text file (templates, queries, Python): UTF-8 and within the size limit, with Python's universal
+/// newlines as a file opened in text mode reads (`\r\n` and a lone `\r` become `\n`).
+pub(crate) fn read_text<'t>(input: &LoadInput<'t>, path: &str) -> Result<Cow<'t, str>, String> {
     let bytes = input.tree.read(path).map_err(|e| e.to_string())?;
     if bytes.len() > input.limits.max_bytes {
         return Err(format!("file is {} bytes, over the limit of {} bytes", bytes.len(), input.limits.max_bytes));
     }
     std::str::from_utf8(bytes)
-        .map_err(|e| format!("file is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))
+        .map_err(|e| format!("file is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()))?;
+    Ok(match universal_newlines(bytes) {
+        // Both arms hold valid UTF-8: the bytes were checked, and replacing the ASCII `\r` keeps them valid.
+        Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).unwrap_or_default()),
+        Cow::Owned(b) => Cow::Owned(String::from_utf8(b).unwrap_or_default()),
+    })
 }
 
-/// The `_metadata` mapping of a context or schema dict, with Nautobot's messages when it is missing.
+/// Python's universal newlines: `\r\n` and a lone `\r` become `\n`. Borrowed when there is nothing to change.
+pub fn universal_newlines(bytes: &[u8]) -> Cow<'_, [u8]> {
+    if !bytes.contains(&b'\r') {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes.iter().peekable();
+    while let Some(&b) = rest.next() {
+        if b == b'\r' {
+            out.push(b'\n');
+            rest.next_if_eq(&&b'\n');
+        } else {
+            out.push(b);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The `_metadata` mapping of a context or schema dict, with Nautobot's messages when it is missing, and the
+/// record's name as Django stores it (`str()` of the value: `name: 12:30` is `"750"`).
 pub(crate) fn metadata(data: &Map<String, Value>) -> Result<(&Map<String, Value>, String), String> {
     let Some(meta) = data.get("_metadata") else {
         return Err("data is missing the required `_metadata` key.".to_owned());
@@ -328,9 +354,8 @@ pub(crate) fn metadata(data: &Map<String, Value>) -> Result<(&Map<String, Value>
         return Err("data `_metadata` must be a mapping.".to_owned());
     };
     match meta.get("name") {
-        Some(Value::String(name)) if !name.is_empty() => Ok((meta, name.clone())),
-        Some(Value::Null) | None => Err("data `_metadata` is missing the required `name` key.".to_owned()),
-        Some(other) => Ok((meta, value_text(other))),
+        None => Err("data `_metadata` is missing the required `name` key.".to_owned()),
+        Some(name) => Ok((meta, django::text("name", name)?)),
     }
 }
 
@@ -350,14 +375,6 @@ pub(crate) fn dedupe_keep_last<T, K: std::hash::Hash + Eq>(items: &mut Vec<T>, k
         i += 1;
         keep
     });
-}
-
-/// `str(value)` for scalars, JSON for the rest.
-pub(crate) fn value_text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

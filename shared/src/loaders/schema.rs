@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{DataType, LoadInput, Loaded, Log, data_files, metadata, parse_file, value_text};
+use super::{DataType, LoadInput, Loaded, Log, data_files, django, metadata, parse_file};
 
 pub const GROUPING: &str = "config context schemas";
 
@@ -79,7 +79,7 @@ fn import(data: &Map<String, Value>, file: &str) -> Result<ContextSchema, String
         return Err("data is missing the required `data_schema` key.".to_owned());
     };
     validate(data_schema)?;
-    let description = meta.get("description").filter(|d| !d.is_null()).map(value_text).unwrap_or_default();
+    let description = meta.get("description").map_or(Ok(String::new()), |d| django::text("description", d))?;
     Ok(ContextSchema { name, description, data_schema: data_schema.clone(), file: file.to_owned() })
 }
 

@@ -22,7 +22,10 @@ fn tree(files: &[(&str, &str)]) -> RepoTree {
 }
 
 fn load_with(tree: &RepoTree, inventory: Option<&Inventory>, mode: ScopeMode, limits: Limits) -> Loaded {
-    load_types(tree, ALL, inventory, mode, limits, true)
+    // A repository without jobs does not provide them (providing them without a `jobs` module is an error).
+    let has_jobs = tree.kind("jobs").is_some() || tree.is_file("jobs.py");
+    let types: Vec<&str> = ALL.iter().copied().filter(|t| has_jobs || *t != "extras.job").collect();
+    load_types(tree, &types, inventory, mode, limits)
 }
 
 fn load_types(
@@ -31,7 +34,6 @@ fn load_types(
     inventory: Option<&Inventory>,
     scope_mode: ScopeMode,
     limits: Limits,
-    had_jobs: bool,
 ) -> Loaded {
     let provided: Vec<String> = types.iter().map(|s| (*s).to_owned()).collect();
     let input = LoadInput {
@@ -42,7 +44,6 @@ fn load_types(
         inventory,
         scope_mode,
         limits,
-        had_jobs,
         spent: Default::default(),
     };
     Registry::with_builtins().load(&input)
@@ -149,9 +150,100 @@ fn bad_metadata_values_are_errors_not_database_failures() {
     let errors = messages(&load(&t), LogLevel::Error);
     assert_eq!(errors.len(), 4, "{errors:#?}");
     assert!(errors[0].contains("weight 40000 is out of range"));
-    assert!(errors[1].contains("is_active must be true or false"));
+    assert!(errors[1].ends_with(": ['“maybe” value must be either True or False.']"), "{}", errors[1]);
     assert!(errors[2].contains("`_metadata.roles` must be a list"));
     assert!(errors[3].ends_with("data must be a dict or list of dicts"));
+}
+
+/// Django's field preparation: `int()` for integer fields, `str()` for text fields, Django's boolean spellings.
+#[test]
+fn metadata_values_are_stored_as_django_prepares_them() {
+    let t = tree(&[
+        ("config_contexts/a.yaml", "_metadata: {name: 12:30, weight: \"50\", description: 12:30, is_active: \"0\"}\n"),
+        ("config_contexts/b.yaml", "_metadata: {name: true, weight: 7.9, description: yes, is_active: 1}\n"),
+        ("config_contexts/c.yaml", "_metadata: {name: C, weight: \"heavy\"}\n"),
+        ("config_contexts/d.yaml", "_metadata: {name: D, description: null}\n"),
+        ("config_contexts/e.yaml", "_metadata: {name: E, weight: [1]}\n"),
+        (
+            "config_context_schemas/s.yaml",
+            "_metadata: {name: 1.5, description: off}\ndata_schema: {type: object, properties: {}}\n",
+        ),
+    ]);
+    let loaded = load(&t);
+    let got: Vec<_> = loaded
+        .config_contexts
+        .iter()
+        .map(|c| (c.name.as_str(), c.weight, c.description.as_str(), c.is_active))
+        .collect();
+    assert_eq!(got, [("750", 50, "750", false), ("True", 7, "True", true)]);
+    assert_eq!(
+        (loaded.config_context_schemas[0].name.as_str(), loaded.config_context_schemas[0].description.as_str()),
+        ("1.5", "False")
+    );
+    let errors = messages(&loaded, LogLevel::Error);
+    assert_eq!(
+        errors,
+        [
+            "Error in loading config context data from `c.yaml`: Field 'weight' expected a number but got 'heavy'.",
+            "Error in loading config context data from `d.yaml`: null value in column \"description\" violates not-null constraint",
+            "Error in loading config context data from `e.yaml`: Field 'weight' expected a number but got [1].",
+        ]
+    );
+}
+
+/// Where Nautobot tests a value's truth, an empty value means absent; where it iterates one, an empty one is no
+/// lookup at all.
+#[test]
+fn empty_means_absent_where_nautobot_tests_truthiness() {
+    let t = tree(&[
+        ("config_contexts/a.yaml", "_metadata: {name: A, config_context_schema: \"\"}\n"),
+        ("config_contexts/b.yaml", "_metadata: {name: B, schema: \"\"}\n"),
+        ("config_contexts/c.yaml", "_metadata: {name: C, config_context_schema: null, schema: S}\n"),
+        ("config_contexts/d.yaml", "_metadata: {name: D, config_context_schema: 0, roles: \"\", tags: {}}\n"),
+        ("config_contexts/e.yaml", "_metadata: {name: E, roles: null}\n"),
+    ]);
+    let loaded = load(&t);
+    let links: Vec<_> =
+        loaded.config_contexts.iter().map(|c| (c.name.as_str(), c.config_context_schema.clone())).collect();
+    assert_eq!(links, [("A", None), ("B", None), ("C", None), ("D", None)]);
+    assert_eq!(
+        loaded.config_contexts[3].scope,
+        BTreeMap::from([("roles".to_owned(), vec![]), ("tags".to_owned(), vec![])])
+    );
+    let warnings = messages(&loaded, LogLevel::Warning);
+    assert_eq!(warnings.len(), 1, "only B uses the deprecated key while the new one is absent: {warnings:?}");
+    let errors = messages(&loaded, LogLevel::Error);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("`e.yaml`") && errors[0].contains("not None"), "{errors:?}");
+}
+
+/// Text files are read as Python reads a file opened in text mode: universal newlines.
+#[test]
+fn text_reads_use_universal_newlines() {
+    let t = tree(&[
+        ("export_templates/dcim/device/crlf.j2", "{% for d in queryset %}\r\n{{ d.name }}\r\n{% endfor %}\r\n"),
+        ("export_templates/dcim/device/cr.j2", "a\rb\r\rc"),
+        ("graphql_queries/q.gql", "query {\r\n  devices {\r\n    name\r\n  }\r\n}\r\n"),
+        ("config_contexts/c.yaml", "_metadata:\r\n  name: C\r\ntext: |\r\n  one\r\n  two\r\n"),
+    ]);
+    let loaded = load(&t);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.logs);
+    let codes: Vec<_> = loaded.export_templates.iter().map(|t| (t.name.as_str(), t.template_code.as_str())).collect();
+    assert_eq!(codes, [("cr.j2", "a\nb\n\nc"), ("crlf.j2", "{% for d in queryset %}\n{{ d.name }}\n{% endfor %}\n")]);
+    assert_eq!(loaded.graphql_queries[0].query, "query {\n  devices {\n    name\n  }\n}");
+    assert_eq!(loaded.config_contexts[0].data, json!({"text": "one\ntwo\n"}));
+}
+
+/// Valid JSON that PyYAML refuses (a TAB used for indentation) still loads here.
+#[test]
+fn json_indented_with_tabs_loads() {
+    let t = tree(&[(
+        "config_contexts/tabs.json",
+        "{\n\t\"_metadata\": {\n\t\t\"name\": \"T\"\n\t},\n\t\"a\": [1,\n\t\t2]\n}\n",
+    )]);
+    let loaded = load(&t);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.logs);
+    assert_eq!(loaded.config_contexts[0].data, json!({"a": [1, 2]}));
 }
 
 #[test]
@@ -323,7 +415,7 @@ fn jobs_py_module_and_missing_root_package() {
 fn every_registered_type_runs_and_unprovided_types_load_nothing() {
     let t = tree(&[("config_contexts/a.yaml", "_metadata: {name: A}\n")]);
     let registry = Registry::with_builtins();
-    let loaded = load_types(&t, &["extras.graphqlquery"], None, ScopeMode::Strict, Limits::default(), false);
+    let loaded = load_types(&t, &["extras.graphqlquery"], None, ScopeMode::Strict, Limits::default());
     assert!(loaded.config_contexts.is_empty());
     let refreshing: Vec<_> =
         loaded.logs.iter().filter(|l| l.message.starts_with("Refreshing ")).map(|l| l.message.as_str()).collect();
@@ -351,7 +443,7 @@ fn every_registered_type_runs_and_unprovided_types_load_nothing() {
 #[test]
 fn the_example_extension_loads_its_folder() {
     let t = tree(&[("text_files/a.txt", "hello"), ("text_files/b.md", "ignored")]);
-    let loaded = load_types(&t, &["example_app.textfile"], None, ScopeMode::Strict, Limits::default(), false);
+    let loaded = load_types(&t, &["example_app.textfile"], None, ScopeMode::Strict, Limits::default());
     assert_eq!(
         loaded.extensions["example_app.textfile"],
         vec![ExtensionRecord { key: "a.txt".into(), data: json!({"content": "hello"}) }]

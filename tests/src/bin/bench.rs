@@ -117,7 +117,6 @@ async fn main() -> Result<()> {
         inventory: None,
         scope_mode: ScopeMode::Strict,
         limits: Limits::default(),
-        had_jobs: false,
         spent: Default::default(),
     };
     let runs = 3;

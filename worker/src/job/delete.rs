@@ -41,7 +41,6 @@ pub(super) async fn delete(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifi
         inventory: None,
         scope_mode: ctx.scope_mode,
         limits: ctx.limits,
-        had_jobs: true,
         spent: Default::default(),
     };
     let loaded = ctx.registry.load(&input);

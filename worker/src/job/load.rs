@@ -1,8 +1,8 @@
 //! Load: the commit's tree read from the mirror and every registered data type loaded from it (pure, off the
 //! reactor), with what the database adds (the inventory, whether the repository had jobs).
 
+use gitfleet_infra::store::inventory;
 use gitfleet_infra::store::repository::RepositoryRow;
-use gitfleet_infra::store::{inventory, repository};
 use gitfleet_shared::inventory::Inventory;
 use gitfleet_shared::job_result::grouping;
 use gitfleet_shared::loaders::{LoadInput, Loaded};
@@ -16,16 +16,13 @@ pub(super) struct LoadContext {
     pub inventory: Inventory,
     /// Changes whenever the inventory does: part of the fingerprint.
     pub inventory_stamp: String,
-    /// The repository had installed jobs before this sync (a removed `jobs/` is then a warning).
-    pub had_jobs: bool,
 }
 
-pub(super) async fn context(ctx: &JobContext, slug: &str) -> Step<LoadContext> {
+pub(super) async fn context(ctx: &JobContext) -> Step<LoadContext> {
     let client = ctx.pool.get().await?;
     Ok(LoadContext {
         inventory: inventory::load(&**client).await?,
         inventory_stamp: inventory::stamp(&**client).await?,
-        had_jobs: repository::has_installed_jobs(&**client, slug).await?,
     })
 }
 
@@ -58,7 +55,6 @@ pub(super) async fn load_commit(
                 inventory: Some(&context.inventory),
                 scope_mode: mode,
                 limits,
-                had_jobs: context.had_jobs,
                 spent: Default::default(),
             };
             Ok::<_, crate::git::GitError>(registry.load(&input))

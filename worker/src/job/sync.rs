@@ -40,7 +40,7 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
         .await?;
 
     // What this sync would apply; the same as last time means the live records are already these.
-    let context = load::context(ctx, &repo.slug).await?;
+    let context = load::context(ctx).await?;
     let fingerprint = coalesce::fingerprint(ctx, &repo, &head, &context.inventory_stamp);
     if fingerprint == repo.applied_fingerprint {
         run.log
