@@ -83,6 +83,8 @@ pub enum RepoCommand {
     DryRun(NameArg),
     /// List live repositories.
     List,
+    /// Print the records a repository has live (the shape of `worker check --format json`).
+    Records(crate::records::RecordsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +292,7 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
             )])),
         },
         RepoCommand::DryRun(a) => commands::sync(pool, &a.name, EventKind::DryRun, None, by).await,
+        RepoCommand::Records(a) => return crate::records::run(pool, a, out).await,
         RepoCommand::List => {
             let client = pool.get().await?;
             for r in repository::list_live(&**client).await? {

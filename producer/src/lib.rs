@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod commands;
 pub mod dead_letters;
+pub mod records;
 pub mod relay;

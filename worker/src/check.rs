@@ -1,7 +1,7 @@
 //! `worker check PATH`: the sync's loaders on a local directory, with no services. What a data repository's own CI
 //! runs, and what a new user tries first. The JSON form is a contract: `schemas/check-output.schema.json`.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -9,11 +9,11 @@ use anyhow::{Context, Result};
 use clap::Args;
 use gitfleet_shared::inventory::Inventory;
 use gitfleet_shared::job_result::{LogEntry, LogLevel};
-use gitfleet_shared::loaders::{LoadInput, Loaded, Registry, ScopeMode, summary};
+use gitfleet_shared::loaders::{DataChecker, LoadInput, Loaded, Registry, SchemaEnforcement, ScopeMode, summary};
 use gitfleet_shared::repo::slugify_dashes_to_underscores;
 use gitfleet_shared::tree::RepoTree;
 use gitfleet_shared::yaml::Limits;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
@@ -32,6 +32,10 @@ pub struct CheckArgs {
     /// With an inventory: strict (each lookup matches exactly one object) or lenient.
     #[arg(long, value_enum, default_value_t = Mode::Strict)]
     pub scope_mode: Mode,
+    /// Config context data that does not match its linked schema: `warn` (a warning naming the file and the first
+    /// violations), `error` (an error: the check fails, as a sync would) or `off` (not checked, as Nautobot).
+    #[arg(long, env = "GITFLEET_SCHEMA_ENFORCEMENT", default_value_t = SchemaEnforcement::Warn)]
+    pub schema_enforcement: SchemaEnforcement,
     /// Largest data file read, in bytes.
     #[arg(long, default_value_t = Limits::default().max_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_file_bytes: usize,
@@ -105,21 +109,7 @@ impl Report {
     }
 
     pub fn to_json(&self) -> Value {
-        let mut out = match serde_json::to_value(&self.loaded) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
-        if let Some(Value::Object(extensions)) = out.remove("extensions") {
-            out.extend(extensions);
-        }
-        out.insert("status".into(), json!(if self.failed() { "FAILURE" } else { "SUCCESS" }));
-        let logs: Vec<Value> = self
-            .logs
-            .iter()
-            .map(|l| json!({ "level": l.level.as_str(), "grouping": l.grouping, "message": l.message }))
-            .collect();
-        out.insert("logs".into(), Value::Array(logs));
-        Value::Object(out)
+        self.loaded.check_json(self.failed(), &self.logs)
     }
 }
 
@@ -135,6 +125,7 @@ pub fn check_tree(
     inventory: Option<&Inventory>,
     mode: ScopeMode,
     limits: Limits,
+    enforcement: SchemaEnforcement,
 ) -> Report {
     let provided = provides.unwrap_or_else(|| registry.present_in(tree));
     let input = LoadInput {
@@ -149,15 +140,17 @@ pub fn check_tree(
     };
     let mut loaded = registry.load(&input);
     let mut logs = std::mem::take(&mut loaded.logs);
-    let schemas: BTreeSet<&str> = loaded.config_context_schemas.iter().map(|s| s.name.as_str()).collect();
+    let schemas: BTreeMap<&str, &Value> =
+        loaded.config_context_schemas.iter().map(|s| (s.name.as_str(), &s.data_schema)).collect();
+    let mut checker = DataChecker::new(enforcement);
     for context in &loaded.config_contexts {
-        if let Some(schema) = &context.config_context_schema
-            && !schemas.contains(schema.as_str())
-        {
-            logs.push(
-                LogEntry::error("config contexts", format!("ConfigContextSchema {schema} does not exist."))
+        let Some(name) = &context.config_context_schema else { continue };
+        match schemas.get(name.as_str()) {
+            Some(schema) => logs.extend(checker.check(context, name, schema)),
+            None => logs.push(
+                LogEntry::error("config contexts", format!("ConfigContextSchema {name} does not exist."))
                     .about(&context.name),
-            );
+            ),
         }
     }
     let failed = logs.iter().any(|l| l.level == LogLevel::Error);
@@ -190,7 +183,17 @@ pub fn run(args: CheckArgs, out: &mut impl Write) -> Result<i32> {
         ..Limits::default()
     };
     let slug = slugify_dashes_to_underscores(&name);
-    let report = check_tree(&tree, &registry, &name, &slug, args.provides, inventory.as_ref(), mode, limits);
+    let report = check_tree(
+        &tree,
+        &registry,
+        &name,
+        &slug,
+        args.provides,
+        inventory.as_ref(),
+        mode,
+        limits,
+        args.schema_enforcement,
+    );
     match args.format {
         Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&report.to_json())?)?,
         Format::Text => print_text(&report, out)?,

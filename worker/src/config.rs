@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
+use gitfleet_shared::loaders::SchemaEnforcement;
 
 #[derive(Debug, Clone, Args)]
 pub struct WorkerSettings {
@@ -26,6 +27,10 @@ pub struct WorkerSettings {
     /// unresolved with a warning.
     #[arg(long, env = "GITFLEET_SCOPE_MODE", value_enum, default_value_t = ScopeModeArg::Strict)]
     pub scope_mode: ScopeModeArg,
+    /// Config context data that does not match its linked schema: `warn` (a warning naming the file and the first
+    /// violations), `error` (the same line as an error, which fails the sync) or `off` (not checked, as Nautobot).
+    #[arg(long, env = "GITFLEET_SCHEMA_ENFORCEMENT", default_value_t = SchemaEnforcement::Warn)]
+    pub schema_enforcement: SchemaEnforcement,
     /// Largest data file a sync reads, in bytes; a larger one is an error naming the file.
     #[arg(long, env = "GITFLEET_MAX_FILE_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_file_bytes: usize,

@@ -70,6 +70,7 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
         git_timeout: Duration::from_secs(settings.git_timeout_secs.max(1)),
         secrets: Arc::new(parts.secrets),
         scope_mode: settings.scope_mode(),
+        schema_enforcement: settings.schema_enforcement,
         limits: settings.limits(),
         heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
     });

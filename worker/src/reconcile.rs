@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, HashSet};
 
 use gitfleet_shared::job_result::{LogEntry, LogLevel};
-use gitfleet_shared::loaders::{DataType, Loaded, Records};
+use gitfleet_shared::loaders::{
+    DataChecker, DataType, Loaded, Records, SchemaEnforcement, unique_job_name as unique_name,
+};
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -37,6 +39,8 @@ pub enum ChangeKind {
     Deleted,
     /// Refused (a name another repository owns, a schema that does not exist): an error that fails the sync.
     Rejected,
+    /// Reconciled, with a warning or error about it (context data that does not match its schema).
+    Warned,
 }
 
 /// One record's outcome: its data type, the record, what happened, and its log line, rendered from these by the
@@ -132,7 +136,7 @@ impl Changes {
             ChangeKind::Created => wording.created,
             ChangeKind::Refreshed => wording.refreshed,
             ChangeKind::Unchanged => wording.unchanged,
-            ChangeKind::Deleted | ChangeKind::Rejected => wording.deleted,
+            ChangeKind::Deleted | ChangeKind::Rejected | ChangeKind::Warned => wording.deleted,
         };
         let message = line.message.replace("{record}", record).replace("{object}", object);
         let mut entry = LogEntry::new(line.level, wording.grouping, message);
@@ -147,6 +151,12 @@ impl Changes {
         let kind = ChangeKind::Rejected;
         self.list.push(Change { data_type: self.data_type, record: record.to_owned(), kind, line });
     }
+
+    /// Records a warning (or, when enforced, an error) about a record, besides what reconciling did to it.
+    fn warn(&mut self, record: &str, line: LogEntry) {
+        let kind = ChangeKind::Warned;
+        self.list.push(Change { data_type: self.data_type, record: record.to_owned(), kind, line });
+    }
 }
 
 /// Reconciles one data type with the writer its records need; returns what happened to each record.
@@ -155,13 +165,14 @@ pub async fn reconcile_type(
     owner: Owner<'_>,
     data_type: &dyn DataType,
     loaded: &Loaded,
+    enforcement: SchemaEnforcement,
 ) -> Result<Vec<Change>, Db> {
     let mut changes = Changes { data_type: data_type.identifier(), list: Vec::new() };
     let logs = &mut changes;
     match data_type.records() {
         Records::ConfigContextSchemas => schemas(db, owner, loaded, logs).await?,
         Records::ConfigContexts => {
-            contexts(db, owner, loaded, logs).await?;
+            contexts(db, owner, loaded, logs, enforcement).await?;
             local_contexts(db, owner, loaded, logs).await?;
         }
         Records::Jobs => jobs(db, owner, loaded, logs).await?,
@@ -255,13 +266,20 @@ async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, log
     delete_ids(db, "config_context_schema", &stale).await
 }
 
-async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes) -> Result<(), Db> {
+async fn contexts(
+    db: &impl GenericClient,
+    owner: Owner<'_>,
+    loaded: &Loaded,
+    logs: &mut Changes,
+    enforcement: SchemaEnforcement,
+) -> Result<(), Db> {
     const G: &str = "config contexts";
     let owned = owned_contexts(db, owner).await?;
     let new_names: Vec<&str> =
         loaded.config_contexts.iter().map(|c| c.name.as_str()).filter(|n| !owned.contains_key(*n)).collect();
     let taken = names_taken(db, "config_context", &new_names).await?;
-    let schema_ids = schema_ids(db, loaded).await?;
+    let schemas = linked_schemas(db, loaded).await?;
+    let mut checker = DataChecker::new(enforcement);
 
     let mut insert = Insert::default();
     let mut seen = HashSet::new();
@@ -279,7 +297,13 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
         }
         let current_schema = existing.and_then(|e| e.schema.clone());
         let mut schema_changed = current_schema != context.config_context_schema;
-        let schema_id = context.config_context_schema.as_ref().and_then(|n| schema_ids.get(n).copied());
+        let linked = context.config_context_schema.as_ref().and_then(|n| schemas.get(n).map(|s| (n, s)));
+        let schema_id = linked.map(|(_, (id, _))| *id);
+        if let Some((name, (_, data_schema))) = linked
+            && let Some(line) = checker.check(context, name, data_schema)
+        {
+            logs.warn(&context.name, line.about(&shown));
+        }
         if let Some(name) = &context.config_context_schema
             && schema_id.is_none()
             && schema_changed
@@ -326,14 +350,20 @@ async fn contexts(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, lo
     delete_ids(db, "config_context", &stale).await
 }
 
-/// Schema links are looked up by name, globally (spec c.3.4 step 8): one query for all of them.
-async fn schema_ids(db: &impl GenericClient, loaded: &Loaded) -> Result<BTreeMap<String, Uuid>, Db> {
-    let names: Vec<&str> = loaded.config_contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
+/// Schema links are looked up by name, globally, among every repository's schemas as this transaction sees them
+/// (this repository's were reconciled just before): one query for all of them, with the schemas themselves, which
+/// the contexts' data is checked against.
+async fn linked_schemas(db: &impl GenericClient, loaded: &Loaded) -> Result<BTreeMap<String, (Uuid, Value)>, Db> {
+    let mut names: Vec<&str> =
+        loaded.config_contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
+    names.sort_unstable();
+    names.dedup();
     if names.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let rows = db.query("SELECT name, id FROM config_context_schema WHERE name = ANY($1)", &[&names]).await?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    let rows =
+        db.query("SELECT name, id, data_schema FROM config_context_schema WHERE name = ANY($1)", &[&names]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), (r.get(1), r.get(2)))).collect())
 }
 
 /// Rewrites a config context: id, weight, description, is_active, data, scope, resolved scope, schema id.
@@ -510,10 +540,16 @@ async fn local_contexts(
     Ok(())
 }
 
+/// Jobs, as Nautobot's `refresh_job_model_from_job_class`: a job's name follows its `Meta.name` unless the name
+/// had to be made unique (another job holds it), in which case the job keeps the name it has from then on
+/// (`name_override`, sticky) while its other fields follow the code.
 async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes) -> Result<(), Db> {
     let prefix = format!("{}.%", owner.slug.replace('_', "\\_"));
     let rows = db
-        .query("SELECT id, module_name, job_class_name, name, installed FROM job WHERE module_name LIKE $1", &[&prefix])
+        .query(
+            "SELECT id, module_name, job_class_name, name, installed, name_override FROM job WHERE module_name LIKE $1",
+            &[&prefix],
+        )
         .await?;
     let mut all_names: HashSet<String> =
         db.query("SELECT name FROM job", &[]).await?.iter().map(|r| r.get(0)).collect();
@@ -525,26 +561,26 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
         let existing = rows
             .iter()
             .find(|r| r.get::<_, String>(1) == job.module_name && r.get::<_, String>(2) == job.job_class_name);
-        if let Some(row) = existing {
+        let own_name: Option<String> = existing.map(|r| r.get(3));
+        let unique = unique_name(&job.meta_name, |n| all_names.contains(n) && own_name.as_deref() != Some(n));
+        if unique != job.meta_name {
+            tracing::warn!(job = %class_path, "Job name \"{}\" is not unique, changing to \"{unique}\"", job.meta_name);
+        }
+        if let (Some(row), Some(current)) = (existing, own_name) {
             let id: Uuid = row.get(0);
+            let name_override = row.get::<_, bool>(5) || unique != job.meta_name;
+            let name = if name_override { current.clone() } else { job.meta_name.clone() };
             db.execute(
-                "UPDATE job SET grouping = $2, description = $3, flags = $4, installed = true,
-                     owner_repository_id = $5, last_updated = now() WHERE id = $1",
-                &[&id, &job.grouping, &job.description, &flags, &owner.id],
+                "UPDATE job SET grouping = $2, name = $3, name_override = $4, description = $5, flags = $6,
+                     installed = true, owner_repository_id = $7, last_updated = now() WHERE id = $1",
+                &[&id, &job.grouping, &name, &name_override, &job.description, &flags, &owner.id],
             )
             .await?;
+            all_names.remove(&current);
             // Rewritten at every sync, as Nautobot does: counted as unchanged (a dry-run has nothing to report).
-            logs.record(&JOBS, ChangeKind::Unchanged, &class_path, &row.get::<_, String>(3));
+            logs.record(&JOBS, ChangeKind::Unchanged, &class_path, &name);
+            all_names.insert(name);
         } else {
-            // Job names are unique: a clash gets " (2)", " (3)", ... (spec e.2).
-            let mut name = job.name.clone();
-            let mut n = 1;
-            while all_names.contains(&name) {
-                n += 1;
-                let suffix = format!(" ({n})");
-                let keep = 100usize.saturating_sub(suffix.chars().count());
-                name = format!("{}{suffix}", job.name.chars().take(keep).collect::<String>());
-            }
             db.execute(
                 "INSERT INTO job (id, module_name, job_class_name, grouping, name, name_override, description, flags,
                      owner_repository_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -553,16 +589,16 @@ async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: 
                     &job.module_name,
                     &job.job_class_name,
                     &job.grouping,
-                    &name,
-                    &(n > 1),
+                    &unique,
+                    &(unique != job.meta_name),
                     &job.description,
                     &flags,
                     &owner.id,
                 ],
             )
             .await?;
-            logs.record(&JOBS, ChangeKind::Created, &class_path, &name);
-            all_names.insert(name);
+            logs.record(&JOBS, ChangeKind::Created, &class_path, &unique);
+            all_names.insert(unique);
         }
     }
     for row in &rows {

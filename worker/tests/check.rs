@@ -1,30 +1,25 @@
-//! The loaders on real trees: Nautobot's own conformance fixtures (built as its test helper builds them, with our
-//! own Python job files) and the real-world repositories, through `worker check`.
+//! The loaders on whole trees, through `worker check`: our own rewrite of Nautobot's conformance fixture
+//! (`tests/fixtures/nautobot`) and repositories written the way Nautobot users write them (`tests/fixtures/realworld`).
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
 use gitfleet_shared::inventory::Inventory;
 use gitfleet_shared::job_result::LogLevel;
-use gitfleet_shared::loaders::{Registry, ScopeMode};
+use gitfleet_shared::loaders::{Registry, SchemaEnforcement, ScopeMode};
 use gitfleet_shared::tree::RepoTree;
 use gitfleet_shared::yaml::Limits;
 use gitfleet_worker::check::{self, CheckArgs, Format, Mode, Report, check_tree, read_dir_into, read_inventory};
 use serde_json::{Value, json};
 
-fn shared_fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures")
-}
-
 fn own_fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
-/// A Nautobot fixture tree: the data files overlaid with our Python files (spec section 0.1).
+/// One commit of the Nautobot fixture repository (`01-valid-files` or `02-invalid-files`).
 fn nautobot_tree(tag_dir: &str) -> RepoTree {
     let mut tree = RepoTree::new();
-    read_dir_into(&mut tree, &shared_fixtures().join("nautobot-git-data").join(tag_dir)).unwrap();
-    read_dir_into(&mut tree, &own_fixtures().join("nautobot-python").join(tag_dir)).unwrap();
+    read_dir_into(&mut tree, &own_fixtures().join("nautobot").join(tag_dir)).unwrap();
     tree
 }
 
@@ -53,6 +48,7 @@ fn run(tree: &RepoTree, inventory: Option<&Inventory>) -> Report {
         inventory,
         ScopeMode::Strict,
         Limits::default(),
+        SchemaEnforcement::Warn,
     )
 }
 
@@ -78,7 +74,7 @@ fn valid_files_load_exactly_the_listed_records() {
     let json = report.to_json();
 
     let schema_file =
-        std::fs::read(shared_fixtures().join("nautobot-git-data/01-valid-files/config_context_schemas/schema-1.yaml"));
+        std::fs::read(own_fixtures().join("nautobot/01-valid-files/config_context_schemas/schema-1.yaml"));
     let parsed = gitfleet_shared::yaml::load(&schema_file.unwrap(), &Limits::default()).unwrap();
     assert_eq!(
         json["config_context_schemas"],
@@ -210,7 +206,7 @@ fn invalid_files_fail_with_each_asserted_message_once() {
     assert!(l.export_templates.is_empty() && l.graphql_queries.is_empty());
 }
 
-/// Conformance 1.1 and the decision of spec e.4.
+/// A repository that provides jobs and has no `jobs` module fails (Nautobot's "empty repository" case).
 #[test]
 fn empty_repo_with_jobs_provided() {
     let tree = RepoTree::new();
@@ -221,38 +217,50 @@ fn empty_repo_with_jobs_provided() {
     assert!(no_jobs.message.contains("No `jobs` submodule found"), "{}", no_jobs.message);
 }
 
-/// Every real-world repository loads with the outcome the spec predicts for it.
+/// Repositories written as Nautobot users write them load with the outcome Nautobot gives.
 #[test]
-fn real_world_repositories() {
-    let root = shared_fixtures().join("realworld");
-    let cases: [(&str, bool, [usize; 4], &[&str]); 4] = [
-        // `config_contexts/ip_sla.yml` has `_metadata` without `name`: Nautobot fails the whole sync on it.
+fn repositories_written_for_nautobot() {
+    let root = own_fixtures().join("realworld");
+    let sp_lab_inventory = read_inventory(&own_fixtures().join("sp-lab-inventory.json")).unwrap();
+    // Folder, inventory, whether it syncs, counts (schemas, contexts, local contexts, queries), log needles.
+    type Case<'a> = (&'a str, Option<&'a Inventory>, bool, [usize; 4], &'a [&'a str]);
+    let cases: [Case<'_>; 3] = [
+        // `_metadata` without `name` fails the whole sync.
         (
-            "byrn-baker__Nautobot-Workshop",
+            "workshop",
+            None,
             false,
-            [6, 11, 13, 0],
+            [1, 1, 1, 0],
             &[
                 "Error in loading config context data from `ip_sla.yml`: data `_metadata` is missing the required `name` key.",
             ],
         ),
-        // jobs/ holds only templates (its Python is not in the fixture) and the root has no __init__.py: the
-        // "No jobs were registered" warning, no failure (spec h.3).
+        // jobs/ holds only templates and the root has no __init__.py: the "No jobs were registered" warning, no
+        // failure; implicit location contexts, local contexts with `_metadata` kept as data.
         (
-            "byrn-baker__blog-sandbox",
+            "sp-lab",
+            Some(&sp_lab_inventory),
             true,
-            [2, 9, 0, 0],
-            &["No jobs were registered on loading the `byrn_baker__blog_sandbox.jobs` submodule."],
+            [2, 5, 2, 1],
+            &["No jobs were registered on loading the `sp_lab.jobs` submodule."],
         ),
-        // Implicit location contexts and device local contexts with `_metadata` kept as data.
-        ("byrn-baker__blog-sandbox@09adccd", true, [3, 10, 3, 0], &[]),
-        ("byrn-baker__blog-sandbox@c2c608c", true, [3, 10, 3, 1], &[]),
+        ("sp-lab", None, true, [2, 5, 2, 1], &[]),
     ];
-    for (dir, success, [schemas, contexts, locals, queries], needles) in cases {
-        let path = root.join(dir);
-        let tree = check::read_dir_tree(&path).unwrap();
+    for (dir, inventory, success, [schemas, contexts, locals, queries], needles) in cases {
+        let tree = check::read_dir_tree(&root.join(dir)).unwrap();
         let registry = Registry::with_builtins();
         let slug = gitfleet_shared::repo::slugify_dashes_to_underscores(dir);
-        let report = check_tree(&tree, &registry, dir, &slug, None, None, ScopeMode::Strict, Limits::default());
+        let report = check_tree(
+            &tree,
+            &registry,
+            dir,
+            &slug,
+            None,
+            inventory,
+            ScopeMode::Strict,
+            Limits::default(),
+            SchemaEnforcement::Warn,
+        );
         assert_eq!(!report.failed(), success, "{dir}: {:#?}", report.logs);
         assert_schema_valid(&report);
         let l = &report.loaded;
@@ -262,27 +270,102 @@ fn real_world_repositories() {
         for needle in needles {
             assert!(report.logs.iter().any(|e| e.message.contains(needle)), "{dir}: no log with {needle:?}");
         }
-        // Every schema link names a schema of the same repository.
-        for c in &l.config_contexts {
-            if let Some(schema) = &c.config_context_schema {
-                assert!(l.config_context_schemas.iter().any(|s| &s.name == schema), "{dir}: {schema}");
-            }
-        }
+        assert!(
+            !report.logs.iter().any(|l| l.message.contains("does not match its schema")),
+            "{dir}: {:#?}",
+            report.logs
+        );
     }
+    let tree = check::read_dir_tree(&root.join("sp-lab")).unwrap();
+    let report = check_tree(
+        &tree,
+        &Registry::with_builtins(),
+        "sp-lab",
+        "sp_lab",
+        None,
+        Some(&sp_lab_inventory),
+        ScopeMode::Strict,
+        Limits::default(),
+        SchemaEnforcement::Warn,
+    );
+    let dc_a = report.loaded.config_contexts.iter().find(|c| c.name == "DC-A Overlay").unwrap();
+    assert_eq!(dc_a.scope["locations"], vec![json!({"name": "DC-A"}), json!({"name": "DC-A"})], "written and implied");
+    assert_eq!(dc_a.resolved["locations"], ["loc-dc-a", "loc-dc-a"]);
+    let spe1 = &report.loaded.local_contexts[0];
+    assert_eq!(spe1.data["_metadata"]["name"], "SPE1 VRFs", "a local context's _metadata is data");
+}
+
+/// A slug used as an implicit location file's name matches no location named that way: strict mode fails it.
+#[test]
+fn an_implicit_file_named_by_slug_matches_nothing() {
+    let mut tree = check::read_dir_tree(&own_fixtures().join("realworld/sp-lab")).unwrap();
+    tree.add_file("config_contexts/locations/dc_a.yaml", b"_metadata: {name: Slug named}\nx: 1\n".to_vec(), None)
+        .unwrap();
+    let inventory = read_inventory(&own_fixtures().join("sp-lab-inventory.json")).unwrap();
+    let report = check_tree(
+        &tree,
+        &Registry::with_builtins(),
+        "sp-lab",
+        "sp_lab",
+        None,
+        Some(&inventory),
+        ScopeMode::Strict,
+        Limits::default(),
+        SchemaEnforcement::Warn,
+    );
+    assert!(report.failed());
+    assert!(report.logs.iter().any(|l| l.message
+        == "Error in loading config context data from `dc_a.yaml`: No matching Location found for {'name': 'dc_a'}; unable to create/update context Slug named"), "{:#?}", report.logs);
+}
+
+/// `--schema-enforcement error` makes context data that violates its schema fail the check.
+#[test]
+fn schema_enforcement_error_fails_the_check() {
+    let mut tree = check::read_dir_tree(&own_fixtures().join("realworld/sp-lab")).unwrap();
+    tree.add_file(
+        "config_contexts/bad.yaml",
+        b"_metadata: {name: Bad, config_context_schema: Routing Properties}\nospf: {process_id: 0}\n".to_vec(),
+        None,
+    )
+    .unwrap();
+    let run = |enforcement| {
+        check_tree(
+            &tree,
+            &Registry::with_builtins(),
+            "sp-lab",
+            "sp_lab",
+            None,
+            None,
+            ScopeMode::Strict,
+            Limits::default(),
+            enforcement,
+        )
+    };
+    let warned = run(SchemaEnforcement::Warn);
+    assert!(!warned.failed());
+    let line = warned.logs.iter().find(|l| l.message.contains("does not match its schema")).unwrap();
+    assert_eq!((line.level, line.grouping.as_str()), (LogLevel::Warning, "config contexts"));
+    assert_eq!(
+        line.message,
+        "Config context `Bad` from `bad.yaml` does not match its schema `Routing Properties`: at `/ospf/process_id`: 0 is less than the minimum of 1"
+    );
+    let failed = run(SchemaEnforcement::Error);
+    assert!(failed.failed());
+    assert!(failed.logs.iter().any(|l| l.level == LogLevel::Error && l.message == line.message));
 }
 
 #[test]
 fn the_command_exits_1_on_errors_and_prints_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
     let valid = tmp.path().join("valid");
-    copy_dir(&shared_fixtures().join("nautobot-git-data/01-valid-files"), &valid);
-    copy_dir(&own_fixtures().join("nautobot-python/01-valid-files"), &valid);
+    copy_dir(&own_fixtures().join("nautobot/01-valid-files"), &valid);
     let args = |path: &Path, format| CheckArgs {
         path: path.to_owned(),
         name: Some("Test Git Repository".into()),
         provides: None,
         inventory: Some(own_fixtures().join("nautobot-inventory.json")),
         scope_mode: Mode::Strict,
+        schema_enforcement: SchemaEnforcement::Warn,
         max_file_bytes: Limits::default().max_bytes,
         max_document_bytes: Limits::default().max_expanded_bytes,
         max_record_bytes: Limits::default().max_record_bytes,
@@ -296,8 +379,7 @@ fn the_command_exits_1_on_errors_and_prints_the_contract() {
     assert_eq!(json["jobs"][0]["module_name"], "test_git_repository.jobs.my_job", "slug from --name");
 
     let invalid = tmp.path().join("invalid");
-    copy_dir(&shared_fixtures().join("nautobot-git-data/02-invalid-files"), &invalid);
-    copy_dir(&own_fixtures().join("nautobot-python/02-invalid-files"), &invalid);
+    copy_dir(&own_fixtures().join("nautobot/02-invalid-files"), &invalid);
     let mut out = Vec::new();
     assert_eq!(check::run(args(&invalid, Format::Text), &mut out).unwrap(), 1);
     let text = String::from_utf8(out).unwrap();

@@ -5,6 +5,7 @@ pub mod dead_letter;
 pub mod inventory;
 pub mod job_result;
 pub mod outbox;
+pub mod records;
 pub mod repository;
 
 pub use tokio_postgres::GenericClient;

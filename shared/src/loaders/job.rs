@@ -23,7 +23,12 @@ pub struct JobRecord {
     pub module_name: String,
     pub job_class_name: String,
     pub grouping: String,
+    /// The name as stored: `Meta.name` (or the class name), made unique with ` (2)`, ` (3)`, ... where another job
+    /// of the load already has it. A sync decides the stored name against every job in the database.
     pub name: String,
+    /// `Meta.name`, or the class name: what the job asks to be called.
+    #[serde(skip)]
+    pub meta_name: String,
     pub description: String,
     pub installed: bool,
     /// `Meta` flags (dryrun_default, hidden, soft_time_limit, ...) and receiver kinds.
@@ -142,8 +147,11 @@ impl DataType for Jobs {
                 }
                 seen.push(class_path.clone());
                 let Some((defining, class)) = index.class(&class_path) else { continue };
-                let record = job_record(defining, class, &modules[defining], &mut log);
-                out.jobs.push(record);
+                match job_record(defining, class, &modules[defining]) {
+                    Ok(record) => out.jobs.push(record),
+                    // Nautobot reads these while refreshing job records: the first bad value stops the refresh.
+                    Err(e) => return fail(&mut log, &e),
+                }
             }
         }
         if out.jobs.is_empty() {
@@ -334,7 +342,81 @@ const FLAGS: &[&str] = &[
     "field_order",
 ];
 
-fn job_record(module: &str, class: &StmtClassDef, body: &ModModule, log: &mut Log<'_>) -> JobRecord {
+/// The Python type each `Meta` attribute must have (Nautobot checks them with `isinstance` and raises `TypeError`).
+const META_TYPES: &[(&str, &[&str])] = &[
+    ("name", &["str"]),
+    ("description", &["str"]),
+    ("dryrun_default", &["bool"]),
+    ("hidden", &["bool"]),
+    ("field_order", &["list", "tuple"]),
+    ("read_only", &["bool"]),
+    ("approval_required", &["bool"]),
+    // `bool` is a subclass of `int` in Python, so `True` passes an `int` check.
+    ("soft_time_limit", &["int", "bool"]),
+    ("time_limit", &["int", "bool"]),
+    ("has_sensitive_variables", &["bool"]),
+    ("task_queues", &["list", "tuple"]),
+    ("is_singleton", &["bool"]),
+];
+
+/// The Python type of a literal expression, when the parser can tell it.
+fn py_type(expr: &Expr) -> Option<&'static str> {
+    Some(match expr {
+        Expr::StringLiteral(_) | Expr::FString(_) => "str",
+        Expr::BytesLiteral(_) => "bytes",
+        Expr::BooleanLiteral(_) => "bool",
+        Expr::NoneLiteral(_) => "NoneType",
+        Expr::NumberLiteral(n) => match n.value {
+            Number::Int(_) => "int",
+            Number::Float(_) => "float",
+            Number::Complex { .. } => "complex",
+        },
+        Expr::List(_) => "list",
+        Expr::Tuple(_) => "tuple",
+        Expr::Dict(_) => "dict",
+        Expr::Set(_) => "set",
+        _ => return None,
+    })
+}
+
+/// Nautobot's `TypeError` for a `Meta` attribute of the wrong type.
+fn check_meta_type(attr: &str, found: &str) -> Result<(), String> {
+    let Some((_, expected)) = META_TYPES.iter().find(|(a, _)| *a == attr) else { return Ok(()) };
+    if expected.contains(&found) {
+        return Ok(());
+    }
+    let class = |t: &str| format!("<class '{t}'>");
+    let wanted = match expected {
+        [one] | [one, "bool"] => class(one),
+        many => format!("({})", many.iter().map(|t| class(t)).collect::<Vec<_>>().join(", ")),
+    };
+    Err(format!("Meta.{attr} should be {wanted}, not {}", class(found)))
+}
+
+/// Nautobot's unique job names: a name another job holds gets ` (2)`, ` (3)`, ..., cut to fit 100 characters.
+pub fn unique_name(wanted: &str, taken: impl Fn(&str) -> bool) -> String {
+    let mut name = wanted.to_owned();
+    let mut n = 1;
+    while taken(&name) {
+        n += 1;
+        let suffix = format!(" ({n})");
+        let keep = MAX_NAME.saturating_sub(suffix.chars().count());
+        name = format!("{}{suffix}", wanted.chars().take(keep).collect::<String>());
+    }
+    name
+}
+
+/// Gives each job of one load a name no other job of the load has, in load order (what `worker check` shows and
+/// what a sync stores into a database with no other jobs).
+pub(super) fn assign_unique_names(jobs: &mut [JobRecord]) {
+    let mut taken = std::collections::HashSet::new();
+    for job in jobs {
+        job.name = unique_name(&job.meta_name, |n| taken.contains(n));
+        taken.insert(job.name.clone());
+    }
+}
+
+fn job_record(module: &str, class: &StmtClassDef, body: &ModModule) -> Result<JobRecord, String> {
     let mut meta: HashMap<String, Value> = HashMap::new();
     for stmt in &class.body {
         let Stmt::ClassDef(inner) = stmt else { continue };
@@ -344,29 +426,36 @@ fn job_record(module: &str, class: &StmtClassDef, body: &ModModule, log: &mut Lo
         for stmt in &inner.body {
             if let Stmt::Assign(assign) = stmt
                 && let [Expr::Name(target)] = assign.targets.as_slice()
-                && let Some(value) = literal(&assign.value)
             {
-                meta.insert(target.id.as_str().to_owned(), value);
+                if let Some(found) = py_type(&assign.value) {
+                    check_meta_type(target.id.as_str(), found)?;
+                }
+                if let Some(value) = literal(&assign.value) {
+                    meta.insert(target.id.as_str().to_owned(), value);
+                }
             }
         }
     }
-    let grouping = body
-        .body
-        .iter()
-        .rev()
-        .find_map(|s| match s {
-            Stmt::Assign(a) if a.targets.iter().any(|t| matches!(t, Expr::Name(n) if n.id.as_str() == "name")) => {
-                literal(&a.value).and_then(|v| v.as_str().map(str::to_owned))
+    // The module's `name` variable; Nautobot measures it with `len()`, which a number, a boolean or None refuses.
+    let module_name_var = body.body.iter().rev().find_map(|s| match s {
+        Stmt::Assign(a) if a.targets.iter().any(|t| matches!(t, Expr::Name(n) if n.id.as_str() == "name")) => {
+            Some(&*a.value)
+        }
+        _ => None,
+    });
+    let grouping = match module_name_var {
+        Some(Expr::StringLiteral(s)) => s.value.to_str().to_owned(),
+        Some(value) => match py_type(value) {
+            Some(t @ ("int" | "float" | "bool" | "NoneType" | "complex")) => {
+                return Err(format!("object of type '{t}' has no len()"));
             }
-            _ => None,
-        })
-        .unwrap_or_else(|| module.to_owned());
+            _ => module.to_owned(),
+        },
+        None => module.to_owned(),
+    };
     let class_name = class.name.as_str().to_owned();
-    let mut name = meta.get("name").and_then(Value::as_str).map_or_else(|| class_name.clone(), str::to_owned);
-    if name.chars().count() > MAX_NAME {
-        log.warning(format!("Job name `{name}` is longer than {MAX_NAME} characters and was truncated"));
-        name = name.chars().take(MAX_NAME).collect();
-    }
+    // Longer than the column: refused when the record is checked, as the database refuses it in Nautobot.
+    let name = meta.get("name").and_then(Value::as_str).map_or_else(|| class_name.clone(), str::to_owned);
     let description = meta.get("description").and_then(Value::as_str).map(dedent_strip).unwrap_or_default();
     let mut flags: Map<String, Value> =
         FLAGS.iter().filter_map(|f| meta.get(*f).map(|v| ((*f).to_owned(), v.clone()))).collect();
@@ -386,15 +475,16 @@ fn job_record(module: &str, class: &StmtClassDef, body: &ModModule, log: &mut Lo
         .unwrap_or_default();
     flags.insert("is_job_hook_receiver".into(), Value::Bool(bases.iter().any(|b| b == "JobHookReceiver")));
     flags.insert("is_job_button_receiver".into(), Value::Bool(bases.iter().any(|b| b == "JobButtonReceiver")));
-    JobRecord {
+    Ok(JobRecord {
         module_name: module.to_owned(),
         job_class_name: class_name,
         grouping: grouping.chars().take(255).collect(),
+        meta_name: name.clone(),
         name,
         description,
         installed: true,
         flags,
-    }
+    })
 }
 
 /// Data compliance rules (spec c.5): report the rule classes of `custom_validators`; nothing is stored.
@@ -455,6 +545,32 @@ mod tests {
         assert_eq!(module_name("r", "jobs/my_job.py"), "r.jobs.my_job");
         assert_eq!(module_name("r", "jobs/sub/x.py"), "r.jobs.sub.x");
         assert_eq!(module_name("r", "jobs.py"), "r.jobs");
+    }
+
+    #[test]
+    fn unique_names_take_a_counter() {
+        let taken = ["A", "A (2)"];
+        assert_eq!(unique_name("A", |n| taken.contains(&n)), "A (3)");
+        assert_eq!(unique_name("B", |n| taken.contains(&n)), "B");
+        let long = "x".repeat(100);
+        let cut = unique_name(&long, |n| n == long);
+        assert_eq!((cut.chars().count(), cut.ends_with("x (2)")), (100, true));
+    }
+
+    #[test]
+    fn meta_types_are_checked_as_nautobot_does() {
+        assert_eq!(check_meta_type("name", "int"), Err("Meta.name should be <class 'str'>, not <class 'int'>".into()));
+        assert_eq!(
+            check_meta_type("task_queues", "str"),
+            Err("Meta.task_queues should be (<class 'list'>, <class 'tuple'>), not <class 'str'>".into())
+        );
+        assert_eq!(
+            check_meta_type("time_limit", "float"),
+            Err("Meta.time_limit should be <class 'int'>, not <class 'float'>".into())
+        );
+        assert_eq!(check_meta_type("time_limit", "bool"), Ok(()));
+        assert_eq!(check_meta_type("hidden", "bool"), Ok(()));
+        assert_eq!(check_meta_type("something_else", "dict"), Ok(()));
     }
 
     #[test]

@@ -28,8 +28,8 @@ use crate::yaml::{self, Limits};
 pub use config_context::{ConfigContext, LocalContext};
 pub use export_template::{ExportTemplate, mime_type};
 pub use graphql_query::GraphqlQuery;
-pub use job::JobRecord;
-pub use schema::ContextSchema;
+pub use job::{JobRecord, unique_name as unique_job_name};
+pub use schema::{ContextSchema, DataChecker, SchemaEnforcement};
 
 /// How scope lookups that match no inventory object are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -96,6 +96,53 @@ pub struct Loaded {
 impl Loaded {
     pub fn has_errors(&self) -> bool {
         self.logs.iter().any(|l| l.level == LogLevel::Error)
+    }
+
+    /// The records and the log in the shape of `worker check --format json` (`schemas/check-output.schema.json`):
+    /// one list per built-in record kind, one per extension type, `status` and `logs`.
+    pub fn check_json(&self, failed: bool, logs: &[LogEntry]) -> Value {
+        let mut out = match serde_json::to_value(self) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        if let Some(Value::Object(extensions)) = out.remove("extensions") {
+            out.extend(extensions);
+        }
+        out.insert("status".into(), Value::from(if failed { "FAILURE" } else { "SUCCESS" }));
+        let logs: Vec<Value> = logs
+            .iter()
+            .map(|l| {
+                let mut entry = Map::new();
+                entry.insert("level".into(), Value::from(l.level.as_str()));
+                entry.insert("grouping".into(), Value::from(l.grouping.as_str()));
+                entry.insert("message".into(), Value::from(l.message.as_str()));
+                Value::Object(entry)
+            })
+            .collect();
+        out.insert("logs".into(), Value::Array(logs));
+        Value::Object(out)
+    }
+
+    /// Keeps only the records of one data type (the lists of the others become empty).
+    pub fn keep_only(&mut self, data_type: &dyn DataType) {
+        let records = data_type.records();
+        if records != Records::ConfigContextSchemas {
+            self.config_context_schemas.clear();
+        }
+        if records != Records::ConfigContexts {
+            self.config_contexts.clear();
+            self.local_contexts.clear();
+        }
+        if records != Records::Jobs {
+            self.jobs.clear();
+        }
+        if records != Records::ExportTemplates {
+            self.export_templates.clear();
+        }
+        if records != Records::GraphqlQueries {
+            self.graphql_queries.clear();
+        }
+        self.extensions.retain(|identifier, _| identifier == data_type.identifier());
     }
 
     /// Sorts every record list by its natural key (processing is already in sorted path order; this makes the
@@ -233,6 +280,7 @@ impl Registry {
             out.sections.push((data_type.identifier().to_owned(), out.logs.len()));
         }
         out.sort();
+        job::assign_unique_names(&mut out.jobs);
         out
     }
 }

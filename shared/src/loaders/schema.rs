@@ -92,3 +92,104 @@ pub fn validate(data_schema: &Value) -> Result<(), String> {
         data_schema.get("type").and_then(Value::as_str) == Some("object") && data_schema.get("properties").is_some();
     if object_shaped { Ok(()) } else { Err(format!("data_schema: {OBJECT_SHAPE}")) }
 }
+
+/// How config context data that does not match its linked schema is reported. Nautobot's loader does not check
+/// it at all; gitfleet warns by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchemaEnforcement {
+    /// Not checked (as Nautobot).
+    Off,
+    /// A warning naming the file and the first violations.
+    #[default]
+    Warn,
+    /// The same as an error, which fails the sync.
+    Error,
+}
+
+impl SchemaEnforcement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for SchemaEnforcement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SchemaEnforcement {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "off" => Ok(Self::Off),
+            "warn" | "warning" => Ok(Self::Warn),
+            "error" => Ok(Self::Error),
+            other => Err(format!("'{other}' is not one of off, warn, error")),
+        }
+    }
+}
+
+/// At most this many violations are named in one line.
+const SHOWN_VIOLATIONS: usize = 3;
+
+/// Checks config context data against the schemas the contexts link to, compiling each schema once.
+pub struct DataChecker {
+    enforcement: SchemaEnforcement,
+    compiled: std::collections::HashMap<String, Option<jsonschema::Validator>>,
+}
+
+impl DataChecker {
+    pub fn new(enforcement: SchemaEnforcement) -> Self {
+        Self { enforcement, compiled: std::collections::HashMap::new() }
+    }
+
+    /// The line for a context whose data violates its schema `schema` (named `schema_name`): the file and the
+    /// first violations, each at its JSON pointer. `None` when the data matches or checking is off.
+    pub fn check(
+        &mut self,
+        context: &super::ConfigContext,
+        schema_name: &str,
+        schema: &Value,
+    ) -> Option<crate::job_result::LogEntry> {
+        if self.enforcement == SchemaEnforcement::Off {
+            return None;
+        }
+        // Schemas were checked as Draft 7 when they were loaded; one that still does not compile checks nothing.
+        let validator = self
+            .compiled
+            .entry(schema_name.to_owned())
+            .or_insert_with(|| jsonschema::draft7::new(schema).ok())
+            .as_ref()?;
+        let mut violations = validator.iter_errors(&context.data);
+        let shown: Vec<String> = violations
+            .by_ref()
+            .take(SHOWN_VIOLATIONS)
+            .map(|e| {
+                let at = e.instance_path().as_str();
+                format!("at `{}`: {e}", if at.is_empty() { "/" } else { at })
+            })
+            .collect();
+        if shown.is_empty() {
+            return None;
+        }
+        let more = violations.count();
+        let tail = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+        let message = format!(
+            "Config context `{}` from `{}` does not match its schema `{schema_name}`: {}{tail}",
+            context.name,
+            context.file,
+            shown.join("; ")
+        );
+        let level = match self.enforcement {
+            SchemaEnforcement::Error => crate::job_result::LogLevel::Error,
+            _ => crate::job_result::LogLevel::Warning,
+        };
+        Some(crate::job_result::LogEntry::new(level, super::config_context::GROUPING, message).about(&context.name))
+    }
+}

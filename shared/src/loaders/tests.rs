@@ -274,6 +274,40 @@ fn schemas_must_be_draft7_objects() {
     assert!(errors.iter().any(|e| e.contains("`list.yaml`") && e.contains("each item in list data must be a dict")));
 }
 
+/// Context data is checked against its linked schema: a warning by default, an error when asked, nothing when off.
+#[test]
+fn context_data_is_checked_against_its_schema() {
+    let t = tree(&[
+        (
+            "config_context_schemas/person.yaml",
+            "_metadata: {name: Person}\ndata_schema:\n  type: object\n  properties:\n    age: {type: integer, minimum: 0}\n    name: {type: string}\n    city: {type: string}\n  required: [city]\n  additionalProperties: false\n",
+        ),
+        (
+            "config_contexts/bad.yaml",
+            "_metadata: {name: Bad, config_context_schema: Person}\nage: -1\nname: 5\nextra: x\nmore: y\n",
+        ),
+        ("config_contexts/good.yaml", "_metadata: {name: Good, config_context_schema: Person}\nage: 3\ncity: Bern\n"),
+    ]);
+    let loaded = load(&t);
+    let schema = &loaded.config_context_schemas[0].data_schema;
+    let mut warn = DataChecker::new(SchemaEnforcement::Warn);
+    let line = warn.check(&loaded.config_contexts[0], "Person", schema).unwrap();
+    assert_eq!(line.level, LogLevel::Warning);
+    assert!(
+        line.message.starts_with("Config context `Bad` from `bad.yaml` does not match its schema `Person`: at `"),
+        "{}",
+        line.message
+    );
+    assert!(line.message.contains("at `/age`: -1 is less than the minimum of 0"), "{}", line.message);
+    assert!(line.message.ends_with("(and 1 more)"), "four violations, three shown: {}", line.message);
+    assert!(warn.check(&loaded.config_contexts[1], "Person", schema).is_none());
+    let mut error = DataChecker::new(SchemaEnforcement::Error);
+    assert_eq!(error.check(&loaded.config_contexts[0], "Person", schema).unwrap().level, LogLevel::Error);
+    assert!(DataChecker::new(SchemaEnforcement::Off).check(&loaded.config_contexts[0], "Person", schema).is_none());
+    assert_eq!("ERROR".parse::<SchemaEnforcement>(), Ok(SchemaEnforcement::Error));
+    assert!("strict".parse::<SchemaEnforcement>().is_err());
+}
+
 #[test]
 fn size_limit_utf8_and_alias_bombs_are_clear_errors() {
     let big = "a: 1\n".repeat(20);
@@ -382,6 +416,34 @@ fn jobs_meta_grouping_and_registration_forms() {
     assert_eq!(loaded.jobs[0].description, "Line one.\n  Line two.");
     assert_eq!(loaded.jobs[0].flags["dryrun_default"], json!(true));
     assert_eq!(loaded.jobs[0].flags["soft_time_limit"], json!(30));
+}
+
+/// Two jobs asking for one name: the second gets Nautobot's ` (2)`; a `Meta` value of the wrong type is
+/// Nautobot's `TypeError`.
+#[test]
+fn job_names_are_unique_in_a_load_and_meta_types_are_checked() {
+    let module = "from nautobot.apps.jobs import Job, register_jobs\n\
+                  class A(Job):\n    class Meta:\n        name = \"Same\"\n\
+                  class B(Job):\n    class Meta:\n        name = \"Same\"\n\
+                  register_jobs(A, B)\n";
+    let t = tree(&[("__init__.py", ""), ("jobs/__init__.py", module)]);
+    let loaded = load(&t);
+    assert!(!loaded.has_errors(), "{:#?}", loaded.logs);
+    let names: Vec<_> =
+        loaded.jobs.iter().map(|j| (j.job_class_name.as_str(), j.name.as_str(), j.meta_name.as_str())).collect();
+    assert_eq!(names, [("A", "Same", "Same"), ("B", "Same (2)", "Same")]);
+
+    let module = "class A(Job):\n    class Meta:\n        hidden = \"yes\"\nregister_jobs(A)\n";
+    let t = tree(&[("__init__.py", ""), ("jobs/__init__.py", module)]);
+    let errors = messages(&load(&t), LogLevel::Error);
+    assert_eq!(
+        errors[0],
+        "Error in loading Jobs from Git repository: Meta.hidden should be <class 'bool'>, not <class 'str'>"
+    );
+    let module = "name = 5\nclass A(Job):\n    pass\nregister_jobs(A)\n";
+    let t = tree(&[("__init__.py", ""), ("jobs/__init__.py", module)]);
+    let errors = messages(&load(&t), LogLevel::Error);
+    assert_eq!(errors[0], "Error in loading Jobs from Git repository: object of type 'int' has no len()");
 }
 
 #[test]

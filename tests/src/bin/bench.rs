@@ -176,6 +176,7 @@ async fn main() -> Result<()> {
         prefetch: 4,
         name: Some("bench-worker".into()),
         scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
+        schema_enforcement: gitfleet_shared::loaders::SchemaEnforcement::Warn,
         max_file_bytes: Limits::default().max_bytes,
         max_document_bytes: Limits::default().max_expanded_bytes,
         max_record_bytes: Limits::default().max_record_bytes,

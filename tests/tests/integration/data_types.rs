@@ -163,8 +163,23 @@ async fn valid_data_then_empty_repo() -> Result<()> {
     assert_log(&view, "info", "graphql queries", "No changes to GraphQL query: device_names");
     assert_log(&view, "info", "jobs", "Refreshed Job record for test_git_repo.jobs.my_job.MyJob");
 
-    // empty-repo: SUCCESS (spec e.4 decision), contexts and templates gone, local context gone, jobs uninstalled.
+    // empty-repo while still providing jobs: no `jobs` module, so the sync fails as Nautobot's does, even though
+    // the last sync had jobs, and everything stays as it was.
+    let head_before = env.repo(repo).await?.current_head;
     let changes = RepoChanges { branch: Some("empty-repo".into()), ..RepoChanges::default() };
+    let job = commands::update(&env.pool, &name, changes, RequestedBy::cli()).await?.job_result_id().unwrap();
+    let view = env.wait_job(job).await?;
+    assert_eq!(view.status, "FAILURE", "{:#?}", view.logs);
+    assert_log(&view, "error", "jobs", "No `jobs` submodule found in Git repository Test Git Repository");
+    assert_log(&view, "info", "main", "Changes to database records have been reverted.");
+    assert_eq!(env.repo(repo).await?.current_head, head_before);
+    assert_valid_data(&env, repo).await?;
+    assert_eq!(count(&env, "SELECT count(*) FROM job WHERE installed").await?, 3);
+
+    // Jobs no longer provided: the empty tree syncs, contexts and templates gone, local context gone, jobs
+    // uninstalled.
+    let provides: Vec<String> = ALL.iter().filter(|t| **t != "extras.job").map(|s| (*s).to_owned()).collect();
+    let changes = RepoChanges { provided_contents: Some(provides), ..RepoChanges::default() };
     let job = commands::update(&env.pool, &name, changes, RequestedBy::cli()).await?.job_result_id().unwrap();
     let view = env.wait_job(job).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
@@ -414,8 +429,22 @@ async fn dry_run_reports_and_changes_nothing() -> Result<()> {
     assert_log(&view, "info", "git_repository_dry_run", "Repository has no changes");
     assert_log(&view, "info", "git_repository_dry_run", "No records would change");
 
-    // Pointed at the empty commit (written directly, no sync): deletions reported, nothing deleted.
+    // Pointed at the empty commit while still providing jobs (written directly, no sync): the sync would fail on
+    // the missing `jobs` module, and the dry-run says so.
     env.pool.get().await?.execute("UPDATE git_repository SET branch = 'empty-repo' WHERE id = $1", &[&row.id]).await?;
+    let view = dry_run().await?;
+    assert_eq!(view.status, "FAILURE", "{:#?}", view.logs);
+    assert_log(&view, "error", "jobs", "No `jobs` submodule found in Git repository Test Git Repository");
+
+    // Without jobs: deletions reported, nothing deleted.
+    env.pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE git_repository SET provided_contents = provided_contents - 'extras.job' WHERE id = $1",
+            &[&row.id],
+        )
+        .await?;
     let view = dry_run().await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     assert_log(&view, "info", "git_repository_dry_run", "Deletion - `config_contexts/context.yaml`");

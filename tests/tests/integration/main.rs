@@ -1,14 +1,16 @@
 //! Integration tests against real PostgreSQL, RabbitMQ and git remotes (`make services` starts them).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod conformance;
 mod contract;
 mod credentials;
-#[cfg(feature = "shared-fixtures")]
 mod data_types;
 mod delete;
 mod endings;
 mod faults;
 mod fleet;
+#[cfg(feature = "shared-fixtures")]
+mod shared_fixtures;
 mod shutdown;
 mod storage;
 mod support;

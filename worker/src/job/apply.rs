@@ -2,9 +2,10 @@
 //! loading lines followed by what reconciling it did.
 
 use gitfleet_shared::job_result::{LogEntry, LogLevel};
-use gitfleet_shared::loaders::{Loaded, Registry};
+use gitfleet_shared::loaders::Loaded;
 use tokio_postgres::GenericClient;
 
+use super::JobContext;
 use super::error::{Step, StepError};
 use super::run::JobLog;
 use crate::reconcile::{self, Owner};
@@ -13,7 +14,7 @@ use crate::reconcile::{self, Owner};
 /// refusal by the database names the data type it was saving.
 pub(super) async fn apply(
     db: &impl GenericClient,
-    registry: &Registry,
+    ctx: &JobContext,
     owner: Owner<'_>,
     loaded: &Loaded,
     log: &JobLog<'_>,
@@ -23,8 +24,8 @@ pub(super) async fn apply(
     for (identifier, end) in &loaded.sections {
         let mut batch: Vec<LogEntry> = loaded.logs[start..*end].to_vec();
         start = *end;
-        if let Some(data_type) = registry.get(identifier) {
-            let reconciled = reconcile::reconcile_type(db, owner, data_type, loaded)
+        if let Some(data_type) = ctx.registry.get(identifier) {
+            let reconciled = reconcile::reconcile_type(db, owner, data_type, loaded, ctx.schema_enforcement)
                 .await
                 .map_err(|e| StepError::db(&format!("{} of {}", data_type.name(), owner.name), e))?;
             batch.extend(reconciled.into_iter().map(|change| change.line));

@@ -64,14 +64,16 @@ pub(super) fn reason(repo: &RepositoryRow, event: &Event, requested: Option<Date
     None
 }
 
-/// What a sync applies: commit, definition version, provided types, inventory state, scope mode, loader version
-/// and where the files are stored (a new storage gets the live commit's files at the next sync).
+/// What a sync applies: commit, definition version, provided types, inventory state, scope mode, schema
+/// enforcement, loader version and where the files are stored (a new storage gets the live commit's files at the
+/// next sync).
 pub(super) fn fingerprint(ctx: &JobContext, repo: &RepositoryRow, head: &str, inventory_stamp: &str) -> String {
     format!(
-        "{head}|v{}|{}|inventory {inventory_stamp}|{}|gitfleet {}|storage {}",
+        "{head}|v{}|{}|inventory {inventory_stamp}|{}|schemas {}|gitfleet {}|storage {}",
         repo.version,
         repo.provided_contents.join(","),
         ctx.scope_mode_name(),
+        ctx.schema_enforcement,
         env!("CARGO_PKG_VERSION"),
         ctx.storage.fingerprint()
     )

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use gitfleet_infra::amqp::Topology;
-use gitfleet_shared::loaders::{Registry, ScopeMode};
+use gitfleet_shared::loaders::{Registry, SchemaEnforcement, ScopeMode};
 use gitfleet_shared::yaml::Limits;
 
 use crate::secrets::Secrets;
@@ -26,6 +26,8 @@ pub struct JobContext {
     /// Default limit for a git operation; a repository's `git_timeout_secs` overrides it.
     pub git_timeout: std::time::Duration,
     pub scope_mode: ScopeMode,
+    /// How context data that does not match its linked schema is reported.
+    pub schema_enforcement: SchemaEnforcement,
     pub limits: Limits,
     /// How often a running job beats (`job_result.heartbeat`).
     pub heartbeat: std::time::Duration,

@@ -47,7 +47,7 @@ pub(super) async fn delete(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifi
     let client = lock.client();
     let tx = client.transaction().await?;
     let owner = Owner { id: repo.id, name, slug: &repo.slug };
-    if apply(&*tx, &ctx.registry, owner, &loaded, &run.log).await? {
+    if apply(&*tx, ctx, owner, &loaded, &run.log).await? {
         let message = format!("Failed to remove data provided by {name}. Please see logs.");
         return Err(StepError::Failed(Failure::new("RuntimeError", message, grouping::MAIN).reverted()));
     }

@@ -101,7 +101,7 @@ async fn record_changes(
     let mut record_changes = serde_json::Map::new();
     for (identifier, _) in &loaded.sections {
         let Some(data_type) = run.ctx.registry.get(identifier) else { continue };
-        let outcome = reconcile::reconcile_type(db, owner, data_type, loaded)
+        let outcome = reconcile::reconcile_type(db, owner, data_type, loaded, run.ctx.schema_enforcement)
             .await
             .map_err(|e| StepError::db(&format!("{} of {}", data_type.name(), owner.name), e))?;
         let [create, change, delete, unchanged] = count_changes(&outcome, &mut summary_lines);
@@ -120,7 +120,7 @@ async fn record_changes(
     Ok((summary_lines, record_changes))
 }
 
-/// Counts a type's record outcomes: created, changed, deleted, unchanged; rejections go to `errors`.
+/// Counts a type's record outcomes: created, changed, deleted, unchanged; rejections and warnings go to `errors`.
 fn count_changes(outcome: &[reconcile::Change], errors: &mut Vec<LogEntry>) -> [usize; 4] {
     use reconcile::ChangeKind;
     let mut counts = [0usize; 4];
@@ -130,7 +130,7 @@ fn count_changes(outcome: &[reconcile::Change], errors: &mut Vec<LogEntry>) -> [
             ChangeKind::Refreshed => counts[1] += 1,
             ChangeKind::Deleted => counts[2] += 1,
             ChangeKind::Unchanged => counts[3] += 1,
-            ChangeKind::Rejected => errors.push(change.line.clone()),
+            ChangeKind::Rejected | ChangeKind::Warned => errors.push(change.line.clone()),
         }
     }
     counts

@@ -70,7 +70,7 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
     let client = lock.client();
     let tx = client.transaction().await?;
     let owner = Owner { id: repo.id, name, slug: &repo.slug };
-    let failed = apply(&*tx, &ctx.registry, owner, &loaded, &run.log).await?;
+    let failed = apply(&*tx, ctx, owner, &loaded, &run.log).await?;
     phases.mark("reconcile and log");
     if failed {
         let message = format!("Failed to refresh data provided by {name}. Please see logs.");

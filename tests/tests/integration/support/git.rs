@@ -265,10 +265,9 @@ pub async fn ssh_server(state: &Path, authorized: &[&str]) -> Result<(Server, St
     Ok((server, format!("[127.0.0.1]:{port} {host_public}")))
 }
 
-/// Nautobot's Git test repository (conformance inventory 0.1): commit "Empty commit" tagged `empty-repo`, then one
-/// commit per fixture folder (its data files from shared/fixtures, its Python files from tests/fixtures), each tree
-/// replacing the previous one, tagged `valid-files` and `invalid-files`. `main` ends at the invalid commit.
-#[cfg(feature = "shared-fixtures")]
+/// Nautobot's Git test repository as its test helper builds it: commit "Empty commit" tagged `empty-repo`, then one
+/// commit per folder of `fixtures/nautobot` (our own rewrite of Nautobot's fixture data), each tree replacing the
+/// previous one, tagged `valid-files` and `invalid-files`. `main` ends at the invalid commit.
 pub fn nautobot_fixture(dir: &Path) -> Result<Remote> {
     let remote = Remote::new(dir, "nautobot")?;
     remote.commit("Empty commit", &[])?;
@@ -276,16 +275,22 @@ pub fn nautobot_fixture(dir: &Path) -> Result<Remote> {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (folder, tag) in [("01-valid-files", "valid-files"), ("02-invalid-files", "invalid-files")] {
         git(&remote.work, &["rm", "-rq", "--ignore-unmatch", "."])?;
-        copy_tree(&manifest.join("../../shared/fixtures/nautobot-git-data").join(folder), &remote.work)?;
-        copy_tree(&manifest.join("fixtures/nautobot-python").join(folder), &remote.work)?;
+        copy_tree(&manifest.join("fixtures/nautobot").join(folder), &remote.work)?;
         remote.commit(folder, &[])?;
         remote.tag(tag)?;
     }
     Ok(remote)
 }
 
-#[cfg(feature = "shared-fixtures")]
-fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+/// A remote whose one commit holds the files of `from` (a folder of fixtures).
+pub fn remote_of_folder(dir: &Path, name: &str, from: &Path) -> Result<(Remote, String)> {
+    let remote = Remote::new(dir, name)?;
+    copy_tree(from, &remote.work)?;
+    let head = remote.commit("fixture", &[])?;
+    Ok((remote, head))
+}
+
+pub fn copy_tree(from: &Path, to: &Path) -> Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

@@ -47,6 +47,10 @@ pub struct TestEnv {
     /// Heartbeat interval and reaper threshold of the workers this env starts.
     pub heartbeat_secs: u64,
     pub reap_after_secs: u64,
+    /// How the workers this env starts report context data that does not match its schema.
+    pub schema_enforcement: gitfleet_shared::loaders::SchemaEnforcement,
+    /// Scope mode of the workers this env starts (strict, as Nautobot, unless a test sets lenient).
+    pub scope_mode: gitfleet_worker::config::ScopeModeArg,
     /// Storage of the workers this env starts: the filesystem under the env's directory unless a test sets S3.
     pub storage: gitfleet_worker::storage::StorageSettings,
     components: Vec<(CancellationToken, JoinHandle<()>)>,
@@ -93,6 +97,8 @@ impl TestEnv {
             shallow: true,
             heartbeat_secs: 10,
             reap_after_secs: 60,
+            schema_enforcement: gitfleet_shared::loaders::SchemaEnforcement::Warn,
+            scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
             storage,
             components: Vec::new(),
         })
@@ -113,7 +119,8 @@ impl TestEnv {
             git_root: Some(self.git_root()),
             prefetch: 4,
             name: Some(name.to_owned()),
-            scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
+            scope_mode: self.scope_mode,
+            schema_enforcement: self.schema_enforcement,
             max_file_bytes: gitfleet_shared::yaml::Limits::default().max_bytes,
             max_document_bytes: gitfleet_shared::yaml::Limits::default().max_expanded_bytes,
             max_record_bytes: gitfleet_shared::yaml::Limits::default().max_record_bytes,
