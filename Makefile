@@ -40,8 +40,8 @@ test-chaos: services test-deps ## The full chaos test: 3 worker processes, 300 e
 	GITFLEET_CHAOS_EVENTS=300 GITFLEET_CHAOS_REPOS=30 scripts/cargo-test.sh -p gitfleet-tests --test chaos -- --nocapture
 
 test-fixtures: services test-deps ## Tests that read ../shared/fixtures (Nautobot's conformance fixtures, real repositories)
-	scripts/cargo-test.sh -p gitfleet-worker --features shared-fixtures --test check
-	scripts/cargo-test.sh -p gitfleet-tests --features shared-fixtures --test integration data_types::
+	scripts/cargo-test.sh -p gitfleet-worker --features shared-fixtures --test check_shared
+	scripts/cargo-test.sh -p gitfleet-tests --features shared-fixtures --test integration shared_fixtures::
 
 test: services test-deps lint ## Everything CI runs: lint, unit and integration tests
 	scripts/cargo-test.sh --workspace

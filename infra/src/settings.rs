@@ -140,3 +140,27 @@ pub struct LogSettings {
     #[arg(id = "log_format", long = "log-format", env = "GITFLEET_LOG_FORMAT", value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }
+
+/// Every argument of a command and its subcommands that has no help line, as `command subcommand --option`
+/// (what the `--help` tests of both binaries check is empty).
+pub fn arguments_without_help(command: &clap::Command) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut stack = vec![(command.get_name().to_owned(), command)];
+    while let Some((path, command)) = stack.pop() {
+        for arg in command.get_arguments() {
+            let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+            if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                let name = arg.get_long().map_or_else(|| arg.get_id().to_string(), |l| format!("--{l}"));
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            if sub.get_about().is_none() && sub.get_name() != "help" {
+                missing.push(format!("{path} {} (command)", sub.get_name()));
+            }
+            stack.push((format!("{path} {}", sub.get_name()), sub));
+        }
+    }
+    missing.sort();
+    missing
+}

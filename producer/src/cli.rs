@@ -62,11 +62,15 @@ pub enum DeadLetterCommand {
         /// Also those already replayed.
         #[arg(long)]
         all: bool,
+        /// `text` for people, `json` for programs.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
     /// Send a dead-lettered event again (its JobResult becomes PENDING); without an ID, every one not yet replayed.
-    Replay { id: Option<i64> },
+    Replay {
+        /// The dead letter's number, as `dead-letters list` shows it.
+        id: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,11 +93,16 @@ pub enum RepoCommand {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
+    /// The repository's name, unique among live repositories (at most 255 characters).
     #[arg(long)]
     pub name: String,
-    /// Defaults to one generated from the name (spec a.2). Immutable once set.
+    /// The folder and Python package name of the repository: a Python identifier that is not a keyword or the name
+    /// of an installed module. Default: made from the name (lower case, other characters as `_`, a leading `a` when
+    /// the name does not start with a letter). Immutable once set.
     #[arg(long)]
     pub slug: Option<String>,
+    /// Where to fetch from: a file://, git://, http(s):// or ssh:// URL, without credentials (they come from the
+    /// secrets group).
     #[arg(long)]
     pub remote_url: String,
     /// Branch, tag or commit to sync.
@@ -102,6 +111,7 @@ pub struct CreateArgs {
     /// Provided data types (repeat or separate with commas), e.g. extras.configcontext,extras.job.
     #[arg(long = "provides", value_delimiter = ',')]
     pub provides: Vec<String>,
+    /// The secrets group holding the credentials (a token, or an SSH key) the workers fetch with.
     #[arg(long)]
     pub secrets_group: Option<String>,
     /// Limit for each git operation, in seconds (default: the worker's GITFLEET_GIT_TIMEOUT_SECS).
@@ -114,18 +124,22 @@ pub struct UpdateArgs {
     /// The repository's current name.
     #[arg(long)]
     pub name: String,
+    /// Rename the repository.
     #[arg(long)]
     pub new_name: Option<String>,
     /// Only accepted if equal to the current slug: slugs never change.
     #[arg(long)]
     pub slug: Option<String>,
+    /// A new remote URL (same rules as for create).
     #[arg(long)]
     pub remote_url: Option<String>,
+    /// A new branch, tag or commit to sync.
     #[arg(long)]
     pub branch: Option<String>,
     /// Replaces the provided data types (repeat or separate with commas).
     #[arg(long = "provides", value_delimiter = ',', num_args = 0..)]
     pub provides: Option<Vec<String>>,
+    /// A new secrets group.
     #[arg(long, conflicts_with = "no_secrets_group")]
     pub secrets_group: Option<String>,
     /// Remove the secrets group.
@@ -138,12 +152,14 @@ pub struct UpdateArgs {
 
 #[derive(Debug, Args)]
 pub struct NameArg {
+    /// The repository's name.
     #[arg(long)]
     pub name: String,
 }
 
 #[derive(Debug, Args)]
 pub struct SyncArgs {
+    /// The repository's name.
     #[arg(long)]
     pub name: String,
     /// The commit the branch is known to point at (lets a worker skip an unneeded fetch).
@@ -155,6 +171,7 @@ pub struct SyncArgs {
 pub enum InventoryCommand {
     /// Import scope objects from JSON: a list of {kind, id?, fields}, or {"objects": [...]}.
     Import {
+        /// The JSON file to import.
         file: std::path::PathBuf,
         /// Replace, not merge: first remove every stored object of each kind that appears in the file (kinds not in
         /// the file are kept), so objects missing from the file disappear. Without it, objects are added or
@@ -170,6 +187,7 @@ pub enum InventoryCommand {
 pub enum JobResultCommand {
     /// Print a JobResult and its log; exits 1 if it FAILED.
     Show {
+        /// The JobResult's id (printed by the command that recorded the event).
         id: Uuid,
         /// Wait until the JobResult is SUCCESS or FAILURE.
         #[arg(long)]
@@ -177,6 +195,7 @@ pub enum JobResultCommand {
         /// Give up waiting after this many seconds (exit 3).
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// `text` for people, `json` for programs.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -441,4 +460,14 @@ pub fn print_view(view: &JobResultView, format: Format, out: &mut impl Write) ->
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_has_a_help_line() {
+        assert_eq!(gitfleet_infra::settings::arguments_without_help(&super::Cli::command()), Vec::<String>::new());
+    }
 }

@@ -46,6 +46,7 @@ pub struct CheckArgs {
     /// Largest record, in bytes of JSON (as the worker's `GITFLEET_MAX_RECORD_BYTES`).
     #[arg(long, default_value_t = Limits::default().max_record_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_record_bytes: usize,
+    /// `text` for people; `json` for programs: the contract in schemas/check-output.schema.json.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 }

@@ -34,7 +34,10 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum StorageCommand {
     /// Every stored object (storage, key, size in bytes), optionally under a key prefix.
-    Ls { prefix: Option<String> },
+    Ls {
+        /// Only the keys that start with this.
+        prefix: Option<String>,
+    },
     /// Remove the objects of repositories deleted longer ago than the retention, then unreferenced blobs.
     Gc,
 }
@@ -102,5 +105,15 @@ async fn run() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_option_has_a_help_line() {
+        assert_eq!(gitfleet_infra::settings::arguments_without_help(&super::Cli::command()), Vec::<String>::new());
     }
 }
