@@ -265,3 +265,47 @@ async fn records_of_a_sync_equal_the_check_of_its_commit() -> Result<()> {
     assert_eq!(record_lists(&records), record_lists(&checked));
     env.teardown().await
 }
+
+/// `producer repo records`: one data type with `--type`, a text form for people, exit 2 for an unknown repository
+/// or data type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_command_filters_and_refuses() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    env.start_fleet(1);
+    let remote = Remote::new(env.tmp.path(), "typed")?;
+    remote.commit(
+        "two types",
+        &[
+            ("config_contexts/a.yaml", "_metadata: {name: Alpha}\nx: 1\n"),
+            ("graphql_queries/q.gql", "{ devices { name } }\n"),
+        ],
+    )?;
+    let view = env
+        .wait_job(create(&env, "Typed", &remote.file_url(), &["extras.configcontext", "extras.graphqlquery"]).await?)
+        .await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let run = |name: &str, data_type: Option<&str>, format| {
+        let args = RecordsArgs { name: name.to_owned(), data_type: data_type.map(str::to_owned), format };
+        let pool = env.pool.clone();
+        async move {
+            let mut out = Vec::new();
+            let code = records::run(&pool, args, &mut out).await?;
+            anyhow::Ok((code, String::from_utf8(out)?))
+        }
+    };
+    use gitfleet_infra::settings::Format;
+    let (code, json) = run("Typed", Some("extras.graphqlquery"), Format::Json).await?;
+    let json: Value = serde_json::from_str(&json)?;
+    assert_eq!(code, 0);
+    assert_eq!(json["graphql_queries"][0]["name"], "q");
+    assert_eq!(json["config_contexts"], json!([]), "other types are left out");
+    let (code, text) = run("Typed", None, Format::Text).await?;
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("config contexts (1)\n  Alpha (weight 1000)") && text.contains("graphql queries (1)\n  q"),
+        "{text}"
+    );
+    assert_eq!(run("Typed", Some("extras.nosuch"), Format::Json).await?.0, 2);
+    assert_eq!(run("Nobody", None, Format::Json).await?.0, 2);
+    env.teardown().await
+}
