@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration test-chaos test-fixtures demo bench clean
+.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration test-chaos test-fixtures demo bench openapi clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,9 @@ bench: services test-deps ## Benchmarks on an optimized build (profile perf); re
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_fleet -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_git -- --write BENCHMARKS.md
+
+openapi: ## Regenerate schemas/openapi.json from the API's types (a test fails when it is stale)
+	$(CARGO) run -q -p gitfleet-producer -- openapi > schemas/openapi.json
 
 clean: ## Remove build output and demo state
 	$(CARGO) clean

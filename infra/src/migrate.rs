@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (4, "git_timeout", include_str!("../../migrations/0004_git_timeout.sql")),
     (5, "fleet", include_str!("../../migrations/0005_fleet.sql")),
     (6, "storage", include_str!("../../migrations/0006_storage.sql")),
+    (7, "api_tokens", include_str!("../../migrations/0007_api_tokens.sql")),
 ];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).

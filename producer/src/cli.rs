@@ -51,6 +51,13 @@ pub enum Command {
     /// List or replay the events the fleet dead-lettered.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
+    /// Serve the HTTP API (`/api/v1/`, `/healthz`, `/readyz`) until SIGTERM or Ctrl-C.
+    Serve(crate::api::ServeArgs),
+    /// Create, list or revoke the HTTP API's bearer tokens.
+    #[command(subcommand)]
+    Token(crate::tokens::TokenCommand),
+    /// Print the HTTP API's OpenAPI document (what `/api/v1/openapi.json` serves) and exit; needs no database.
+    Openapi,
     /// Apply database migrations and exit.
     Migrate,
 }
@@ -213,6 +220,18 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
         Command::Relay { amqp, poll_ms } => {
             let options = RelayOptions { poll_interval: Duration::from_millis(poll_ms), ..RelayOptions::default() };
             relay::run(pool.clone(), cli.database, amqp, options, shutdown).await?;
+            Ok(0)
+        }
+        Command::Serve(args) => {
+            let listener = tokio::net::TcpListener::bind(args.addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
+            crate::api::run(listener, crate::api::AppState { pool: pool.clone() }, shutdown).await?;
+            Ok(0)
+        }
+        Command::Token(command) => crate::tokens::command(pool, command, out).await,
+        Command::Openapi => {
+            writeln!(out, "{}", crate::api::openapi_document())?;
             Ok(0)
         }
         Command::Migrate => Ok(0),

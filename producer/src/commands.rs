@@ -162,10 +162,10 @@ fn unique_violation(err: &tokio_postgres::Error) -> Option<FieldError> {
     }
     match db.constraint() {
         Some("git_repository_name_live") => {
-            Some(FieldError::field("name", "Git repository with this Name already exists."))
+            Some(FieldError::taken("name", "Git repository with this Name already exists."))
         }
         Some("git_repository_slug_live") => {
-            Some(FieldError::field("slug", "Git repository with this Slug already exists."))
+            Some(FieldError::taken("slug", "Git repository with this Slug already exists."))
         }
         _ => None,
     }
@@ -192,12 +192,12 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
 
     let mut errors = Vec::new();
     if repository::find_live_by_name(&*tx, &new.name, false).await?.is_some() {
-        errors.push(FieldError::field("name", "Git repository with this Name already exists."));
+        errors.push(FieldError::taken("name", "Git repository with this Name already exists."));
     }
     let slug = match &new.slug {
         Some(slug) if !slug.is_empty() => {
             if repository::slug_is_live(&*tx, slug).await? {
-                errors.push(FieldError::field("slug", "Git repository with this Slug already exists."));
+                errors.push(FieldError::taken("slug", "Git repository with this Slug already exists."));
             }
             slug.clone()
         }
@@ -303,7 +303,7 @@ pub async fn update(
         return Err(CommandError::Invalid(errors));
     }
     if next.name != current.name && repository::find_live_by_name(&*tx, &next.name, false).await?.is_some() {
-        errors.push(FieldError::field("name", "Git repository with this Name already exists."));
+        errors.push(FieldError::taken("name", "Git repository with this Name already exists."));
     }
     repository::lock_remote_url(&*tx, &next.remote_url).await?;
     if let Err(e) = check_overlap_in_db(&*tx, &next.remote_url, &next.provided_contents, Some(current.id)).await? {

@@ -3,8 +3,10 @@
 //! publisher confirms.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod dead_letters;
 pub mod records;
 pub mod relay;
+pub mod tokens;

@@ -11,11 +11,15 @@ use tokio_util::sync::CancellationToken;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     gitfleet_infra::telemetry::init(&cli.log);
+    if matches!(cli.command, cli::Command::Openapi) {
+        println!("{}", gitfleet_producer::api::openapi_document());
+        return ExitCode::SUCCESS;
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(gitfleet_infra::shutdown::on_signal(shutdown.clone()));
 
-    // A long-running relay waits for PostgreSQL; a one-off command says it is unreachable within seconds.
-    let wait = if matches!(cli.command, cli::Command::Relay { .. }) { 60 } else { 5 };
+    // A long-running relay or server waits for PostgreSQL; a one-off command says it is unreachable within seconds.
+    let wait = if matches!(cli.command, cli::Command::Relay { .. } | cli::Command::Serve(_)) { 60 } else { 5 };
     let pool = match gitfleet_infra::db::connect(&cli.database, Duration::from_secs(wait)).await {
         Ok(pool) => pool,
         Err(err) => {

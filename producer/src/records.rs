@@ -25,24 +25,32 @@ pub struct RecordsArgs {
     pub format: Format,
 }
 
-/// Prints the records; exits 2 for an unknown repository or data type.
-pub async fn run(pool: &Pool, args: RecordsArgs, out: &mut impl Write) -> anyhow::Result<i32> {
+/// Why the records could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    #[error("unknown data type '{0}' (see `worker data-types`)")]
+    UnknownType(String),
+    #[error("no repository named '{0}'")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("could not get a database connection: {0}")]
+    Pool(#[from] deadpool_postgres::PoolError),
+}
+
+/// What the live repository `name` owns (only `data_type`'s records, when given), and its live commit.
+pub async fn live(pool: &Pool, name: &str, data_type: Option<&str>) -> Result<(Loaded, Option<String>), RecordsError> {
     let registry = Registry::with_builtins();
-    let only = match &args.data_type {
-        Some(identifier) => match registry.get(identifier) {
-            Some(t) => Some(t),
-            None => {
-                eprintln!("error: unknown data type '{}' (see `worker data-types`)", printable(identifier));
-                return Ok(2);
-            }
-        },
+    let only = match data_type {
+        Some(identifier) => {
+            Some(registry.get(identifier).ok_or_else(|| RecordsError::UnknownType(identifier.to_owned()))?)
+        }
         None => None,
     };
     let client = pool.get().await?;
-    let Some(repo) = repository::find_live_by_name(&**client, &args.name, false).await? else {
-        eprintln!("error: no repository named '{}'", printable(&args.name));
-        return Ok(2);
-    };
+    let repo = repository::find_live_by_name(&**client, name, false)
+        .await?
+        .ok_or_else(|| RecordsError::NotFound(name.to_owned()))?;
     let extension_types: Vec<&str> = registry
         .types()
         .filter(|t| t.records() == Records::Extension && repo.provided_contents.iter().any(|p| p == t.identifier()))
@@ -52,15 +60,30 @@ pub async fn run(pool: &Pool, args: RecordsArgs, out: &mut impl Write) -> anyhow
     if let Some(data_type) = only {
         loaded.keep_only(data_type);
     }
-    let commit = repo.current_head.as_ref().map(|c| c.as_str().to_owned());
-    match args.format {
-        Format::Json => {
-            let mut json = loaded.check_json(false, &[]);
-            if let Value::Object(map) = &mut json {
-                map.insert("commit".into(), commit.map_or(Value::Null, Value::from));
-            }
-            writeln!(out, "{}", serde_json::to_string_pretty(&json)?)?;
+    Ok((loaded, repo.current_head.as_ref().map(|c| c.as_str().to_owned())))
+}
+
+/// The records as `worker check --format json` prints a load, with an empty log and the live `commit`.
+pub fn document(loaded: &Loaded, commit: Option<String>) -> Value {
+    let mut json = loaded.check_json(false, &[]);
+    if let Value::Object(map) = &mut json {
+        map.insert("commit".into(), commit.map_or(Value::Null, Value::from));
+    }
+    json
+}
+
+/// Prints the records; exits 2 for an unknown repository or data type.
+pub async fn run(pool: &Pool, args: RecordsArgs, out: &mut impl Write) -> anyhow::Result<i32> {
+    let (loaded, commit) = match live(pool, &args.name, args.data_type.as_deref()).await {
+        Ok(found) => found,
+        Err(err @ (RecordsError::UnknownType(_) | RecordsError::NotFound(_))) => {
+            eprintln!("error: {}", printable(&err.to_string()));
+            return Ok(2);
         }
+        Err(other) => return Err(other.into()),
+    };
+    match args.format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&document(&loaded, commit))?)?,
         Format::Text => print_text(&loaded, commit.as_deref(), out)?,
     }
     Ok(0)

@@ -206,6 +206,48 @@ fn view(row: &Row, logs: Vec<LogView>) -> JobResultView {
     }
 }
 
+/// Filters of a JobResult listing; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct JobResultFilter {
+    pub repository_id: Option<Uuid>,
+    pub status: Option<String>,
+    /// The event kind (`create`, `update`, `delete`, `sync`, `dry_run`).
+    pub kind: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+}
+
+/// One page of JobResults (without their logs), newest first, strictly after the position `after`
+/// (`date_created`, `id`) of the last one of the previous page.
+pub async fn list_page(
+    db: &impl GenericClient,
+    filter: &JobResultFilter,
+    after: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> Result<Vec<JobResultView>, tokio_postgres::Error> {
+    let (after_created, after_id) = after.map_or((None, None), |(c, i)| (Some(c), Some(i)));
+    let rows = db
+        .query(
+            "SELECT * FROM job_result WHERE ($1::uuid IS NULL OR repository_id = $1) AND ($2::text IS NULL OR status = $2)
+               AND ($3::text IS NULL OR event_kind = $3) AND ($4::timestamptz IS NULL OR date_created >= $4)
+               AND ($5::timestamptz IS NULL OR date_created < $5)
+               AND ($6::timestamptz IS NULL OR (date_created, id) < ($6, $7::uuid))
+             ORDER BY date_created DESC, id DESC LIMIT $8",
+            &[
+                &filter.repository_id,
+                &filter.status,
+                &filter.kind,
+                &filter.created_after,
+                &filter.created_before,
+                &after_created,
+                &after_id,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| view(r, Vec::new())).collect())
+}
+
 /// The JobResult with its log entries in the order they were written.
 pub async fn load(db: &impl GenericClient, id: Uuid) -> Result<Option<JobResultView>, tokio_postgres::Error> {
     let Some(row) = db.query_opt("SELECT * FROM job_result WHERE id = $1", &[&id]).await? else {

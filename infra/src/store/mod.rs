@@ -7,5 +7,6 @@ pub mod job_result;
 pub mod outbox;
 pub mod records;
 pub mod repository;
+pub mod token;
 
 pub use tokio_postgres::GenericClient;

@@ -162,6 +162,38 @@ pub async fn list_live(db: &impl GenericClient) -> Result<Vec<RepositoryRow>, to
     Ok(db.query(&sql, &[]).await?.iter().map(RepositoryRow::from_row).collect())
 }
 
+/// Filters of a repository listing; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct RepositoryFilter {
+    pub name: Option<String>,
+    pub slug: Option<String>,
+    pub remote_url: Option<String>,
+    pub branch: Option<String>,
+    /// Repositories that provide this data type.
+    pub provides: Option<String>,
+}
+
+/// One page of live repositories by name, after the name `after` (keyset pagination: stable while rows change).
+pub async fn list_page(
+    db: &impl GenericClient,
+    filter: &RepositoryFilter,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<RepositoryRow>, tokio_postgres::Error> {
+    let provides = filter.provides.as_ref().map(|p| Value::Array(vec![Value::String(p.clone())]));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM git_repository WHERE deleted_at IS NULL
+           AND ($1::text IS NULL OR name = $1) AND ($2::text IS NULL OR slug = $2)
+           AND ($3::text IS NULL OR remote_url = $3) AND ($4::text IS NULL OR branch = $4)
+           AND ($5::jsonb IS NULL OR provided_contents @> $5) AND ($6::text IS NULL OR name > $6 COLLATE \"C\")
+         ORDER BY name COLLATE \"C\" LIMIT $7"
+    );
+    let rows = db
+        .query(&sql, &[&filter.name, &filter.slug, &filter.remote_url, &filter.branch, &provides, &after, &limit])
+        .await?;
+    Ok(rows.iter().map(RepositoryRow::from_row).collect())
+}
+
 /// Other live definitions on exactly this remote URL (for the overlap rule).
 pub async fn live_with_remote_url(
     db: &impl GenericClient,

@@ -24,15 +24,22 @@ pub const MAX_FIELD_LEN: usize = 255;
 pub struct FieldError {
     pub field: Option<&'static str>,
     pub message: String,
+    /// The value is taken by another live record (a unique name or slug), not invalid in itself.
+    pub conflict: bool,
 }
 
 impl FieldError {
     pub fn field(field: &'static str, message: impl Into<String>) -> Self {
-        Self { field: Some(field), message: message.into() }
+        Self { field: Some(field), message: message.into(), conflict: false }
     }
 
     pub fn record(message: impl Into<String>) -> Self {
-        Self { field: None, message: message.into() }
+        Self { field: None, message: message.into(), conflict: false }
+    }
+
+    /// A field whose value another live record already has.
+    pub fn taken(field: &'static str, message: impl Into<String>) -> Self {
+        Self { conflict: true, ..Self::field(field, message) }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests against real PostgreSQL, RabbitMQ and git remotes (`make services` starts them).
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod api;
 mod conformance;
 mod contract;
 mod credentials;

@@ -178,6 +178,22 @@ impl TestEnv {
         self.components.push((token, handle));
     }
 
+    /// Starts `producer serve` on a free loopback port; returns its base URL (`http://127.0.0.1:PORT`).
+    pub async fn start_api(&mut self) -> Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let base = format!("http://{}", listener.local_addr()?);
+        let state = gitfleet_producer::api::AppState { pool: self.pool.clone() };
+        let token = CancellationToken::new();
+        let child = token.clone();
+        let handle = tokio::spawn(async move {
+            if let Err(err) = gitfleet_producer::api::run(listener, state, child).await {
+                eprintln!("api failed: {err:#}");
+            }
+        });
+        self.components.push((token, handle));
+        Ok(base)
+    }
+
     /// Starts `workers` workers and one relay.
     pub fn start_fleet(&mut self, workers: usize) {
         for n in 0..workers {

@@ -1,0 +1,142 @@
+//! `producer serve`: the HTTP API. Stateless: any number of replicas serve the same database, and every write is
+//! the CLI's own command (one transaction with the outbox), so the relay publishes what either front end records.
+
+mod auth;
+mod error;
+mod extract;
+mod job_results;
+mod repositories;
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub use error::{ApiError, ErrorBody};
+
+/// `producer serve` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on (host:port).
+    #[arg(long = "http-addr", env = "GITFLEET_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+}
+
+/// What every request handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: Pool,
+}
+
+/// Largest request body accepted, in bytes (definitions and sync requests are small).
+const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gitfleet API", description = "Repository definitions, their syncs and JobResults. Every write records an event through the same outbox as the `producer` command line. Authenticate with `Authorization: Bearer <token>` (`producer token create`); scopes: read < write < admin."),
+    paths(
+        repositories::list, repositories::create, repositories::get, repositories::update, repositories::delete,
+        repositories::sync, repositories::dry_run, repositories::sync_all, repositories::records,
+        job_results::list, job_results::get, healthz, readyz, openapi_json,
+    ),
+    modifiers(&BearerAuth),
+    tags((name = "repositories", description = "Definitions, syncs and the records they own"),
+        (name = "job results", description = "What each event did"), (name = "health", description = "Probes"))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document the server publishes (and `schemas/openapi.json` holds).
+pub fn openapi_document() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+/// Every route of the API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/v1/repositories", get(repositories::list).post(repositories::create))
+        .route("/api/v1/repositories/sync", post(repositories::sync_all))
+        .route(
+            "/api/v1/repositories/{name}",
+            get(repositories::get).patch(repositories::update).delete(repositories::delete),
+        )
+        .route("/api/v1/repositories/{name}/sync", post(repositories::sync))
+        .route("/api/v1/repositories/{name}/dry-run", post(repositories::dry_run))
+        .route("/api/v1/repositories/{name}/records", get(repositories::records))
+        .route("/api/v1/job-results", get(job_results::list))
+        .route("/api/v1/job-results/{id}", get(job_results::get))
+        .fallback(|| async { ApiError::not_found("No such endpoint.") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` fires, then finishes the requests in flight.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "health", responses((status = 200, description = "The process runs")))]
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "health",
+    responses((status = 200, description = "The database answers"), (status = 503, body = ErrorBody)))]
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let client = state.pool.get().await?;
+    client.simple_query("SELECT 1").await.map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    Ok("ready")
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "openapi", tag = "health", responses((status = 200, description = "This document")))]
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The published contract is the one the handlers' types make: regenerate it with `make openapi`.
+    #[test]
+    fn the_checked_in_document_is_the_generated_one() {
+        let checked_in = include_str!("../../../schemas/openapi.json");
+        assert!(
+            checked_in.trim_end() == super::openapi_document().trim_end(),
+            "schemas/openapi.json differs from the API's types: run `make openapi` and commit it"
+        );
+    }
+
+    #[test]
+    fn the_document_is_openapi_3_1() {
+        let doc: serde_json::Value = serde_json::from_str(&super::openapi_document()).unwrap_or_default();
+        assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", doc["openapi"]);
+        assert!(doc["paths"]["/api/v1/repositories/{name}/sync"]["post"].is_object());
+        assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    }
+}
