@@ -25,6 +25,9 @@ pub enum CommandError {
     Invalid(Vec<FieldError>),
     #[error("no repository named '{0}'")]
     NotFound(String),
+    /// Something other than a repository that does not exist (a dead letter, say).
+    #[error("{0}")]
+    Absent(String),
     /// A request that cannot be done as asked (a dead letter already replayed, say).
     #[error("{0}")]
     Refused(String),
@@ -40,7 +43,7 @@ impl CommandError {
     /// Bad input exits 2, as the CLI promises; everything else is an operational failure.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Invalid(_) | Self::NotFound(_) | Self::Refused(_) => 2,
+            Self::Invalid(_) | Self::NotFound(_) | Self::Absent(_) | Self::Refused(_) => 2,
             _ => 1,
         }
     }

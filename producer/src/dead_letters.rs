@@ -37,7 +37,7 @@ async fn replay_one(pool: &Pool, id: i64, by: &RequestedBy) -> Result<Uuid, Comm
     let tx = client.transaction().await?;
     let letter = dead_letter::get_for_update(&*tx, id)
         .await?
-        .ok_or(CommandError::Refused(format!("no dead letter with id {id}")))?;
+        .ok_or(CommandError::Absent(format!("no dead letter with id {id}")))?;
     if letter.replayed_at.is_some() {
         return Err(CommandError::Refused(format!("dead letter {id} was already replayed")));
     }

@@ -76,6 +76,7 @@ impl From<CommandError> for ApiError {
                 Self { status, body: ErrorBody { detail: detail.to_owned(), fields } }
             }
             CommandError::NotFound(name) => Self::not_found(format!("No repository named '{name}'.")),
+            CommandError::Absent(what) => Self::not_found(what),
             CommandError::Refused(why) => Self::new(StatusCode::CONFLICT, why),
             other => Self::internal(&other),
         }

@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod extract;
 mod job_results;
+mod operations;
 mod repositories;
 
 use std::net::SocketAddr;
@@ -37,6 +38,8 @@ pub struct AppState {
 
 /// Largest request body accepted, in bytes (definitions and sync requests are small).
 const MAX_BODY: usize = 1024 * 1024;
+/// Largest inventory import, in bytes (an inventory lists every device of a network).
+const MAX_INVENTORY_BODY: usize = 64 * 1024 * 1024;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,11 +47,14 @@ const MAX_BODY: usize = 1024 * 1024;
     paths(
         repositories::list, repositories::create, repositories::get, repositories::update, repositories::delete,
         repositories::sync, repositories::dry_run, repositories::sync_all, repositories::records,
-        job_results::list, job_results::get, healthz, readyz, openapi_json,
+        job_results::list, job_results::get, operations::counts, operations::import, operations::dead_letters,
+        operations::replay, healthz, readyz, openapi_json,
     ),
     modifiers(&BearerAuth),
     tags((name = "repositories", description = "Definitions, syncs and the records they own"),
-        (name = "job results", description = "What each event did"), (name = "health", description = "Probes"))
+        (name = "job results", description = "What each event did"),
+        (name = "inventory", description = "The scope objects config context lookups resolve against"),
+        (name = "dead letters", description = "Events the fleet gave up on"), (name = "health", description = "Probes"))
 )]
 pub struct ApiDoc;
 
@@ -86,6 +92,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/repositories/{name}/records", get(repositories::records))
         .route("/api/v1/job-results", get(job_results::list))
         .route("/api/v1/job-results/{id}", get(job_results::get))
+        .route(
+            "/api/v1/inventory",
+            get(operations::counts).post(operations::import).layer(DefaultBodyLimit::max(MAX_INVENTORY_BODY)),
+        )
+        .route("/api/v1/dead-letters", get(operations::dead_letters))
+        .route("/api/v1/dead-letters/{id}/replay", post(operations::replay))
         .fallback(|| async { ApiError::not_found("No such endpoint.") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

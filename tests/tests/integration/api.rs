@@ -226,6 +226,64 @@ async fn repositories_and_job_results() -> Result<()> {
     env.teardown().await
 }
 
+/// The inventory (imported in the CLI's file format, counted) and dead letters (listed, replayed once, by an admin
+/// token only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inventory_and_dead_letters() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let (_, clients) = api(&mut env, &[("ops", Scope::Write), ("root", Scope::Admin)]).await?;
+    let [writer, admin] = clients.try_into().map_err(|_| anyhow::anyhow!("two clients"))?;
+    let objects = json!({"objects": [
+        {"kind": "location", "id": "l1", "fields": {"name": "DC1"}},
+        {"kind": "role", "id": "r1", "fields": {"name": "Leaf"}},
+        {"kind": "role", "id": "r2", "fields": {"name": "Spine"}},
+    ]});
+    assert_eq!(writer.post("/api/v1/inventory", objects).await?, (StatusCode::OK, json!({"imported": 3})));
+    assert_eq!(writer.get("/api/v1/inventory").await?.1, json!({"kinds": {"location": 1, "role": 2}}));
+    let (status, body) = writer.post("/api/v1/inventory", json!([{"kind": "spaceship", "fields": {}}])).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_error_shape(&body);
+    let (_, after_replace) = {
+        let replace = json!([{"kind": "role", "id": "r3", "fields": {"name": "Border"}}]);
+        writer.post("/api/v1/inventory?replace=true", replace).await?;
+        writer.get("/api/v1/inventory").await?
+    };
+    assert_eq!(after_replace, json!({"kinds": {"location": 1, "role": 1}}));
+
+    // A dead letter: an event recorded by the API, as the worker would record it from the dead-letter queue.
+    let remote = Remote::new(env.tmp.path(), "dead")?;
+    remote.commit("one", &[("README.md", "x")])?;
+    let (_, accepted) =
+        writer.post("/api/v1/repositories", json!({"name": "Dead", "remote_url": remote.file_url()})).await?;
+    let event: uuid::Uuid = accepted["job_result_id"].as_str().context("id")?.parse()?;
+    env.pool
+        .get()
+        .await?
+        .execute(
+            "INSERT INTO dead_letter (event_id, routing_key, reason, payload)
+             SELECT event_id, routing_key, 'delivery limit reached', convert_to(payload::text, 'UTF8') FROM outbox
+             WHERE event_id = $1",
+            &[&event],
+        )
+        .await?;
+    let (status, letters) = writer.get("/api/v1/dead-letters").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(letters[0]["event_id"], json!(event.to_string()));
+    let id = letters[0]["id"].as_i64().context("id")?;
+    let path = format!("/api/v1/dead-letters/{id}/replay");
+    assert_eq!(writer.call(Method::POST, &path, None).await?.0, StatusCode::FORBIDDEN, "replay is admin only");
+    assert_eq!(
+        admin.call(Method::POST, &path, None).await?,
+        (StatusCode::OK, json!({"replayed": [event.to_string()]}))
+    );
+    let (status, body) = admin.call(Method::POST, &path, None).await?;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(admin.call(Method::POST, "/api/v1/dead-letters/999999/replay", None).await?.0, StatusCode::NOT_FOUND);
+    assert_eq!(writer.get("/api/v1/dead-letters").await?.1, json!([]), "replayed letters are listed with all=true");
+    assert_eq!(writer.get("/api/v1/dead-letters?all=true").await?.1.as_array().map(Vec::len), Some(1));
+    env.teardown().await
+}
+
 /// The server publishes the checked-in contract.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_served_document_is_the_published_one() -> Result<()> {
