@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod db;
 pub mod migrate;
 pub mod retry;
+pub mod secrets;
 pub mod settings;
 pub mod shutdown;
 pub mod store;

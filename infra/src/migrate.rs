@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (5, "fleet", include_str!("../../migrations/0005_fleet.sql")),
     (6, "storage", include_str!("../../migrations/0006_storage.sql")),
     (7, "api_tokens", include_str!("../../migrations/0007_api_tokens.sql")),
+    (8, "webhook_deliveries", include_str!("../../migrations/0008_webhook_deliveries.sql")),
 ];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).

@@ -226,7 +226,9 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
             let listener = tokio::net::TcpListener::bind(args.addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
-            crate::api::run(listener, crate::api::AppState { pool: pool.clone() }, shutdown).await?;
+            let state = crate::api::AppState::new(pool.clone(), args.hooks)
+                .map_err(|e| anyhow::anyhow!("cannot read the secrets directory: {e}"))?;
+            crate::api::run(listener, state, shutdown).await?;
             Ok(0)
         }
         Command::Token(command) => crate::tokens::command(pool, command, out).await,

@@ -396,3 +396,55 @@ async fn emit(
     outbox::insert(tx, &event, &new_traceparent()).await?;
     Ok(Outcome::Accepted { job_result_id: event.event_id, repository_id: row.id, version: row.version })
 }
+
+/// What a push delivery did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The delivery id was seen before: nothing done again.
+    Duplicate,
+    /// Sync events recorded: (repository name, JobResult id) each. Empty: no repository follows that ref there.
+    Synced(Vec<(String, Uuid)>),
+}
+
+/// Records a push delivery and, in the same transaction, one sync event (with the pushed commit as
+/// `target_commit`) for every live repository on that remote that follows the pushed branch or tag. A delivery id
+/// recorded before makes this a no-op, so redeliveries sync nothing twice.
+pub async fn sync_push(
+    pool: &Pool,
+    delivery: &gitfleet_infra::store::webhook::NewDelivery<'_>,
+    push: &gitfleet_shared::webhook::Push,
+    requested_by: &RequestedBy,
+) -> Result<PushOutcome, CommandError> {
+    use gitfleet_infra::store::webhook;
+    use gitfleet_shared::webhook::{PushedRef, remote_key};
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let Some(id) = webhook::claim(&*tx, delivery).await? else {
+        return Ok(PushOutcome::Duplicate);
+    };
+    let keys: Vec<String> = push.remote_urls.iter().filter_map(|u| remote_key(u)).collect();
+    let name = match &push.pushed {
+        PushedRef::Branch(b) | PushedRef::Tag(b) => b,
+    };
+    let target = push.commit.as_deref().and_then(|c| CommitId::parse(c).ok());
+    let mut synced = Vec::new();
+    if !push.deleted {
+        for row in repository::live_on_branch(&*tx, name).await? {
+            if remote_key(&row.remote_url).is_some_and(|k| keys.contains(&k)) {
+                let outcome = emit(&*tx, EventKind::Sync, &row, target.clone(), requested_by).await?;
+                if let Some(job) = outcome.job_result_id() {
+                    synced.push((row.name.clone(), job));
+                }
+            }
+        }
+    }
+    let outcome = match (push.deleted, synced.is_empty()) {
+        (true, _) => "the ref was deleted: nothing to sync",
+        (false, true) => "no repository matched",
+        (false, false) => "synced",
+    };
+    let (names, jobs): (Vec<String>, Vec<Uuid>) = synced.iter().cloned().unzip();
+    webhook::finish(&*tx, id, &names, &jobs, outcome).await?;
+    tx.commit().await?;
+    Ok(PushOutcome::Synced(synced))
+}

@@ -13,6 +13,7 @@ pub mod python;
 pub mod repo;
 pub mod sanitize;
 pub mod tree;
+pub mod webhook;
 pub mod yaml;
 
 /// The message a panic carried (`panic!("...")` gives a `&str` or a `String`), or an empty string.

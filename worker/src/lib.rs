@@ -13,7 +13,7 @@ pub mod job;
 pub mod known_hosts;
 pub mod lock;
 pub mod reconcile;
-pub mod secrets;
+pub use gitfleet_infra::secrets;
 pub mod storage;
 
 pub use config::WorkerSettings;

@@ -8,5 +8,6 @@ pub mod outbox;
 pub mod records;
 pub mod repository;
 pub mod token;
+pub mod webhook;
 
 pub use tokio_postgres::GenericClient;

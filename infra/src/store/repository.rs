@@ -194,6 +194,15 @@ pub async fn list_page(
     Ok(rows.iter().map(RepositoryRow::from_row).collect())
 }
 
+/// Live definitions that follow this branch, tag or commit (`branch` as stored), for matching a push.
+pub async fn live_on_branch(
+    db: &impl GenericClient,
+    branch: &str,
+) -> Result<Vec<RepositoryRow>, tokio_postgres::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM git_repository WHERE branch = $1 AND deleted_at IS NULL ORDER BY name");
+    Ok(db.query(&sql, &[&branch]).await?.iter().map(RepositoryRow::from_row).collect())
+}
+
 /// Other live definitions on exactly this remote URL (for the overlap rule).
 pub async fn live_with_remote_url(
     db: &impl GenericClient,

@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod extract;
+pub mod hooks;
 mod job_results;
 mod operations;
 mod repositories;
@@ -28,12 +29,22 @@ pub struct ServeArgs {
     /// Address to listen on (host:port).
     #[arg(long = "http-addr", env = "GITFLEET_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    #[command(flatten)]
+    pub hooks: hooks::HookSettings,
 }
 
 /// What every request handler shares.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: Pool,
+    pub hooks: std::sync::Arc<hooks::Hooks>,
+}
+
+impl AppState {
+    /// Reads the webhook secrets once (they are re-read every few seconds after).
+    pub fn new(pool: Pool, hooks: hooks::HookSettings) -> std::io::Result<Self> {
+        Ok(Self { pool, hooks: std::sync::Arc::new(hooks::Hooks::new(hooks)?) })
+    }
 }
 
 /// Largest request body accepted, in bytes (definitions and sync requests are small).
@@ -48,13 +59,15 @@ const MAX_INVENTORY_BODY: usize = 64 * 1024 * 1024;
         repositories::list, repositories::create, repositories::get, repositories::update, repositories::delete,
         repositories::sync, repositories::dry_run, repositories::sync_all, repositories::records,
         job_results::list, job_results::get, operations::counts, operations::import, operations::dead_letters,
-        operations::replay, healthz, readyz, openapi_json,
+        operations::replay, hooks::deliver, hooks::deliveries, healthz, readyz, openapi_json,
     ),
     modifiers(&BearerAuth),
     tags((name = "repositories", description = "Definitions, syncs and the records they own"),
         (name = "job results", description = "What each event did"),
         (name = "inventory", description = "The scope objects config context lookups resolve against"),
-        (name = "dead letters", description = "Events the fleet gave up on"), (name = "health", description = "Probes"))
+        (name = "dead letters", description = "Events the fleet gave up on"),
+        (name = "webhooks", description = "Git hosts' push notifications, signed with the webhook secret"),
+        (name = "health", description = "Probes"))
 )]
 pub struct ApiDoc;
 
@@ -98,6 +111,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/dead-letters", get(operations::dead_letters))
         .route("/api/v1/dead-letters/{id}/replay", post(operations::replay))
+        .route("/api/v1/webhook-deliveries", get(hooks::deliveries))
+        .route("/hooks/{provider}", post(hooks::deliver).layer(DefaultBodyLimit::max(hooks::MAX_DELIVERY)))
         .fallback(|| async { ApiError::not_found("No such endpoint.") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -110,7 +125,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "serving the HTTP API");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }
 

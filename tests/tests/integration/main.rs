@@ -10,6 +10,7 @@ mod delete;
 mod endings;
 mod faults;
 mod fleet;
+mod hooks;
 #[cfg(feature = "shared-fixtures")]
 mod shared_fixtures;
 mod shutdown;

@@ -180,9 +180,19 @@ impl TestEnv {
 
     /// Starts `producer serve` on a free loopback port; returns its base URL (`http://127.0.0.1:PORT`).
     pub async fn start_api(&mut self) -> Result<String> {
+        let settings = gitfleet_producer::api::hooks::HookSettings {
+            secrets_group: "webhooks".into(),
+            secrets_dir: Some(self.tmp.path().join("secrets")),
+            rate: 10_000,
+        };
+        self.start_api_with(settings).await
+    }
+
+    /// The same with the given webhook settings.
+    pub async fn start_api_with(&mut self, hooks: gitfleet_producer::api::hooks::HookSettings) -> Result<String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let state = gitfleet_producer::api::AppState { pool: self.pool.clone() };
+        let state = gitfleet_producer::api::AppState::new(self.pool.clone(), hooks)?;
         let token = CancellationToken::new();
         let child = token.clone();
         let handle = tokio::spawn(async move {

@@ -1,6 +1,7 @@
-//! Secrets groups, configured for the worker only: from environment variables or from files (a mounted Kubernetes
-//! Secret). They are never carried in events, never stored in PostgreSQL, and reach git only through git2's
-//! credential callback, so no URL, mirror config or log line ever holds them.
+//! Secrets groups, configured on the processes that need them (the worker's git credentials, `producer serve`'s
+//! webhook secrets): from environment variables or from files (a mounted Kubernetes Secret). They are never carried
+//! in events, never stored in PostgreSQL, and reach git only through git2's credential callback, so no URL, mirror
+//! config or log line ever holds them.
 //!
 //! For a group named `github-token`:
 //! - environment: `GITFLEET_SECRETS_GITHUB_TOKEN_TOKEN`, `GITFLEET_SECRETS_GITHUB_TOKEN_USERNAME` (the group name
