@@ -20,7 +20,23 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 ls /usr/lib/lighttpd/mod_openssl.so >/dev/null 2>&1 || missing+=(lighttpd-mod-openssl)
-[ "${#missing[@]}" = 0 ] && { log "all present"; exit 0; }
+# PyPI: pynautobot, Nautobot's own Python client, which the Nautobot-compatible API is tested with.
+PYNAUTOBOT_VERSION=3.2.0
+python_deps() {
+    local python
+    python=$(command -v python3) || { log "error: python3 is needed for the pynautobot test"; exit 1; }
+    if ! "$python" -c "import pynautobot, sys; sys.exit(pynautobot.__version__ != '$PYNAUTOBOT_VERSION')" 2>/dev/null; then
+        log "installing pynautobot==$PYNAUTOBOT_VERSION from PyPI"
+        "$python" -m pip install -q --disable-pip-version-check "pynautobot==$PYNAUTOBOT_VERSION" >/dev/null 2>&1 \
+            || "$python" -m pip install -q --disable-pip-version-check --break-system-packages "pynautobot==$PYNAUTOBOT_VERSION" >/dev/null
+    fi
+}
+
+if [ "${#missing[@]}" = 0 ]; then
+    log "all Debian packages present"
+    python_deps
+    exit 0
+fi
 
 [ "$(id -u)" = 0 ] || { log "error: installing ${missing[*]} needs root"; exit 1; }
 log "installing ${missing[*]}"
@@ -31,4 +47,5 @@ created_policy=0
 if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; created_policy=1; fi
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 [ "$created_policy" = 1 ] && rm -f "$policy"
+python_deps
 log "done"

@@ -248,6 +248,38 @@ pub async fn list_page(
     Ok(rows.iter().map(|r| view(r, Vec::new())).collect())
 }
 
+/// One page of a JobResult's log entries with their ids, in the order they were written, and how many it has.
+pub async fn log_page(
+    db: &impl GenericClient,
+    job_result_id: Uuid,
+    offset: i64,
+    limit: i64,
+) -> Result<(i64, Vec<(Uuid, LogView)>), tokio_postgres::Error> {
+    let count: i64 =
+        db.query_one("SELECT count(*) FROM job_log_entry WHERE job_result_id = $1", &[&job_result_id]).await?.get(0);
+    let rows = db
+        .query(
+            "SELECT id, created, log_level, grouping, message, log_object FROM job_log_entry
+             WHERE job_result_id = $1 ORDER BY created, seq OFFSET $2 LIMIT $3",
+            &[&job_result_id, &offset, &limit],
+        )
+        .await?;
+    let entries = rows
+        .iter()
+        .map(|r| {
+            let view = LogView {
+                created: r.get(1),
+                level: r.get(2),
+                grouping: r.get(3),
+                message: r.get(4),
+                log_object: r.get(5),
+            };
+            (r.get(0), view)
+        })
+        .collect();
+    Ok((count, entries))
+}
+
 /// The JobResult with its log entries in the order they were written.
 pub async fn load(db: &impl GenericClient, id: Uuid) -> Result<Option<JobResultView>, tokio_postgres::Error> {
     let Some(row) = db.query_opt("SELECT * FROM job_result WHERE id = $1", &[&id]).await? else {

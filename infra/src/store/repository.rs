@@ -194,6 +194,31 @@ pub async fn list_page(
     Ok(rows.iter().map(RepositoryRow::from_row).collect())
 }
 
+/// Live repositories matching `filter` by name, counted, one page by offset (the pagination Nautobot's REST API
+/// and its clients use).
+pub async fn list_offset(
+    db: &impl GenericClient,
+    filter: &RepositoryFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<(i64, Vec<RepositoryRow>), tokio_postgres::Error> {
+    let provides = filter.provides.as_ref().map(|p| Value::Array(vec![Value::String(p.clone())]));
+    let condition = "deleted_at IS NULL AND ($1::text IS NULL OR name = $1) AND ($2::text IS NULL OR slug = $2)
+           AND ($3::text IS NULL OR remote_url = $3) AND ($4::text IS NULL OR branch = $4)
+           AND ($5::jsonb IS NULL OR provided_contents @> $5)";
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&filter.name, &filter.slug, &filter.remote_url, &filter.branch, &provides];
+    let count: i64 =
+        db.query_one(&format!("SELECT count(*) FROM git_repository WHERE {condition}"), &params).await?.get(0);
+    let sql = format!(
+        "SELECT {COLUMNS} FROM git_repository WHERE {condition} ORDER BY name COLLATE \"C\" OFFSET $6 LIMIT $7"
+    );
+    let rows = db
+        .query(&sql, &[&filter.name, &filter.slug, &filter.remote_url, &filter.branch, &provides, &offset, &limit])
+        .await?;
+    Ok((count, rows.iter().map(RepositoryRow::from_row).collect()))
+}
+
 /// Live definitions that follow this branch, tag or commit (`branch` as stored), for matching a push.
 pub async fn live_on_branch(
     db: &impl GenericClient,

@@ -6,6 +6,7 @@ mod error;
 mod extract;
 pub mod hooks;
 mod job_results;
+mod nautobot;
 mod operations;
 mod repositories;
 
@@ -59,7 +60,9 @@ const MAX_INVENTORY_BODY: usize = 64 * 1024 * 1024;
         repositories::list, repositories::create, repositories::get, repositories::update, repositories::delete,
         repositories::sync, repositories::dry_run, repositories::sync_all, repositories::records,
         job_results::list, job_results::get, operations::counts, operations::import, operations::dead_letters,
-        operations::replay, hooks::deliver, hooks::deliveries, healthz, readyz, openapi_json,
+        operations::replay, hooks::deliver, hooks::deliveries, nautobot::root, nautobot::list, nautobot::create,
+        nautobot::get, nautobot::update, nautobot::delete, nautobot::sync, nautobot::job_result, nautobot::job_logs,
+        healthz, readyz, openapi_json,
     ),
     modifiers(&BearerAuth),
     tags((name = "repositories", description = "Definitions, syncs and the records they own"),
@@ -67,6 +70,7 @@ const MAX_INVENTORY_BODY: usize = 64 * 1024 * 1024;
         (name = "inventory", description = "The scope objects config context lookups resolve against"),
         (name = "dead letters", description = "Events the fleet gave up on"),
         (name = "webhooks", description = "Git hosts' push notifications, signed with the webhook secret"),
+        (name = "nautobot", description = "Nautobot's REST API for Git repositories and JobResults, in its shapes"),
         (name = "health", description = "Probes"))
 )]
 pub struct ApiDoc;
@@ -113,6 +117,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/dead-letters/{id}/replay", post(operations::replay))
         .route("/api/v1/webhook-deliveries", get(hooks::deliveries))
         .route("/hooks/{provider}", post(hooks::deliver).layer(DefaultBodyLimit::max(hooks::MAX_DELIVERY)))
+        .route("/api/", get(nautobot::root))
+        .route("/api/extras/git-repositories/", get(nautobot::list).post(nautobot::create))
+        .route(
+            "/api/extras/git-repositories/{id}/",
+            get(nautobot::get).patch(nautobot::update).delete(nautobot::delete),
+        )
+        .route("/api/extras/git-repositories/{id}/sync/", post(nautobot::sync))
+        .route("/api/extras/job-results/{id}/", get(nautobot::job_result))
+        .route("/api/extras/job-logs/", get(nautobot::job_logs))
         .fallback(|| async { ApiError::not_found("No such endpoint.") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
