@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt test test-unit test-integration test-chaos test-fixtures demo bench openapi clean
+.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-chaos test-fixtures demo bench openapi clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -43,17 +43,22 @@ test-fixtures: services test-deps ## Tests that read ../shared/fixtures (Nautobo
 	scripts/cargo-test.sh -p gitfleet-worker --features shared-fixtures --test check_shared
 	scripts/cargo-test.sh -p gitfleet-tests --features shared-fixtures --test integration shared_fixtures::
 
-test: services test-deps lint ## Everything CI runs: lint, unit and integration tests
+test-api: services test-deps ## Fuzz a running producer serve from its OpenAPI document (schemathesis, bounded)
+	scripts/test-api.sh
+
+test: services test-deps lint ## Everything CI runs: lint, unit and integration tests, the API fuzz
 	scripts/cargo-test.sh --workspace
+	scripts/test-api.sh
 
 demo: ## Start services, two workers and the relay; sync the example repository and print its JobResult
 	@scripts/demo.sh
 
 bench: services test-deps ## Benchmarks on an optimized build (profile perf); results written to BENCHMARKS.md
-	$(CARGO) build --profile perf -p gitfleet-tests --bins
+	$(CARGO) build --profile perf -p gitfleet-tests -p gitfleet-producer --bins
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_fleet -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_git -- --write BENCHMARKS.md
+	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_api -- --write BENCHMARKS.md
 
 openapi: ## Regenerate schemas/openapi.json from the API's types (a test fails when it is stale)
 	$(CARGO) run -q -p gitfleet-producer -- openapi > schemas/openapi.json

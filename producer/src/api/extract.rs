@@ -9,6 +9,23 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
+/// No text the API stores or looks up may hold a NUL character (PostgreSQL keeps none): refused as Django does.
+fn refuse_nul(encoded: &str) -> Result<(), ApiError> {
+    if encoded.to_ascii_lowercase().contains("%00") {
+        return Err(ApiError::bad_request("Null characters are not allowed."));
+    }
+    Ok(())
+}
+
+pub fn has_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(has_nul),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
 /// A query string, or a 400 naming what did not parse.
 pub struct ApiQuery<T>(pub T);
 
@@ -16,6 +33,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_nul(parts.uri.query().unwrap_or_default())?;
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| Self(q))
@@ -30,6 +48,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        refuse_nul(parts.uri.path())?;
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(p)| Self(p))
@@ -47,7 +66,12 @@ pub fn json_body<T: DeserializeOwned>(headers: &axum::http::HeaderMap, body: &[u
     if !is_json {
         return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Expected a body of type application/json."));
     }
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
+    if has_nul(&value) {
+        return Err(ApiError::bad_request("Null characters are not allowed."));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))
 }
 
 /// The same for a body that may be left out: an empty body is `T::default()`.

@@ -206,6 +206,9 @@ pub async fn deliver(
         tracing::info!(provider = provider.as_str(), source = %peer.ip(), "webhook delivery refused: bad signature");
         return Err(ApiError::unauthorized());
     }
+    if serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| super::extract::has_nul(&v)) {
+        return Err(ApiError::bad_request("Null characters are not allowed."));
+    }
     let (event, delivery_id) = event_and_delivery(provider, &headers, &body);
     let notification = gitfleet_shared::webhook::parse(provider, &event, &body)
         .map_err(|e| ApiError::bad_request(format!("Cannot read the delivery: {e}.")))?;

@@ -64,7 +64,7 @@ const MAX_INVENTORY_BODY: usize = 64 * 1024 * 1024;
         nautobot::get, nautobot::update, nautobot::delete, nautobot::sync, nautobot::job_result, nautobot::job_logs,
         healthz, readyz, openapi_json,
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ErrorResponses),
     tags((name = "repositories", description = "Definitions, syncs and the records they own"),
         (name = "job results", description = "What each event did"),
         (name = "inventory", description = "The scope objects config context lookups resolve against"),
@@ -84,6 +84,40 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The answers every operation can give besides its own, all in the one error shape: 400 (a query, path or body
+/// that does not fit), 415 (a body that is not JSON) where there is a body, 500 and 503 (the database).
+struct ErrorResponses;
+
+impl Modify for ErrorResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build(),
+                )
+                .build()
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten() {
+                let with_body = op.request_body.is_some();
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, description: &str| {
+                    responses.entry(code.to_owned()).or_insert_with(|| error(description).into());
+                };
+                add("400", "The query, path or body does not fit the operation");
+                if with_body {
+                    add("415", "The body is not application/json");
+                }
+                add("500", "The request could not be completed");
+                add("503", "The database is not reachable");
+            }
+        }
     }
 }
 

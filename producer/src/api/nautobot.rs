@@ -115,8 +115,8 @@ fn links(
         query.append_pair("limit", &limit.to_string()).append_pair("offset", &offset.to_string());
         format!("{base}?{}", query.finish())
     };
-    let next = (offset + limit < count).then(|| link(offset + limit));
-    let previous = (offset > 0).then(|| link((offset - limit).max(0)));
+    let next = (offset.saturating_add(limit) < count).then(|| link(offset.saturating_add(limit)));
+    let previous = (offset > 0).then(|| link(offset.saturating_sub(limit).max(0)));
     (next, previous)
 }
 

@@ -90,6 +90,9 @@ pub async fn import(
 ) -> Result<Json<Imported>, ApiError> {
     authorize(&state, &headers, Scope::Write).await?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("The body is not UTF-8."))?;
+    if serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| super::extract::has_nul(&v)) {
+        return Err(ApiError::bad_request("Null characters are not allowed."));
+    }
     let objects = gitfleet_shared::inventory::parse_objects(text).map_err(ApiError::bad_request)?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
