@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make demo: services, a build, two workers and the outbox relay; then the example repository is created, synced,
-# changed and synced again, and the JobResults are printed. Everything started here is stopped on exit.
+# changed and synced again (once through a signed webhook delivery to `producer serve`), and the JobResults are
+# printed. Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -86,6 +87,22 @@ git -C "$STATE/work" rm -q graphql_queries/edge_devices.gql
 git -C "$STATE/work" commit -qam "Move an NTP server, drop a query" && git -C "$STATE/work" push -q origin main
 id=$("$PRODUCER" repo sync --name "Demo Data")
 "$PRODUCER" job-result show "$id" --wait --timeout 120
+
+step "producer serve, and a signed GitHub push delivery for one more commit"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+GITFLEET_HTTP_ADDR="127.0.0.1:$port" GITFLEET_SECRETS_WEBHOOKS_TOKEN=demo-webhook-secret \
+  "$PRODUCER" serve >"$STATE/serve.log" 2>&1 & pids+=($!)
+for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+sed -i 's/10.0.0.12/10.0.0.13/' "$STATE/work/config_contexts/ntp.yaml"
+git -C "$STATE/work" commit -qam "Move the NTP server again" && git -C "$STATE/work" push -q origin main
+head=$(git -C "$STATE/work" rev-parse HEAD)
+body="{\"ref\": \"refs/heads/main\", \"after\": \"$head\", \"repository\": {\"clone_url\": \"file://$PWD/$STATE/remote.git\"}}"
+signature=$(printf '%s' "$body" | openssl dgst -sha256 -hmac demo-webhook-secret | sed 's/^.*= //')
+answer=$(curl -fsS -X POST "http://127.0.0.1:$port/hooks/github" -H "Content-Type: application/json" \
+  -H "X-GitHub-Event: push" -H "X-GitHub-Delivery: demo-$head" -H "X-Hub-Signature-256: sha256=$signature" -d "$body")
+echo "$answer"
+id=$(printf '%s' "$answer" | python3 -c 'import json, sys; print(json.load(sys.stdin)["job_result_ids"][0])')
+"$PRODUCER" job-result show "$id" --wait --timeout 120 | tail -4
 
 step "producer repo list, and what the database holds now"
 "$PRODUCER" repo list
