@@ -419,9 +419,6 @@ pub async fn sync_push(
     use gitfleet_shared::webhook::{PushedRef, remote_key};
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(id) = webhook::claim(&*tx, delivery).await? else {
-        return Ok(PushOutcome::Duplicate);
-    };
     let keys: Vec<String> = push.remote_urls.iter().filter_map(|u| remote_key(u)).collect();
     let name = match &push.pushed {
         PushedRef::Branch(b) | PushedRef::Tag(b) => b,
@@ -444,7 +441,11 @@ pub async fn sync_push(
         (false, false) => "synced",
     };
     let (names, jobs): (Vec<String>, Vec<Uuid>) = synced.iter().cloned().unzip();
-    webhook::finish(&*tx, id, &names, &jobs, outcome).await?;
+    // Recorded last, in the same transaction: a delivery seen before rolls back the events it just made.
+    if !webhook::record(&*tx, delivery, &names, &jobs, outcome).await? {
+        tx.rollback().await?;
+        return Ok(PushOutcome::Duplicate);
+    }
     tx.commit().await?;
     Ok(PushOutcome::Synced(synced))
 }

@@ -9,12 +9,18 @@ use super::GenericClient;
 
 pub async fn insert(db: &impl GenericClient, event: &Event, traceparent: &str) -> anyhow::Result<()> {
     let payload = serde_json::to_value(event)?;
-    db.execute(
+    use tokio_postgres::types::Type;
+    db.execute_typed(
         "INSERT INTO outbox (event_id, routing_key, payload, traceparent) VALUES ($1, $2, $3, $4)",
-        &[&event.event_id, &event.kind.routing_key(), &payload, &traceparent],
+        &[
+            (&event.event_id, Type::UUID),
+            (&event.kind.routing_key(), Type::TEXT),
+            (&payload, Type::JSONB),
+            (&traceparent, Type::TEXT),
+        ],
     )
     .await?;
-    db.execute("SELECT pg_notify('gitfleet_outbox', '')", &[]).await?;
+    // The table's trigger wakes the relay when the transaction commits.
     Ok(())
 }
 

@@ -225,7 +225,8 @@ pub async fn live_on_branch(
     branch: &str,
 ) -> Result<Vec<RepositoryRow>, tokio_postgres::Error> {
     let sql = format!("SELECT {COLUMNS} FROM git_repository WHERE branch = $1 AND deleted_at IS NULL ORDER BY name");
-    Ok(db.query(&sql, &[&branch]).await?.iter().map(RepositoryRow::from_row).collect())
+    let rows = db.query_typed(&sql, &[(&branch, tokio_postgres::types::Type::TEXT)]).await?;
+    Ok(rows.iter().map(RepositoryRow::from_row).collect())
 }
 
 /// Other live definitions on exactly this remote URL (for the overlap rule).

@@ -57,7 +57,12 @@ pub async fn insert(
 
 /// The live tokens that start with `prefix` (one, unless two random tokens share their first characters).
 pub async fn live_by_prefix(db: &impl GenericClient, prefix: &str) -> Result<Vec<TokenRow>, Db> {
-    let rows = db.query("SELECT * FROM api_token WHERE prefix = $1 AND revoked_at IS NULL", &[&prefix]).await?;
+    let rows = db
+        .query_typed(
+            "SELECT * FROM api_token WHERE prefix = $1 AND revoked_at IS NULL",
+            &[(&prefix, tokio_postgres::types::Type::TEXT)],
+        )
+        .await?;
     Ok(rows.iter().map(TokenRow::from_row).collect())
 }
 

@@ -36,32 +36,35 @@ pub struct NewDelivery<'a> {
     pub commit_id: Option<&'a str>,
 }
 
-/// Records a delivery; `None` when its id was seen before (the caller does nothing more).
-pub async fn claim(db: &impl GenericClient, new: &NewDelivery<'_>) -> Result<Option<i64>, Db> {
-    let row = db
-        .query_opt(
-            "INSERT INTO webhook_delivery (provider, delivery_id, event, remote_url, ref, commit_id, outcome)
-             VALUES ($1, $2, $3, $4, $5, $6, 'received') ON CONFLICT (provider, delivery_id) DO NOTHING RETURNING id",
-            &[&new.provider, &new.delivery_id, &new.event, &new.remote_url, &new.reference, &new.commit_id],
-        )
-        .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-/// Records what a delivery did.
-pub async fn finish(
+/// Records a delivery with what it did; `false` when its id was recorded before (in a transaction, the caller
+/// then rolls back what it did: a concurrent duplicate waits here for the first one's commit).
+pub async fn record(
     db: &impl GenericClient,
-    id: i64,
+    new: &NewDelivery<'_>,
     matched: &[String],
     job_result_ids: &[Uuid],
     outcome: &str,
-) -> Result<(), Db> {
-    db.execute(
-        "UPDATE webhook_delivery SET matched = $2, job_result_ids = $3, outcome = $4 WHERE id = $1",
-        &[&id, &matched, &job_result_ids, &outcome],
-    )
-    .await?;
-    Ok(())
+) -> Result<bool, Db> {
+    use tokio_postgres::types::Type;
+    let n = db
+        .execute_typed(
+            "INSERT INTO webhook_delivery (provider, delivery_id, event, remote_url, ref, commit_id, matched,
+                 job_result_ids, outcome)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (provider, delivery_id) DO NOTHING",
+            &[
+                (&new.provider, Type::TEXT),
+                (&new.delivery_id, Type::TEXT),
+                (&new.event, Type::TEXT),
+                (&new.remote_url, Type::TEXT),
+                (&new.reference, Type::TEXT),
+                (&new.commit_id, Type::TEXT),
+                (&matched, Type::TEXT_ARRAY),
+                (&job_result_ids, Type::UUID_ARRAY),
+                (&outcome, Type::TEXT),
+            ],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// The newest deliveries first, at most `limit`.

@@ -228,9 +228,7 @@ pub async fn deliver(
                 _ => (StatusCode::ACCEPTED, format!("'{event}' events are not acted on")),
             };
             let client = state.pool.get().await?;
-            if let Some(id) = webhook::claim(&**client, &delivery).await? {
-                webhook::finish(&**client, id, &[], &[], &detail).await?;
-            }
+            webhook::record(&**client, &delivery, &[], &[], &detail).await?;
             return Ok(outcome(status, &detail, Vec::new()));
         }
     };

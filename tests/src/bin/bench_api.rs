@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 const REQUESTS: usize = 5_000;
 const WARM_UP: usize = 200;
-const CLIENTS: usize = 32;
+const CLIENTS: usize = 16;
 const SECRET: &str = "bench-secret";
 
 struct Server(Child);
