@@ -19,6 +19,8 @@ producer="${CARGO_TARGET_DIR:-target}/debug/producer"
 export GITFLEET_DATABASE_URL="${GITFLEET_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/gitfleet}"
 export GITFLEET_DATABASE_SCHEMA="api_fuzz_$$"
 export GITFLEET_LOG=warn
+# Long polls held at most 2 s, so a generated `?wait=280` on a PENDING JobResult stays within the request timeout.
+export GITFLEET_API_MAX_WAIT_SECS=2
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 export GITFLEET_HTTP_ADDR="127.0.0.1:$port"
 workdir=$(mktemp -d)
@@ -41,12 +43,15 @@ for _ in $(seq 1 100); do
 done
 
 log "fuzzing http://127.0.0.1:$port from schemas/openapi.json"
+# The coverage phase is left out: on this machine's CPython 3.11.7 it sometimes stops with a SystemError inside
+# ast.parse (hypothesis describing one of its own lambdas), an error of the tool, not a finding about the server.
 status=0
 schemathesis run schemas/openapi.json --url "http://127.0.0.1:$port" \
     -H "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --max-examples "${GITFLEET_FUZZ_EXAMPLES:-10}" --max-time "${GITFLEET_FUZZ_SECONDS:-120}" --seed 1 \
-    --workers 2 --request-timeout 30 --no-color --report junit --report-dir "$workdir/report" || status=$?
+    --workers 2 --request-timeout 30 --no-color --report junit --report-dir "$workdir/report" \
+    --phases examples,fuzzing || status=$?
 if [ "$status" != 0 ]; then
     log "server log (panics and errors):"
     grep -E "panicked at|ERROR" -A2 "$workdir/server.log" | grep -v "^ *[0-9]*: \| at /" | head -n 60 >&2 || true

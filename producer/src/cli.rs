@@ -226,8 +226,9 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
             let listener = tokio::net::TcpListener::bind(args.addr)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
-            let state = crate::api::AppState::new(pool.clone(), args.hooks)
+            let mut state = crate::api::AppState::new(pool.clone(), args.hooks)
                 .map_err(|e| anyhow::anyhow!("cannot read the secrets directory: {e}"))?;
+            state.max_wait = Duration::from_secs(args.max_wait_secs);
             crate::api::run(listener, state, shutdown).await?;
             Ok(0)
         }

@@ -129,7 +129,8 @@ pub struct JobResultGet {
     pub level: Option<String>,
     /// Only log entries of this grouping.
     pub grouping: Option<String>,
-    /// Wait up to this many seconds (1 to 300) for the JobResult to be SUCCESS or FAILURE before answering.
+    /// Wait up to this many seconds (1 to 300; the server may hold less) for the JobResult to be SUCCESS or
+    /// FAILURE before answering.
     pub wait: Option<u64>,
 }
 
@@ -221,7 +222,7 @@ pub async fn get(
     authorize(&state, &headers, Scope::Read).await?;
     let wait = match q.wait {
         None | Some(0) => Duration::ZERO,
-        Some(secs @ 1..=MAX_WAIT_SECS) => Duration::from_secs(secs),
+        Some(secs @ 1..=MAX_WAIT_SECS) => Duration::from_secs(secs).min(state.max_wait),
         Some(secs) => {
             return Err(ApiError::bad_request(format!("wait must be from 1 to {MAX_WAIT_SECS}, not {secs}.")));
         }

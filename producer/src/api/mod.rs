@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Address to listen on (host:port).
     #[arg(long = "http-addr", env = "GITFLEET_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Longest a `?wait=` long poll is held, in seconds (below a load balancer's idle timeout, say); a client
+    /// asking for longer gets the JobResult as it is then.
+    #[arg(long, env = "GITFLEET_API_MAX_WAIT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub max_wait_secs: u64,
     #[command(flatten)]
     pub hooks: hooks::HookSettings,
 }
@@ -39,12 +43,15 @@ pub struct ServeArgs {
 pub struct AppState {
     pub pool: Pool,
     pub hooks: std::sync::Arc<hooks::Hooks>,
+    /// Longest a long poll is held.
+    pub max_wait: std::time::Duration,
 }
 
 impl AppState {
     /// Reads the webhook secrets once (they are re-read every few seconds after).
     pub fn new(pool: Pool, hooks: hooks::HookSettings) -> std::io::Result<Self> {
-        Ok(Self { pool, hooks: std::sync::Arc::new(hooks::Hooks::new(hooks)?) })
+        let hooks = std::sync::Arc::new(hooks::Hooks::new(hooks)?);
+        Ok(Self { hooks, pool, max_wait: std::time::Duration::from_secs(300) })
     }
 }
 

@@ -24,6 +24,20 @@ pub struct InventoryCounts {
     pub kinds: std::collections::BTreeMap<String, i64>,
 }
 
+/// One object of the source of truth (the file format of `producer inventory import`; `{"objects": [...]}` is
+/// accepted too).
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
+pub struct InventoryObject {
+    /// `location`, `device_type`, `role`, `platform`, `tenant`, `tag`, `device`, `virtual_machine`, ...
+    pub kind: String,
+    /// Its identity in the source of truth.
+    pub id: Option<String>,
+    /// Field -> value, e.g. `{"name": "DC1", "parent": {"name": "Berlin"}}`.
+    #[schema(value_type = Object)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
 /// How an import treats what is stored.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -79,7 +93,7 @@ pub async fn counts(State(state): State<AppState>, headers: HeaderMap) -> Result
 
 #[utoipa::path(post, path = "/api/v1/inventory", operation_id = "import_inventory", tag = "inventory",
     params(ImportQuery), security(("bearer" = [])),
-    request_body(content = Object, description = "A list of {kind, id?, fields}, or {\"objects\": [...]}"),
+    request_body(content = Vec<InventoryObject>, description = "The objects (or `{\"objects\": [...]}`)"),
     responses((status = 200, body = Imported), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody)))]
 pub async fn import(

@@ -310,5 +310,20 @@ async fn a_burst_of_200_deliveries_costs_at_most_3_fetches() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!((1..=3).contains(&fetched), "{fetched} of 200 syncs fetched");
+
+    // One delivery sent 20 times at once (a host retrying while the first is in flight): recorded once.
+    let before = job_count(&env).await?;
+    let mut copies = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (http, base, push) = (http.clone(), base.clone(), github_push(&url, "main", &head));
+        copies.spawn(async move { github(&http, &base, "push", "the-same-one", &push).await });
+    }
+    let mut statuses = Vec::new();
+    while let Some(sent) = copies.join_next().await {
+        statuses.push(sent??.0);
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 19, "{statuses:?}");
+    assert_eq!(job_count(&env).await?, before + 1);
     env.teardown().await
 }
