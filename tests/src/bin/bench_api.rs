@@ -76,7 +76,7 @@ where
 }
 
 fn hmac_hex(body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("HMAC takes a key of any length");
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
 }
@@ -139,7 +139,7 @@ async fn main() -> Result<()> {
                 "ref": "refs/heads/main", "after": format!("{:040x}", n + 1), "deleted": false,
                 "repository": {"clone_url": remote, "ssh_url": "git@git.example:acme/bench-data.git"},
             }))
-            .unwrap();
+            .expect("a JSON value always serializes");
             http.post(format!("{base}/hooks/github"))
                 .header("X-GitHub-Event", "push")
                 .header("X-GitHub-Delivery", format!("{run}-{n}"))
