@@ -171,6 +171,12 @@ async fn layout_and_increments(
     assert_eq!(new_blobs.len(), 1, "{added:#?}");
     assert_eq!(added.len(), 4, "{added:#?}");
     assert!(expected.iter().all(|k| added.contains(k)), "{added:#?}");
+    if let Some(requests) = requests {
+        // The live manifest says which blobs are stored: only the changed file's blob is asked about and sent.
+        let sent = requests.lock().unwrap().clone();
+        let blob = |method: &str| sent.iter().filter(|r| r.starts_with(method) && r.contains("/blobs/")).count();
+        assert_eq!((blob("HEAD "), blob("PUT ")), (1, 1), "{sent:#?}");
+    }
     let result = view.result.clone().unwrap();
     assert_eq!(result["artifacts"][0]["uploaded_blobs"], 1);
     assert_eq!(result["artifacts"][1]["uploaded_blobs"], 0, "the unchanged job files are not uploaded again");

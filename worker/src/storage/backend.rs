@@ -179,18 +179,26 @@ impl Backend {
         objects: Vec<(String, Vec<u8>)>,
         acl: Option<&str>,
         multipart_threshold: u64,
+        concurrency: usize,
     ) -> Result<Vec<u64>, StorageError> {
         match self {
             Self::S3 { .. } => {
-                let mut written = Vec::new();
-                for (key, body) in objects {
-                    if !self.exists(&key).await? {
+                use futures_util::stream::{self, StreamExt, TryStreamExt};
+                // Up to `concurrency` existence checks and uploads in flight: one after another, a request's
+                // latency times the number of new files is the sync's storage time.
+                stream::iter(objects)
+                    .map(|(key, body)| async move {
+                        if self.exists(&key).await? {
+                            return Ok(None);
+                        }
                         let size = body.len() as u64;
                         self.put(&key, body, "application/octet-stream", acl, multipart_threshold).await?;
-                        written.push(size);
-                    }
-                }
-                Ok(written)
+                        Ok::<_, StorageError>(Some(size))
+                    })
+                    .buffer_unordered(concurrency.max(1))
+                    .try_filter_map(|written| async move { Ok(written) })
+                    .try_collect()
+                    .await
             }
             Self::Fs { dir } => {
                 let dir = dir.clone();

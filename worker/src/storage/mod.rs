@@ -87,6 +87,25 @@ fn artifact(files: &[&StagedFile]) -> std::io::Result<Vec<u8>> {
     gz.finish()
 }
 
+/// The blob keys the store's live manifest for this repository lists: stored already, so a sync neither asks
+/// the store about them nor uploads them again. Empty when there is no live manifest or it cannot be read (then
+/// every blob is checked, as on a first sync).
+async fn previous_blobs(backend: &Backend, current_key: &str) -> BTreeSet<String> {
+    let read = async {
+        let pointer: Value =
+            serde_json::from_slice(&backend.get(current_key).await?.unwrap_or_default()).unwrap_or_default();
+        let Some(manifest_key) = pointer["manifest"].as_str() else { return Ok(BTreeSet::new()) };
+        let manifest: Value =
+            serde_json::from_slice(&backend.get(manifest_key).await?.unwrap_or_default()).unwrap_or_default();
+        let keys = manifest["files"].as_array().into_iter().flatten().filter_map(|f| f["key"].as_str());
+        Ok::<_, StorageError>(keys.map(str::to_owned).collect())
+    };
+    read.await.unwrap_or_else(|err| {
+        tracing::warn!(key = current_key, error = %err, "could not read the live manifest; checking every blob");
+        BTreeSet::new()
+    })
+}
+
 impl Storage {
     pub async fn new(settings: StorageSettings) -> Self {
         let client = match &settings.s3 {
@@ -155,9 +174,11 @@ impl Storage {
             let mut manifest_files = Vec::new();
             let mut seen = BTreeSet::new();
             let mut blobs = Vec::new();
+            let current_key = Self::key(&store, &format!("{}/{slug}/current.json", store.upload_to))?;
+            let known = previous_blobs(&backend, &current_key).await;
             for file in &list {
                 let key = Self::key(&store, &format!("{}/blobs/{}", store.upload_to, file.blob))?;
-                if seen.insert(file.blob.clone()) {
+                if seen.insert(file.blob.clone()) && !known.contains(&key) {
                     blobs.push((key.clone(), file.bytes.clone()));
                 }
                 manifest_files.push(json!({
@@ -165,7 +186,8 @@ impl Storage {
                     "key": key,
                 }));
             }
-            for bytes in backend.put_absent(blobs, acl, self.settings.multipart_threshold).await? {
+            let (threshold, concurrency) = (self.settings.multipart_threshold, self.settings.upload_concurrency);
+            for bytes in backend.put_absent(blobs, acl, threshold, concurrency).await? {
                 uploaded_blobs += 1;
                 uploaded_bytes += bytes;
             }
@@ -187,7 +209,6 @@ impl Storage {
             });
             let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
             backend.put(&manifest_key, body, "application/json", acl, self.settings.multipart_threshold).await?;
-            let current_key = Self::key(&store, &format!("{}/{slug}/current.json", store.upload_to))?;
             staged.push(Staged {
                 files: list.len(),
                 store,

@@ -55,6 +55,8 @@ pub struct StorageSettings {
     pub multipart_threshold: u64,
     /// Objects of a deleted repository are kept this many days (0: removed with the repository).
     pub retention_days: u32,
+    /// At most this many blob uploads (with their existence checks) in flight at once, per store.
+    pub upload_concurrency: usize,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -200,6 +202,9 @@ impl StorageSettings {
             multipart_threshold: number("GITFLEET_STORAGE_MULTIPART_THRESHOLD", DEFAULT_MULTIPART_THRESHOLD)?
                 .max(5 * 1024 * 1024),
             retention_days: u32::try_from(number("GITFLEET_STORAGE_RETENTION_DAYS", 0)?).unwrap_or(u32::MAX),
+            upload_concurrency: usize::try_from(number("GITFLEET_STORAGE_UPLOAD_CONCURRENCY", 16)?)
+                .unwrap_or(usize::MAX)
+                .clamp(1, 256),
         })
     }
 
@@ -259,6 +264,16 @@ mod tests {
         let filesystem = StorageSettings::from_vars(vars(&[("GITFLEET_STORAGE_ROOT", "/srv/files")])).unwrap();
         assert!(filesystem.s3.is_none());
         assert_eq!(filesystem.root, PathBuf::from("/srv/files"));
+    }
+
+    #[test]
+    fn upload_concurrency_has_a_default_and_bounds() {
+        let of = |v: &str| StorageSettings::from_vars(vars(&[("GITFLEET_STORAGE_UPLOAD_CONCURRENCY", v)]));
+        assert_eq!(StorageSettings::from_vars(vars(&[])).unwrap().upload_concurrency, 16);
+        assert_eq!(of("4").unwrap().upload_concurrency, 4);
+        assert_eq!(of("0").unwrap().upload_concurrency, 1);
+        assert_eq!(of("100000").unwrap().upload_concurrency, 256);
+        assert!(of("many").is_err());
     }
 
     #[test]
