@@ -205,6 +205,12 @@ pub enum JobResultCommand {
         /// `text` for people, `json` for programs.
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
+        /// Which page of the log to print, from 1 (a large sync writes a line per file).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        page: u32,
+        /// Log entries per page (1 to 100000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        page_size: u32,
     },
 }
 
@@ -214,8 +220,9 @@ pub use gitfleet_infra::settings::Format;
 pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut impl Write) -> anyhow::Result<i32> {
     match cli.command {
         Command::Repo(command) => Ok(repo(pool, command, out).await?),
-        Command::JobResult(JobResultCommand::Show { id, wait, timeout, format }) => {
-            show(pool, id, wait.then(|| Duration::from_secs(timeout)), format, out).await
+        Command::JobResult(JobResultCommand::Show { id, wait, timeout, format, page, page_size }) => {
+            let page = LogPage { number: i64::from(page), size: i64::from(page_size) };
+            show(pool, id, wait.then(|| Duration::from_secs(timeout)), format, page, out).await
         }
         Command::Relay { amqp, poll_ms } => {
             let options = RelayOptions { poll_interval: Duration::from_millis(poll_ms), ..RelayOptions::default() };
@@ -412,24 +419,48 @@ fn read_objects(path: &std::path::Path) -> anyhow::Result<Vec<gitfleet_shared::i
     gitfleet_shared::inventory::parse_objects(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
+/// Which log entries `job-result show` prints: page `number` (from 1) of `size` entries.
+#[derive(Debug, Clone, Copy)]
+struct LogPage {
+    number: i64,
+    size: i64,
+}
+
 async fn show(
     pool: &Pool,
     id: Uuid,
     wait: Option<Duration>,
     format: Format,
+    page: LogPage,
     out: &mut impl Write,
 ) -> anyhow::Result<i32> {
     let deadline = wait.map(|w| Instant::now() + w);
     let client = pool.get().await?;
     loop {
-        let Some(view) = job_result::load(&**client, id).await? else {
+        let Some(status) = job_result::status(&**client, id).await? else {
             eprintln!("error: no JobResult with id {id}");
             return Ok(2);
         };
-        let terminal = view.status().is_some_and(JobStatus::is_terminal);
+        let terminal = status.is_terminal();
         let timed_out = deadline.is_some_and(|d| Instant::now() >= d);
         if terminal || deadline.is_none() || timed_out {
+            // Only the asked-for page of the log is read: a 100,000-file sync has a line per file.
+            let offset = (page.number - 1).saturating_mul(page.size);
+            let Some((total, view)) = job_result::load_log_page(&**client, id, offset, page.size).await? else {
+                eprintln!("error: no JobResult with id {id}");
+                return Ok(2);
+            };
             print_view(&view, format, out)?;
+            if format == Format::Text && (offset > 0 || total > page.size) {
+                let shown = i64::try_from(view.logs.len()).unwrap_or(i64::MAX);
+                let pages = (total + page.size - 1) / page.size;
+                let (first, last) = if shown == 0 { (0, 0) } else { (offset + 1, offset + shown) };
+                write!(out, "  log page {} of {pages}: entries {first} to {last} of {total}", page.number)?;
+                if page.number < pages {
+                    write!(out, "; --page {} for the next", page.number + 1)?;
+                }
+                writeln!(out)?;
+            }
             return Ok(match view.status() {
                 Some(JobStatus::Failure | JobStatus::Revoked) => 1,
                 _ if !terminal && timed_out => {

@@ -306,6 +306,21 @@ pub async fn load(db: &impl GenericClient, id: Uuid) -> Result<Option<JobResultV
     Ok(Some(view(&row, logs)))
 }
 
+/// The JobResult with one page of its log (`limit` entries from `offset`, in the order they were written) and how
+/// many entries the log has in all.
+pub async fn load_log_page(
+    db: &impl GenericClient,
+    id: Uuid,
+    offset: i64,
+    limit: i64,
+) -> Result<Option<(i64, JobResultView)>, tokio_postgres::Error> {
+    let Some(row) = db.query_opt("SELECT * FROM job_result WHERE id = $1", &[&id]).await? else {
+        return Ok(None);
+    };
+    let (total, entries) = log_page(db, id, offset, limit).await?;
+    Ok(Some((total, view(&row, entries.into_iter().map(|(_, log)| log).collect()))))
+}
+
 /// Just the status, for polling.
 pub async fn status(db: &impl GenericClient, id: Uuid) -> Result<Option<JobStatus>, tokio_postgres::Error> {
     let row = db.query_opt("SELECT status FROM job_result WHERE id = $1", &[&id]).await?;

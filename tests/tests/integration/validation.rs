@@ -265,3 +265,39 @@ async fn front_door_checks() -> Result<()> {
     drop(client);
     env.teardown().await
 }
+
+/// A long log is printed a page at a time: `--page` and `--page-size` choose the entries, a trailer line says
+/// where the page is, and a page out of range is refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_result_show_pages_its_log() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let url = format!("file:///tmp/paged-{}.git", env.id);
+    let id = accepted(
+        commands::create(&env.pool, repo(&format!("Paged {}", env.id), &url, &[]), RequestedBy::cli()).await?,
+    )?;
+    let client = env.pool.get().await?;
+    for n in 1..=5 {
+        let entry = gitfleet_shared::job_result::LogEntry::info("main", format!("entry number {n}"));
+        gitfleet_infra::store::job_result::log(&**client, id, &entry).await?;
+    }
+    drop(client);
+    let id = id.to_string();
+    let (code, second) = producer(&env, &["job-result", "show", &id, "--page-size", "2", "--page", "2"]).await?;
+    assert_eq!(code, 0, "{second}");
+    let shown: Vec<&str> = second.lines().filter(|l| l.contains("entry number")).collect();
+    assert_eq!(shown.len(), 2, "{second}");
+    assert!(shown[0].ends_with("entry number 3") && shown[1].ends_with("entry number 4"), "{second}");
+    assert!(second.contains("log page 2 of 3: entries 3 to 4 of 5; --page 3 for the next"), "{second}");
+    let (_, last) = producer(&env, &["job-result", "show", &id, "--page-size", "2", "--page", "3"]).await?;
+    assert!(last.contains("entry number 5") && !last.contains("entry number 4"), "{last}");
+    assert!(last.contains("log page 3 of 3: entries 5 to 5 of 5") && !last.contains("for the next"), "{last}");
+    // The default page holds them all and needs no trailer.
+    let (_, all) = producer(&env, &["job-result", "show", &id]).await?;
+    assert_eq!(all.lines().filter(|l| l.contains("entry number")).count(), 5, "{all}");
+    assert!(!all.contains("log page"), "{all}");
+    for bad in [["--page", "0"], ["--page-size", "0"], ["--page-size", "100001"]] {
+        let args = ["producer", "job-result", "show", &id, bad[0], bad[1]];
+        assert!(Cli::try_parse_from(args).is_err(), "{bad:?} accepted");
+    }
+    env.teardown().await
+}
