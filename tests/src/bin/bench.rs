@@ -82,6 +82,23 @@ fn generate(dir: &Path) -> Result<usize> {
     Ok(contexts() + SCHEMAS + TEMPLATES + JOB_MODULES + 2)
 }
 
+/// Syncs the benchmark's repository and waits for the JobResult: the time from publish to its end, and the
+/// JobResult, which must be SUCCESS (`what` names the run in the error otherwise).
+async fn timed_sync(pool: &deadpool_postgres::Pool, what: &str) -> Result<(Duration, job_result::JobResultView)> {
+    let started = Instant::now();
+    let job = commands::sync(pool, "Bench", EventKind::Sync, None, RequestedBy::cli())
+        .await?
+        .job_result_id()
+        .context("the sync was not accepted")?;
+    let view = wait(pool, job).await?;
+    let took = started.elapsed();
+    if view.status != "SUCCESS" {
+        let errors: Vec<_> = view.logs.iter().filter(|l| l.level == "error").take(5).collect();
+        bail!("{what} failed: {errors:?}");
+    }
+    Ok((took, view))
+}
+
 async fn wait(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<job_result::JobResultView> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -275,14 +292,8 @@ async fn main() -> Result<()> {
 
     let mut resyncs = Vec::new();
     for _ in 0..5 {
-        let started = Instant::now();
-        let job =
-            commands::sync(&pool, "Bench", EventKind::Sync, None, RequestedBy::cli()).await?.job_result_id().unwrap();
-        let view = wait(&pool, job).await?;
-        resyncs.push(started.elapsed());
-        if view.status != "SUCCESS" {
-            bail!("re-sync failed");
-        }
+        let (took, _) = timed_sync(&pool, "re-sync").await?;
+        resyncs.push(took);
     }
     resyncs.sort();
     let resync = resyncs[resyncs.len() / 2];
@@ -295,18 +306,9 @@ async fn main() -> Result<()> {
         let (kept, _) = text.split_once("snmp:").unwrap_or((&text, ""));
         std::fs::write(&path, format!("{kept}snmp:\n  community: round-{round}\n  enabled: yes\n"))?;
         git(&work, &["commit", "-qam", "one file"])?;
-        git(&work, &["push", "-q", served.join("bench.git").to_str().unwrap(), "main"])?;
-        let started = Instant::now();
-        let job =
-            commands::sync(&pool, "Bench", EventKind::Sync, None, RequestedBy::cli()).await?.job_result_id().unwrap();
-        let view = wait(&pool, job).await?;
-        changes.push(started.elapsed());
-        if view.status != "SUCCESS" {
-            bail!(
-                "one-file sync failed: {:?}",
-                view.logs.iter().filter(|l| l.level == "error").take(5).collect::<Vec<_>>()
-            );
-        }
+        git(&work, &["push", "-q", &served.join("bench.git").display().to_string(), "main"])?;
+        let (took, view) = timed_sync(&pool, "one-file sync").await?;
+        changes.push(took);
         let phases = view.result.as_ref().and_then(|r| r.get("phases_ms")).cloned().unwrap_or_default();
         eprintln!("one-file change sync phases (ms): {phases}");
     }
