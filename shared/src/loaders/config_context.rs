@@ -68,103 +68,242 @@ impl DataType for ConfigContexts {
         if !input.tree.is_dir(root) {
             return;
         }
+        let begin = out.logs.len();
         let mut contexts: Vec<ConfigContext> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
-        let mut log = Log { out: &mut out.logs, grouping: GROUPING };
+        let mut files: Vec<FileLoad> = Vec::new();
+        // Lines about the folders rather than one file (skipped entries, misplaced folders): positions in the log.
+        let mut own: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut sections = vec![(Section::Explicit, root.to_owned())];
+        sections.extend((0..FILTERS.len()).map(|i| (Section::Implicit(i), format!("{root}/{}", FILTERS[i].0))));
+        sections.extend((0..LOCAL_KINDS.len()).map(|i| (Section::Local(i), format!("{root}/{}", LOCAL_KINDS[i].0))));
+        for (section, dir) in sections {
+            let grouping = if matches!(section, Section::Local(_)) { LOCAL_GROUPING } else { GROUPING };
+            if section != Section::Explicit {
+                misplaced(input, section.folder(), &mut Log { out: &mut out.logs, grouping: GROUPING });
+                if !input.tree.is_dir(&dir) {
+                    continue;
+                }
+            }
+            let listed = data_files(input.tree, &dir, &mut Log { out: &mut out.logs, grouping }, section.has_dirs());
+            for (file, kind) in listed {
+                let loaded = load_file(input, section, &file, kind);
+                let at = out.logs.len();
+                out.logs.extend(loaded.logs.iter().cloned());
+                own.push(at..out.logs.len());
+                keep(&mut contexts, &mut index, loaded.contexts.clone());
+                out.local_contexts.extend(loaded.locals.iter().cloned());
+                files.push(loaded);
+            }
+        }
+        out.config_contexts.extend(contexts);
+        super::dedupe_keep_last(&mut out.local_contexts, |l| (l.kind, l.name.clone()));
+        // Every line of this type that no file wrote, in order.
+        let mut folder_lines = Vec::new();
+        let mut owned = own.iter().peekable();
+        let mut i = begin;
+        while i < out.logs.len() {
+            if let Some(range) = owned.next_if(|r| r.start == i) {
+                i = range.end;
+                continue;
+            }
+            folder_lines.push(out.logs[i].clone());
+            i += 1;
+        }
+        out.files = Some(ContextFiles { files, folder_lines });
+    }
+}
 
-        // Explicit files: regular files directly in config_contexts/.
-        for (file, _) in data_files(input.tree, root, &mut log, false) {
+/// Where a config context file sits, which says what it defines and whose definition wins: explicit files in
+/// `config_contexts/`, then each filter's folder in turn (a later definition of a name replaces an earlier one),
+/// and the local contexts of devices and virtual machines (their own names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Section {
+    Explicit,
+    /// An implicit file; the index of its filter.
+    Implicit(usize),
+    /// A local context; the index of its kind.
+    Local(usize),
+}
+
+impl Section {
+    /// The folder's name inside `config_contexts/` (empty for explicit files).
+    pub fn folder(self) -> &'static str {
+        match self {
+            Self::Explicit => "",
+            Self::Implicit(i) => FILTERS[i].0,
+            Self::Local(i) => LOCAL_KINDS[i].0,
+        }
+    }
+
+    /// Processing order: of two definitions of one name, the one with the higher (order, path) wins.
+    pub fn order(self) -> i32 {
+        match self {
+            Self::Explicit => 0,
+            Self::Implicit(i) => 1 + i32::try_from(i).unwrap_or(i32::MAX - 1),
+            Self::Local(i) => 1000 + i32::try_from(i).unwrap_or(0),
+        }
+    }
+
+    fn has_dirs(self) -> bool {
+        self != Self::Explicit
+    }
+
+    /// The section and file name of a path that the loader reads as a file of its own, on its own: a file directly
+    /// in `config_contexts/` or in one of its filter or local folders, not a dotfile. `None` for anything else (a
+    /// folder's contents depend on more than one path, and such changes reload the whole type).
+    pub fn of(path: &str) -> Option<(Self, &str)> {
+        let rest = path.strip_prefix("config_contexts/")?;
+        let (section, file) = match rest.split_once('/') {
+            None => (Self::Explicit, rest),
+            Some((dir, file)) => {
+                let section = if let Some(i) = FILTERS.iter().position(|f| f.0 == dir) {
+                    Self::Implicit(i)
+                } else {
+                    Self::Local(LOCAL_KINDS.iter().position(|k| k.0 == dir)?)
+                };
+                (section, file)
+            }
+        };
+        (!file.is_empty() && !file.contains('/') && !file.starts_with('.')).then_some((section, file))
+    }
+
+    /// The path of `file` in this section.
+    pub fn path(self, file: &str) -> String {
+        match self {
+            Self::Explicit => format!("config_contexts/{file}"),
+            other => format!("config_contexts/{}/{file}", other.folder()),
+        }
+    }
+}
+
+/// What loading one config context file gave: its records, its lines, and what it spent of the load's budget.
+#[derive(Debug, Clone)]
+pub struct FileLoad {
+    pub path: String,
+    pub blob_id: Option<String>,
+    pub section: Section,
+    /// Contexts in the file (a name defined twice keeps its last definition).
+    pub contexts: Vec<ConfigContext>,
+    pub locals: Vec<LocalContext>,
+    pub logs: Vec<LogEntry>,
+    /// Bytes of JSON its document counted against the load's budget.
+    pub bytes: usize,
+}
+
+impl FileLoad {
+    /// The keys of the records it defines: `context:{name}` and `{kind}:{name}`.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.contexts.iter().map(|c| context_key(&c.name)).collect();
+        keys.extend(self.locals.iter().map(|l| local_key(l.kind, &l.name)));
+        keys
+    }
+}
+
+pub fn context_key(name: &str) -> String {
+    format!("context:{name}")
+}
+
+pub fn local_key(kind: &str, name: &str) -> String {
+    format!("{kind}:{name}")
+}
+
+/// Every file the config contexts loader read, with the lines that belong to no single file.
+#[derive(Debug, Clone, Default)]
+pub struct ContextFiles {
+    pub files: Vec<FileLoad>,
+    pub folder_lines: Vec<LogEntry>,
+}
+
+/// Loads one file of a section (a directory entry is an error in the folders that take files only).
+pub fn load_file(input: &LoadInput<'_>, section: Section, file: &str, kind: EntryKind) -> FileLoad {
+    let path = section.path(file);
+    let spent = input.spent.document_bytes.get();
+    let mut loaded = FileLoad {
+        path: path.clone(),
+        blob_id: input.tree.blob_id(&path).map(str::to_owned),
+        section,
+        contexts: Vec::new(),
+        locals: Vec::new(),
+        logs: Vec::new(),
+        bytes: 0,
+    };
+    match section {
+        Section::Explicit => {
+            let mut log = Log { out: &mut loaded.logs, grouping: GROUPING };
             log.info(format!("Loading config context from `{file}`"));
-            let result = parse_file(input, &format!("{root}/{file}")).and_then(|data| match data {
-                Value::Object(map) => import(input, map, &file, log.out).map(|c| vec![c]),
+            let result = parse_file(input, &path).and_then(|data| match data {
+                Value::Object(map) => import(input, map, file, log.out).map(|c| vec![c]),
                 Value::Array(items) => {
                     let mut done = Vec::new();
                     for item in items {
                         let Value::Object(map) = item else {
                             return Err("data must be a dict or list of dicts".to_owned());
                         };
-                        done.push(import(input, map, &file, log.out)?);
+                        done.push(import(input, map, file, log.out)?);
                     }
                     Ok(done)
                 }
                 _ => Err("data must be a dict or list of dicts".to_owned()),
             });
             match result {
-                Ok(loaded) => keep(&mut contexts, &mut index, loaded),
+                Ok(contexts) => keep(&mut loaded.contexts, &mut HashMap::new(), contexts),
                 Err(e) => log.error(format!("Error in loading config context data from `{file}`: {e}")),
             }
         }
-
-        // Implicit files: config_contexts/<filter>/<name>.<ext>.
-        for &(filter, _, _) in FILTERS {
-            misplaced(input, filter, &mut log);
-            let dir = format!("{root}/{filter}");
-            if !input.tree.is_dir(&dir) {
-                continue;
-            }
+        Section::Implicit(i) => {
+            let mut log = Log { out: &mut loaded.logs, grouping: GROUPING };
+            let filter = FILTERS[i].0;
             let field = if filter == "device_types" { "model" } else { "name" };
-            for (file, kind) in data_files(input.tree, &dir, &mut log, true) {
-                let name = stem(&file).to_owned();
-                log.info(format!(
-                    "Loading config context, filter `{filter} = [{field}: \"{name}\"]`, from `{filter}/{file}`"
-                ));
-                let result = if kind == EntryKind::Dir {
-                    Err(format!("`{filter}/{file}` is a directory, not a config context file"))
-                } else {
-                    parse_file(input, &format!("{dir}/{file}")).and_then(|data| {
-                        let Value::Object(mut map) = data else { return Err("data must be a dict".to_owned()) };
-                        let meta = map.entry("_metadata").or_insert_with(|| Value::Object(Map::new()));
-                        let Value::Object(meta) = meta else {
-                            return Err("data `_metadata` must be a mapping.".to_owned());
-                        };
-                        let implied = Value::Object(Map::from_iter([(field.to_owned(), Value::String(name.clone()))]));
-                        match meta.entry(filter).or_insert_with(|| Value::Array(Vec::new())) {
-                            Value::Array(list) => list.push(implied),
-                            other => *other = Value::Array(vec![implied]),
-                        }
-                        import(input, map, &file, log.out)
-                    })
-                };
-                match result {
-                    Ok(context) => keep(&mut contexts, &mut index, vec![context]),
-                    Err(e) => log.error(format!("Error in loading config context data from `{file}`: {e}")),
-                }
-            }
-        }
-        out.config_contexts.extend(contexts);
-
-        // Local contexts: config_contexts/devices/<name>.<ext>, config_contexts/virtual_machines/<name>.<ext>.
-        for &(local_type, inventory_kind) in LOCAL_KINDS {
-            misplaced(input, local_type, &mut log);
-            let dir = format!("{root}/{local_type}");
-            if !input.tree.is_dir(&dir) {
-                continue;
-            }
-            let mut local_log = Log { out: log.out, grouping: LOCAL_GROUPING };
-            for (file, kind) in data_files(input.tree, &dir, &mut local_log, true) {
-                let name = stem(&file).to_owned();
-                local_log.info(format!("Loading local config context for `{name}` from `{local_type}/{file}`"));
-                let result = if kind == EntryKind::Dir {
-                    Err(format!("`{local_type}/{file}` is a directory, not a local config context file"))
-                } else {
-                    parse_file(input, &format!("{dir}/{file}"))
-                        .and_then(|data| local_target(input, inventory_kind, &name, local_log.out).map(|t| (data, t)))
-                        .and_then(|(data, target)| match &data {
-                            Value::Object(_) | Value::Null => Ok((data, target)),
-                            _ => Err("JSON data must be in object form".to_owned()),
-                        })
-                };
-                match result {
-                    Ok((data, target)) => {
-                        out.local_contexts.push(LocalContext { kind: local_type, name, data, target });
+            let name = stem(file).to_owned();
+            log.info(format!(
+                "Loading config context, filter `{filter} = [{field}: \"{name}\"]`, from `{filter}/{file}`"
+            ));
+            let result = if kind == EntryKind::Dir {
+                Err(format!("`{filter}/{file}` is a directory, not a config context file"))
+            } else {
+                parse_file(input, &path).and_then(|data| {
+                    let Value::Object(mut map) = data else { return Err("data must be a dict".to_owned()) };
+                    let meta = map.entry("_metadata").or_insert_with(|| Value::Object(Map::new()));
+                    let Value::Object(meta) = meta else {
+                        return Err("data `_metadata` must be a mapping.".to_owned());
+                    };
+                    let implied = Value::Object(Map::from_iter([(field.to_owned(), Value::String(name.clone()))]));
+                    match meta.entry(filter).or_insert_with(|| Value::Array(Vec::new())) {
+                        Value::Array(list) => list.push(implied),
+                        other => *other = Value::Array(vec![implied]),
                     }
-                    Err(e) => local_log
-                        .error(format!("Error in loading local config context from `{local_type}/{file}`: {e}")),
-                }
+                    import(input, map, file, log.out)
+                })
+            };
+            match result {
+                Ok(context) => loaded.contexts.push(context),
+                Err(e) => log.error(format!("Error in loading config context data from `{file}`: {e}")),
             }
         }
-        super::dedupe_keep_last(&mut out.local_contexts, |l| (l.kind, l.name.clone()));
+        Section::Local(i) => {
+            let (local_type, inventory_kind) = LOCAL_KINDS[i];
+            let mut log = Log { out: &mut loaded.logs, grouping: LOCAL_GROUPING };
+            let name = stem(file).to_owned();
+            log.info(format!("Loading local config context for `{name}` from `{local_type}/{file}`"));
+            let result = if kind == EntryKind::Dir {
+                Err(format!("`{local_type}/{file}` is a directory, not a local config context file"))
+            } else {
+                parse_file(input, &path)
+                    .and_then(|data| local_target(input, inventory_kind, &name, log.out).map(|t| (data, t)))
+                    .and_then(|(data, target)| match &data {
+                        Value::Object(_) | Value::Null => Ok((data, target)),
+                        _ => Err("JSON data must be in object form".to_owned()),
+                    })
+            };
+            match result {
+                Ok((data, target)) => loaded.locals.push(LocalContext { kind: local_type, name, data, target }),
+                Err(e) => log.error(format!("Error in loading local config context from `{local_type}/{file}`: {e}")),
+            }
+        }
     }
+    loaded.bytes = input.spent.document_bytes.get().saturating_sub(spent);
+    loaded
 }
 
 /// Two files defining the same context name update the same record: the last one processed wins.

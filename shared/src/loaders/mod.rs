@@ -25,7 +25,10 @@ use crate::job_result::{LogEntry, LogLevel};
 use crate::tree::{EntryKind, RepoTree};
 use crate::yaml::{self, Limits};
 
-pub use config_context::{ConfigContext, LocalContext};
+pub use config_context::{
+    ConfigContext, ContextFiles, FileLoad, LocalContext, Section, context_key, load_file as load_context_file,
+    local_key,
+};
 pub use export_template::{ExportTemplate, mime_type};
 pub use graphql_query::GraphqlQuery;
 pub use job::{JobRecord, unique_name as unique_job_name};
@@ -91,6 +94,12 @@ pub struct Loaded {
     /// Where each type's log lines end in `logs` (identifier, index): the reconciler's lines for a type go there.
     #[serde(skip)]
     pub sections: Vec<(String, usize)>,
+    /// The config context files one by one, when that type was loaded (an incremental sync reuses them).
+    #[serde(skip)]
+    pub files: Option<ContextFiles>,
+    /// Bytes of JSON each loaded type's documents counted against the load's budget, by identifier.
+    #[serde(skip)]
+    pub type_bytes: BTreeMap<String, usize>,
 }
 
 impl Loaded {
@@ -259,13 +268,20 @@ impl Registry {
     /// Ends with the summary line: `Data refresh from {name} complete!` or, after any error,
     /// `Failed to refresh data provided by {name}. Please see logs.`
     pub fn load(&self, input: &LoadInput<'_>) -> Loaded {
+        self.load_where(input, &|_| true)
+    }
+
+    /// As [`Registry::load`], running only the provided types that `reload` selects: every type still gets its
+    /// `Refreshing` line and its section, so an incremental sync can put what it reused in its place.
+    pub fn load_where(&self, input: &LoadInput<'_>, reload: &dyn Fn(&str) -> bool) -> Loaded {
         let mut out = Loaded::default();
         let name = input.repo_name;
         out.logs.push(LogEntry::info("main", format!("Refreshing data provided by {name}...")).about(name));
         for data_type in self.types() {
             out.logs.push(LogEntry::info("main", format!("Refreshing {}...", data_type.name())));
-            if input.provided.iter().any(|p| p == data_type.identifier()) {
+            if input.provided.iter().any(|p| p == data_type.identifier()) && reload(data_type.identifier()) {
                 let marks = fields::Marks::of(&out);
+                let spent = input.spent.document_bytes.get();
                 // A loader bug must fail this repository's sync, not the worker that runs it.
                 let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data_type.load(input, &mut out)));
                 if let Err(panic) = loaded {
@@ -276,6 +292,8 @@ impl Registry {
                     ));
                 }
                 fields::check(data_type.identifier(), &mut out, marks);
+                let bytes = input.spent.document_bytes.get().saturating_sub(spent);
+                out.type_bytes.insert(data_type.identifier().to_owned(), bytes);
             }
             out.sections.push((data_type.identifier().to_owned(), out.logs.len()));
         }
@@ -283,6 +301,12 @@ impl Registry {
         job::assign_unique_names(&mut out.jobs);
         out
     }
+}
+
+/// Checks every record in `out` as a load checks what a type yields: refused ones are removed and logged as errors
+/// of the type `identifier` (for records an incremental sync assembled from single files).
+pub fn check_fields(identifier: &str, out: &mut Loaded) {
+    fields::check(identifier, out, fields::Marks::default());
 }
 
 /// The end-of-refresh line (spec b.7 steps 3 and 4).
