@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (7, "api_tokens", include_str!("../../migrations/0007_api_tokens.sql")),
     (8, "webhook_deliveries", include_str!("../../migrations/0008_webhook_deliveries.sql")),
     (9, "outbox_notify", include_str!("../../migrations/0009_outbox_notify.sql")),
+    (10, "loaded_files", include_str!("../../migrations/0010_loaded_files.sql")),
 ];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).

@@ -256,6 +256,92 @@ impl Mirror {
         }
     }
 
+    /// The tree of `commit` with only what some loaders need: every entry of the root (files unread), everything
+    /// under the paths in `prefixes` (as [`Mirror::read_tree`] reads it), and the files in `files` (absent ones
+    /// skipped). Other folders are not walked at all.
+    pub fn read_parts(
+        &self,
+        commit: &str,
+        prefixes: &[String],
+        files: &[String],
+        max_file_bytes: usize,
+    ) -> Result<RepoTree, GitError> {
+        if prefixes.iter().any(String::is_empty) {
+            return self.read_tree(commit, max_file_bytes);
+        }
+        let repo = Repository::open_bare(self.path())?;
+        let tree = repo.find_commit(Oid::from_str(commit)?)?.tree()?;
+        let mut out = RepoTree::new();
+        let mut failure = None;
+        let within = |path: &str| prefixes.iter().any(|p| path == p || path.starts_with(&format!("{p}/")));
+        let leads = |path: &str| prefixes.iter().any(|p| p.starts_with(&format!("{path}/")));
+        let walked = tree.walk(TreeWalkMode::PreOrder, |root, entry| {
+            let name = String::from_utf8_lossy(entry.name_bytes());
+            let path = format!("{root}{name}");
+            let wanted = within(&path);
+            let added = match entry.kind() {
+                Some(ObjectType::Tree) if wanted || root.is_empty() || leads(&path) => out.add_dir(&path),
+                Some(ObjectType::Tree) => return TreeWalkResult::Skip,
+                Some(ObjectType::Commit) => out.add_submodule(&path),
+                Some(ObjectType::Blob) if entry.filemode() == 0o120_000 => out.add_symlink(&path),
+                Some(ObjectType::Blob) if !wanted => Ok(()),
+                Some(ObjectType::Blob) => match add_blob(&repo, &mut out, &path, entry.id(), max_file_bytes) {
+                    Ok(added) => added,
+                    Err(err) => {
+                        failure = Some(err);
+                        return TreeWalkResult::Abort;
+                    }
+                },
+                _ => Ok(()),
+            };
+            if let Err(err) = added {
+                tracing::warn!(path = %path, error = %err, "skipping an unsafe path");
+                return TreeWalkResult::Skip;
+            }
+            // A folder that only leads to a wanted one: walk into it, but add nothing else of it.
+            if entry.kind() == Some(ObjectType::Tree) && !wanted && !leads(&path) {
+                return TreeWalkResult::Skip;
+            }
+            TreeWalkResult::Ok
+        });
+        match (failure, walked) {
+            (Some(err), _) => return Err(err),
+            (None, Err(err)) => return Err(err.into()),
+            (None, Ok(())) => {}
+        }
+        for path in files {
+            let Ok(entry) = tree.get_path(Path::new(path)) else { continue };
+            if entry.kind() == Some(ObjectType::Blob) && entry.filemode() != 0o120_000 {
+                if let Err(err) = add_blob(&repo, &mut out, path, entry.id(), max_file_bytes)? {
+                    tracing::warn!(path = %path, error = %err, "skipping an unsafe path");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The paths that differ between two commits, with their blob id and mode on each side (absent on the side
+    /// where the path does not exist). A rename is a deletion and an addition; a file that became a folder (or a
+    /// link) shows its old and new paths.
+    pub fn changes(&self, old: &str, new: &str) -> Result<Vec<PathChange>, GitError> {
+        let repo = Repository::open_bare(self.path())?;
+        let old_tree = repo.find_commit(Oid::from_str(old)?)?.tree()?;
+        let new_tree = repo.find_commit(Oid::from_str(new)?)?.tree()?;
+        let mut options = git2::DiffOptions::new();
+        options.include_typechange(false).ignore_submodules(false);
+        let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut options))?;
+        let side =
+            |file: git2::DiffFile<'_>| (!file.id().is_zero()).then(|| (file.id().to_string(), u32::from(file.mode())));
+        let mut out = Vec::new();
+        for delta in diff.deltas() {
+            let (old_file, new_file) = (delta.old_file(), delta.new_file());
+            let path = new_file.path().or(old_file.path()).map(|p| p.to_string_lossy().into_owned());
+            let Some(path) = path else { continue };
+            out.push(PathChange { path, old: side(old_file), new: side(new_file) });
+        }
+        Ok(out)
+    }
+
     /// Every regular file under `folder` at `commit`, with its blob id and content, for storage. Symbolic links and
     /// submodules are not files; a missing folder gives nothing.
     pub fn files_under(&self, commit: &str, folder: &str) -> Result<Vec<(String, String, Vec<u8>)>, GitError> {
@@ -375,6 +461,39 @@ impl Mirror {
         self.check_size()?;
         Ok((Repository::open_bare(&path)?, true))
     }
+}
+
+/// One path that differs between two commits: `(blob id, mode)` on each side where it exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathChange {
+    pub path: String,
+    pub old: Option<(String, u32)>,
+    pub new: Option<(String, u32)>,
+}
+
+impl PathChange {
+    /// Whether each side is a regular file (or absent): not a link, a submodule or a folder.
+    pub fn regular(&self) -> bool {
+        let regular =
+            |side: &Option<(String, u32)>| side.as_ref().is_none_or(|(_, mode)| matches!(mode, 0o100_644 | 0o100_755));
+        regular(&self.old) && regular(&self.new)
+    }
+}
+
+/// Reads one blob into the tree (oversized files as entries only). The outer error is git's; the inner, the tree's.
+fn add_blob(
+    repo: &Repository,
+    out: &mut RepoTree,
+    path: &str,
+    id: Oid,
+    max_file_bytes: usize,
+) -> Result<Result<(), gitfleet_shared::tree::TreeError>, GitError> {
+    let blob = repo.find_blob(id)?;
+    Ok(if blob.size() > max_file_bytes {
+        out.add_oversized(path, blob.size(), max_file_bytes)
+    } else {
+        out.add_file(path, blob.content().to_vec(), Some(id.to_string()))
+    })
 }
 
 /// Sets libgit2's connect and read timeouts, so a stalled server can never hold a fetch thread forever. They are

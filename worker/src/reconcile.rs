@@ -172,8 +172,8 @@ pub async fn reconcile_type(
     match data_type.records() {
         Records::ConfigContextSchemas => schemas(db, owner, loaded, logs).await?,
         Records::ConfigContexts => {
-            contexts(db, owner, loaded, logs, enforcement).await?;
-            local_contexts(db, owner, loaded, logs).await?;
+            contexts(db, owner, loaded, logs, enforcement, None).await?;
+            local_contexts(db, owner, loaded, logs, None).await?;
         }
         Records::Jobs => jobs(db, owner, loaded, logs).await?,
         Records::ExportTemplates => export_templates(db, owner, loaded, logs).await?,
@@ -181,6 +181,31 @@ pub async fn reconcile_type(
         Records::Nothing => {}
         Records::Extension => extension(db, owner, data_type, data_type.identifier(), loaded, logs).await?,
     }
+    Ok(changes.list)
+}
+
+/// Which config contexts and local contexts a reconcile covers: the records of the files an incremental sync read
+/// (every other record is left as it is).
+#[derive(Debug, Clone, Copy)]
+pub struct ContextScope<'a> {
+    /// Config context names.
+    pub names: &'a [String],
+    /// Local contexts: `(kind, name)`.
+    pub locals: &'a [(String, String)],
+}
+
+/// Reconciles only the config contexts and local contexts in `scope`: `loaded` holds the ones that still exist;
+/// the rest of the scope is deleted.
+pub async fn reconcile_contexts_in(
+    db: &impl GenericClient,
+    owner: Owner<'_>,
+    loaded: &Loaded,
+    enforcement: SchemaEnforcement,
+    scope: ContextScope<'_>,
+) -> Result<Vec<Change>, Db> {
+    let mut changes = Changes { data_type: "extras.configcontext", list: Vec::new() };
+    contexts(db, owner, loaded, &mut changes, enforcement, Some(scope.names)).await?;
+    local_contexts(db, owner, loaded, &mut changes, Some(scope.locals)).await?;
     Ok(changes.list)
 }
 
@@ -272,9 +297,10 @@ async fn contexts(
     loaded: &Loaded,
     logs: &mut Changes,
     enforcement: SchemaEnforcement,
+    scope: Option<&[String]>,
 ) -> Result<(), Db> {
     const G: &str = "config contexts";
-    let owned = owned_contexts(db, owner).await?;
+    let owned = owned_contexts(db, owner, scope).await?;
     let new_names: Vec<&str> =
         loaded.config_contexts.iter().map(|c| c.name.as_str()).filter(|n| !owned.contains_key(*n)).collect();
     let taken = names_taken(db, "config_context", &new_names).await?;
@@ -405,16 +431,19 @@ impl ContextRow {
     }
 }
 
-/// The config contexts the repository owns, by name.
-async fn owned_contexts(db: &impl GenericClient, owner: Owner<'_>) -> Result<BTreeMap<String, ContextRow>, Db> {
-    let rows = db
-        .query(
-            "SELECT c.id, c.name, c.weight, c.description, c.is_active, s.name, c.data, c.scope, c.scope_resolved
+/// The config contexts the repository owns, by name (only those named in `scope`, when there is one).
+async fn owned_contexts(
+    db: &impl GenericClient,
+    owner: Owner<'_>,
+    scope: Option<&[String]>,
+) -> Result<BTreeMap<String, ContextRow>, Db> {
+    let select = "SELECT c.id, c.name, c.weight, c.description, c.is_active, s.name, c.data, c.scope, c.scope_resolved
              FROM config_context c LEFT JOIN config_context_schema s ON s.id = c.config_context_schema_id
-             WHERE c.owner_repository_id = $1",
-            &[&owner.id],
-        )
-        .await?;
+             WHERE c.owner_repository_id = $1";
+    let rows = match scope {
+        None => db.query(select, &[&owner.id]).await?,
+        Some(names) => db.query(&format!("{select} AND c.name = ANY($2)"), &[&owner.id, &names]).await?,
+    };
     Ok(rows
         .iter()
         .map(|r| {
@@ -493,6 +522,7 @@ async fn local_contexts(
     owner: Owner<'_>,
     loaded: &Loaded,
     logs: &mut Changes,
+    scope: Option<&[(String, String)]>,
 ) -> Result<(), Db> {
     let mut seen: HashSet<(String, String)> = HashSet::new();
     for local in &loaded.local_contexts {
@@ -529,9 +559,23 @@ async fn local_contexts(
         )
         .await?;
     }
-    let owned = db.query("SELECT kind, name FROM local_context WHERE owner_repository_id = $1", &[&owner.id]).await?;
-    for row in owned {
-        let key: (String, String) = (row.get(0), row.get(1));
+    let all = "SELECT kind, name FROM local_context WHERE owner_repository_id = $1";
+    let owned: Vec<(String, String)> = match scope {
+        None => db.query(all, &[&owner.id]).await?.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Some(keys) => {
+            let (kinds, names): (Vec<&str>, Vec<&str>) = keys.iter().map(|(k, n)| (k.as_str(), n.as_str())).unzip();
+            db.query(
+                "SELECT l.kind, l.name FROM local_context l JOIN unnest($2::text[], $3::text[]) AS u(kind, name)
+                 ON l.kind = u.kind AND l.name = u.name WHERE l.owner_repository_id = $1",
+                &[&owner.id, &kinds, &names],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+        }
+    };
+    for key in owned {
         if !seen.contains(&key) {
             db.execute("DELETE FROM local_context WHERE kind = $1 AND name = $2", &[&key.0, &key.1]).await?;
             logs.record(&LOCAL_CONTEXTS, ChangeKind::Deleted, &key.1, &key.1);

@@ -4,6 +4,7 @@
 pub mod dead_letter;
 pub mod inventory;
 pub mod job_result;
+pub mod loaded;
 pub mod outbox;
 pub mod records;
 pub mod repository;

@@ -15,6 +15,23 @@ use crate::tree::{EntryKind, stem};
 pub const GROUPING: &str = "config contexts";
 pub const LOCAL_GROUPING: &str = "local config contexts";
 
+/// The filter and local folders, which the load warns about when they sit at the root instead of inside
+/// `config_contexts/`.
+const ROOT_FOLDERS: [&str; FILTERS.len() + LOCAL_KINDS.len()] = {
+    let mut out = [""; FILTERS.len() + LOCAL_KINDS.len()];
+    let mut i = 0;
+    while i < FILTERS.len() {
+        out[i] = FILTERS[i].0;
+        i += 1;
+    }
+    let mut j = 0;
+    while j < LOCAL_KINDS.len() {
+        out[i + j] = LOCAL_KINDS[j].0;
+        j += 1;
+    }
+    out
+};
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConfigContext {
     pub name: String,
@@ -59,6 +76,9 @@ impl DataType for ConfigContexts {
     fn folder(&self) -> &'static str {
         "config_contexts"
     }
+    fn root_paths(&self) -> &'static [&'static str] {
+        &ROOT_FOLDERS
+    }
     fn records(&self) -> super::Records {
         super::Records::ConfigContexts
     }
@@ -87,12 +107,13 @@ impl DataType for ConfigContexts {
             }
             let listed = data_files(input.tree, &dir, &mut Log { out: &mut out.logs, grouping }, section.has_dirs());
             for (file, kind) in listed {
-                let loaded = load_file(input, section, &file, kind);
+                let mut loaded = load_file(input, section, &file, kind);
                 let at = out.logs.len();
                 out.logs.extend(loaded.logs.iter().cloned());
                 own.push(at..out.logs.len());
-                keep(&mut contexts, &mut index, loaded.contexts.clone());
-                out.local_contexts.extend(loaded.locals.iter().cloned());
+                // The records go to the load; the file keeps its keys and lines.
+                keep(&mut contexts, &mut index, std::mem::take(&mut loaded.contexts));
+                out.local_contexts.append(&mut loaded.locals);
                 files.push(loaded);
             }
         }
@@ -189,15 +210,8 @@ pub struct FileLoad {
     pub logs: Vec<LogEntry>,
     /// Bytes of JSON its document counted against the load's budget.
     pub bytes: usize,
-}
-
-impl FileLoad {
     /// The keys of the records it defines: `context:{name}` and `{kind}:{name}`.
-    pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = self.contexts.iter().map(|c| context_key(&c.name)).collect();
-        keys.extend(self.locals.iter().map(|l| local_key(l.kind, &l.name)));
-        keys
-    }
+    pub keys: Vec<String>,
 }
 
 pub fn context_key(name: &str) -> String {
@@ -227,6 +241,7 @@ pub fn load_file(input: &LoadInput<'_>, section: Section, file: &str, kind: Entr
         locals: Vec::new(),
         logs: Vec::new(),
         bytes: 0,
+        keys: Vec::new(),
     };
     match section {
         Section::Explicit => {
@@ -303,6 +318,8 @@ pub fn load_file(input: &LoadInput<'_>, section: Section, file: &str, kind: Entr
         }
     }
     loaded.bytes = input.spent.document_bytes.get().saturating_sub(spent);
+    loaded.keys = loaded.contexts.iter().map(|c| context_key(&c.name)).collect();
+    loaded.keys.extend(loaded.locals.iter().map(|l| local_key(l.kind, &l.name)));
     loaded
 }
 

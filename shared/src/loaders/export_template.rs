@@ -46,6 +46,9 @@ impl DataType for ExportTemplates {
     fn folder(&self) -> &'static str {
         "export_templates"
     }
+    fn root_paths(&self) -> &'static [&'static str] {
+        APP_LABELS
+    }
     fn records(&self) -> super::Records {
         super::Records::ExportTemplates
     }

@@ -51,6 +51,9 @@ impl DataType for Jobs {
     fn folder(&self) -> &'static str {
         "jobs"
     }
+    fn root_paths(&self) -> &'static [&'static str] {
+        &["jobs.py", "__init__.py"]
+    }
     fn records(&self) -> super::Records {
         super::Records::Jobs
     }
@@ -499,6 +502,9 @@ impl DataType for DataComplianceRules {
     }
     fn folder(&self) -> &'static str {
         "custom_validators"
+    }
+    fn root_paths(&self) -> &'static [&'static str] {
+        &["custom_validators.py"]
     }
     fn records(&self) -> super::Records {
         super::Records::Nothing

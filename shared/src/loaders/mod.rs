@@ -196,6 +196,16 @@ pub trait DataType: Send + Sync {
     }
     /// The folder (or file) whose presence means the repository has this type (`worker check` default).
     fn folder(&self) -> &'static str;
+    /// Paths at the root besides `folder` that the load looks at (files it reads, folders it warns about): with
+    /// the folder, every path whose change can change what the type loads.
+    fn root_paths(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Whether a change at `path` can change what this type loads (an empty folder means any path can).
+    fn reads(&self, path: &str) -> bool {
+        let under = |p: &str| path == p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'));
+        self.folder().is_empty() || under(self.folder()) || self.root_paths().iter().any(|p| under(p))
+    }
     /// Which records this type's loads become in the database (an extension's: `extension_record` rows).
     fn records(&self) -> Records {
         Records::Extension

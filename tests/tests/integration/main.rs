@@ -11,6 +11,7 @@ mod endings;
 mod faults;
 mod fleet;
 mod hooks;
+mod incremental;
 mod nautobot_api;
 #[cfg(feature = "shared-fixtures")]
 mod shared_fixtures;

@@ -68,8 +68,14 @@ pub(super) fn reason(repo: &RepositoryRow, event: &Event, requested: Option<Date
 /// enforcement, loader version and where the files are stored (a new storage gets the live commit's files at the
 /// next sync).
 pub(super) fn fingerprint(ctx: &JobContext, repo: &RepositoryRow, head: &str, inventory_stamp: &str) -> String {
+    format!("{head}|{}", base_fingerprint(ctx, repo, inventory_stamp))
+}
+
+/// The fingerprint without its commit: what must be the same for an incremental sync to reuse what the live
+/// commit's files loaded to.
+pub(super) fn base_fingerprint(ctx: &JobContext, repo: &RepositoryRow, inventory_stamp: &str) -> String {
     format!(
-        "{head}|v{}|{}|inventory {inventory_stamp}|{}|schemas {}|gitfleet {}|storage {}",
+        "v{}|{}|inventory {inventory_stamp}|{}|schemas {}|gitfleet {}|storage {}",
         repo.version,
         repo.provided_contents.join(","),
         ctx.scope_mode_name(),

@@ -74,6 +74,7 @@ pub(super) async fn delete(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifi
         format!("Stored objects of {name} are kept for {retention} days (GITFLEET_STORAGE_RETENTION_DAYS).")
     };
     run.log.write(LogEntry::info(grouping::MAIN, stored)).await?;
+    gitfleet_infra::store::loaded::forget(&*tx, repo.id).await?;
     repository::tombstone(&*tx, repo.id, event.version.get()).await?;
     run.log.write(LogEntry::info(grouping::MAIN, format!("Git repository \"{name}\" deleted.")).about(name)).await?;
     run.succeed(&*tx, json!({ "deleted": repo.id })).await?;

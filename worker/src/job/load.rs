@@ -13,7 +13,7 @@ use crate::git::Mirror;
 
 /// What a load needs from the database besides the tree.
 pub(super) struct LoadContext {
-    pub inventory: Inventory,
+    pub inventory: std::sync::Arc<Inventory>,
     /// Changes whenever the inventory does: part of the fingerprint.
     pub inventory_stamp: String,
 }
@@ -21,7 +21,7 @@ pub(super) struct LoadContext {
 pub(super) async fn context(ctx: &JobContext) -> Step<LoadContext> {
     let client = ctx.pool.get().await?;
     Ok(LoadContext {
-        inventory: inventory::load(&**client).await?,
+        inventory: std::sync::Arc::new(inventory::load(&**client).await?),
         inventory_stamp: inventory::stamp(&**client).await?,
     })
 }
@@ -32,6 +32,12 @@ pub(super) async fn inventory_stamp(ctx: &JobContext) -> Step<String> {
     Ok(inventory::stamp(&**client).await?)
 }
 
+/// A full load: the records, and the rows that say what each file gave (for the next, incremental, sync).
+pub(super) struct FullLoad {
+    pub loaded: Loaded,
+    pub rows: Vec<gitfleet_infra::store::loaded::FileRow>,
+}
+
 /// Reads the commit's tree and runs every registered loader on it, off the reactor. A tree that cannot be read
 /// fails the job under `ensure_git_repository`.
 pub(super) async fn load_commit(
@@ -39,10 +45,11 @@ pub(super) async fn load_commit(
     repo: &RepositoryRow,
     mirror: Mirror,
     head: &str,
-    context: LoadContext,
-) -> Step<Loaded> {
+    context: &LoadContext,
+) -> Step<FullLoad> {
     let (registry, repo, limits, mode, head) =
         (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode, head.to_owned());
+    let inventory = context.inventory.clone();
     let span = tracing::Span::current();
     let loaded = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
@@ -52,12 +59,14 @@ pub(super) async fn load_commit(
                 repo_name: &repo.name,
                 slug: &repo.slug,
                 provided: &repo.provided_contents,
-                inventory: Some(&context.inventory),
+                inventory: Some(&inventory),
                 scope_mode: mode,
                 limits,
                 spent: Default::default(),
             };
-            Ok::<_, crate::git::GitError>(registry.load(&input))
+            let loaded = registry.load(&input);
+            let rows = super::incremental::rows_of(&registry, &loaded, &tree, &repo.provided_contents, &|_| true);
+            Ok::<_, crate::git::GitError>(FullLoad { loaded, rows })
         })
     })
     .await?;

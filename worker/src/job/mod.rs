@@ -16,6 +16,7 @@ mod delete;
 mod dry_run;
 mod error;
 mod fetch;
+mod incremental;
 mod load;
 mod run;
 mod store;

@@ -10,6 +10,7 @@ use serde_json::json;
 use super::Notification;
 use super::coalesce::{self, finish_superseded};
 use super::error::{Failure, Step, StepError};
+use super::incremental::{self, SyncLoad};
 use super::run::JobRun;
 use super::{apply::apply, fetch, load, store};
 use crate::lock::RepoLock;
@@ -60,17 +61,38 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
     }
 
     let mut phases = Phases::start();
-    let loaded = load::load_commit(ctx, &repo, mirror.clone(), &head, context).await?;
+    let base = coalesce::base_fingerprint(ctx, &repo, &context.inventory_stamp);
+    let load = incremental::load(ctx, &repo, &mirror, &head, &base, &context).await?;
     phases.mark("load");
-    let staged =
-        if loaded.has_errors() { Vec::new() } else { store::stage(ctx, &repo, mirror, &head, &mut phases).await? };
+    let staged = if load.has_errors() {
+        Vec::new()
+    } else {
+        store::stage(ctx, &repo, mirror.clone(), &head, &mut phases).await?
+    };
 
     // The records, the report and pointers, the new head and the JobResult's end: one transaction. Any failure
     // drops it (a rollback) before the ending runs.
     let client = lock.client();
     let tx = client.transaction().await?;
     let owner = Owner { id: repo.id, name, slug: &repo.slug };
-    let failed = apply(&*tx, ctx, owner, &loaded, &run.log).await?;
+    let failed = match &load {
+        SyncLoad::Full { load, reason } => {
+            if let Some(reason) = reason {
+                let line = format!("Loading every file of {name}: {reason}.");
+                run.log.write(LogEntry::info(grouping::MAIN, line)).await?;
+            }
+            let failed = apply(&*tx, ctx, owner, &load.loaded, &run.log).await?;
+            if !failed {
+                incremental::record_full(&*tx, &repo, &head, &base, load)
+                    .await
+                    .map_err(|e| StepError::db(&format!("the recorded load of {name}"), e))?;
+            }
+            failed
+        }
+        SyncLoad::Increment(inc) => {
+            incremental::apply(&*tx, ctx, owner, &repo, &mirror, &context, (&head, &base), inc, &run.log).await?
+        }
+    };
     phases.mark("reconcile and log");
     if failed {
         let message = format!("Failed to refresh data provided by {name}. Please see logs.");
