@@ -311,10 +311,11 @@ impl Mirror {
         }
         for path in files {
             let Ok(entry) = tree.get_path(Path::new(path)) else { continue };
-            if entry.kind() == Some(ObjectType::Blob) && entry.filemode() != 0o120_000 {
-                if let Err(err) = add_blob(&repo, &mut out, path, entry.id(), max_file_bytes)? {
-                    tracing::warn!(path = %path, error = %err, "skipping an unsafe path");
-                }
+            if entry.kind() == Some(ObjectType::Blob)
+                && entry.filemode() != 0o120_000
+                && let Err(err) = add_blob(&repo, &mut out, path, entry.id(), max_file_bytes)?
+            {
+                tracing::warn!(path = %path, error = %err, "skipping an unsafe path");
             }
         }
         Ok(out)

@@ -105,12 +105,12 @@ fn mutate(rng: &mut Rng, files: &mut BTreeMap<String, String>, provided: &mut Ve
             files.insert(path.clone(), context(rng));
             format!("write {path}")
         }
-        2 if !explicit.is_empty() => {
+        3 if !explicit.is_empty() => {
             let path = rng.pick(&explicit).clone();
             files.remove(&path);
             format!("delete {path}")
         }
-        3 if !explicit.is_empty() => {
+        4 if !explicit.is_empty() => {
             let from = rng.pick(&explicit).clone();
             let to = format!("config_contexts/c{}.json", rng.below(8));
             let body = files.remove(&from).unwrap_or_default();
@@ -118,26 +118,26 @@ fn mutate(rng: &mut Rng, files: &mut BTreeMap<String, String>, provided: &mut Ve
             files.insert(to.clone(), body);
             format!("rename {from} -> {to}")
         }
-        4 if !explicit.is_empty() => {
+        5 if !explicit.is_empty() => {
             let path = rng.pick(&explicit).clone();
             files.insert(path.clone(), "_metadata: [unclosed\n".into());
             format!("break {path}")
         }
-        5 => {
+        6 => {
             // dev-3 is not in the inventory: rarely.
             let path =
                 format!("config_contexts/devices/dev-{}.yaml", if rng.below(8) == 0 { 3 } else { rng.below(2) + 1 });
             files.insert(path.clone(), local(rng));
             format!("write {path}")
         }
-        6 => {
+        7 => {
             let path = format!("config_contexts/roles/{}.yaml", rng.pick(&["edge", "core"]));
             if files.remove(&path).is_none() {
                 files.insert(path.clone(), implicit(rng));
             }
             format!("toggle {path}")
         }
-        7 => {
+        8 => {
             let path = "config_context_schemas/ntp.yaml".to_owned();
             if files.remove(&path).is_none() {
                 let body = "_metadata:\n  name: ntp\ndata_schema:\n  type: object\n  properties:\n    value: {type: integer}\n";
@@ -145,19 +145,19 @@ fn mutate(rng: &mut Rng, files: &mut BTreeMap<String, String>, provided: &mut Ve
             }
             format!("toggle {path}")
         }
-        8 => {
+        9 => {
             let path = format!("export_templates/dcim/device/t{}.j2", rng.below(2));
             files.insert(path.clone(), format!("{{{{ obj.name }}}} {}\n", rng.below(50)));
             format!("write {path}")
         }
-        9 => {
+        10 => {
             let path = "config_contexts/.gitkeep".to_owned();
             if files.remove(&path).is_none() {
                 files.insert(path.clone(), String::new());
             }
             format!("toggle {path}")
         }
-        10 => {
+        11 => {
             let t = "extras.exporttemplate".to_owned();
             if provided.contains(&t) {
                 provided.retain(|p| *p != t);

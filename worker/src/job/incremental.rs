@@ -40,7 +40,7 @@ const SCHEMAS: &str = "extras.configcontextschema";
 /// What a sync loads: everything, or what changed since the live commit.
 pub(super) enum SyncLoad {
     Full {
-        load: FullLoad,
+        load: Box<FullLoad>,
         /// Why an incremental sync was not possible (none for a first sync).
         reason: Option<String>,
     },
@@ -105,7 +105,7 @@ pub(super) async fn load(
         Err(reason) => reason,
     };
     let load = super::load::load_commit(ctx, repo, mirror.clone(), head, context).await?;
-    Ok(SyncLoad::Full { load, reason })
+    Ok(SyncLoad::Full { load: Box::new(load), reason })
 }
 
 /// The live commit's recorded load and the changes since, or why every file must be read.
