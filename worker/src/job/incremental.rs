@@ -197,16 +197,7 @@ async fn increment(
     let done = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
             let tree = mirror_c.read_parts(&head_c, &read_prefixes, &paths_c, limits.max_bytes)?;
-            let input = LoadInput {
-                tree: &tree,
-                repo_name: &repo_c.name,
-                slug: &repo_c.slug,
-                provided: &repo_c.provided_contents,
-                inventory: Some(&inventory),
-                scope_mode: mode,
-                limits,
-                spent: Default::default(),
-            };
+            let input = super::load::input(&tree, &repo_c, &inventory, (limits, mode));
             input.spent.document_bytes.set(usize::try_from(kept_bytes).unwrap_or_default());
             let loaded = registry.load_where(&input, &|id| reload_c.contains(id));
             let files = context_files(&input, &tree, &paths_c);
@@ -480,16 +471,7 @@ async fn reread(
     let inventory: Arc<_> = context.inventory.clone();
     let done = tokio::task::spawn_blocking(move || {
         let tree = mirror.read_parts(&head, &[], &paths, limits.max_bytes)?;
-        let input = LoadInput {
-            tree: &tree,
-            repo_name: &repo.name,
-            slug: &repo.slug,
-            provided: &repo.provided_contents,
-            inventory: Some(&inventory),
-            scope_mode: mode,
-            limits,
-            spent: Default::default(),
-        };
+        let input = super::load::input(&tree, &repo, &inventory, (limits, mode));
         Ok::<_, crate::git::GitError>(context_files(&input, &tree, &paths))
     })
     .await?;

@@ -32,6 +32,25 @@ pub(super) async fn inventory_stamp(ctx: &JobContext) -> Step<String> {
     Ok(inventory::stamp(&**client).await?)
 }
 
+/// What a load of `repo`'s files in `tree` takes, its budget untouched.
+pub(super) fn input<'a>(
+    tree: &'a gitfleet_shared::tree::RepoTree,
+    repo: &'a RepositoryRow,
+    inventory: &'a Inventory,
+    (limits, scope_mode): (gitfleet_shared::yaml::Limits, gitfleet_shared::loaders::ScopeMode),
+) -> LoadInput<'a> {
+    LoadInput {
+        tree,
+        repo_name: &repo.name,
+        slug: &repo.slug,
+        provided: &repo.provided_contents,
+        inventory: Some(inventory),
+        scope_mode,
+        limits,
+        spent: Default::default(),
+    }
+}
+
 /// A full load: the records, and the rows that say what each file gave (for the next, incremental, sync).
 pub(super) struct FullLoad {
     pub loaded: Loaded,
@@ -54,16 +73,7 @@ pub(super) async fn load_commit(
     let loaded = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
             let tree = mirror.read_tree(&head, limits.max_bytes)?;
-            let input = LoadInput {
-                tree: &tree,
-                repo_name: &repo.name,
-                slug: &repo.slug,
-                provided: &repo.provided_contents,
-                inventory: Some(&inventory),
-                scope_mode: mode,
-                limits,
-                spent: Default::default(),
-            };
+            let input = input(&tree, &repo, &inventory, (limits, mode));
             let loaded = registry.load(&input);
             let rows = super::incremental::rows_of(&registry, &loaded, &tree, &repo.provided_contents, &|_| true);
             Ok::<_, crate::git::GitError>(FullLoad { loaded, rows })
