@@ -230,16 +230,8 @@ async fn outcome(env: &TestEnv, repo: Uuid, view: &JobResultView) -> Result<Outc
     Ok(Outcome { status: view.status.clone(), errors, records, facts, keys, totals })
 }
 
-async fn repo_id(env: &TestEnv) -> Result<Uuid> {
-    let client = env.pool.get().await?;
-    let repo = gitfleet_infra::store::repository::find_live_by_name(&**client, NAME, false).await?;
-    Ok(repo.context("the repository")?.id)
-}
-
-/// The same commit loaded from scratch in a schema of its own.
-async fn full_load(remote: &Remote, provided: &[String]) -> Result<Outcome> {
-    let mut env = TestEnv::new().await?;
-    import_inventory(&env).await?;
+/// Creates the repository on `remote`, starts a worker and a relay, and waits for the first sync.
+async fn create_and_sync(env: &mut TestEnv, remote: &Remote, provided: &[String]) -> Result<(Uuid, JobResultView)> {
     let new = NewRepo {
         name: NAME.to_owned(),
         slug: Some(SLUG.to_owned()),
@@ -251,7 +243,16 @@ async fn full_load(remote: &Remote, provided: &[String]) -> Result<Outcome> {
     let job = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().context("accepted")?;
     env.start_fleet(1);
     let view = env.wait_job(job).await?;
-    let repo = repo_id(&env).await?;
+    let client = env.pool.get().await?;
+    let repo = gitfleet_infra::store::repository::find_live_by_name(&**client, NAME, false).await?;
+    Ok((repo.context("the repository")?.id, view))
+}
+
+/// The same commit loaded from scratch in a schema of its own.
+async fn full_load(remote: &Remote, provided: &[String]) -> Result<Outcome> {
+    let mut env = TestEnv::new().await?;
+    import_inventory(&env).await?;
+    let (repo, view) = create_and_sync(&mut env, remote, provided).await?;
     let result = outcome(&env, repo, &view).await;
     env.teardown().await?;
     result
@@ -267,18 +268,7 @@ async fn run_case(seed: u64, steps: usize) -> Result<(usize, usize)> {
     files.insert("config_contexts/devices/dev-1.yaml".to_owned(), local(&mut rng));
     commit(&remote, &files, "initial")?;
     let mut provided: Vec<String> = TYPES.iter().map(|t| (*t).to_owned()).collect();
-    let new = NewRepo {
-        name: NAME.to_owned(),
-        slug: Some(SLUG.to_owned()),
-        remote_url: remote.file_url(),
-        branch: Some("main".to_owned()),
-        provided_contents: provided.clone(),
-        ..NewRepo::default()
-    };
-    let first = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().context("accepted")?;
-    env.start_fleet(1);
-    env.wait_job(first).await?;
-    let repo = repo_id(&env).await?;
+    let (repo, _) = create_and_sync(&mut env, &remote, &provided).await?;
     let (mut incremental, mut failures) = (0, 0);
     for step in 0..steps {
         let before = provided.clone();
