@@ -40,6 +40,13 @@ enum StorageCommand {
     },
     /// Remove the objects of repositories deleted longer ago than the retention, then unreferenced blobs.
     Gc,
+    /// Check that every blob the live manifests name is stored (one listing per store); exit 1 if some are not.
+    Verify {
+        /// Record the missing blobs in their manifests and mark those repositories, so that each one's next sync
+        /// uploads them again.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 /// Parses the command line and runs the chosen command on a Tokio runtime. The runtime is shut down without
@@ -80,14 +87,20 @@ async fn run() -> ExitCode {
                 let storage = crate::storage::StorageSettings::from_env()?;
                 match command {
                     StorageCommand::Ls { prefix } => {
-                        crate::storage::commands::ls(storage, prefix.as_deref().unwrap_or(""), out).await
+                        crate::storage::commands::ls(storage, prefix.as_deref().unwrap_or(""), out).await?;
                     }
-                    StorageCommand::Gc => crate::storage::commands::gc(&cli.settings, storage, out).await,
+                    StorageCommand::Gc => crate::storage::commands::gc(&cli.settings, storage, out).await?,
+                    StorageCommand::Verify { repair } => {
+                        let missing = crate::storage::commands::verify(&cli.settings, storage, repair, out).await?;
+                        return Ok(missing == 0 || repair);
+                    }
                 }
+                Ok::<_, anyhow::Error>(true)
             }
             .await;
             match done {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
                 Err(err) => {
                     eprintln!("error: {err:#}");
                     ExitCode::from(1)

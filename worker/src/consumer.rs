@@ -73,6 +73,7 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
         schema_enforcement: settings.schema_enforcement,
         limits: settings.limits(),
         heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
+        artifact_slots: Arc::new(tokio::sync::Semaphore::new(1)),
     });
     std::fs::create_dir_all(&ctx.git_root)?;
     crate::git::set_network_timeouts(ctx.git_timeout);
@@ -111,6 +112,10 @@ async fn remove_orphan_mirrors(ctx: &JobContext) -> anyhow::Result<()> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if !entry.file_type()?.is_dir() {
+            // An artifact a stopped worker was building.
+            if name.starts_with(".tmp-artifact-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
             continue;
         }
         let stale_tmp = name.starts_with(".tmp-")

@@ -343,34 +343,27 @@ impl Mirror {
         Ok(out)
     }
 
-    /// Every regular file under `folder` at `commit`, with its blob id and content, for storage. Symbolic links and
+    /// Every regular file under `folder` at `commit` with its blob id, unread, for storage. Symbolic links and
     /// submodules are not files; a missing folder gives nothing.
-    pub fn files_under(&self, commit: &str, folder: &str) -> Result<Vec<(String, String, Vec<u8>)>, GitError> {
+    pub fn list_files(&self, commit: &str, folder: &str) -> Result<Vec<(String, String)>, GitError> {
         let repo = Repository::open_bare(self.path())?;
         let tree = repo.find_commit(Oid::from_str(commit)?)?.tree()?;
         let Ok(entry) = tree.get_path(Path::new(folder)) else { return Ok(Vec::new()) };
         let Ok(subtree) = repo.find_tree(entry.id()) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
-        let mut failure = None;
-        let walked = subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
+        subtree.walk(TreeWalkMode::PreOrder, |root, entry| {
             if entry.kind() == Some(ObjectType::Blob) && entry.filemode() != 0o120_000 {
                 let path = format!("{folder}/{root}{}", String::from_utf8_lossy(entry.name_bytes()));
-                match repo.find_blob(entry.id()) {
-                    Ok(blob) => out.push((path, entry.id().to_string(), blob.content().to_vec())),
-                    Err(err) => {
-                        failure = Some(GitError::from(err));
-                        return TreeWalkResult::Abort;
-                    }
-                }
+                out.push((path, entry.id().to_string()));
             }
             TreeWalkResult::Ok
-        });
-        // An aborted walk reports only "callback returned -7": the blob's own error says what went wrong.
-        match (failure, walked) {
-            (Some(err), _) => Err(err),
-            (None, Err(err)) => Err(err.into()),
-            (None, Ok(())) => Ok(out),
-        }
+        })?;
+        Ok(out)
+    }
+
+    /// Reads blobs by id, the object database opened once for all of them.
+    pub fn blobs(&self) -> Result<Blobs, GitError> {
+        Ok(Blobs(Repository::open_bare(self.path())?))
     }
 
     /// File changes from `old` (None: an empty tree) to `new`, worded as Nautobot's dry-run words them:
@@ -461,6 +454,15 @@ impl Mirror {
         fs::rename(&tmp, &path).map_err(io(&path))?;
         self.check_size()?;
         Ok((Repository::open_bare(&path)?, true))
+    }
+}
+
+/// The object database of a mirror, for reading blobs one at a time (see [`Mirror::blobs`]).
+pub struct Blobs(Repository);
+
+impl Blobs {
+    pub fn read(&self, id: &str) -> Result<Vec<u8>, GitError> {
+        Ok(self.0.find_blob(Oid::from_str(id)?)?.content().to_vec())
     }
 }
 

@@ -302,6 +302,26 @@ pub async fn record_sync(
     .await
 }
 
+/// Records the digests of artifacts built after a sync (`artifact key -> sha256`) in the live commit's
+/// `artifacts`, if `head` is still live.
+pub async fn record_artifacts(
+    db: &impl GenericClient,
+    id: Uuid,
+    head: &str,
+    digests: &Value,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "UPDATE git_repository SET artifacts = (
+             SELECT coalesce(jsonb_agg(CASE WHEN $3::jsonb ? (a->>'artifact')
+                                            THEN a || jsonb_build_object('sha256', $3::jsonb -> (a->>'artifact'))
+                                            ELSE a END ORDER BY n), '[]')
+               FROM jsonb_array_elements(artifacts) WITH ORDINALITY AS t(a, n))
+          WHERE id = $1 AND current_head = $2",
+        &[&id, &head, digests],
+    )
+    .await
+}
+
 /// A fetch found the live state current: records when it began, so events made before it need no fetch.
 pub async fn record_fetch(
     db: &impl GenericClient,

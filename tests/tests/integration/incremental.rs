@@ -196,6 +196,9 @@ struct Outcome {
     facts: BTreeSet<String>,
     keys: BTreeSet<(String, i32, String)>,
     totals: Option<(i64, i64)>,
+    /// Each store's live manifest: the folders it covers and its files (built from the live one plus the change
+    /// in the incremental schema, from a listing of every file in the fresh one).
+    manifests: Vec<(Option<Vec<String>>, Vec<gitfleet_worker::storage::ManifestFile>)>,
 }
 
 async fn outcome(env: &TestEnv, repo: Uuid, view: &JobResultView) -> Result<Outcome> {
@@ -227,7 +230,13 @@ async fn outcome(env: &TestEnv, repo: Uuid, view: &JobResultView) -> Result<Outc
         .query_opt("SELECT doc_bytes, files FROM loaded_state WHERE repository_id = $1", &[&repo])
         .await?
         .map(|r| (r.get(0), r.get(1)));
-    Ok(Outcome { status: view.status.clone(), errors, records, facts, keys, totals })
+    let storage = gitfleet_worker::storage::Storage::new(env.storage.clone()).await;
+    let mut manifests = Vec::new();
+    for store in storage.stores() {
+        let live = storage.live(&store, SLUG).await?;
+        manifests.push((live.folders, live.files));
+    }
+    Ok(Outcome { status: view.status.clone(), errors, records, facts, keys, totals, manifests })
 }
 
 /// Creates the repository on `remote`, starts a worker and a relay, and waits for the first sync.

@@ -111,6 +111,12 @@ async fn layout_and_increments(
     let head = result["current_head"].as_str().unwrap().to_owned();
     let repo = env.repo(view.repository_id.unwrap()).await?;
     let slug = repo.slug.clone();
+    let stores = storage.stores();
+    let backend = storage.backend(&stores[0]);
+    // The artifacts are built after the sync: the pointers name them once they are complete.
+    let current = wait_artifact(&backend, &format!("nautobot/git/{slug}/current.json"), &head).await?;
+    wait_artifact(&storage.backend(&stores[1]), &format!("nautobot/software_images/{slug}/current.json"), &head)
+        .await?;
 
     // Default store: 3 blobs (2 contexts, 1 template), manifest, artifact, pointer, report.
     let default = keys(&storage, 0).await?;
@@ -129,12 +135,7 @@ async fn layout_and_increments(
     assert_eq!(jobs.iter().filter(|k| k.starts_with("nautobot/software_images/blobs/")).count(), 2, "{jobs:#?}");
     assert!(jobs.contains(&format!("nautobot/software_images/{slug}/current.json")));
 
-    // The pointer names the commit; the artifact's digest matches the database and the JobResult.
-    let stores = storage.stores();
-    let backend = storage.backend(&stores[0]);
-    let current: Value =
-        serde_json::from_slice(&backend.get(&format!("nautobot/git/{slug}/current.json")).await?.unwrap())?;
-    assert_eq!(current["commit"], head.as_str());
+    // The artifact's digest matches the pointer and the database.
     let artifact = backend.get(current["artifact"].as_str().unwrap()).await?.unwrap();
     let digest: String = openssl::sha::sha256(&artifact).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(current["sha256"], digest.as_str());
@@ -144,10 +145,12 @@ async fn layout_and_increments(
     drop(client);
     assert_eq!(recorded[0]["sha256"], digest.as_str(), "{recorded}");
     assert_eq!(recorded[0]["artifact"], current["artifact"]);
-    assert_eq!(result["artifacts"][0]["sha256"], digest.as_str());
+    assert!(result["artifacts"][0]["sha256"].is_null(), "the JobResult ends before its artifact is built");
+    assert_eq!(result["artifacts"][0]["manifest_from_live"], false, "a first sync lists every file");
     assert_eq!(result["report"], format!("nautobot/reports/{}.json", view.id));
     let manifest: Value = serde_json::from_slice(&backend.get(current["manifest"].as_str().unwrap()).await?.unwrap())?;
     assert_eq!(manifest["files"].as_array().unwrap().len(), 3);
+    assert_eq!(manifest["folders"], serde_json::json!(["config_contexts", "export_templates"]));
 
     // One file changed: exactly one new blob, plus the new commit's manifest and artifact and the report.
     if let Some(requests) = requests {
@@ -159,6 +162,8 @@ async fn layout_and_increments(
     )?;
     let view = env.wait_job(env.sync(&name).await?).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let sent_by_sync = requests.map(|r| r.lock().unwrap().clone());
+    wait_artifact(&backend, &format!("nautobot/git/{slug}/current.json"), &second).await?;
     let after = keys(&storage, 0).await?;
     let added: BTreeSet<&String> = after.difference(&default).collect();
     let expected: BTreeSet<String> = [
@@ -171,19 +176,73 @@ async fn layout_and_increments(
     assert_eq!(new_blobs.len(), 1, "{added:#?}");
     assert_eq!(added.len(), 4, "{added:#?}");
     assert!(expected.iter().all(|k| added.contains(k)), "{added:#?}");
-    if let Some(requests) = requests {
-        // The live manifest says which blobs are stored: only the changed file's blob is asked about and sent.
-        let sent = requests.lock().unwrap().clone();
+    if let Some(sent) = sent_by_sync {
+        // The live manifest says which blobs are stored: only the changed file's blob is sent, unasked (it is
+        // small), and nothing is listed.
         let blob = |method: &str| sent.iter().filter(|r| r.starts_with(method) && r.contains("/blobs/")).count();
-        assert_eq!((blob("HEAD "), blob("PUT ")), (1, 1), "{sent:#?}");
+        assert_eq!((blob("HEAD "), blob("PUT ")), (0, 1), "{sent:#?}");
+        assert!(!sent.iter().any(|r| r.contains("list-type")), "{sent:#?}");
     }
     let result = view.result.clone().unwrap();
+    assert_eq!(result["artifacts"][0]["manifest_from_live"], true, "the live manifest plus the change");
     assert_eq!(result["artifacts"][0]["uploaded_blobs"], 1);
     assert_eq!(result["artifacts"][1]["uploaded_blobs"], 0, "the unchanged job files are not uploaded again");
     let current: Value =
         serde_json::from_slice(&backend.get(&format!("nautobot/git/{slug}/current.json")).await?.unwrap())?;
     assert_eq!(current["commit"], second.as_str());
     Ok((slug, storage))
+}
+
+/// A blob removed behind gitfleet's back: `verify` finds it (exit 1 in the CLI), `--repair` marks the repository,
+/// and its next sync stores the blob again at the same commit, without a new commit or a full listing.
+async fn repair_a_removed_blob(env: &TestEnv, storage: &Storage, root: &std::path::Path, slug: &str) -> Result<()> {
+    use gitfleet_worker::storage::commands::verify;
+    let backend = storage.backend(&storage.stores()[0]);
+    let current: Value =
+        serde_json::from_slice(&backend.get(&format!("nautobot/git/{slug}/current.json")).await?.unwrap())?;
+    let manifest: Value = serde_json::from_slice(&backend.get(current["manifest"].as_str().unwrap()).await?.unwrap())?;
+    let lost = &manifest["files"][0];
+    let (key, blob) = (lost["key"].as_str().unwrap(), lost["blob"].as_str().unwrap());
+    std::fs::remove_file(root.join("default").join(key))?;
+    let worker = env.worker_settings("verify");
+    let mut out = Vec::new();
+    assert_eq!(verify(&worker, storage.settings.clone(), false, &mut out).await?, 1);
+    let printed = String::from_utf8(out)?;
+    assert!(printed.contains(&format!("{slug}: 1 blobs missing: {blob}")), "{printed}");
+    let view = env.wait_job(env.sync(&format!("Stored {}", env.id)).await?).await?;
+    assert_log(&view, "info", "main", "already up to date");
+    assert!(backend.get(key).await?.is_none(), "verify alone changes nothing");
+
+    let mut out = Vec::new();
+    assert_eq!(verify(&worker, storage.settings.clone(), true, &mut out).await?, 1);
+    assert!(String::from_utf8(out)?.contains("marked 1 repositories"));
+    let view = env.wait_job(env.sync(&format!("Stored {}", env.id)).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let result = view.result.clone().unwrap();
+    assert_eq!(result["artifacts"][0]["uploaded_blobs"], 1, "{result}");
+    assert_eq!(result["artifacts"][0]["manifest_from_live"], true, "{result}");
+    assert!(backend.get(key).await?.is_some(), "the next sync stored the blob again");
+    let commit = current["commit"].as_str().unwrap();
+    wait_artifact(&backend, &format!("nautobot/git/{slug}/current.json"), commit).await?;
+    let mut out = Vec::new();
+    assert_eq!(verify(&worker, storage.settings.clone(), false, &mut out).await?, 0);
+    Ok(())
+}
+
+/// Waits (bounded) until the pointer names `commit` and an artifact for it; returns the pointer.
+async fn wait_artifact(backend: &gitfleet_worker::storage::Backend, key: &str, commit: &str) -> Result<Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let current: Value = serde_json::from_slice(&backend.get(key).await?.unwrap_or_default()).unwrap_or_default();
+        assert_eq!(current["commit"], commit, "{key}: {current}");
+        if current["artifact"].is_string() {
+            assert!(current["artifact"].as_str().unwrap().contains(commit), "{current}");
+            return Ok(current);
+        }
+        assert!(current["artifact"].is_null() && current["sha256"].is_null(), "{current}");
+        assert!(std::time::Instant::now() < deadline, "no artifact named in {key} after 30 s: {current}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Delete without retention removes the repository's objects from every store (blobs stay for gc); gc then
@@ -270,6 +329,7 @@ async fn filesystem_backend_has_the_same_layout() -> Result<()> {
         root.join(format!("jobs/nautobot/software_images/{slug}/current.json")).is_file(),
         "an override's bucket is a folder"
     );
+    repair_a_removed_blob(&env, &storage, &root, &slug).await?;
     delete_and_gc(&env, &storage, &slug).await?;
     env.teardown().await
 }

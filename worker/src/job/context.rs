@@ -32,6 +32,8 @@ pub struct JobContext {
     /// How often a running job beats (`job_result.heartbeat`).
     pub heartbeat: std::time::Duration,
     pub storage: Arc<crate::storage::Storage>,
+    /// Artifacts built at once by this worker, after their syncs (one).
+    pub artifact_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl JobContext {

@@ -10,6 +10,7 @@
 //! ```
 
 mod apply;
+mod artifact;
 mod coalesce;
 mod context;
 mod delete;

@@ -1,7 +1,13 @@
-//! Store: the provided files staged in storage before the transaction (blobs, manifest, artifact), then the sync
-//! report and the `current.json` pointers inside it, just before the commit.
+//! Store: the provided files staged in storage before the transaction (blobs, manifest), then the sync report and
+//! the `current.json` pointers inside it, just before the commit. The artifact is built after the commit
+//! (`artifact.rs`).
+//!
+//! A store's live manifest says what it holds: when it covers the same folders and its commit is in the mirror,
+//! the new manifest is the live one plus the change between the two commits, and only the changed files are read;
+//! otherwise every file is listed again. Files are read and uploaded in batches, so memory holds one batch, not the
+//! repository.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gitfleet_infra::store::job_result;
 use gitfleet_infra::store::repository::RepositoryRow;
@@ -12,8 +18,12 @@ use uuid::Uuid;
 
 use super::JobContext;
 use super::error::{Failure, Step, StepError, TransientError};
-use crate::git::Mirror;
-use crate::storage::{Staged, StagedFile, StorageError};
+use crate::git::{GitError, Mirror};
+use crate::storage::{Live, ManifestFile, Staged, Storage, StorageError, Target, sha256_hex};
+
+/// A batch of files read from the mirror and uploaded together: at most this many files or bytes.
+const BATCH_FILES: usize = 512;
+const BATCH_BYTES: u64 = 32 << 20;
 
 /// A storage fault: transient when the store is out of reach or answering 5xx, else the job fails (with the
 /// reverted line, as every failure of a sync after its fetch).
@@ -25,35 +35,120 @@ fn storage_error(name: &str, err: StorageError) -> StepError {
     StepError::Failed(Failure::new("StorageError", message, grouping::MAIN).reverted())
 }
 
-/// The files of every provided data type at `head`, read from the mirror (all of them, whatever their size).
-async fn provided_files(
-    ctx: &JobContext,
-    repo: &RepositoryRow,
-    mirror: Mirror,
+/// The `(path, blob)` of every file of the target's folders at `head`, sorted by path, and whether it was built
+/// from the live manifest plus the change.
+fn listing(
+    mirror: &Mirror,
     head: &str,
-) -> Step<BTreeMap<String, Vec<StagedFile>>> {
-    let folders: Vec<(String, &'static str)> = repo
-        .provided_contents
-        .iter()
-        .filter_map(|id| ctx.registry.get(id).map(|t| (id.clone(), t.folder())))
-        .filter(|(_, folder)| !folder.is_empty())
-        .collect();
-    let head = head.to_owned();
-    let files = tokio::task::spawn_blocking(move || {
-        let mut out = BTreeMap::new();
-        for (id, folder) in folders {
-            let files = mirror.files_under(&head, folder)?;
-            let staged =
-                files.into_iter().map(|(path, blob, bytes)| StagedFile { path, blob, bytes }).collect::<Vec<_>>();
-            out.insert(id, staged);
+    folders: &[String],
+    live: &Live,
+) -> Result<(Vec<(String, String)>, bool), GitError> {
+    if let (Some(commit), Some(live_folders)) = (&live.commit, &live.folders)
+        && live_folders == folders
+        && mirror.has_commit(commit)
+    {
+        let within =
+            |path: &str| folders.iter().any(|f| path.strip_prefix(f.as_str()).is_some_and(|r| r.starts_with('/')));
+        let mut by_path: BTreeMap<String, String> =
+            live.files.iter().map(|f| (f.path.clone(), f.blob.clone())).collect();
+        let changes: Vec<_> = mirror.changes(commit, head)?.into_iter().filter(|c| within(&c.path)).collect();
+        // Removals first: a path whose type changed shows as a deletion and an addition, in either order.
+        for change in &changes {
+            by_path.remove(&change.path);
         }
-        Ok::<_, crate::git::GitError>(out)
-    })
-    .await?;
-    Ok(files.map_err(TransientError::Mirror)?)
+        for change in changes {
+            if let Some((blob, mode)) = change.new
+                && mode & 0o170_000 == 0o100_000
+            {
+                by_path.insert(change.path, blob);
+            }
+        }
+        return Ok((by_path.into_iter().collect(), true));
+    }
+    let mut all = Vec::new();
+    for folder in folders {
+        all.extend(mirror.list_files(head, folder)?);
+    }
+    all.sort();
+    Ok((all, false))
 }
 
-/// Reads the provided files from the mirror and uploads what storage does not have yet, before the transaction:
+/// Stages one store: lists the files, reads and uploads the blobs the store does not hold in batches, writes the
+/// manifest.
+async fn stage_target(
+    storage: &Storage,
+    mirror: &Mirror,
+    slug: &str,
+    head: &str,
+    target: &Target,
+) -> Result<Staged, StageError> {
+    let live = storage.live(&target.store, slug).await?;
+    let (files, _) = {
+        let (mirror, head, folders, live) = (mirror.clone(), head.to_owned(), target.folders.clone(), live.clone());
+        tokio::task::spawn_blocking(move || listing(&mirror, &head, &folders, &live))
+            .await
+            .map_err(StageError::Join)??
+    };
+    let mut known: HashMap<String, (u64, String)> =
+        live.stored().into_iter().map(|(blob, (size, sha))| (blob.to_owned(), (size, sha.to_owned()))).collect();
+    // Each blob the store does not hold, once, in batches bounded by count and (known or guessed) size.
+    let mut wanted: Vec<String> =
+        files.iter().map(|(_, blob)| blob).filter(|b| !known.contains_key(*b)).cloned().collect();
+    wanted.sort();
+    wanted.dedup();
+    let (mut uploaded_blobs, mut uploaded_bytes) = (0, 0);
+    let mut rest = wanted.as_slice();
+    while !rest.is_empty() {
+        let (ids, bytes) = {
+            let (mirror, batch) = (mirror.clone(), rest[..rest.len().min(BATCH_FILES)].to_vec());
+            tokio::task::spawn_blocking(move || read_batch(&mirror, batch)).await.map_err(StageError::Join)??
+        };
+        rest = &rest[ids.len()..];
+        for (id, content) in ids.iter().zip(&bytes) {
+            known.insert(id.clone(), (content.len() as u64, sha256_hex(content)));
+        }
+        let (count, written) = storage.upload(&target.store, ids.into_iter().zip(bytes).collect()).await?;
+        uploaded_blobs += count;
+        uploaded_bytes += written;
+    }
+    let mut manifest = Vec::with_capacity(files.len());
+    for (path, blob) in files {
+        let (size, sha256) = known.get(&blob).cloned().unwrap_or_default();
+        let key = Storage::blob_key(&target.store, &blob)?;
+        manifest.push(ManifestFile { path, blob, size, sha256, key });
+    }
+    Ok(storage.put_manifest(target, slug, head, manifest, live, (uploaded_blobs, uploaded_bytes)).await?)
+}
+
+/// Reads blobs from the front of `ids` until the batch's byte budget is spent (always at least one). Returns the
+/// ids read and their contents.
+fn read_batch(mirror: &Mirror, ids: Vec<String>) -> Result<(Vec<String>, Vec<Vec<u8>>), GitError> {
+    let blobs = mirror.blobs()?;
+    let (mut read, mut contents, mut spent) = (Vec::new(), Vec::new(), 0_u64);
+    for id in ids {
+        if spent >= BATCH_BYTES {
+            break;
+        }
+        let content = blobs.read(&id)?;
+        spent += content.len() as u64;
+        read.push(id);
+        contents.push(content);
+    }
+    Ok((read, contents))
+}
+
+/// What can stop a store's staging.
+#[derive(Debug, thiserror::Error)]
+enum StageError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Mirror(#[from] GitError),
+    #[error("reading the mirror stopped: {0}")]
+    Join(tokio::task::JoinError),
+}
+
+/// Reads the provided files from the mirror and uploads what storage does not hold yet, before the transaction:
 /// nothing points at them until the pointers are written.
 pub(super) async fn stage(
     ctx: &JobContext,
@@ -62,21 +157,23 @@ pub(super) async fn stage(
     head: &str,
     phases: &mut super::sync::Phases,
 ) -> Step<Vec<Staged>> {
-    let files = provided_files(ctx, repo, mirror, head).await?;
-    phases.mark("read files");
-    let staged = ctx.storage.stage(&repo.slug, head, &files).await.map_err(|e| storage_error(&repo.name, e))?;
+    let provided =
+        repo.provided_contents.iter().filter_map(|id| ctx.registry.get(id).map(|t| (id.as_str(), t.folder())));
+    let mut staged = Vec::new();
+    for target in ctx.storage.targets(provided) {
+        match stage_target(&ctx.storage, &mirror, &repo.slug, head, &target).await {
+            Ok(done) => staged.push(done),
+            Err(StageError::Storage(err)) => return Err(storage_error(&repo.name, err)),
+            Err(StageError::Mirror(err)) => return Err(TransientError::Mirror(err).into()),
+            Err(StageError::Join(err)) => return Err(err.into()),
+        }
+    }
     phases.mark("storage stage");
     Ok(staged)
 }
 
-/// What the pointers held before they were written, to put back if the commit fails.
-pub(super) struct Pointed {
-    pub report_key: String,
-    pub previous: Vec<Option<Vec<u8>>>,
-}
-
 /// The sync report (every log line so far), then each store's `current.json`. Records are written by then: a
-/// failure here says they were reverted.
+/// failure here says they were reverted. Returns the report's key.
 pub(super) async fn report_and_point(
     ctx: &JobContext,
     id: Uuid,
@@ -85,7 +182,7 @@ pub(super) async fn report_and_point(
     staged: &[Staged],
     artifacts: &[Value],
     phases: &mut super::sync::Phases,
-) -> Step<Pointed> {
+) -> Step<String> {
     let lines = {
         let client = ctx.pool.get().await?;
         job_result::report_lines(&**client, id).await?
@@ -96,7 +193,7 @@ pub(super) async fn report_and_point(
     });
     let report_key = ctx.storage.put_report(id, &report).await.map_err(|e| storage_error(&repo.name, e))?;
     phases.mark("report");
-    let previous = ctx.storage.point(staged, &repo.slug, head, id).await.map_err(|e| storage_error(&repo.name, e))?;
+    ctx.storage.point(staged, &repo.slug, head, id).await.map_err(|e| storage_error(&repo.name, e))?;
     phases.mark("pointers");
-    Ok(Pointed { report_key, previous })
+    Ok(report_key)
 }

@@ -99,7 +99,8 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
         return Err(StepError::Failed(Failure::new("RuntimeError", message, grouping::MAIN).reverted()));
     }
     run.log.write_all(&[summary(name, false), LogEntry::success(grouping::POST_RUN, "Job completed")]).await?;
-    let applied = Applied { head: &head, ref_kind: checkout.kind, fingerprint: &fingerprint, fetch_started, staged };
+    let applied =
+        Applied { head: &head, ref_kind: checkout.kind, fingerprint: &fingerprint, fetch_started, staged, mirror };
     commit(run, tx, &repo, applied, phases).await
 }
 
@@ -110,6 +111,7 @@ struct Applied<'a> {
     fingerprint: &'a str,
     fetch_started: chrono::DateTime<chrono::Utc>,
     staged: Vec<crate::storage::Staged>,
+    mirror: crate::git::Mirror,
 }
 
 /// The report and the pointers, then the new head and the JobResult's end, committed with the records. If the
@@ -123,10 +125,10 @@ async fn commit(
 ) -> Step<Notification> {
     let (ctx, event, head) = (run.ctx, run.event, applied.head);
     let artifacts: Vec<serde_json::Value> = applied.staged.iter().map(crate::storage::Staged::describe).collect();
-    let pointed = store::report_and_point(ctx, run.id(), repo, head, &applied.staged, &artifacts, &mut phases).await?;
+    let report = store::report_and_point(ctx, run.id(), repo, head, &applied.staged, &artifacts, &mut phases).await?;
     let result = json!({
         "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", applied.ref_kind),
-        "artifacts": artifacts, "report": pointed.report_key, "phases_ms": phases.to_json(),
+        "artifacts": artifacts, "report": report, "phases_ms": phases.to_json(),
     });
     let artifacts = serde_json::Value::Array(artifacts);
     let committed = async {
@@ -146,11 +148,22 @@ async fn commit(
     }
     .await;
     if let Err(err) = committed {
-        ctx.storage.restore_pointers(&applied.staged, pointed.previous).await;
+        ctx.storage.restore_pointers(&applied.staged).await;
         return Err(StepError::db(&format!("the sync of {}", repo.name), err));
     }
     phases.mark("commit");
     tracing::info!(event_id = %event.event_id, phases = %phases.to_json(), "sync committed");
+    if !applied.staged.is_empty() {
+        let request = super::artifact::Request {
+            job_result_id: run.id(),
+            repository_id: repo.id,
+            slug: repo.slug.clone(),
+            commit: head.to_owned(),
+            mirror: applied.mirror,
+            staged: applied.staged,
+        };
+        super::artifact::spawn(ctx, request);
+    }
     let body = json!({
         "repository_id": repo.id, "slug": repo.slug, "current_head": head, "job_result_id": event.event_id,
     });

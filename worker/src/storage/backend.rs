@@ -57,6 +57,9 @@ fn sdk<E: ProvideErrorMetadata + std::error::Error + 'static>(what: String, err:
     if transient { StorageError::Unavailable { what, message } } else { StorageError::Refused { what, message } }
 }
 
+/// Blobs this large or larger are asked about before they are written (see [`Backend::put_blobs`]).
+pub const ASK_ABOVE: u64 = 1 << 20;
+
 /// One bucket (or folder) with its upload options.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -172,9 +175,11 @@ impl Backend {
         }
     }
 
-    /// Writes each object that is not stored yet (content-addressed blobs: the same key is the same bytes). Returns
-    /// the sizes of those it wrote. The filesystem store does them all in one trip off the async runtime.
-    pub async fn put_absent(
+    /// Writes content-addressed blobs (the same key is the same bytes), up to `concurrency` at a time. A blob
+    /// under [`ASK_ABOVE`] bytes is written without asking whether the store has it: one PUT costs what one HEAD
+    /// does, and writing the same bytes again changes nothing. A larger one is asked about first. The filesystem
+    /// store skips files that exist, in one trip off the async runtime. Returns the sizes of the blobs written.
+    pub async fn put_blobs(
         &self,
         objects: Vec<(String, Vec<u8>)>,
         acl: Option<&str>,
@@ -184,11 +189,9 @@ impl Backend {
         match self {
             Self::S3 { .. } => {
                 use futures_util::stream::{self, StreamExt, TryStreamExt};
-                // Up to `concurrency` existence checks and uploads in flight: one after another, a request's
-                // latency times the number of new files is the sync's storage time.
                 stream::iter(objects)
                     .map(|(key, body)| async move {
-                        if self.exists(&key).await? {
+                        if body.len() as u64 >= ASK_ABOVE && self.exists(&key).await? {
                             return Ok(None);
                         }
                         let size = body.len() as u64;
@@ -219,6 +222,49 @@ impl Backend {
         }
     }
 
+    /// Writes an object from a local file, reading at most one part (`part_size`) of it into memory at a time.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        file: &Path,
+        content_type: &str,
+        acl: Option<&str>,
+        part_size: u64,
+    ) -> Result<(), StorageError> {
+        let io = |source| StorageError::Io { path: file.to_owned(), source };
+        let size = std::fs::metadata(file).map_err(io)?.len();
+        match self {
+            Self::S3 { client, bucket } if size > part_size => {
+                let mut source = std::fs::File::open(file).map_err(io)?;
+                let part = usize::try_from(part_size).unwrap_or(usize::MAX);
+                let next = move || -> std::io::Result<Option<Vec<u8>>> {
+                    use std::io::Read as _;
+                    let mut chunk = Vec::with_capacity(part);
+                    (&mut source).take(part as u64).read_to_end(&mut chunk)?;
+                    Ok((!chunk.is_empty()).then_some(chunk))
+                };
+                Self::put_parts(client, bucket, key, next, content_type, acl).await
+            }
+            Self::S3 { .. } => {
+                let body = std::fs::read(file).map_err(io)?;
+                self.put(key, body, content_type, acl, u64::MAX).await
+            }
+            Self::Fs { dir } => {
+                let (from, to) = (file.to_owned(), Self::path(dir, key));
+                blocking(move || {
+                    let io = |source| StorageError::Io { path: to.clone(), source };
+                    if let Some(parent) = to.parent() {
+                        std::fs::create_dir_all(parent).map_err(io)?;
+                    }
+                    let tmp = to.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+                    std::fs::copy(&from, &tmp).map_err(io)?;
+                    std::fs::rename(&tmp, &to).map_err(io)
+                })
+                .await
+            }
+        }
+    }
+
     /// Writes an object. Over `multipart_threshold` bytes, S3 gets a multipart upload in parts of that size.
     pub async fn put(
         &self,
@@ -231,7 +277,9 @@ impl Backend {
         match self {
             Self::S3 { client, bucket } => {
                 if body.len() as u64 > multipart_threshold {
-                    return self.put_multipart(client, bucket, key, body, content_type, acl, multipart_threshold).await;
+                    let size = usize::try_from(multipart_threshold).unwrap_or(usize::MAX);
+                    let mut parts = body.chunks(size).map(<[u8]>::to_vec);
+                    return Self::put_parts(client, bucket, key, move || Ok(parts.next()), content_type, acl).await;
                 }
                 let mut request =
                     client.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).content_type(content_type);
@@ -248,16 +296,14 @@ impl Backend {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn put_multipart(
-        &self,
+    /// A multipart upload of the parts `next` gives, one in memory at a time; aborted if any step fails.
+    async fn put_parts(
         client: &aws_sdk_s3::Client,
         bucket: &str,
         key: &str,
-        body: Vec<u8>,
+        mut next: impl FnMut() -> std::io::Result<Option<Vec<u8>>>,
         content_type: &str,
         acl: Option<&str>,
-        part_size: u64,
     ) -> Result<(), StorageError> {
         let step = |name: &str| format!("multipart PUT {key} ({name})");
         let mut create = client.create_multipart_upload().bucket(bucket).key(key).content_type(content_type);
@@ -268,15 +314,16 @@ impl Backend {
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
         let mut parts = Vec::new();
         let result = async {
-            for (n, chunk) in body.chunks(usize::try_from(part_size).unwrap_or(usize::MAX)).enumerate() {
-                let number = i32::try_from(n + 1).unwrap_or(i32::MAX);
+            let mut number = 0_i32;
+            while let Some(chunk) = next().map_err(|source| StorageError::Io { path: PathBuf::from(key), source })? {
+                number += 1;
                 let part = client
                     .upload_part()
                     .bucket(bucket)
                     .key(key)
                     .upload_id(&upload_id)
                     .part_number(number)
-                    .body(ByteStream::from(chunk.to_vec()))
+                    .body(ByteStream::from(chunk))
                     .send()
                     .await
                     .map_err(|e| sdk(step("part"), e))?;
@@ -335,7 +382,9 @@ impl Backend {
                 let (dir, prefix) = (dir.clone(), prefix.to_owned());
                 Ok(blocking(move || {
                     let mut keys = Vec::new();
-                    walk(&dir, &dir, &mut keys);
+                    // Only the folder the prefix is in is walked, not the whole store.
+                    let start = dir.join(prefix.rfind('/').map_or("", |end| &prefix[..end]));
+                    walk(&dir, &start, &mut keys);
                     keys.retain(|k| k.starts_with(&prefix));
                     keys.sort();
                     keys.into_iter()

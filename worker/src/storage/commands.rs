@@ -1,4 +1,4 @@
-//! `worker storage ls` and `worker storage gc`.
+//! `worker storage ls`, `worker storage gc` and `worker storage verify`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -51,4 +51,39 @@ pub async fn gc(worker: &WorkerSettings, settings: StorageSettings, out: &mut im
          referenced, {removed} removed"
     )?;
     Ok(())
+}
+
+/// Checks the live manifests against what each store holds and prints each repository short of blobs. With
+/// `repair`, the manifests record what is missing and those repositories' fingerprints are cleared, so their next
+/// sync (a poll, a webhook, `producer repo sync`) stores the missing blobs again even at the same commit. Returns
+/// how many blobs were missing.
+pub async fn verify(
+    worker: &WorkerSettings,
+    settings: StorageSettings,
+    repair: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<usize> {
+    let storage = Storage::new(settings).await;
+    let short = storage.verify(repair).await?;
+    let mut missing = 0;
+    for (slug, blobs) in &short {
+        missing += blobs.len();
+        let list: Vec<&str> = blobs.iter().map(String::as_str).collect();
+        writeln!(out, "{slug}: {} blobs missing: {}", blobs.len(), list.join(" "))?;
+    }
+    if repair && !short.is_empty() {
+        let pool = gitfleet_infra::db::connect(&worker.database, Duration::from_secs(10)).await?;
+        let slugs: Vec<&str> = short.iter().map(|(slug, _)| slug.as_str()).collect();
+        let marked = pool
+            .get()
+            .await?
+            .execute(
+                "UPDATE git_repository SET applied_fingerprint = '' WHERE slug = ANY($1) AND deleted_at IS NULL",
+                &[&slugs],
+            )
+            .await?;
+        writeln!(out, "marked {marked} repositories: their next sync stores the missing blobs again")?;
+    }
+    writeln!(out, "{missing} blobs missing in {} repositories", short.len())?;
+    Ok(missing)
 }

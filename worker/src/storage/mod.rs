@@ -3,22 +3,28 @@
 //!
 //! ```text
 //! {location}/{upload_to}/blobs/{git blob id}              static files, content addressed (never uploaded twice)
-//! {location}/{upload_to}/{slug}/{commit}/manifest.json    path -> blob, size, sha256, key
-//! {location}/{upload_to}/{slug}/{commit}/artifact.tar.gz  the provided files at that commit (sha256 in manifest)
+//! {location}/{upload_to}/{slug}/{commit}/manifest.json    path -> blob, size, sha256, key; the folders it covers
+//! {location}/{upload_to}/{slug}/{commit}/artifact.tar.gz  the provided files at that commit, built after the sync
 //! {location}/reports/{job_result_id}.json                 the sync report (records changed, log entries)
-//! {location}/{upload_to}/{slug}/current.json              written last: commit, manifest, artifact, digest
+//! {location}/{upload_to}/{slug}/current.json              written last: commit, manifest, then artifact, digest
 //! ```
-//! Blobs, manifest and artifact are staged before the sync's database transaction; the report and `current.json`
-//! are written inside it, before the commit, and `current.json` is put back if the commit fails. A failed upload
-//! leaves the previous commit live in both PostgreSQL and storage.
+//! Blobs and manifest are staged before the sync's database transaction; the report and `current.json` are
+//! written inside it, before the commit, and `current.json` is put back if the commit fails. A failed upload
+//! leaves the previous commit live in both PostgreSQL and storage. The artifact is built after the commit, from
+//! the manifest, and `current.json` names it only once it is complete (until then its `artifact` is null).
+//!
+//! What a store holds is known from the live manifest: a sync lists the change since the live commit, uploads
+//! only blobs the live manifest does not list, and writes the new manifest as the old one plus the change.
 
 pub mod backend;
 pub mod commands;
 pub mod settings;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write as _;
+use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use backend::{Backend, StorageError};
@@ -31,12 +37,45 @@ pub struct Storage {
     client: Option<aws_sdk_s3::Client>,
 }
 
-/// One file of a provided data type at a commit, read from the mirror.
-#[derive(Debug, Clone)]
-pub struct StagedFile {
+/// One line of a manifest: a file of a provided data type at a commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
     pub path: String,
     pub blob: String,
-    pub bytes: Vec<u8>,
+    pub size: u64,
+    pub sha256: String,
+    pub key: String,
+}
+
+/// One store a sync writes to, and the folders of the data types whose files go there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub store: StoreSettings,
+    pub folders: Vec<String>,
+}
+
+/// What a store holds for a repository, read through its pointer.
+#[derive(Debug, Default, Clone)]
+pub struct Live {
+    /// The pointer as stored, to put back if the sync's commit fails.
+    pub pointer: Option<Vec<u8>>,
+    pub commit: Option<String>,
+    /// The folders the live manifest covers; `None` for a manifest that does not say (it is not built on).
+    pub folders: Option<Vec<String>>,
+    pub files: Vec<ManifestFile>,
+    /// Blobs `worker storage verify --repair` found missing from the store: the next sync uploads them again.
+    pub missing: BTreeSet<String>,
+}
+
+impl Live {
+    /// Size and digest of each blob the live manifest lists and the store holds.
+    pub fn stored(&self) -> HashMap<&str, (u64, &str)> {
+        self.files
+            .iter()
+            .filter(|f| !self.missing.contains(&f.blob))
+            .map(|f| (f.blob.as_str(), (f.size, f.sha256.as_str())))
+            .collect()
+    }
 }
 
 /// What a sync staged in one store.
@@ -45,65 +84,95 @@ pub struct Staged {
     pub store: StoreSettings,
     pub backend: Backend,
     pub manifest_key: String,
+    /// Where the artifact goes once it is built (after the commit).
     pub artifact_key: String,
-    pub artifact_sha256: String,
     pub current_key: String,
-    pub files: usize,
+    /// The pointer before this sync, to put back if the commit fails.
+    pub previous: Option<Vec<u8>>,
+    pub files: Arc<Vec<ManifestFile>>,
     pub uploaded_blobs: usize,
     pub uploaded_bytes: u64,
+    /// Whether the manifest was built from the live one plus the change (else every file was listed).
+    pub from_live: bool,
 }
 
 impl Staged {
-    /// How the database and the JobResult name this store's artifact.
+    /// How the database and the JobResult name this store's objects. The artifact's `sha256` is null until it is
+    /// built.
     pub fn describe(&self) -> Value {
         json!({
             "storage": self.backend.describe(), "manifest": self.manifest_key, "artifact": self.artifact_key,
-            "sha256": self.artifact_sha256, "current": self.current_key, "files": self.files,
+            "sha256": null, "current": self.current_key, "files": self.files.len(),
             "uploaded_blobs": self.uploaded_blobs, "uploaded_bytes": self.uploaded_bytes,
+            "manifest_from_live": self.from_live,
         })
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    openssl::sha::sha256(bytes).iter().map(|b| format!("{b:02x}")).collect()
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&openssl::sha::sha256(bytes))
 }
 
-/// A deterministic tar.gz of the files (sorted paths, mode 0644, mtime 0): the same commit gives the same digest.
-fn artifact(files: &[&StagedFile]) -> std::io::Result<Vec<u8>> {
-    let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A writer that digests what passes through it.
+pub struct Digesting<W> {
+    inner: W,
+    sha: openssl::sha::Sha256,
+}
+
+impl<W: std::io::Write> Digesting<W> {
+    pub fn new(inner: W) -> Self {
+        Self { inner, sha: openssl::sha::Sha256::new() }
+    }
+
+    /// The inner writer and the hex digest of everything written.
+    pub fn finish(self) -> (W, String) {
+        (self.inner, hex(&self.sha.finish()))
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Digesting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes a deterministic tar.gz (paths in manifest order, which is sorted; mode 0644; mtime 0) of the files to
+/// `out`, reading each one through `read` when its turn comes: only one file is in memory at a time. Returns the
+/// archive's sha256.
+pub fn write_artifact<W: std::io::Write>(
+    files: &[ManifestFile],
+    out: W,
+    mut read: impl FnMut(&ManifestFile) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<(W, String)> {
+    let encoder = flate2::write::GzEncoder::new(Digesting::new(out), flate2::Compression::default());
     let mut tar = tar::Builder::new(encoder);
-    let mut sorted: Vec<&&StagedFile> = files.iter().collect();
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    for file in sorted {
+    for file in files {
+        let bytes = read(file)?;
         let mut header = tar::Header::new_gnu();
-        header.set_size(file.bytes.len() as u64);
+        header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, &file.path, file.bytes.as_slice())?;
+        tar.append_data(&mut header, &file.path, bytes.as_slice())?;
     }
     let mut gz = tar.into_inner()?;
     gz.flush()?;
-    gz.finish()
+    Ok(gz.finish()?.finish())
 }
 
-/// The blob keys the store's live manifest for this repository lists: stored already, so a sync neither asks
-/// the store about them nor uploads them again. Empty when there is no live manifest or it cannot be read (then
-/// every blob is checked, as on a first sync).
-async fn previous_blobs(backend: &Backend, current_key: &str) -> BTreeSet<String> {
-    let read = async {
-        let pointer: Value =
-            serde_json::from_slice(&backend.get(current_key).await?.unwrap_or_default()).unwrap_or_default();
-        let Some(manifest_key) = pointer["manifest"].as_str() else { return Ok(BTreeSet::new()) };
-        let manifest: Value =
-            serde_json::from_slice(&backend.get(manifest_key).await?.unwrap_or_default()).unwrap_or_default();
-        let keys = manifest["files"].as_array().into_iter().flatten().filter_map(|f| f["key"].as_str());
-        Ok::<_, StorageError>(keys.map(str::to_owned).collect())
-    };
-    read.await.unwrap_or_else(|err| {
-        tracing::warn!(key = current_key, error = %err, "could not read the live manifest; checking every blob");
-        BTreeSet::new()
-    })
+/// Reads a JSON object, or `None` when it is absent or not JSON (an unreadable pointer or manifest is not built on).
+async fn get_json(backend: &Backend, key: &str) -> Result<Option<Value>, StorageError> {
+    Ok(backend.get(key).await?.and_then(|body| serde_json::from_slice(&body).ok()))
 }
 
 impl Storage {
@@ -146,82 +215,111 @@ impl Storage {
         stores
     }
 
-    /// Uploads the new blobs, then a manifest and an artifact per store, for the files of each data type
-    /// (`files` is data type identifier -> its files).
-    pub async fn stage(
+    /// The stores a sync writes to, each with the (sorted) folders of the data types it holds, from
+    /// `(data type identifier, folder)` pairs. With nothing provided, the default store, holding nothing.
+    pub fn targets<'a>(&self, provided: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<Target> {
+        let mut targets: Vec<Target> = Vec::new();
+        for (data_type, folder) in provided {
+            if folder.is_empty() {
+                continue;
+            }
+            let store = self.settings.store_for(data_type).clone();
+            let index = match targets.iter().position(|t| t.store == store) {
+                Some(index) => index,
+                None => {
+                    targets.push(Target { store, folders: Vec::new() });
+                    targets.len() - 1
+                }
+            };
+            if !targets[index].folders.iter().any(|f| f == folder) {
+                targets[index].folders.push(folder.to_owned());
+            }
+        }
+        if targets.is_empty() {
+            targets.push(Target { store: self.settings.default.clone(), folders: Vec::new() });
+        }
+        for target in &mut targets {
+            target.folders.sort();
+        }
+        targets
+    }
+
+    fn current_key(store: &StoreSettings, slug: &str) -> Result<String, StorageError> {
+        Self::key(store, &format!("{}/{slug}/current.json", store.upload_to))
+    }
+
+    pub fn blob_key(store: &StoreSettings, blob: &str) -> Result<String, StorageError> {
+        Self::key(store, &format!("{}/blobs/{blob}", store.upload_to))
+    }
+
+    /// The store's live pointer and manifest for the repository (two requests). A pointer or manifest that is not
+    /// JSON reads as none: the sync then lists every file again. A store out of reach is an error.
+    pub async fn live(&self, store: &StoreSettings, slug: &str) -> Result<Live, StorageError> {
+        let backend = self.backend(store);
+        let pointer = backend.get(&Self::current_key(store, slug)?).await?;
+        let parsed: Value = pointer.as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        let mut live = Live { pointer, ..Live::default() };
+        let Some(manifest_key) = parsed["manifest"].as_str() else { return Ok(live) };
+        let Some(manifest) = get_json(&backend, manifest_key).await? else { return Ok(live) };
+        let Ok(files) = serde_json::from_value::<Vec<ManifestFile>>(manifest["files"].clone()) else { return Ok(live) };
+        live.commit = manifest["commit"].as_str().map(str::to_owned);
+        live.folders = serde_json::from_value(manifest["folders"].clone()).ok();
+        live.missing = serde_json::from_value(manifest["missing_blobs"].clone()).unwrap_or_default();
+        live.files = files;
+        Ok(live)
+    }
+
+    /// Uploads blobs (`(blob id, bytes)`) to the store, `GITFLEET_STORAGE_UPLOAD_CONCURRENCY` at a time. Returns
+    /// how many were written and their bytes.
+    pub async fn upload(
         &self,
+        store: &StoreSettings,
+        blobs: Vec<(String, Vec<u8>)>,
+    ) -> Result<(usize, u64), StorageError> {
+        let mut objects = Vec::with_capacity(blobs.len());
+        for (blob, bytes) in blobs {
+            objects.push((Self::blob_key(store, &blob)?, bytes));
+        }
+        let (threshold, concurrency) = (self.settings.multipart_threshold, self.settings.upload_concurrency);
+        let written =
+            self.backend(store).put_blobs(objects, store.default_acl.as_deref(), threshold, concurrency).await?;
+        Ok((written.len(), written.iter().sum()))
+    }
+
+    /// Writes the manifest of `commit` for the target (its files sorted by path) and returns what was staged.
+    pub async fn put_manifest(
+        &self,
+        target: &Target,
         slug: &str,
         commit: &str,
-        files: &BTreeMap<String, Vec<StagedFile>>,
-    ) -> Result<Vec<Staged>, StorageError> {
-        // Group the files by the store their data type uses.
-        let mut by_store: Vec<(StoreSettings, Vec<&StagedFile>)> = Vec::new();
-        for (data_type, list) in files {
-            let store = self.settings.store_for(data_type).clone();
-            match by_store.iter_mut().find(|(s, _)| *s == store) {
-                Some((_, all)) => all.extend(list.iter()),
-                None => by_store.push((store, list.iter().collect())),
-            }
-        }
-        if by_store.is_empty() {
-            by_store.push((self.settings.default.clone(), Vec::new()));
-        }
-        let mut staged = Vec::new();
-        for (store, list) in by_store {
-            let backend = self.backend(&store);
-            let acl = store.default_acl.as_deref();
-            let (mut uploaded_blobs, mut uploaded_bytes) = (0, 0);
-            let mut manifest_files = Vec::new();
-            let mut seen = BTreeSet::new();
-            let mut blobs = Vec::new();
-            let current_key = Self::key(&store, &format!("{}/{slug}/current.json", store.upload_to))?;
-            let known = previous_blobs(&backend, &current_key).await;
-            for file in &list {
-                let key = Self::key(&store, &format!("{}/blobs/{}", store.upload_to, file.blob))?;
-                if seen.insert(file.blob.clone()) && !known.contains(&key) {
-                    blobs.push((key.clone(), file.bytes.clone()));
-                }
-                manifest_files.push(json!({
-                    "path": file.path, "blob": file.blob, "size": file.bytes.len(), "sha256": sha256_hex(&file.bytes),
-                    "key": key,
-                }));
-            }
-            let (threshold, concurrency) = (self.settings.multipart_threshold, self.settings.upload_concurrency);
-            for bytes in backend.put_absent(blobs, acl, threshold, concurrency).await? {
-                uploaded_blobs += 1;
-                uploaded_bytes += bytes;
-            }
-            let base = format!("{}/{slug}/{commit}", store.upload_to);
-            let artifact_key = Self::key(&store, &format!("{base}/artifact.tar.gz"))?;
-            let archive = {
-                let list: Vec<StagedFile> = list.iter().map(|f| (*f).clone()).collect();
-                tokio::task::spawn_blocking(move || artifact(&list.iter().collect::<Vec<_>>()))
-                    .await
-                    .map_err(|e| StorageError::Refused { what: "artifact".into(), message: e.to_string() })?
-                    .map_err(|source| StorageError::Io { path: artifact_key.clone().into(), source })?
-            };
-            let artifact_sha256 = sha256_hex(&archive);
-            backend.put(&artifact_key, archive, "application/gzip", acl, self.settings.multipart_threshold).await?;
-            let manifest_key = Self::key(&store, &format!("{base}/manifest.json"))?;
-            let manifest = json!({
-                "repository": slug, "commit": commit, "files": manifest_files,
-                "artifact": { "key": artifact_key, "sha256": artifact_sha256 },
-            });
-            let body = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-            backend.put(&manifest_key, body, "application/json", acl, self.settings.multipart_threshold).await?;
-            staged.push(Staged {
-                files: list.len(),
-                store,
-                backend,
-                manifest_key,
-                artifact_key,
-                artifact_sha256,
-                current_key,
-                uploaded_blobs,
-                uploaded_bytes,
-            });
-        }
-        Ok(staged)
+        files: Vec<ManifestFile>,
+        live: Live,
+        uploaded: (usize, u64),
+    ) -> Result<Staged, StorageError> {
+        let store = &target.store;
+        let backend = self.backend(store);
+        let base = format!("{}/{slug}/{commit}", store.upload_to);
+        let artifact_key = Self::key(store, &format!("{base}/artifact.tar.gz"))?;
+        let manifest_key = Self::key(store, &format!("{base}/manifest.json"))?;
+        let manifest = json!({
+            "repository": slug, "commit": commit, "folders": target.folders, "files": files,
+            "artifact": { "key": artifact_key },
+        });
+        let body = serde_json::to_vec(&manifest).unwrap_or_default();
+        let acl = store.default_acl.as_deref();
+        backend.put(&manifest_key, body, "application/json", acl, self.settings.multipart_threshold).await?;
+        Ok(Staged {
+            store: store.clone(),
+            backend,
+            manifest_key,
+            artifact_key,
+            current_key: Self::current_key(store, slug)?,
+            from_live: live.commit.is_some() && live.folders.as_ref() == Some(&target.folders),
+            previous: live.pointer,
+            files: Arc::new(files),
+            uploaded_blobs: uploaded.0,
+            uploaded_bytes: uploaded.1,
+        })
     }
 
     /// The sync report, in the default store: `{location}/reports/{job_result_id}.json`.
@@ -235,32 +333,61 @@ impl Storage {
         Ok(key)
     }
 
-    /// Writes each store's `current.json`. Returns what each held before, for [`Self::restore_pointers`].
+    /// Writes each store's `current.json`, naming the commit and its manifest; its artifact is null until
+    /// [`Self::point_artifact`] names it.
     pub async fn point(
         &self,
         staged: &[Staged],
         slug: &str,
         commit: &str,
         job_result_id: uuid::Uuid,
-    ) -> Result<Vec<Option<Vec<u8>>>, StorageError> {
-        let mut previous = Vec::new();
+    ) -> Result<(), StorageError> {
         for s in staged {
-            previous.push(s.backend.get(&s.current_key).await?);
             let pointer = json!({
-                "repository": slug, "commit": commit, "manifest": s.manifest_key, "artifact": s.artifact_key,
-                "sha256": s.artifact_sha256, "job_result_id": job_result_id,
+                "repository": slug, "commit": commit, "manifest": s.manifest_key, "artifact": null, "sha256": null,
+                "job_result_id": job_result_id,
             });
             let body = serde_json::to_vec_pretty(&pointer).unwrap_or_default();
             s.backend.put(&s.current_key, body, "application/json", s.store.default_acl.as_deref(), u64::MAX).await?;
         }
-        Ok(previous)
+        Ok(())
+    }
+
+    /// Names a complete artifact in the store's pointer, if the pointer still names `commit` (a newer sync
+    /// points at its own). The caller holds the repository lock, as every writer of the pointer does. Returns
+    /// whether the pointer named it.
+    pub async fn point_artifact(
+        &self,
+        store: &StoreSettings,
+        slug: &str,
+        commit: &str,
+        artifact_key: &str,
+        sha256: &str,
+    ) -> Result<bool, StorageError> {
+        let backend = self.backend(store);
+        let key = Self::current_key(store, slug)?;
+        let Some(mut pointer) = get_json(&backend, &key).await? else { return Ok(false) };
+        if pointer["commit"].as_str() != Some(commit) {
+            return Ok(false);
+        }
+        pointer["artifact"] = json!(artifact_key);
+        pointer["sha256"] = json!(sha256);
+        let body = serde_json::to_vec_pretty(&pointer).unwrap_or_default();
+        backend.put(&key, body, "application/json", store.default_acl.as_deref(), u64::MAX).await?;
+        Ok(true)
+    }
+
+    /// Whether the store's pointer for the repository names `commit` (the artifact of an older one is not built).
+    pub async fn points_at(&self, store: &StoreSettings, slug: &str, commit: &str) -> Result<bool, StorageError> {
+        let pointer = get_json(&self.backend(store), &Self::current_key(store, slug)?).await?;
+        Ok(pointer.is_some_and(|p| p["commit"].as_str() == Some(commit)))
     }
 
     /// Puts the pointers back as they were (the database transaction that should have followed them failed).
-    pub async fn restore_pointers(&self, staged: &[Staged], previous: Vec<Option<Vec<u8>>>) {
-        for (s, before) in staged.iter().zip(previous) {
-            let restored = match before {
-                Some(body) => s.backend.put(&s.current_key, body, "application/json", None, u64::MAX).await,
+    pub async fn restore_pointers(&self, staged: &[Staged]) {
+        for s in staged {
+            let restored = match &s.previous {
+                Some(body) => s.backend.put(&s.current_key, body.clone(), "application/json", None, u64::MAX).await,
                 None => s.backend.delete(&s.current_key).await,
             };
             if let Err(err) = restored {
@@ -284,24 +411,35 @@ impl Storage {
         Ok(removed)
     }
 
+    /// The blob keys every manifest under the store's root references, and every key there (one listing).
+    async fn referenced(&self, store: &StoreSettings) -> Result<(BTreeSet<String>, Vec<String>), StorageError> {
+        let backend = self.backend(store);
+        let root = format!("{}/", Self::key(store, &store.upload_to)?);
+        let blobs_prefix = Self::blobs_prefix(store)?;
+        let mut referenced = BTreeSet::new();
+        let keys = backend.list(&root).await?;
+        for key in keys.iter().filter(|k| k.ends_with("/manifest.json") && !k.starts_with(&blobs_prefix)) {
+            let Some(manifest) = get_json(&backend, key).await? else { continue };
+            for file in manifest["files"].as_array().into_iter().flatten() {
+                if let Some(k) = file["key"].as_str() {
+                    referenced.insert(k.to_owned());
+                }
+            }
+        }
+        Ok((referenced, keys))
+    }
+
+    fn blobs_prefix(store: &StoreSettings) -> Result<String, StorageError> {
+        Ok(format!("{}/", Self::key(store, &format!("{}/blobs", store.upload_to))?))
+    }
+
     /// Removes every blob that no manifest references any more. Returns (blobs kept, blobs removed).
     pub async fn gc(&self) -> Result<(usize, usize), StorageError> {
         let (mut kept, mut removed) = (0, 0);
         for store in self.stores() {
             let backend = self.backend(&store);
-            let root = format!("{}/", Self::key(&store, &store.upload_to)?);
-            let blobs_prefix = format!("{}/", Self::key(&store, &format!("{}/blobs", store.upload_to))?);
-            let mut referenced = BTreeSet::new();
-            let keys = backend.list(&root).await?;
-            for key in keys.iter().filter(|k| k.ends_with("/manifest.json") && !k.starts_with(&blobs_prefix)) {
-                let Some(body) = backend.get(key).await? else { continue };
-                let manifest: Value = serde_json::from_slice(&body).unwrap_or_default();
-                for file in manifest["files"].as_array().into_iter().flatten() {
-                    if let Some(k) = file["key"].as_str() {
-                        referenced.insert(k.to_owned());
-                    }
-                }
-            }
+            let blobs_prefix = Self::blobs_prefix(&store)?;
+            let (referenced, keys) = self.referenced(&store).await?;
             for key in keys.iter().filter(|k| k.starts_with(&blobs_prefix)) {
                 let name = &key[blobs_prefix.len()..];
                 if name.len() < 40 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -317,21 +455,98 @@ impl Storage {
         }
         Ok((kept, removed))
     }
+
+    /// Checks every live manifest of every store against one listing of the store: the blobs a manifest names
+    /// that the store does not hold. With `repair`, each such manifest records them (`missing_blobs`), so the
+    /// repository's next sync uploads them again. Returns `(slug, missing blob ids)` for each repository short of
+    /// some.
+    pub async fn verify(&self, repair: bool) -> Result<Vec<(String, BTreeSet<String>)>, StorageError> {
+        let mut short = Vec::new();
+        for store in self.stores() {
+            let backend = self.backend(&store);
+            let root = format!("{}/", Self::key(&store, &store.upload_to)?);
+            let blobs_prefix = Self::blobs_prefix(&store)?;
+            let keys: BTreeSet<String> = backend.list(&root).await?.into_iter().collect();
+            let pointers = keys.iter().filter(|k| k.ends_with("/current.json") && !k.starts_with(&blobs_prefix));
+            for pointer_key in pointers {
+                let Some(pointer) = get_json(&backend, pointer_key).await? else { continue };
+                let (Some(slug), Some(manifest_key)) = (pointer["repository"].as_str(), pointer["manifest"].as_str())
+                else {
+                    continue;
+                };
+                let Some(mut manifest) = get_json(&backend, manifest_key).await? else { continue };
+                let missing: BTreeSet<String> = manifest["files"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|f| f["key"].as_str().is_some_and(|k| !keys.contains(k)))
+                    .filter_map(|f| f["blob"].as_str().map(str::to_owned))
+                    .collect();
+                if missing.is_empty() {
+                    continue;
+                }
+                if repair {
+                    manifest["missing_blobs"] = json!(missing);
+                    let body = serde_json::to_vec(&manifest).unwrap_or_default();
+                    let acl = store.default_acl.as_deref();
+                    backend.put(manifest_key, body, "application/json", acl, self.settings.multipart_threshold).await?;
+                }
+                short.push((slug.to_owned(), missing));
+            }
+        }
+        Ok(short)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn file(path: &str, bytes: &[u8]) -> (ManifestFile, Vec<u8>) {
+        let entry = ManifestFile {
+            path: path.into(),
+            blob: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+            key: format!("blobs/{path}"),
+        };
+        (entry, bytes.to_vec())
+    }
+
     #[test]
-    fn artifacts_are_deterministic() {
-        let a = StagedFile { path: "b.txt".into(), blob: "1".into(), bytes: b"two".to_vec() };
-        let b = StagedFile { path: "a.txt".into(), blob: "2".into(), bytes: b"one".to_vec() };
-        let first = artifact(&[&a, &b]).unwrap();
-        assert_eq!(sha256_hex(&first), sha256_hex(&artifact(&[&b, &a]).unwrap()));
+    fn artifacts_are_deterministic_and_read_one_file_at_a_time() {
+        let files = [file("a.txt", b"one"), file("b.txt", b"two")];
+        let entries: Vec<ManifestFile> = files.iter().map(|(f, _)| f.clone()).collect();
+        let read = |f: &ManifestFile| Ok(files.iter().find(|(e, _)| e.path == f.path).unwrap().1.clone());
+        let (first, digest) = write_artifact(&entries, Vec::new(), read).unwrap();
+        let (second, again) = write_artifact(&entries, Vec::new(), read).unwrap();
+        assert_eq!(first, second);
+        assert_eq!(digest, again);
+        assert_eq!(digest, sha256_hex(&first), "the digest is the archive's");
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(first.as_slice()));
         let names: Vec<String> =
             archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
         assert_eq!(names, ["a.txt", "b.txt"]);
+    }
+
+    #[test]
+    fn an_artifact_fails_when_a_file_cannot_be_read() {
+        let (entry, _) = file("a.txt", b"one");
+        let failed = write_artifact(&[entry], Vec::new(), |_| Err(std::io::Error::other("gone")));
+        assert!(failed.is_err());
+    }
+
+    #[test]
+    fn targets_group_folders_by_store() {
+        let mut settings = StorageSettings::from_vars(Vec::<(String, String)>::new()).unwrap();
+        let jobs = StoreSettings { bucket_name: Some("jobs".into()), ..settings.default.clone() };
+        settings.overrides.insert("extras.job".into(), jobs.clone());
+        let storage = Storage { settings, client: None };
+        let targets = storage.targets([("extras.configcontext", "config_contexts"), ("extras.job", "jobs"), ("x", "")]);
+        assert_eq!(targets.len(), 2);
+        assert_eq!(targets[0].folders, ["config_contexts"]);
+        assert_eq!(targets[1].store, jobs);
+        assert_eq!(targets[1].folders, ["jobs"]);
+        assert_eq!(storage.targets([]).len(), 1, "nothing provided: the default store, holding nothing");
     }
 }

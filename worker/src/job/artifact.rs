@@ -1,0 +1,121 @@
+//! The per-commit artifact (a deterministic tar.gz of every provided file), built after the sync's commit: a
+//! sync costs what its change costs, and the archive, which costs the whole repository, is made off its path.
+//!
+//! Asynchronous rather than incremental (a tar.gz of sorted paths cannot be patched in place) or lazy (nothing
+//! serves storage's readers to build it when asked). The sync writes `current.json` with `"artifact": null`; this
+//! task streams the manifest's files from the mirror into a temporary file (one file in memory at a time),
+//! uploads it (in parts when large), then, under the repository lock that every writer of the pointer takes,
+//! names it in `current.json` and in `git_repository.artifacts` only if they still name its commit. A newer sync
+//! supersedes it: an artifact whose commit is no longer live is not built, or not named. One build at a time per
+//! worker; a worker that stops first leaves the pointer's artifact null until the repository's next sync.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use uuid::Uuid;
+
+use super::JobContext;
+use crate::git::Mirror;
+use crate::lock::RepoLock;
+use crate::storage::{Staged, write_artifact};
+
+/// What the artifacts of one sync are built from.
+pub(super) struct Request {
+    pub job_result_id: Uuid,
+    pub repository_id: Uuid,
+    pub slug: String,
+    pub commit: String,
+    pub mirror: Mirror,
+    pub staged: Vec<Staged>,
+}
+
+/// Builds the artifacts in the background, after the sync's commit.
+pub(super) fn spawn(ctx: &JobContext, request: Request) {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let Ok(_slot) = ctx.artifact_slots.acquire().await else { return };
+        let started = std::time::Instant::now();
+        match build(&ctx, &request).await {
+            Ok(named) => tracing::info!(
+                slug = %request.slug, commit = %request.commit, named, took_ms = started.elapsed().as_millis(),
+                "artifact built"
+            ),
+            Err(err) => tracing::warn!(
+                slug = %request.slug, commit = %request.commit, error = %format!("{err:#}"),
+                "could not build the artifact; current.json names none until the next sync"
+            ),
+        }
+    });
+}
+
+/// A temporary file, removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Streams the staged files into a tar.gz at `path`; returns its sha256.
+fn archive(mirror: &Mirror, staged: &Staged, path: &Path) -> anyhow::Result<String> {
+    let blobs = mirror.blobs()?;
+    let out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let (out, sha256) = write_artifact(&staged.files, out, |f| blobs.read(&f.blob).map_err(std::io::Error::other))?;
+    out.into_inner().map_err(std::io::IntoInnerError::into_error)?.flush()?;
+    Ok(sha256)
+}
+
+/// Builds and uploads each store's artifact, then names them. Returns whether the pointers named them (false:
+/// superseded by a newer commit, or the repository went).
+async fn build(ctx: &JobContext, request: &Request) -> anyhow::Result<bool> {
+    let mut built = Vec::new();
+    for staged in &request.staged {
+        if !ctx.storage.points_at(&staged.store, &request.slug, &request.commit).await? {
+            return Ok(false);
+        }
+        let temp = TempFile(ctx.git_root.join(format!(".tmp-artifact-{}", Uuid::new_v4().simple())));
+        let sha256 = {
+            let (mirror, staged, path) = (request.mirror.clone(), staged.clone(), temp.0.clone());
+            tokio::task::spawn_blocking(move || archive(&mirror, &staged, &path)).await??
+        };
+        let (acl, part) = (staged.store.default_acl.as_deref(), ctx.storage.settings.multipart_threshold);
+        staged.backend.put_file(&staged.artifact_key, &temp.0, "application/gzip", acl, part).await?;
+        built.push((staged, sha256));
+    }
+    let mut lock = lock(ctx, request).await?;
+    let mut named = serde_json::Map::new();
+    for (staged, sha256) in &built {
+        let store = &staged.store;
+        if ctx.storage.point_artifact(store, &request.slug, &request.commit, &staged.artifact_key, sha256).await? {
+            named.insert(staged.artifact_key.clone(), sha256.clone().into());
+        } else if ctx.storage.live(store, &request.slug).await?.pointer.is_none() {
+            // The repository was deleted while its artifact was built: nothing may keep the object.
+            staged.backend.delete(&staged.artifact_key).await?;
+        }
+    }
+    let recorded = gitfleet_infra::store::repository::record_artifacts(
+        &***lock.client(),
+        request.repository_id,
+        &request.commit,
+        &serde_json::Value::Object(named.clone()),
+    )
+    .await;
+    lock.release().await?;
+    recorded?;
+    Ok(!named.is_empty())
+}
+
+/// The repository lock, waited for a bounded time (a sync holds it for seconds at most).
+async fn lock(ctx: &JobContext, request: &Request) -> anyhow::Result<RepoLock> {
+    for _ in 0..300 {
+        let (id, slug) = (request.repository_id, request.slug.as_str());
+        if let Some(lock) = RepoLock::try_acquire(&ctx.pool, id, slug, request.job_result_id, &ctx.worker_name).await? {
+            return Ok(lock);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None.context("the repository stayed locked for 30 s")
+}
