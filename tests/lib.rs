@@ -1,5 +1,5 @@
-//! What the benchmarks (`src/bin/bench*.rs`) share: running git, a loopback `git daemon`, and rewriting their
-//! section of `BENCHMARKS.md`. The integration tests live in `tests/integration/` with their own support module.
+//! What the benchmarks (`src/bin/bench*.rs`) share: running git, a loopback `git daemon`, waiting for a worker to
+//! consume, and rewriting their section of `BENCHMARKS.md`. The integration tests live in `tests/integration/` with their own support module.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -55,5 +55,30 @@ pub fn write_section(path: &str, name: &str, title: &str, table: &str) -> Result
         _ => format!("{}\n\n## {title}\n\n{}", current.trim_end(), table),
     };
     std::fs::write(path, updated)?;
+    Ok(())
+}
+
+/// Waits (bounded, 30 s) until some worker consumes the work queue of `amqp`: benchmarks measure syncs, not
+/// start-up, and an event published before the worker declared its queue would have nowhere to go.
+pub async fn wait_for_consumer(amqp: &gitfleet_infra::settings::AmqpSettings) -> Result<()> {
+    let connection = gitfleet_infra::amqp::connect(amqp, Duration::from_secs(10)).await?;
+    let mut channel = connection.create_channel().await?;
+    let queue = gitfleet_infra::amqp::Topology::new(amqp).work;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+        let declared = channel.queue_declare(queue.as_str().into(), passive, lapin::types::FieldTable::default()).await;
+        match declared {
+            Ok(q) if q.consumer_count() > 0 => break,
+            Ok(_) => {}
+            // Not declared yet: a failed passive declare closes the channel, so open another.
+            Err(_) => channel = connection.create_channel().await?,
+        }
+        if Instant::now() > deadline {
+            bail!("no worker consumed {queue} within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = connection.close(200, "ready".into()).await;
     Ok(())
 }

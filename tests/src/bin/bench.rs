@@ -247,26 +247,7 @@ async fn main() -> Result<()> {
         relay_options,
         shutdown.clone(),
     ));
-    // Measure syncs, not start-up: wait (bounded) until the worker consumes the work queue.
-    let connection = gitfleet_infra::amqp::connect(&amqp, Duration::from_secs(10)).await?;
-    let mut channel = connection.create_channel().await?;
-    let queue = gitfleet_infra::amqp::Topology::new(&amqp).work;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-        let declared = channel.queue_declare(queue.as_str().into(), passive, lapin::types::FieldTable::default()).await;
-        match declared {
-            Ok(q) if q.consumer_count() > 0 => break,
-            Ok(_) => {}
-            // Not declared yet: a failed passive declare closes the channel, so open another.
-            Err(_) => channel = connection.create_channel().await?,
-        }
-        if Instant::now() > deadline {
-            bail!("the worker did not start consuming within 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = connection.close(200, "ready".into()).await;
+    gitfleet_tests::wait_for_consumer(&amqp).await?;
 
     let new = NewRepo {
         name: "Bench".into(),

@@ -233,7 +233,7 @@ async fn outcome(env: &TestEnv, repo: Uuid, view: &JobResultView) -> Result<Outc
     let storage = gitfleet_worker::storage::Storage::new(env.storage.clone()).await;
     let mut manifests = Vec::new();
     for store in storage.stores() {
-        let live = storage.live(&store, SLUG).await?;
+        let live = storage.live(&store, SLUG, None).await?;
         manifests.push((live.folders, live.files));
     }
     Ok(Outcome { status: view.status.clone(), errors, records, facts, keys, totals, manifests })

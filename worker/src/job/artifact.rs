@@ -91,7 +91,7 @@ async fn build(ctx: &JobContext, request: &Request) -> anyhow::Result<bool> {
         let store = &staged.store;
         if ctx.storage.point_artifact(store, &request.slug, &request.commit, &staged.artifact_key, sha256).await? {
             named.insert(staged.artifact_key.clone(), sha256.clone().into());
-        } else if ctx.storage.live(store, &request.slug).await?.pointer.is_none() {
+        } else if ctx.storage.live(store, &request.slug, None).await?.pointer.is_none() {
             // The repository was deleted while its artifact was built: nothing may keep the object.
             staged.backend.delete(&staged.artifact_key).await?;
         }

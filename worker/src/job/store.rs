@@ -79,25 +79,30 @@ async fn stage_target(
     storage: &Storage,
     mirror: &Mirror,
     slug: &str,
-    head: &str,
+    (head, live_head): (&str, Option<&str>),
     target: &Target,
+    phases: &mut super::sync::Phases,
 ) -> Result<Staged, StageError> {
-    let live = storage.live(&target.store, slug).await?;
+    let live = storage.live(&target.store, slug, live_head).await?;
+    phases.mark("storage: live manifest");
     let (files, _) = {
         let (mirror, head, folders, live) = (mirror.clone(), head.to_owned(), target.folders.clone(), live.clone());
         tokio::task::spawn_blocking(move || listing(&mirror, &head, &folders, &live))
             .await
             .map_err(StageError::Join)??
     };
+    phases.mark("storage: listing");
     let mut known: HashMap<String, (u64, String)> =
         live.stored().into_iter().map(|(blob, (size, sha))| (blob.to_owned(), (size, sha.to_owned()))).collect();
-    // Each blob the store does not hold, once, in batches bounded by count and (known or guessed) size.
+    // Each blob the store does not hold, once, in batches bounded by count and bytes. The last batch goes up
+    // together with the manifest (nothing names the manifest until the pointer is written).
     let mut wanted: Vec<String> =
         files.iter().map(|(_, blob)| blob).filter(|b| !known.contains_key(*b)).cloned().collect();
     wanted.sort();
     wanted.dedup();
     let (mut uploaded_blobs, mut uploaded_bytes) = (0, 0);
     let mut rest = wanted.as_slice();
+    let mut last = Vec::new();
     while !rest.is_empty() {
         let (ids, bytes) = {
             let (mirror, batch) = (mirror.clone(), rest[..rest.len().min(BATCH_FILES)].to_vec());
@@ -107,17 +112,30 @@ async fn stage_target(
         for (id, content) in ids.iter().zip(&bytes) {
             known.insert(id.clone(), (content.len() as u64, sha256_hex(content)));
         }
-        let (count, written) = storage.upload(&target.store, ids.into_iter().zip(bytes).collect()).await?;
-        uploaded_blobs += count;
-        uploaded_bytes += written;
+        let batch: Vec<(String, Vec<u8>)> = ids.into_iter().zip(bytes).collect();
+        if rest.is_empty() {
+            last = batch;
+        } else {
+            let (count, written) = storage.upload(&target.store, batch).await?;
+            uploaded_blobs += count;
+            uploaded_bytes += written;
+        }
     }
+    phases.mark("storage: blobs");
     let mut manifest = Vec::with_capacity(files.len());
     for (path, blob) in files {
         let (size, sha256) = known.get(&blob).cloned().unwrap_or_default();
         let key = Storage::blob_key(&target.store, &blob)?;
         manifest.push(ManifestFile { path, blob, size, sha256, key });
     }
-    Ok(storage.put_manifest(target, slug, head, manifest, live, (uploaded_blobs, uploaded_bytes)).await?)
+    let ((count, written), mut staged) = tokio::try_join!(
+        storage.upload(&target.store, last),
+        storage.put_manifest(target, slug, head, manifest, live)
+    )?;
+    phases.mark("storage: manifest and last blobs");
+    staged.uploaded_blobs = uploaded_blobs + count;
+    staged.uploaded_bytes = uploaded_bytes + written;
+    Ok(staged)
 }
 
 /// Reads blobs from the front of `ids` until the batch's byte budget is spent (always at least one). Returns the
@@ -161,14 +179,14 @@ pub(super) async fn stage(
         repo.provided_contents.iter().filter_map(|id| ctx.registry.get(id).map(|t| (id.as_str(), t.folder())));
     let mut staged = Vec::new();
     for target in ctx.storage.targets(provided) {
-        match stage_target(&ctx.storage, &mirror, &repo.slug, head, &target).await {
+        let heads = (head, repo.current_head.as_ref().map(|c| c.as_str()));
+        match stage_target(&ctx.storage, &mirror, &repo.slug, heads, &target, phases).await {
             Ok(done) => staged.push(done),
             Err(StageError::Storage(err)) => return Err(storage_error(&repo.name, err)),
             Err(StageError::Mirror(err)) => return Err(TransientError::Mirror(err).into()),
             Err(StageError::Join(err)) => return Err(err.into()),
         }
     }
-    phases.mark("storage stage");
     Ok(staged)
 }
 
@@ -191,9 +209,17 @@ pub(super) async fn report_and_point(
         "job_result_id": id, "repository": { "id": repo.id, "name": repo.name, "slug": repo.slug },
         "commit": head, "artifacts": artifacts, "log": lines,
     });
-    let report_key = ctx.storage.put_report(id, &report).await.map_err(|e| storage_error(&repo.name, e))?;
-    phases.mark("report");
-    ctx.storage.point(staged, &repo.slug, head, id).await.map_err(|e| storage_error(&repo.name, e))?;
-    phases.mark("pointers");
+    // The report is not named by the pointers: both go up at once.
+    let written =
+        tokio::try_join!(ctx.storage.put_report(id, &report), ctx.storage.point(staged, &repo.slug, head, id));
+    let (report_key, ()) = match written {
+        Ok(written) => written,
+        Err(err) => {
+            // Some pointers may name the new commit already: the records it would go with are not committed.
+            ctx.storage.restore_pointers(staged).await;
+            return Err(storage_error(&repo.name, err));
+        }
+    };
+    phases.mark("report and pointers");
     Ok(report_key)
 }

@@ -18,6 +18,7 @@ use crate::reconcile::Owner;
 
 pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notification> {
     let ctx = run.ctx;
+    let mut phases = Phases::start();
     run.log.write(LogEntry::info(grouping::INITIALIZATION, "Running job")).await?;
     let repo = run.definition(lock).await?;
     let name = repo.name.as_str();
@@ -30,7 +31,9 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
         return Ok(None);
     }
 
+    phases.mark("definition and coalescing");
     let (mirror, checkout) = fetch::fetch(ctx, &repo).await?;
+    phases.mark("fetch");
     let head = checkout.head.clone();
     run.log
         .write_all(&[
@@ -60,7 +63,7 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
         return Ok(None);
     }
 
-    let mut phases = Phases::start();
+    phases.mark("fingerprint");
     let base = coalesce::base_fingerprint(ctx, &repo, &context.inventory_stamp);
     let load = incremental::load(ctx, &repo, &mirror, &head, &base, &context).await?;
     phases.mark("load");
@@ -210,8 +213,8 @@ async fn needs_no_fetch(
     Ok(true)
 }
 
-/// Where a sync spends its time after the fetch: each phase's duration, in the JobResult's `result.phases_ms` and
-/// the worker's log.
+/// Where a sync spends its time: each phase's duration (phases marked more than once, as the storage stage's per
+/// store, add up), in the JobResult's `result.phases_ms` and the worker's log.
 pub(super) struct Phases {
     last: std::time::Instant,
     spent: Vec<(&'static str, std::time::Duration)>,
@@ -229,7 +232,14 @@ impl Phases {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        let phases = self.spent.iter().map(|(p, d)| ((*p).to_owned(), json!(d.as_millis())));
+        let mut phases: Vec<(&str, std::time::Duration)> = Vec::new();
+        for (phase, spent) in &self.spent {
+            match phases.iter_mut().find(|(p, _)| p == phase) {
+                Some((_, total)) => *total += *spent,
+                None => phases.push((phase, *spent)),
+            }
+        }
+        let phases = phases.into_iter().map(|(p, d)| (p.to_owned(), json!(d.as_millis())));
         serde_json::Value::Object(phases.collect())
     }
 }

@@ -252,15 +252,32 @@ impl Storage {
         Self::key(store, &format!("{}/blobs/{blob}", store.upload_to))
     }
 
-    /// The store's live pointer and manifest for the repository (two requests). A pointer or manifest that is not
-    /// JSON reads as none: the sync then lists every file again. A store out of reach is an error.
-    pub async fn live(&self, store: &StoreSettings, slug: &str) -> Result<Live, StorageError> {
+    /// The store's live pointer and manifest for the repository. `live_head` (the commit the database says is
+    /// live) names the manifest to ask for alongside the pointer, so both come in one round trip; if the pointer
+    /// names another manifest, that one is read after. A pointer or manifest that is not JSON reads as none: the
+    /// sync then lists every file again. A store out of reach is an error.
+    pub async fn live(&self, store: &StoreSettings, slug: &str, live_head: Option<&str>) -> Result<Live, StorageError> {
         let backend = self.backend(store);
-        let pointer = backend.get(&Self::current_key(store, slug)?).await?;
+        let guessed = match live_head {
+            Some(head) => Some(Self::key(store, &format!("{}/{slug}/{head}/manifest.json", store.upload_to))?),
+            None => None,
+        };
+        let current_key = Self::current_key(store, slug)?;
+        let (pointer, guessed_manifest) = tokio::try_join!(backend.get(&current_key), async {
+            match &guessed {
+                Some(key) => get_json(&backend, key).await,
+                None => Ok(None),
+            }
+        })?;
         let parsed: Value = pointer.as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
         let mut live = Live { pointer, ..Live::default() };
         let Some(manifest_key) = parsed["manifest"].as_str() else { return Ok(live) };
-        let Some(manifest) = get_json(&backend, manifest_key).await? else { return Ok(live) };
+        let manifest = if guessed.as_deref() == Some(manifest_key) {
+            guessed_manifest
+        } else {
+            get_json(&backend, manifest_key).await?
+        };
+        let Some(manifest) = manifest else { return Ok(live) };
         let Ok(files) = serde_json::from_value::<Vec<ManifestFile>>(manifest["files"].clone()) else { return Ok(live) };
         live.commit = manifest["commit"].as_str().map(str::to_owned);
         live.folders = serde_json::from_value(manifest["folders"].clone()).ok();
@@ -286,7 +303,8 @@ impl Storage {
         Ok((written.len(), written.iter().sum()))
     }
 
-    /// Writes the manifest of `commit` for the target (its files sorted by path) and returns what was staged.
+    /// Writes the manifest of `commit` for the target (its files sorted by path) and returns what was staged (the
+    /// upload counts are the caller's to fill in).
     pub async fn put_manifest(
         &self,
         target: &Target,
@@ -294,7 +312,6 @@ impl Storage {
         commit: &str,
         files: Vec<ManifestFile>,
         live: Live,
-        uploaded: (usize, u64),
     ) -> Result<Staged, StorageError> {
         let store = &target.store;
         let backend = self.backend(store);
@@ -317,8 +334,8 @@ impl Storage {
             from_live: live.commit.is_some() && live.folders.as_ref() == Some(&target.folders),
             previous: live.pointer,
             files: Arc::new(files),
-            uploaded_blobs: uploaded.0,
-            uploaded_bytes: uploaded.1,
+            uploaded_blobs: 0,
+            uploaded_bytes: 0,
         })
     }
 
