@@ -187,6 +187,10 @@ fn commit(remote: &Remote, files: &BTreeMap<String, String>, message: &str) -> R
     remote.commit(message, &written)
 }
 
+/// A store's live manifest: its folders, its parts, and their files.
+type StoreManifest =
+    (Option<Vec<String>>, Vec<gitfleet_worker::storage::PartRef>, Vec<gitfleet_worker::storage::ManifestFile>);
+
 /// What a repository's load left in one schema: records, recorded facts, status and error lines.
 #[derive(Debug, PartialEq)]
 struct Outcome {
@@ -196,9 +200,9 @@ struct Outcome {
     facts: BTreeSet<String>,
     keys: BTreeSet<(String, i32, String)>,
     totals: Option<(i64, i64)>,
-    /// Each store's live manifest: the folders it covers and its files (built from the live one plus the change
-    /// in the incremental schema, from a listing of every file in the fresh one).
-    manifests: Vec<(Option<Vec<String>>, Vec<gitfleet_worker::storage::ManifestFile>)>,
+    /// Each store's live manifest: the folders it covers, its parts and their files (built from the live one plus
+    /// the change in the incremental schema, from a listing of every file in the fresh one).
+    manifests: Vec<StoreManifest>,
 }
 
 async fn outcome(env: &TestEnv, repo: Uuid, view: &JobResultView) -> Result<Outcome> {
@@ -234,7 +238,8 @@ async fn outcome(env: &TestEnv, repo: Uuid, view: &JobResultView) -> Result<Outc
     let mut manifests = Vec::new();
     for store in storage.stores() {
         let live = storage.live(&store, SLUG, None).await?;
-        manifests.push((live.folders, live.files));
+        let files = storage.load_parts(&store, &live.parts).await?.into_iter().flatten().collect();
+        manifests.push((live.folders, live.parts, files));
     }
     Ok(Outcome { status: view.status.clone(), errors, records, facts, keys, totals, manifests })
 }

@@ -149,7 +149,12 @@ async fn layout_and_increments(
     assert_eq!(result["artifacts"][0]["manifest_from_live"], false, "a first sync lists every file");
     assert_eq!(result["report"], format!("nautobot/reports/{}.json", view.id));
     let manifest: Value = serde_json::from_slice(&backend.get(current["manifest"].as_str().unwrap()).await?.unwrap())?;
-    assert_eq!(manifest["files"].as_array().unwrap().len(), 3);
+    assert_eq!(manifest["files"], 3);
+    let listed = storage.manifest_files(&stores[0], &manifest).await?;
+    let paths: Vec<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(paths.len(), 3, "{manifest}");
+    assert!(paths.windows(2).all(|w| w[0] < w[1]), "sorted by path: {paths:?}");
+    assert!(listed.iter().all(|f| f.key.ends_with(&f.blob) && f.sha256.len() == 64), "{listed:?}");
     assert_eq!(manifest["folders"], serde_json::json!(["config_contexts", "export_templates"]));
 
     // One file changed: exactly one new blob, plus the new commit's manifest and artifact and the report.
@@ -174,7 +179,9 @@ async fn layout_and_increments(
     .into();
     let new_blobs: Vec<&&String> = added.iter().filter(|k| k.starts_with("nautobot/git/blobs/")).collect();
     assert_eq!(new_blobs.len(), 1, "{added:#?}");
-    assert_eq!(added.len(), 4, "{added:#?}");
+    let new_parts = added.iter().filter(|k| k.starts_with(&format!("nautobot/git/{slug}/manifest-parts/"))).count();
+    assert_eq!(new_parts, 1, "the part the change falls in: {added:#?}");
+    assert_eq!(added.len(), 5, "{added:#?}");
     assert!(expected.iter().all(|k| added.contains(k)), "{added:#?}");
     if let Some(sent) = sent_by_sync {
         // The live manifest says which blobs are stored: only the changed file's blob is sent, unasked (it is
@@ -201,8 +208,8 @@ async fn repair_a_removed_blob(env: &TestEnv, storage: &Storage, root: &std::pat
     let current: Value =
         serde_json::from_slice(&backend.get(&format!("nautobot/git/{slug}/current.json")).await?.unwrap())?;
     let manifest: Value = serde_json::from_slice(&backend.get(current["manifest"].as_str().unwrap()).await?.unwrap())?;
-    let lost = &manifest["files"][0];
-    let (key, blob) = (lost["key"].as_str().unwrap(), lost["blob"].as_str().unwrap());
+    let listed = storage.manifest_files(&storage.stores()[0], &manifest).await?;
+    let (key, blob) = (listed[0].key.as_str(), listed[0].blob.as_str());
     std::fs::remove_file(root.join("default").join(key))?;
     let worker = env.worker_settings("verify");
     let mut out = Vec::new();

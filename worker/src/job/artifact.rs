@@ -3,7 +3,7 @@
 //!
 //! Asynchronous rather than incremental (a tar.gz of sorted paths cannot be patched in place) or lazy (nothing
 //! serves storage's readers to build it when asked). The sync writes `current.json` with `"artifact": null`; this
-//! task streams the manifest's files from the mirror into a temporary file (one file in memory at a time),
+//! task streams the provided files from the mirror into a temporary file (one file in memory at a time),
 //! uploads it (in parts when large), then, under the repository lock that every writer of the pointer takes,
 //! names it in `current.json` and in `git_repository.artifacts` only if they still name its commit. A newer sync
 //! supersedes it: an artifact whose commit is no longer live is not built, or not named. One build at a time per
@@ -59,11 +59,17 @@ impl Drop for TempFile {
     }
 }
 
-/// Streams the staged files into a tar.gz at `path`; returns its sha256.
-fn archive(mirror: &Mirror, staged: &Staged, path: &Path) -> anyhow::Result<String> {
+/// Streams the files of the staged folders at `commit` (as the manifest lists them: sorted by path) into a tar.gz
+/// at `path`; returns its sha256.
+fn archive(mirror: &Mirror, commit: &str, staged: &Staged, path: &Path) -> anyhow::Result<String> {
+    let mut files = Vec::new();
+    for folder in &staged.folders {
+        files.extend(mirror.list_files(commit, folder)?);
+    }
+    files.sort();
     let blobs = mirror.blobs()?;
     let out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let (out, sha256) = write_artifact(&staged.files, out, |f| blobs.read(&f.blob).map_err(std::io::Error::other))?;
+    let (out, sha256) = write_artifact(&files, out, |blob| blobs.read(blob).map_err(std::io::Error::other))?;
     out.into_inner().map_err(std::io::IntoInnerError::into_error)?.flush()?;
     Ok(sha256)
 }
@@ -79,7 +85,8 @@ async fn build(ctx: &JobContext, request: &Request) -> anyhow::Result<bool> {
         let temp = TempFile(ctx.git_root.join(format!(".tmp-artifact-{}", Uuid::new_v4().simple())));
         let sha256 = {
             let (mirror, staged, path) = (request.mirror.clone(), staged.clone(), temp.0.clone());
-            tokio::task::spawn_blocking(move || archive(&mirror, &staged, &path)).await??
+            let commit = request.commit.clone();
+            tokio::task::spawn_blocking(move || archive(&mirror, &commit, &staged, &path)).await??
         };
         let (acl, part) = (staged.store.default_acl.as_deref(), ctx.storage.settings.multipart_threshold);
         staged.backend.put_file(&staged.artifact_key, &temp.0, "application/gzip", acl, part).await?;

@@ -7,7 +7,7 @@
 //! otherwise every file is listed again. Files are read and uploaded in batches, so memory holds one batch, not the
 //! repository.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use gitfleet_infra::store::job_result;
 use gitfleet_infra::store::repository::RepositoryRow;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::JobContext;
 use super::error::{Failure, Step, StepError, TransientError};
 use crate::git::{GitError, Mirror};
-use crate::storage::{Live, ManifestFile, Staged, Storage, StorageError, Target, sha256_hex};
+use crate::storage::{Live, ManifestFile, Part, Staged, Storage, StorageError, Target, manifest, sha256_hex};
 
 /// A batch of files read from the mirror and uploaded together: at most this many files or bytes.
 const BATCH_FILES: usize = 512;
@@ -35,46 +35,52 @@ fn storage_error(name: &str, err: StorageError) -> StepError {
     StepError::Failed(Failure::new("StorageError", message, grouping::MAIN).reverted())
 }
 
-/// The `(path, blob)` of every file of the target's folders at `head`, sorted by path, and whether it was built
-/// from the live manifest plus the change.
-fn listing(
-    mirror: &Mirror,
-    head: &str,
-    folders: &[String],
-    live: &Live,
-) -> Result<(Vec<(String, String)>, bool), GitError> {
+/// Changed paths and their new blobs (`None`: removed).
+type Changed = BTreeMap<String, Option<String>>;
+
+/// What changed in the target's folders since the live manifest: `path -> new blob` (`None`: removed), or every
+/// file at `head` when there is no live manifest to build on (first sync, other folders, a commit the mirror lacks).
+enum Listing {
+    Changes(Changed),
+    Every(Vec<(String, String)>),
+}
+
+fn listing(mirror: &Mirror, head: &str, folders: &[String], live: &Live) -> Result<Listing, GitError> {
     if let (Some(commit), Some(live_folders)) = (&live.commit, &live.folders)
         && live_folders == folders
         && mirror.has_commit(commit)
     {
         let within =
             |path: &str| folders.iter().any(|f| path.strip_prefix(f.as_str()).is_some_and(|r| r.starts_with('/')));
-        let mut by_path: BTreeMap<String, String> =
-            live.files.iter().map(|f| (f.path.clone(), f.blob.clone())).collect();
         let changes: Vec<_> = mirror.changes(commit, head)?.into_iter().filter(|c| within(&c.path)).collect();
+        let mut changed = BTreeMap::new();
         // Removals first: a path whose type changed shows as a deletion and an addition, in either order.
         for change in &changes {
-            by_path.remove(&change.path);
+            changed.insert(change.path.clone(), None);
         }
         for change in changes {
             if let Some((blob, mode)) = change.new
                 && mode & 0o170_000 == 0o100_000
             {
-                by_path.insert(change.path, blob);
+                changed.insert(change.path, Some(blob));
             }
         }
-        return Ok((by_path.into_iter().collect(), true));
+        // Files whose blobs were found missing from the store: stored again (unless changed anyway).
+        for (path, blob) in &live.missing {
+            changed.entry(path.clone()).or_insert_with(|| Some(blob.clone()));
+        }
+        return Ok(Listing::Changes(changed));
     }
     let mut all = Vec::new();
     for folder in folders {
         all.extend(mirror.list_files(head, folder)?);
     }
     all.sort();
-    Ok((all, false))
+    Ok(Listing::Every(all))
 }
 
-/// Stages one store: lists the files, reads and uploads the blobs the store does not hold in batches, writes the
-/// manifest.
+/// Stages one store: lists what changed, reads the manifest parts it falls in, reads and uploads the new blobs in
+/// batches, writes the new parts and the root.
 async fn stage_target(
     storage: &Storage,
     mirror: &Mirror,
@@ -85,15 +91,43 @@ async fn stage_target(
 ) -> Result<Staged, StageError> {
     let live = storage.live(&target.store, slug, live_head).await?;
     phases.mark("storage: live manifest");
-    let (files, _) = {
+    let listed = {
         let (mirror, head, folders, live) = (mirror.clone(), head.to_owned(), target.folders.clone(), live.clone());
         tokio::task::spawn_blocking(move || listing(&mirror, &head, &folders, &live))
             .await
             .map_err(StageError::Join)??
     };
     phases.mark("storage: listing");
-    let mut known: HashMap<String, (u64, String)> =
-        live.stored().into_iter().map(|(blob, (size, sha))| (blob.to_owned(), (size, sha.to_owned()))).collect();
+    // What the store holds: the files of the live parts read (those a change falls in, or all of them when every
+    // file is listed again), less the blobs found missing.
+    let mut loaded: HashMap<usize, Vec<ManifestFile>> = HashMap::new();
+    let (files, changes): (Vec<(String, String)>, Option<Changed>) = match listed {
+        Listing::Every(all) => {
+            let parts = storage.load_parts(&target.store, &live.parts).await?;
+            loaded.extend(parts.into_iter().enumerate());
+            (all, None)
+        }
+        Listing::Changes(changed) => {
+            // Which parts the changes fall in does not depend on the new files' digests: find them with stand-ins.
+            let stand_ins: BTreeMap<String, Option<ManifestFile>> =
+                changed.iter().map(|(path, blob)| (path.clone(), blob.as_ref().map(|_| stand_in(path)))).collect();
+            while let Err(need) = manifest::rebuild(&live.parts, &loaded, &stand_ins) {
+                let refs: Vec<_> = need.iter().map(|&i| live.parts[i].clone()).collect();
+                let read = storage.load_parts(&target.store, &refs).await?;
+                loaded.extend(need.into_iter().zip(read));
+            }
+            let files = changed.iter().filter_map(|(path, blob)| Some((path.clone(), blob.clone()?))).collect();
+            (files, Some(changed))
+        }
+    };
+    phases.mark("storage: live parts");
+    let missing: HashSet<&str> = live.missing.iter().map(|(_, blob)| blob.as_str()).collect();
+    let mut known: HashMap<String, (u64, String)> = loaded
+        .values()
+        .flatten()
+        .filter(|f| !missing.contains(f.blob.as_str()))
+        .map(|f| (f.blob.clone(), (f.size, f.sha256.clone())))
+        .collect();
     // Each blob the store does not hold, once, in batches bounded by count and bytes. The last batch goes up
     // together with the manifest (nothing names the manifest until the pointer is written).
     let mut wanted: Vec<String> =
@@ -122,20 +156,52 @@ async fn stage_target(
         }
     }
     phases.mark("storage: blobs");
-    let mut manifest = Vec::with_capacity(files.len());
-    for (path, blob) in files {
-        let (size, sha256) = known.get(&blob).cloned().unwrap_or_default();
-        let key = Storage::blob_key(&target.store, &blob)?;
-        manifest.push(ManifestFile { path, blob, size, sha256, key });
-    }
-    let ((count, written), mut staged) = tokio::try_join!(
-        storage.upload(&target.store, last),
-        storage.put_manifest(target, slug, head, manifest, live)
-    )?;
+    let parts = match changes {
+        None => {
+            let mut all = Vec::with_capacity(files.len());
+            for (path, blob) in files {
+                all.push(entry(&known, &target.store, path, blob)?);
+            }
+            manifest::cut(all).into_iter().map(Part::New).collect()
+        }
+        Some(changed) => {
+            let mut changes = BTreeMap::new();
+            for (path, blob) in changed {
+                let file = match blob {
+                    Some(blob) => Some(entry(&known, &target.store, path.clone(), blob)?),
+                    None => None,
+                };
+                changes.insert(path, file);
+            }
+            manifest::rebuild(&live.parts, &loaded, &changes).map_err(|_| StorageError::Refused {
+                what: "the manifest".to_owned(),
+                message: "its parts changed while it was rebuilt".to_owned(),
+            })?
+        }
+    };
+    let ((count, written), mut staged) =
+        tokio::try_join!(storage.upload(&target.store, last), storage.put_manifest(target, slug, head, parts, live))?;
     phases.mark("storage: manifest and last blobs");
     staged.uploaded_blobs = uploaded_blobs + count;
     staged.uploaded_bytes = uploaded_bytes + written;
     Ok(staged)
+}
+
+/// The manifest entry of a file whose blob's size and digest are known.
+fn entry(
+    known: &HashMap<String, (u64, String)>,
+    store: &crate::storage::StoreSettings,
+    path: String,
+    blob: String,
+) -> Result<ManifestFile, StorageError> {
+    let (size, sha256) = known.get(&blob).cloned().unwrap_or_default();
+    let key = Storage::blob_key(store, &blob)?;
+    Ok(ManifestFile { path, blob, size, sha256, key })
+}
+
+/// A manifest entry that only has a path: which parts a change falls in depends on nothing else.
+fn stand_in(path: &str) -> ManifestFile {
+    ManifestFile { path: path.to_owned(), blob: String::new(), size: 0, sha256: String::new(), key: String::new() }
 }
 
 /// Reads blobs from the front of `ids` until the batch's byte budget is spent (always at least one). Returns the

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! {location}/{upload_to}/blobs/{git blob id}              static files, content addressed (never uploaded twice)
-//! {location}/{upload_to}/{slug}/{commit}/manifest.json    path -> blob, size, sha256, key; the folders it covers
+//! {location}/{upload_to}/{slug}/{commit}/manifest.json    the folders it covers, its parts (first path, key)
+//! {location}/{upload_to}/{slug}/manifest-parts/{sha256}.json  path -> blob, size, sha256, key (a run of paths)
 //! {location}/{upload_to}/{slug}/{commit}/artifact.tar.gz  the provided files at that commit, built after the sync
 //! {location}/reports/{job_result_id}.json                 the sync report (records changed, log entries)
 //! {location}/{upload_to}/{slug}/current.json              written last: commit, manifest, then artifact, digest
@@ -14,20 +15,22 @@
 //! the manifest, and `current.json` names it only once it is complete (until then its `artifact` is null).
 //!
 //! What a store holds is known from the live manifest: a sync lists the change since the live commit, uploads
-//! only blobs the live manifest does not list, and writes the new manifest as the old one plus the change.
+//! only the changed files' blobs, and writes the new manifest as the old one plus the change: the parts the
+//! change falls in, and a root listing them (`manifest.rs`), whatever the repository's size.
 
 pub mod backend;
 pub mod commands;
+pub mod manifest;
 pub mod settings;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 pub use backend::{Backend, StorageError};
+pub use manifest::{Part, PartBody, PartRef};
 pub use settings::{StorageSettings, StoreSettings};
 
 /// The storages of a worker, with one S3 client shared by every S3 store.
@@ -54,28 +57,18 @@ pub struct Target {
     pub folders: Vec<String>,
 }
 
-/// What a store holds for a repository, read through its pointer.
+/// What a store holds for a repository, read through its pointer: the live root manifest.
 #[derive(Debug, Default, Clone)]
 pub struct Live {
     /// The pointer as stored, to put back if the sync's commit fails.
     pub pointer: Option<Vec<u8>>,
     pub commit: Option<String>,
-    /// The folders the live manifest covers; `None` for a manifest that does not say (it is not built on).
+    /// The folders the live manifest covers; `None` when there is no live manifest in parts to build on.
     pub folders: Option<Vec<String>>,
-    pub files: Vec<ManifestFile>,
-    /// Blobs `worker storage verify --repair` found missing from the store: the next sync uploads them again.
-    pub missing: BTreeSet<String>,
-}
-
-impl Live {
-    /// Size and digest of each blob the live manifest lists and the store holds.
-    pub fn stored(&self) -> HashMap<&str, (u64, &str)> {
-        self.files
-            .iter()
-            .filter(|f| !self.missing.contains(&f.blob))
-            .map(|f| (f.blob.as_str(), (f.size, f.sha256.as_str())))
-            .collect()
-    }
+    pub parts: Vec<PartRef>,
+    /// Files whose blobs `worker storage verify --repair` found missing from the store: `(path, blob)`. The next
+    /// sync uploads them again.
+    pub missing: Vec<(String, String)>,
 }
 
 /// What a sync staged in one store.
@@ -89,7 +82,11 @@ pub struct Staged {
     pub current_key: String,
     /// The pointer before this sync, to put back if the commit fails.
     pub previous: Option<Vec<u8>>,
-    pub files: Arc<Vec<ManifestFile>>,
+    /// The folders the manifest covers (the artifact holds their files).
+    pub folders: Vec<String>,
+    pub files: usize,
+    /// Manifest parts written (the others were the live manifest's).
+    pub new_parts: usize,
     pub uploaded_blobs: usize,
     pub uploaded_bytes: u64,
     /// Whether the manifest was built from the live one plus the change (else every file was listed).
@@ -102,7 +99,7 @@ impl Staged {
     pub fn describe(&self) -> Value {
         json!({
             "storage": self.backend.describe(), "manifest": self.manifest_key, "artifact": self.artifact_key,
-            "sha256": null, "current": self.current_key, "files": self.files.len(),
+            "sha256": null, "current": self.current_key, "files": self.files, "new_manifest_parts": self.new_parts,
             "uploaded_blobs": self.uploaded_blobs, "uploaded_bytes": self.uploaded_bytes,
             "manifest_from_live": self.from_live,
         })
@@ -146,24 +143,24 @@ impl<W: std::io::Write> std::io::Write for Digesting<W> {
     }
 }
 
-/// Writes a deterministic tar.gz (paths in manifest order, which is sorted; mode 0644; mtime 0) of the files to
-/// `out`, reading each one through `read` when its turn comes: only one file is in memory at a time. Returns the
-/// archive's sha256.
+/// Writes a deterministic tar.gz (`(path, blob)` in the order given, which is sorted; mode 0644; mtime 0) of the
+/// files to `out`, reading each blob through `read` when its turn comes: only one file is in memory at a time.
+/// Returns the archive's sha256.
 pub fn write_artifact<W: std::io::Write>(
-    files: &[ManifestFile],
+    files: &[(String, String)],
     out: W,
-    mut read: impl FnMut(&ManifestFile) -> std::io::Result<Vec<u8>>,
+    mut read: impl FnMut(&str) -> std::io::Result<Vec<u8>>,
 ) -> std::io::Result<(W, String)> {
     let encoder = flate2::write::GzEncoder::new(Digesting::new(out), flate2::Compression::default());
     let mut tar = tar::Builder::new(encoder);
-    for file in files {
-        let bytes = read(file)?;
+    for (path, blob) in files {
+        let bytes = read(blob)?;
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, &file.path, bytes.as_slice())?;
+        tar.append_data(&mut header, path, bytes.as_slice())?;
     }
     let mut gz = tar.into_inner()?;
     gz.flush()?;
@@ -278,12 +275,47 @@ impl Storage {
             get_json(&backend, manifest_key).await?
         };
         let Some(manifest) = manifest else { return Ok(live) };
-        let Ok(files) = serde_json::from_value::<Vec<ManifestFile>>(manifest["files"].clone()) else { return Ok(live) };
+        let Ok(parts) = serde_json::from_value::<Vec<PartRef>>(manifest["parts"].clone()) else { return Ok(live) };
         live.commit = manifest["commit"].as_str().map(str::to_owned);
         live.folders = serde_json::from_value(manifest["folders"].clone()).ok();
-        live.missing = serde_json::from_value(manifest["missing_blobs"].clone()).unwrap_or_default();
-        live.files = files;
+        live.missing = serde_json::from_value(manifest["missing"].clone()).unwrap_or_default();
+        live.parts = parts;
         Ok(live)
+    }
+
+    /// The files of manifest parts, read `GITFLEET_STORAGE_UPLOAD_CONCURRENCY` at a time. A part that is gone or
+    /// unreadable is an error: the manifest it belongs to cannot be built on.
+    pub async fn load_parts(
+        &self,
+        store: &StoreSettings,
+        parts: &[PartRef],
+    ) -> Result<Vec<Vec<ManifestFile>>, StorageError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        let backend = self.backend(store);
+        let keys: Vec<String> = parts.iter().map(|p| p.key.clone()).collect();
+        stream::iter(keys)
+            .map(|key| {
+                let backend = backend.clone();
+                async move {
+                    let body = backend.get(&key).await?.unwrap_or_default();
+                    serde_json::from_slice::<PartBody>(&body)
+                        .map(|b| b.files)
+                        .map_err(|e| StorageError::Refused { what: key, message: format!("not a manifest part: {e}") })
+                }
+            })
+            .buffered(self.settings.upload_concurrency.max(1))
+            .try_collect()
+            .await
+    }
+
+    /// Every file a root manifest lists (through its parts).
+    pub async fn manifest_files(
+        &self,
+        store: &StoreSettings,
+        manifest: &Value,
+    ) -> Result<Vec<ManifestFile>, StorageError> {
+        let parts: Vec<PartRef> = serde_json::from_value(manifest["parts"].clone()).unwrap_or_default();
+        Ok(self.load_parts(store, &parts).await?.into_iter().flatten().collect())
     }
 
     /// Uploads blobs (`(blob id, bytes)`) to the store, `GITFLEET_STORAGE_UPLOAD_CONCURRENCY` at a time. Returns
@@ -303,28 +335,57 @@ impl Storage {
         Ok((written.len(), written.iter().sum()))
     }
 
-    /// Writes the manifest of `commit` for the target (its files sorted by path) and returns what was staged (the
-    /// upload counts are the caller's to fill in).
+    /// Writes the manifest of `commit` for the target: its new parts (those the live manifest does not have
+    /// already), then the root listing every part. Returns what was staged (the upload counts are the caller's).
     pub async fn put_manifest(
         &self,
         target: &Target,
         slug: &str,
         commit: &str,
-        files: Vec<ManifestFile>,
+        parts: Vec<Part>,
         live: Live,
     ) -> Result<Staged, StorageError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
         let store = &target.store;
         let backend = self.backend(store);
+        let acl = store.default_acl.as_deref();
+        let live_keys: BTreeSet<&str> = live.parts.iter().map(|p| p.key.as_str()).collect();
+        let (mut refs, mut bodies) = (Vec::with_capacity(parts.len()), Vec::new());
+        for part in parts {
+            match part {
+                Part::Kept(kept) => refs.push(kept),
+                Part::New(files) => {
+                    let (first, count) = (files.first().map(|f| f.path.clone()).unwrap_or_default(), files.len());
+                    let body = serde_json::to_vec(&PartBody { files }).unwrap_or_default();
+                    let name = format!("{}/{slug}/manifest-parts/{}.json", store.upload_to, sha256_hex(&body));
+                    let key = Self::key(store, &name)?;
+                    if !live_keys.contains(key.as_str()) {
+                        bodies.push((key.clone(), body));
+                    }
+                    refs.push(PartRef { key, first, files: count });
+                }
+            }
+        }
+        let new_parts = bodies.len();
+        let threshold = self.settings.multipart_threshold;
+        stream::iter(bodies)
+            .map(|(key, body)| {
+                let (backend, acl) = (backend.clone(), acl.map(str::to_owned));
+                async move { backend.put(&key, body, "application/json", acl.as_deref(), threshold).await }
+            })
+            .buffer_unordered(self.settings.upload_concurrency.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
         let base = format!("{}/{slug}/{commit}", store.upload_to);
         let artifact_key = Self::key(store, &format!("{base}/artifact.tar.gz"))?;
         let manifest_key = Self::key(store, &format!("{base}/manifest.json"))?;
+        let files = refs.iter().map(|p| p.files).sum();
         let manifest = json!({
-            "repository": slug, "commit": commit, "folders": target.folders, "files": files,
+            "repository": slug, "commit": commit, "folders": target.folders, "files": files, "parts": refs,
             "artifact": { "key": artifact_key },
         });
         let body = serde_json::to_vec(&manifest).unwrap_or_default();
-        let acl = store.default_acl.as_deref();
-        backend.put(&manifest_key, body, "application/json", acl, self.settings.multipart_threshold).await?;
+        backend.put(&manifest_key, body, "application/json", acl, threshold).await?;
         Ok(Staged {
             store: store.clone(),
             backend,
@@ -333,7 +394,9 @@ impl Storage {
             current_key: Self::current_key(store, slug)?,
             from_live: live.commit.is_some() && live.folders.as_ref() == Some(&target.folders),
             previous: live.pointer,
-            files: Arc::new(files),
+            folders: target.folders.clone(),
+            files,
+            new_parts,
             uploaded_blobs: 0,
             uploaded_bytes: 0,
         })
@@ -435,13 +498,11 @@ impl Storage {
         let blobs_prefix = Self::blobs_prefix(store)?;
         let mut referenced = BTreeSet::new();
         let keys = backend.list(&root).await?;
-        for key in keys.iter().filter(|k| k.ends_with("/manifest.json") && !k.starts_with(&blobs_prefix)) {
-            let Some(manifest) = get_json(&backend, key).await? else { continue };
-            for file in manifest["files"].as_array().into_iter().flatten() {
-                if let Some(k) = file["key"].as_str() {
-                    referenced.insert(k.to_owned());
-                }
-            }
+        // Every part of every manifest names blobs (a part no manifest lists any more names none that count).
+        for key in keys.iter().filter(|k| k.contains("/manifest-parts/") && !k.starts_with(&blobs_prefix)) {
+            let Some(part) = backend.get(key).await? else { continue };
+            let Ok(part) = serde_json::from_slice::<PartBody>(&part) else { continue };
+            referenced.extend(part.files.into_iter().map(|f| f.key));
         }
         Ok((referenced, keys))
     }
@@ -474,7 +535,7 @@ impl Storage {
     }
 
     /// Checks every live manifest of every store against one listing of the store: the blobs a manifest names
-    /// that the store does not hold. With `repair`, each such manifest records them (`missing_blobs`), so the
+    /// that the store does not hold. With `repair`, each such manifest records them (`missing`), so the
     /// repository's next sync uploads them again. Returns `(slug, missing blob ids)` for each repository short of
     /// some.
     pub async fn verify(&self, repair: bool) -> Result<Vec<(String, BTreeSet<String>)>, StorageError> {
@@ -492,18 +553,19 @@ impl Storage {
                     continue;
                 };
                 let Some(mut manifest) = get_json(&backend, manifest_key).await? else { continue };
-                let missing: BTreeSet<String> = manifest["files"]
-                    .as_array()
+                let lost: Vec<ManifestFile> = self
+                    .manifest_files(&store, &manifest)
+                    .await?
                     .into_iter()
-                    .flatten()
-                    .filter(|f| f["key"].as_str().is_some_and(|k| !keys.contains(k)))
-                    .filter_map(|f| f["blob"].as_str().map(str::to_owned))
+                    .filter(|f| !keys.contains(&f.key))
                     .collect();
-                if missing.is_empty() {
+                if lost.is_empty() {
                     continue;
                 }
+                let missing: BTreeSet<String> = lost.iter().map(|f| f.blob.clone()).collect();
                 if repair {
-                    manifest["missing_blobs"] = json!(missing);
+                    let files: Vec<(&str, &str)> = lost.iter().map(|f| (f.path.as_str(), f.blob.as_str())).collect();
+                    manifest["missing"] = json!(files);
                     let body = serde_json::to_vec(&manifest).unwrap_or_default();
                     let acl = store.default_acl.as_deref();
                     backend.put(manifest_key, body, "application/json", acl, self.settings.multipart_threshold).await?;
@@ -519,24 +581,13 @@ impl Storage {
 mod tests {
     use super::*;
 
-    fn file(path: &str, bytes: &[u8]) -> (ManifestFile, Vec<u8>) {
-        let entry = ManifestFile {
-            path: path.into(),
-            blob: sha256_hex(bytes),
-            size: bytes.len() as u64,
-            sha256: sha256_hex(bytes),
-            key: format!("blobs/{path}"),
-        };
-        (entry, bytes.to_vec())
-    }
-
     #[test]
     fn artifacts_are_deterministic_and_read_one_file_at_a_time() {
-        let files = [file("a.txt", b"one"), file("b.txt", b"two")];
-        let entries: Vec<ManifestFile> = files.iter().map(|(f, _)| f.clone()).collect();
-        let read = |f: &ManifestFile| Ok(files.iter().find(|(e, _)| e.path == f.path).unwrap().1.clone());
-        let (first, digest) = write_artifact(&entries, Vec::new(), read).unwrap();
-        let (second, again) = write_artifact(&entries, Vec::new(), read).unwrap();
+        let contents = [("1", b"one".to_vec()), ("2", b"two".to_vec())];
+        let files = [("a.txt".to_owned(), "1".to_owned()), ("b.txt".to_owned(), "2".to_owned())];
+        let read = |blob: &str| Ok(contents.iter().find(|(b, _)| *b == blob).unwrap().1.clone());
+        let (first, digest) = write_artifact(&files, Vec::new(), read).unwrap();
+        let (second, again) = write_artifact(&files, Vec::new(), read).unwrap();
         assert_eq!(first, second);
         assert_eq!(digest, again);
         assert_eq!(digest, sha256_hex(&first), "the digest is the archive's");
@@ -548,8 +599,8 @@ mod tests {
 
     #[test]
     fn an_artifact_fails_when_a_file_cannot_be_read() {
-        let (entry, _) = file("a.txt", b"one");
-        let failed = write_artifact(&[entry], Vec::new(), |_| Err(std::io::Error::other("gone")));
+        let files = [("a.txt".to_owned(), "1".to_owned())];
+        let failed = write_artifact(&files, Vec::new(), |_| Err(std::io::Error::other("gone")));
         assert!(failed.is_err());
     }
 
