@@ -7,6 +7,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use git2::{
     AutotagOption, Cred, CredentialType, FetchOptions, FetchPrune, ObjectType, Oid, RemoteCallbacks, Repository,
@@ -109,7 +110,12 @@ pub struct Mirror {
     host_keys: HostKeyPolicy,
     /// Fetch only the tips (depth 1) when the transport allows it, deepening when a ref needs more history.
     shallow: bool,
+    /// The last [`Mirror::changes`] (old, new, changes), shared by the clones of this mirror: a sync's load and
+    /// its storage stage diff the same two commits, and a large tree's diff is worth doing once.
+    last_changes: Arc<Mutex<Option<ChangesMemo>>>,
 }
+
+type ChangesMemo = (String, String, Vec<PathChange>);
 
 /// How HTTPS server certificates are checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,6 +138,7 @@ impl Mirror {
             tls: TlsPolicy::System,
             host_keys: HostKeyPolicy::KnownHosts(known_hosts::default_path()),
             shallow: true,
+            last_changes: Arc::default(),
         }
     }
 
@@ -325,6 +332,21 @@ impl Mirror {
     /// where the path does not exist). A rename is a deletion and an addition; a file that became a folder (or a
     /// link) shows its old and new paths.
     pub fn changes(&self, old: &str, new: &str) -> Result<Vec<PathChange>, GitError> {
+        let memo = self.last_changes.lock().map(|m| m.clone()).unwrap_or_default();
+        if let Some((o, n, changes)) = memo
+            && o == old
+            && n == new
+        {
+            return Ok(changes);
+        }
+        let changes = self.diff_trees(old, new)?;
+        if let Ok(mut memo) = self.last_changes.lock() {
+            *memo = Some((old.to_owned(), new.to_owned(), changes.clone()));
+        }
+        Ok(changes)
+    }
+
+    fn diff_trees(&self, old: &str, new: &str) -> Result<Vec<PathChange>, GitError> {
         let repo = Repository::open_bare(self.path())?;
         let old_tree = repo.find_commit(Oid::from_str(old)?)?.tree()?;
         let new_tree = repo.find_commit(Oid::from_str(new)?)?.tree()?;

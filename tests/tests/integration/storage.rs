@@ -139,10 +139,17 @@ async fn layout_and_increments(
     let artifact = backend.get(current["artifact"].as_str().unwrap()).await?.unwrap();
     let digest: String = openssl::sha::sha256(&artifact).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(current["sha256"], digest.as_str());
-    let client = env.pool.get().await?;
-    let recorded: Value =
-        client.query_one("SELECT artifacts FROM git_repository WHERE id = $1", &[&repo.id]).await?.get(0);
-    drop(client);
+    // The database records the digest right after the pointer names it (the same holding of the lock).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let recorded = loop {
+        let client = env.pool.get().await?;
+        let recorded: Value =
+            client.query_one("SELECT artifacts FROM git_repository WHERE id = $1", &[&repo.id]).await?.get(0);
+        if recorded[0]["sha256"].is_string() || std::time::Instant::now() > deadline {
+            break recorded;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(recorded[0]["sha256"], digest.as_str(), "{recorded}");
     assert_eq!(recorded[0]["artifact"], current["artifact"]);
     assert!(result["artifacts"][0]["sha256"].is_null(), "the JobResult ends before its artifact is built");

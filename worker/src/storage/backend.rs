@@ -205,17 +205,44 @@ impl Backend {
             }
             Self::Fs { dir } => {
                 let dir = dir.clone();
+                let threads = concurrency.clamp(1, 4);
                 blocking(move || {
-                    let mut written = Vec::new();
-                    for (key, body) in objects {
-                        let path = Self::path(&dir, &key);
-                        if !path.is_file() {
-                            let size = body.len() as u64;
-                            write_file(&path, &body)?;
-                            written.push(size);
-                        }
+                    let folders: std::collections::BTreeSet<PathBuf> = objects
+                        .iter()
+                        .filter_map(|(key, _)| Self::path(&dir, key).parent().map(Path::to_owned))
+                        .collect();
+                    for folder in folders {
+                        std::fs::create_dir_all(&folder).map_err(|source| StorageError::Io { path: folder, source })?;
                     }
-                    Ok(written)
+                    // A few threads: the cost is system calls per file (a check, a write, a rename), not bytes.
+                    let share = objects.len().div_ceil(threads).max(1);
+                    std::thread::scope(|scope| {
+                        let writers: Vec<_> = objects
+                            .chunks(share)
+                            .map(|chunk| {
+                                let dir = &dir;
+                                scope.spawn(move || {
+                                    let mut written = Vec::new();
+                                    for (key, body) in chunk {
+                                        let path = Self::path(dir, key);
+                                        if !path.is_file() {
+                                            write_new(&path, body)?;
+                                            written.push(body.len() as u64);
+                                        }
+                                    }
+                                    Ok::<_, StorageError>(written)
+                                })
+                            })
+                            .collect();
+                        let mut written = Vec::new();
+                        for writer in writers {
+                            match writer.join() {
+                                Ok(sizes) => written.extend(sizes?),
+                                Err(panic) => std::panic::resume_unwind(panic),
+                            }
+                        }
+                        Ok(written)
+                    })
                 })
                 .await
             }
@@ -430,10 +457,15 @@ impl Backend {
 
 /// Writes a file aside and renames it into place, so a reader never sees half an object.
 fn write_file(path: &Path, body: &[u8]) -> Result<(), StorageError> {
-    let io = |source| StorageError::Io { path: path.to_owned(), source };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
+        std::fs::create_dir_all(parent).map_err(|source| StorageError::Io { path: path.to_owned(), source })?;
     }
+    write_new(path, body)
+}
+
+/// [`write_file`] into a folder that exists.
+fn write_new(path: &Path, body: &[u8]) -> Result<(), StorageError> {
+    let io = |source| StorageError::Io { path: path.to_owned(), source };
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
     std::fs::write(&tmp, body).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
