@@ -168,7 +168,8 @@ impl Backend {
                 };
                 match read {
                     Ok(bytes) => Ok(Some(bytes)),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    // A folder where an object would be is no object (writing one there fails).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound || path.is_dir() => Ok(None),
                     Err(source) => Err(StorageError::Io { path, source }),
                 }
             }
