@@ -43,6 +43,10 @@ test-fixtures: services test-deps ## Tests that read ../shared/fixtures (Nautobo
 	scripts/cargo-test.sh -p gitfleet-worker --features shared-fixtures --test check_shared
 	scripts/cargo-test.sh -p gitfleet-tests --features shared-fixtures --test integration shared_fixtures::
 
+test-incremental: services test-deps ## The incremental-equals-full property test with more cases (GITFLEET_INCREMENTAL_CASES, default 20 here)
+	GITFLEET_INCREMENTAL_CASES=$${GITFLEET_INCREMENTAL_CASES:-20} GITFLEET_INCREMENTAL_STEPS=$${GITFLEET_INCREMENTAL_STEPS:-15} \
+		scripts/cargo-test.sh -p gitfleet-tests --test integration -- --exact incremental::incremental_syncs_equal_full_loads
+
 test-api: services test-deps ## Fuzz a running producer serve from its OpenAPI document (schemathesis, bounded)
 	scripts/test-api.sh
 
@@ -56,6 +60,7 @@ demo: ## Start services, two workers and the relay; sync the example repository 
 bench: services test-deps ## Benchmarks on an optimized build (profile perf); results written to BENCHMARKS.md
 	$(CARGO) build --profile perf -p gitfleet-tests -p gitfleet-producer --bins
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench -- --write BENCHMARKS.md
+	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_large -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_fleet -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_git -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_api -- --write BENCHMARKS.md

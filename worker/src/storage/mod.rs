@@ -368,14 +368,6 @@ impl Storage {
         }
         let new_parts = bodies.len();
         let threshold = self.settings.multipart_threshold;
-        stream::iter(bodies)
-            .map(|(key, body)| {
-                let (backend, acl) = (backend.clone(), acl.map(str::to_owned));
-                async move { backend.put(&key, body, "application/json", acl.as_deref(), threshold).await }
-            })
-            .buffer_unordered(self.settings.upload_concurrency.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
         let base = format!("{}/{slug}/{commit}", store.upload_to);
         let artifact_key = Self::key(store, &format!("{base}/artifact.tar.gz"))?;
         let manifest_key = Self::key(store, &format!("{base}/manifest.json"))?;
@@ -385,7 +377,15 @@ impl Storage {
             "artifact": { "key": artifact_key },
         });
         let body = serde_json::to_vec(&manifest).unwrap_or_default();
-        backend.put(&manifest_key, body, "application/json", acl, threshold).await?;
+        // The root and its new parts go up together: only the pointer, written later, names the root.
+        let parts = stream::iter(bodies)
+            .map(|(key, body)| {
+                let (backend, acl) = (backend.clone(), acl.map(str::to_owned));
+                async move { backend.put(&key, body, "application/json", acl.as_deref(), threshold).await }
+            })
+            .buffer_unordered(self.settings.upload_concurrency.max(1))
+            .try_collect::<Vec<()>>();
+        tokio::try_join!(parts, backend.put(&manifest_key, body, "application/json", acl, threshold))?;
         Ok(Staged {
             store: store.clone(),
             backend,
