@@ -41,13 +41,25 @@ pub enum LockError {
 }
 
 impl RepoLock {
-    /// Tries once; `None` when another worker holds it. On success, records the holding in `sync_lock_log`.
+    /// Tries once, for a job; `None` when another worker holds it. On success, records the holding in
+    /// `sync_lock_log`.
     pub async fn try_acquire(
         pool: &Pool,
         repository_id: Uuid,
         slug: &str,
         event_id: Uuid,
         worker: &str,
+    ) -> Result<Option<Self>, LockError> {
+        Self::try_acquire_for(pool, (repository_id, slug), event_id, worker, "job").await
+    }
+
+    /// Tries once, recording what the holding is for (`job` or `artifact`, the check of `sync_lock_log`).
+    pub async fn try_acquire_for(
+        pool: &Pool,
+        (repository_id, slug): (Uuid, &str),
+        event_id: Uuid,
+        worker: &str,
+        purpose: &str,
     ) -> Result<Option<Self>, LockError> {
         let conn = pool.get().await?;
         let key = key(slug);
@@ -59,9 +71,9 @@ impl RepoLock {
         let row = lock
             .client()
             .query_one(
-                "INSERT INTO sync_lock_log (repository_id, slug, event_id, worker) VALUES ($1, $2, $3, $4)
+                "INSERT INTO sync_lock_log (repository_id, slug, event_id, worker, purpose) VALUES ($1, $2, $3, $4, $5)
                  RETURNING id",
-                &[&repository_id, &slug, &event_id, &worker],
+                &[&repository_id, &slug, &event_id, &worker, &purpose],
             )
             .await?;
         lock.holding_id = row.get(0);

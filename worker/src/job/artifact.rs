@@ -119,7 +119,8 @@ async fn build(ctx: &JobContext, request: &Request) -> anyhow::Result<bool> {
 async fn lock(ctx: &JobContext, request: &Request) -> anyhow::Result<RepoLock> {
     for _ in 0..300 {
         let (id, slug) = (request.repository_id, request.slug.as_str());
-        if let Some(lock) = RepoLock::try_acquire(&ctx.pool, id, slug, request.job_result_id, &ctx.worker_name).await? {
+        let job = request.job_result_id;
+        if let Some(lock) = RepoLock::try_acquire_for(&ctx.pool, (id, slug), job, &ctx.worker_name, "artifact").await? {
             return Ok(lock);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
