@@ -243,6 +243,35 @@ async fn repair_a_removed_blob(env: &TestEnv, storage: &Storage, root: &std::pat
     Ok(())
 }
 
+/// A worker that stopped while building an artifact leaves it unnamed: the repository's next sync, though it
+/// finds the live commit up to date, builds and names it.
+async fn an_artifact_never_named_is_built_by_the_next_sync(env: &TestEnv, storage: &Storage, slug: &str) -> Result<()> {
+    let backend = storage.backend(&storage.stores()[0]);
+    let key = format!("nautobot/git/{slug}/current.json");
+    let mut current: Value = serde_json::from_slice(&backend.get(&key).await?.unwrap())?;
+    let (artifact, commit) = (current["artifact"].as_str().unwrap().to_owned(), current["commit"].clone());
+    backend.delete(&artifact).await?;
+    current["artifact"] = Value::Null;
+    current["sha256"] = Value::Null;
+    backend.put(&key, serde_json::to_vec(&current)?, "application/json", None, u64::MAX).await?;
+    env.pool
+        .get()
+        .await?
+        .execute(
+            "UPDATE git_repository SET artifacts = (SELECT jsonb_agg(a || '{\"sha256\": null}')
+                                                      FROM jsonb_array_elements(artifacts) a)
+              WHERE slug = $1 AND deleted_at IS NULL",
+            &[&slug],
+        )
+        .await?;
+    let view = env.wait_job(env.sync(&format!("Stored {}", env.id)).await?).await?;
+    assert_log(&view, "info", "main", "already up to date");
+    let current = wait_artifact(&backend, &key, commit.as_str().unwrap()).await?;
+    assert_eq!(current["artifact"], artifact.as_str());
+    assert!(backend.get(&artifact).await?.is_some(), "the artifact was built again");
+    Ok(())
+}
+
 /// Waits (bounded) until the pointer names `commit` and an artifact for it; returns the pointer.
 async fn wait_artifact(backend: &gitfleet_worker::storage::Backend, key: &str, commit: &str) -> Result<Value> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -344,6 +373,7 @@ async fn filesystem_backend_has_the_same_layout() -> Result<()> {
         "an override's bucket is a folder"
     );
     repair_a_removed_blob(&env, &storage, &root, &slug).await?;
+    an_artifact_never_named_is_built_by_the_next_sync(&env, &storage, &slug).await?;
     delete_and_gc(&env, &storage, &slug).await?;
     env.teardown().await
 }

@@ -7,7 +7,8 @@
 //! uploads it (in parts when large), then, under the repository lock that every writer of the pointer takes,
 //! names it in `current.json` and in `git_repository.artifacts` only if they still name its commit. A newer sync
 //! supersedes it: an artifact whose commit is no longer live is not built, or not named. One build at a time per
-//! worker; a worker that stops first leaves the pointer's artifact null until the repository's next sync.
+//! worker; a worker that stops first leaves the pointer's artifact null until the repository's next sync, which
+//! builds it again even when it finds the live commit up to date.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use uuid::Uuid;
 use super::JobContext;
 use crate::git::Mirror;
 use crate::lock::RepoLock;
-use crate::storage::{Staged, write_artifact};
+use crate::storage::{ArtifactTarget, write_artifact};
 
 /// What the artifacts of one sync are built from.
 pub(super) struct Request {
@@ -28,7 +29,7 @@ pub(super) struct Request {
     pub slug: String,
     pub commit: String,
     pub mirror: Mirror,
-    pub staged: Vec<Staged>,
+    pub targets: Vec<ArtifactTarget>,
 }
 
 /// Builds the artifacts in the background, after the sync's commit.
@@ -61,9 +62,9 @@ impl Drop for TempFile {
 
 /// Streams the files of the staged folders at `commit` (as the manifest lists them: sorted by path) into a tar.gz
 /// at `path`; returns its sha256.
-fn archive(mirror: &Mirror, commit: &str, staged: &Staged, path: &Path) -> anyhow::Result<String> {
+fn archive(mirror: &Mirror, commit: &str, target: &ArtifactTarget, path: &Path) -> anyhow::Result<String> {
     let mut files = Vec::new();
-    for folder in &staged.folders {
+    for folder in &target.folders {
         files.extend(mirror.list_files(commit, folder)?);
     }
     files.sort();
@@ -78,29 +79,29 @@ fn archive(mirror: &Mirror, commit: &str, staged: &Staged, path: &Path) -> anyho
 /// superseded by a newer commit, or the repository went).
 async fn build(ctx: &JobContext, request: &Request) -> anyhow::Result<bool> {
     let mut built = Vec::new();
-    for staged in &request.staged {
-        if !ctx.storage.points_at(&staged.store, &request.slug, &request.commit).await? {
+    for target in &request.targets {
+        if !ctx.storage.points_at(&target.store, &request.slug, &request.commit).await? {
             return Ok(false);
         }
         let temp = TempFile(ctx.git_root.join(format!(".tmp-artifact-{}", Uuid::new_v4().simple())));
         let sha256 = {
-            let (mirror, staged, path) = (request.mirror.clone(), staged.clone(), temp.0.clone());
+            let (mirror, target, path) = (request.mirror.clone(), target.clone(), temp.0.clone());
             let commit = request.commit.clone();
-            tokio::task::spawn_blocking(move || archive(&mirror, &commit, &staged, &path)).await??
+            tokio::task::spawn_blocking(move || archive(&mirror, &commit, &target, &path)).await??
         };
-        let (acl, part) = (staged.store.default_acl.as_deref(), ctx.storage.settings.multipart_threshold);
-        staged.backend.put_file(&staged.artifact_key, &temp.0, "application/gzip", acl, part).await?;
-        built.push((staged, sha256));
+        let (acl, part) = (target.store.default_acl.as_deref(), ctx.storage.settings.multipart_threshold);
+        target.backend.put_file(&target.key, &temp.0, "application/gzip", acl, part).await?;
+        built.push((target, sha256));
     }
     let mut lock = lock(ctx, request).await?;
     let mut named = serde_json::Map::new();
-    for (staged, sha256) in &built {
-        let store = &staged.store;
-        if ctx.storage.point_artifact(store, &request.slug, &request.commit, &staged.artifact_key, sha256).await? {
-            named.insert(staged.artifact_key.clone(), sha256.clone().into());
+    for (target, sha256) in &built {
+        let store = &target.store;
+        if ctx.storage.point_artifact(store, &request.slug, &request.commit, &target.key, sha256).await? {
+            named.insert(target.key.clone(), sha256.clone().into());
         } else if ctx.storage.live(store, &request.slug, None).await?.pointer.is_none() {
             // The repository was deleted while its artifact was built: nothing may keep the object.
-            staged.backend.delete(&staged.artifact_key).await?;
+            target.backend.delete(&target.key).await?;
         }
     }
     let recorded = gitfleet_infra::store::repository::record_artifacts(
@@ -126,4 +127,47 @@ async fn lock(ctx: &JobContext, request: &Request) -> anyhow::Result<RepoLock> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None.context("the repository stayed locked for 30 s")
+}
+
+/// After a sync that found the live commit up to date: builds the live commit's artifacts again if the database
+/// says one was never named (the worker that was building it stopped). Nothing here fails the sync.
+pub(super) async fn resume_unbuilt(
+    ctx: &JobContext,
+    db: &impl tokio_postgres::GenericClient,
+    repo: &gitfleet_infra::store::repository::RepositoryRow,
+    (head, job_result_id): (&str, Uuid),
+    mirror: &Mirror,
+) {
+    let row = db.query_opt("SELECT artifacts FROM git_repository WHERE id = $1", &[&repo.id]).await;
+    let artifacts: serde_json::Value = match row {
+        Ok(Some(row)) => row.get(0),
+        Ok(None) => return,
+        Err(err) => {
+            tracing::warn!(slug = %repo.slug, error = %err, "could not read the recorded artifacts");
+            return;
+        }
+    };
+    let unbuilt =
+        artifacts.as_array().into_iter().flatten().any(|a| a["artifact"].is_string() && a["sha256"].is_null());
+    if !unbuilt {
+        return;
+    }
+    let provided =
+        repo.provided_contents.iter().filter_map(|id| ctx.registry.get(id).map(|t| (id.as_str(), t.folder())));
+    let targets = ctx.storage.targets(provided);
+    match ctx.storage.artifact_targets(&targets, &repo.slug, head) {
+        Ok(targets) => {
+            tracing::info!(slug = %repo.slug, commit = head, "the live commit's artifact was never named: building it");
+            let request = Request {
+                job_result_id,
+                repository_id: repo.id,
+                slug: repo.slug.clone(),
+                commit: head.to_owned(),
+                mirror: mirror.clone(),
+                targets,
+            };
+            spawn(ctx, request);
+        }
+        Err(err) => tracing::warn!(slug = %repo.slug, error = %err, "could not name the live commit's artifacts"),
+    }
 }

@@ -54,6 +54,7 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
             ))
             .await?;
         repository::record_fetch(&***lock.client(), repo.id, fetch_started).await?;
+        super::artifact::resume_unbuilt(ctx, &***lock.client(), &repo, (&head, run.id()), &mirror).await;
         run.log.write(LogEntry::success(grouping::POST_RUN, "Job completed")).await?;
         run.succeed(
             &***lock.client(),
@@ -163,7 +164,7 @@ async fn commit(
             slug: repo.slug.clone(),
             commit: head.to_owned(),
             mirror: applied.mirror,
-            staged: applied.staged,
+            targets: applied.staged.iter().map(crate::storage::Staged::artifact_target).collect(),
         };
         super::artifact::spawn(ctx, request);
     }

@@ -93,7 +93,25 @@ pub struct Staged {
     pub from_live: bool,
 }
 
+/// Where one store's artifact of a commit goes, and the folders whose files it holds.
+#[derive(Debug, Clone)]
+pub struct ArtifactTarget {
+    pub store: StoreSettings,
+    pub backend: Backend,
+    pub key: String,
+    pub folders: Vec<String>,
+}
+
 impl Staged {
+    pub fn artifact_target(&self) -> ArtifactTarget {
+        ArtifactTarget {
+            store: self.store.clone(),
+            backend: self.backend.clone(),
+            key: self.artifact_key.clone(),
+            folders: self.folders.clone(),
+        }
+    }
+
     /// How the database and the JobResult name this store's objects. The artifact's `sha256` is null until it is
     /// built.
     pub fn describe(&self) -> Value {
@@ -239,6 +257,28 @@ impl Storage {
             target.folders.sort();
         }
         targets
+    }
+
+    /// Each target's artifact of `commit`, as a sync's staging names them.
+    pub fn artifact_targets(
+        &self,
+        targets: &[Target],
+        slug: &str,
+        commit: &str,
+    ) -> Result<Vec<ArtifactTarget>, StorageError> {
+        let artifact =
+            |t: &Target| Self::key(&t.store, &format!("{}/{slug}/{commit}/artifact.tar.gz", t.store.upload_to));
+        targets
+            .iter()
+            .map(|t| {
+                Ok(ArtifactTarget {
+                    store: t.store.clone(),
+                    backend: self.backend(&t.store),
+                    key: artifact(t)?,
+                    folders: t.folders.clone(),
+                })
+            })
+            .collect()
     }
 
     fn current_key(store: &StoreSettings, slug: &str) -> Result<String, StorageError> {
