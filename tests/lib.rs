@@ -1,5 +1,6 @@
-//! What the benchmarks (`src/bin/bench*.rs`) share: running git, a loopback `git daemon`, waiting for a worker to
-//! consume, and rewriting their section of `BENCHMARKS.md`. The integration tests live in `tests/integration/` with their own support module.
+//! What the benchmarks (`src/bin/bench*.rs`) share: running git, generating repositories with `git fast-import`,
+//! a loopback `git daemon`, the relay, waiting for a worker to consume, a process's peak memory, and rewriting
+//! their section of `BENCHMARKS.md`. The integration tests live in `tests/integration/` with their own support module.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -81,4 +82,69 @@ pub async fn wait_for_consumer(amqp: &gitfleet_infra::settings::AmqpSettings) ->
     }
     let _ = connection.close(200, "ready".into()).await;
     Ok(())
+}
+
+/// Initialises a bare repository at `bare` and imports `stream` (a `git fast-import` stream of commits on `main`);
+/// returns the commit ids oldest first, with `main` left at the first.
+pub fn fast_import(bare: &Path, stream: &[u8]) -> Result<Vec<String>> {
+    use std::io::Write as _;
+    let parent = bare.parent().unwrap_or(Path::new("."));
+    git(parent, &["init", "-q", "--bare", "-b", "main", &bare.display().to_string()])?;
+    let mut child =
+        Command::new("git").args(["fast-import", "--quiet"]).current_dir(bare).stdin(Stdio::piped()).spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(stream)?;
+    }
+    if !child.wait()?.success() {
+        bail!("git fast-import failed");
+    }
+    let commits: Vec<String> = git(bare, &["rev-list", "--reverse", "main"])?.lines().map(str::to_owned).collect();
+    let Some(first) = commits.first() else { bail!("git fast-import made no commit") };
+    git(bare, &["update-ref", "refs/heads/main", first])?;
+    Ok(commits)
+}
+
+/// The peak resident memory (VmHWM) of a process, in KiB; 0 when it cannot be read.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs the relay in this process, polling the outbox every 20 ms, until `shutdown`.
+pub fn spawn_relay(
+    pool: &deadpool_postgres::Pool,
+    database: &gitfleet_infra::settings::DatabaseSettings,
+    amqp: &gitfleet_infra::settings::AmqpSettings,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Result<()>> {
+    let options =
+        gitfleet_producer::relay::RelayOptions { poll_interval: Duration::from_millis(20), ..Default::default() };
+    tokio::spawn(gitfleet_producer::relay::run(pool.clone(), database.clone(), amqp.clone(), options, shutdown.clone()))
+}
+
+/// The worker's variables for the S3 server of `make services` (moto, bucket `GITFLEET_BUCKET`) at `port`, under
+/// `location`.
+pub fn s3_vars(port: u16, location: &str) -> Vec<(String, String)> {
+    let bucket = std::env::var("GITFLEET_BUCKET").unwrap_or_else(|_| "gitfleet".to_owned());
+    [
+        ("AWS_STORAGE_BUCKET_NAME", bucket),
+        ("AWS_LOCATION", location.to_owned()),
+        ("AWS_S3_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
+        ("AWS_S3_REGION_NAME", "us-east-1".to_owned()),
+        ("AWS_S3_ADDRESSING_STYLE", "path".to_owned()),
+        ("AWS_S3_ACCESS_KEY_ID", "bench".to_owned()),
+        ("AWS_S3_SECRET_ACCESS_KEY", "bench".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// The S3 server's port: `GITFLEET_S3_PORT`, else 5000.
+pub fn s3_port() -> u16 {
+    std::env::var("GITFLEET_S3_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5000)
 }

@@ -118,22 +118,10 @@ async fn wait(pool: &deadpool_postgres::Pool, id: Uuid) -> Result<job_result::Jo
 /// The worker's storage: a folder, or with `GITFLEET_BENCH_S3=1` the S3 server of `make services` (moto on
 /// `GITFLEET_S3_PORT`, bucket `GITFLEET_BUCKET`), under a location of its own.
 fn storage_vars(tmp: &std::path::Path, id: &str) -> Vec<(String, String)> {
-    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
     if std::env::var("GITFLEET_BENCH_S3").as_deref() != Ok("1") {
         return vec![("GITFLEET_STORAGE_ROOT".to_owned(), tmp.join("storage").display().to_string())];
     }
-    [
-        ("AWS_STORAGE_BUCKET_NAME", var("GITFLEET_BUCKET", "gitfleet")),
-        ("AWS_LOCATION", format!("bench-{id}")),
-        ("AWS_S3_ENDPOINT_URL", format!("http://127.0.0.1:{}", var("GITFLEET_S3_PORT", "5000"))),
-        ("AWS_S3_REGION_NAME", "us-east-1".to_owned()),
-        ("AWS_S3_ADDRESSING_STYLE", "path".to_owned()),
-        ("AWS_S3_ACCESS_KEY_ID", "bench".to_owned()),
-        ("AWS_S3_SECRET_ACCESS_KEY", "bench".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    gitfleet_tests::s3_vars(gitfleet_tests::s3_port(), &format!("bench-{id}"))
 }
 
 #[tokio::main]
@@ -238,15 +226,7 @@ async fn main() -> Result<()> {
         secrets: gitfleet_worker::secrets::Secrets::default(),
     };
     let worker = tokio::spawn(gitfleet_worker::run_with(settings, parts, shutdown.clone()));
-    let relay_options =
-        gitfleet_producer::relay::RelayOptions { poll_interval: Duration::from_millis(20), ..Default::default() };
-    let relay = tokio::spawn(gitfleet_producer::relay::run(
-        pool.clone(),
-        database.clone(),
-        amqp.clone(),
-        relay_options,
-        shutdown.clone(),
-    ));
+    let relay = gitfleet_tests::spawn_relay(&pool, &database, &amqp, &shutdown);
     gitfleet_tests::wait_for_consumer(&amqp).await?;
 
     let new = NewRepo {

@@ -22,7 +22,7 @@ use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
 use gitfleet_producer::commands::{self, NewRepo};
 use gitfleet_shared::event::{EventKind, RequestedBy};
 use gitfleet_shared::repo::CommitId;
-use gitfleet_tests::{git, git_daemon, write_section};
+use gitfleet_tests::{git_daemon, write_section};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -45,7 +45,6 @@ fn context(repo: usize, file: usize, version: usize) -> String {
 /// A bare repository with `COMMITS` commits on `main` (the first adds every file, each later one changes one);
 /// returns the commit ids oldest first, with `main` left at the first.
 fn generate(bare: &Path, repo: usize) -> Result<Vec<String>> {
-    git(bare.parent().unwrap(), &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()])?;
     let mut stream = Vec::new();
     for mark in 1..=COMMITS {
         write!(
@@ -62,15 +61,7 @@ fn generate(bare: &Path, repo: usize) -> Result<Vec<String>> {
             write!(stream, "M 100644 inline config_contexts/c{file:03}.yaml\ndata {}\n{body}\n", body.len())?;
         }
     }
-    let mut child =
-        Command::new("git").args(["fast-import", "--quiet"]).current_dir(bare).stdin(Stdio::piped()).spawn()?;
-    child.stdin.take().unwrap().write_all(&stream)?;
-    if !child.wait()?.success() {
-        bail!("git fast-import failed");
-    }
-    let commits: Vec<String> = git(bare, &["rev-list", "--reverse", "main"])?.lines().map(str::to_owned).collect();
-    git(bare, &["update-ref", "refs/heads/main", &commits[0]])?;
-    Ok(commits)
+    gitfleet_tests::fast_import(bare, &stream)
 }
 
 /// Points `main` at `commit` by replacing the loose ref file atomically (what `git update-ref` does, without
@@ -133,16 +124,13 @@ async fn start_fleet(size: usize, prefetch: u16, git_root: &Path) -> Result<Flee
         workers.push(child);
     }
     let shutdown = CancellationToken::new();
-    let options =
-        gitfleet_producer::relay::RelayOptions { poll_interval: Duration::from_millis(20), ..Default::default() };
-    let relay =
-        tokio::spawn(gitfleet_producer::relay::run(pool.clone(), database.clone(), amqp, options, shutdown.clone()));
+    let relay = gitfleet_tests::spawn_relay(&pool, &database, &amqp, &shutdown);
     Ok(Fleet { pool, database, workers, shutdown, relay })
 }
 
 impl Fleet {
     async fn stop(mut self) -> Result<Vec<u64>> {
-        let peaks = self.workers.iter().map(|w| peak_rss_kib(w.id())).collect();
+        let peaks = self.workers.iter().map(|w| gitfleet_tests::peak_rss_kib(w.id())).collect();
         for worker in &mut self.workers {
             let _ = worker.kill();
             let _ = worker.wait();
@@ -153,15 +141,6 @@ impl Fleet {
         client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.database.schema)).await?;
         Ok(peaks)
     }
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn wait_done(pool: &Pool, ids: &[Uuid], limit: Duration) -> Result<()> {

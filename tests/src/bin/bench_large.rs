@@ -52,7 +52,6 @@ fn context(n: usize, round: usize) -> String {
 /// A bare repository with `files` config contexts in its first commit, then one commit per one-file change.
 /// Returns the commits, oldest first; `main` points at the first.
 fn generate(bare: &Path, files: usize) -> Result<Vec<String>> {
-    git(bare.parent().unwrap(), &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()])?;
     let mut stream = Vec::new();
     for mark in 1..=CHANGES + 1 {
         write!(stream, "commit refs/heads/main\nmark :{mark}\ncommitter Bench <bench@example.com> {mark} +0000\n")?;
@@ -66,15 +65,7 @@ fn generate(bare: &Path, files: usize) -> Result<Vec<String>> {
             write!(stream, "M 100644 inline config_contexts/context_{n:06}.yaml\ndata {}\n{body}\n", body.len())?;
         }
     }
-    let mut child =
-        Command::new("git").args(["fast-import", "--quiet"]).current_dir(bare).stdin(Stdio::piped()).spawn()?;
-    child.stdin.take().unwrap().write_all(&stream)?;
-    if !child.wait()?.success() {
-        bail!("git fast-import failed");
-    }
-    let commits: Vec<String> = git(bare, &["rev-list", "--reverse", "main"])?.lines().map(str::to_owned).collect();
-    git(bare, &["update-ref", "refs/heads/main", &commits[0]])?;
-    Ok(commits)
+    gitfleet_tests::fast_import(bare, &stream)
 }
 
 /// A TCP proxy on loopback that holds each request 20 ms (or `delay`) before passing it on: the first bytes a
@@ -145,22 +136,11 @@ async fn storage_vars(store: Store, root: &Path, id: &str) -> Result<Vec<(String
     if store == Store::Filesystem {
         return Ok(vec![("GITFLEET_STORAGE_ROOT".to_owned(), root.join("storage").display().to_string())]);
     }
-    let mut port: u16 = var("GITFLEET_S3_PORT", "5000").parse()?;
+    let mut port = gitfleet_tests::s3_port();
     if store == Store::S3Slow {
         port = latency_proxy(port, Duration::from_millis(20)).await?;
     }
-    Ok([
-        ("AWS_STORAGE_BUCKET_NAME", var("GITFLEET_BUCKET", "gitfleet")),
-        ("AWS_LOCATION", format!("bench-large-{id}")),
-        ("AWS_S3_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
-        ("AWS_S3_REGION_NAME", "us-east-1".to_owned()),
-        ("AWS_S3_ADDRESSING_STYLE", "path".to_owned()),
-        ("AWS_S3_ACCESS_KEY_ID", "bench".to_owned()),
-        ("AWS_S3_SECRET_ACCESS_KEY", "bench".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect())
+    Ok(gitfleet_tests::s3_vars(port, &format!("bench-large-{id}")))
 }
 
 /// One sync, measured.
@@ -224,15 +204,6 @@ async fn wait(pool: &deadpool_postgres::Pool, id: Uuid, started: Instant) -> Res
 fn median(mut runs: Vec<Timed>) -> Timed {
     runs.sort_by_key(|t| t.job);
     runs[runs.len() / 2].clone()
-}
-
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// A child process killed when dropped, whatever ends the run.
@@ -316,15 +287,7 @@ async fn run(files: usize, store: Store, tmp: &Path, worker_exe: &Path) -> Resul
             .with_context(|| format!("starting {} (cargo build --profile perf --bins first)", worker_exe.display()))?,
     );
     let shutdown = CancellationToken::new();
-    let options =
-        gitfleet_producer::relay::RelayOptions { poll_interval: Duration::from_millis(20), ..Default::default() };
-    let relay = tokio::spawn(gitfleet_producer::relay::run(
-        pool.clone(),
-        database.clone(),
-        amqp.clone(),
-        options,
-        shutdown.clone(),
-    ));
+    let relay = gitfleet_tests::spawn_relay(&pool, &database, &amqp, &shutdown);
 
     gitfleet_tests::wait_for_consumer(&amqp).await?;
     let new = NewRepo {
@@ -374,7 +337,7 @@ async fn run(files: usize, store: Store, tmp: &Path, worker_exe: &Path) -> Resul
         bail!("the definition change did not load every file");
     }
 
-    let peak_kib = peak_rss_kib(worker.0.id());
+    let peak_kib = gitfleet_tests::peak_rss_kib(worker.0.id());
     drop(worker);
     shutdown.cancel();
     let _ = relay.await;
