@@ -257,13 +257,38 @@ pub async fn log_page(
     offset: i64,
     limit: i64,
 ) -> Result<(i64, Vec<(Uuid, LogView)>), tokio_postgres::Error> {
-    let count: i64 =
-        db.query_one("SELECT count(*) FROM job_log_entry WHERE job_result_id = $1", &[&job_result_id]).await?.get(0);
+    log_page_where(db, job_result_id, &LogFilter::default(), offset, limit).await
+}
+
+/// Which log entries a page holds: all, or those of one level and/or grouping.
+#[derive(Debug, Default, Clone)]
+pub struct LogFilter {
+    pub level: Option<String>,
+    pub grouping: Option<String>,
+}
+
+/// [`log_page`] of the entries the filter keeps, and how many it keeps.
+pub async fn log_page_where(
+    db: &impl GenericClient,
+    job_result_id: Uuid,
+    filter: &LogFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<(i64, Vec<(Uuid, LogView)>), tokio_postgres::Error> {
+    const WHERE: &str = "WHERE job_result_id = $1 AND ($2::text IS NULL OR log_level = $2)
+                           AND ($3::text IS NULL OR grouping = $3)";
+    let (level, grouping) = (&filter.level, &filter.grouping);
+    let count: i64 = db
+        .query_one(&format!("SELECT count(*) FROM job_log_entry {WHERE}"), &[&job_result_id, level, grouping])
+        .await?
+        .get(0);
     let rows = db
         .query(
-            "SELECT id, created, log_level, grouping, message, log_object FROM job_log_entry
-             WHERE job_result_id = $1 ORDER BY created, seq OFFSET $2 LIMIT $3",
-            &[&job_result_id, &offset, &limit],
+            &format!(
+                "SELECT id, created, log_level, grouping, message, log_object FROM job_log_entry {WHERE}
+                 ORDER BY created, seq OFFSET $4 LIMIT $5"
+            ),
+            &[&job_result_id, level, grouping, &offset, &limit],
         )
         .await?;
     let entries = rows
@@ -319,6 +344,14 @@ pub async fn load_log_page(
     };
     let (total, entries) = log_page(db, id, offset, limit).await?;
     Ok(Some((total, view(&row, entries.into_iter().map(|(_, log)| log).collect()))))
+}
+
+/// The JobResult without its log entries (their counts by level are on it).
+pub async fn load_without_log(
+    db: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<JobResultView>, tokio_postgres::Error> {
+    Ok(db.query_opt("SELECT * FROM job_result WHERE id = $1", &[&id]).await?.map(|row| view(&row, Vec::new())))
 }
 
 /// Just the status, for polling.

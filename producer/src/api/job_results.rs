@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use gitfleet_infra::store::job_result::{self, JobResultFilter, JobResultView, LogView};
-use gitfleet_shared::job_result::JobStatus;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -62,9 +61,12 @@ pub struct JobResult {
     pub info_log_count: i32,
     pub warning_log_count: i32,
     pub error_log_count: i32,
-    /// The log entries (on `GET /job-results/{id}` only, filtered as asked).
+    /// The log entries (on `GET /job-results/{id}` only, filtered as asked, one page: `log_offset`, `log_limit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logs: Option<Vec<LogEntry>>,
+    /// How many log entries the filters keep in all (on `GET /job-results/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_matching: Option<i64>,
 }
 
 impl JobResult {
@@ -89,6 +91,7 @@ impl JobResult {
             warning_log_count: v.warning_log_count,
             error_log_count: v.error_log_count,
             logs,
+            log_matching: None,
         }
     }
 }
@@ -132,7 +135,14 @@ pub struct JobResultGet {
     /// Wait up to this many seconds (1 to 300; the server may hold less) for the JobResult to be SUCCESS or
     /// FAILURE before answering.
     pub wait: Option<u64>,
+    /// The first log entry to answer with, counted among those the filters keep (default 0).
+    pub log_offset: Option<i64>,
+    /// At most this many log entries (1 to 10,000; default 1,000). `log_matching` says how many there are.
+    pub log_limit: Option<i64>,
 }
+
+const DEFAULT_LOG_LIMIT: i64 = 1_000;
+const MAX_LOG_LIMIT: i64 = 10_000;
 
 const STATUSES: &[&str] = &["PENDING", "STARTED", "SUCCESS", "FAILURE"];
 const KINDS: &[&str] = &["create", "update", "delete", "sync", "dry_run"];
@@ -227,24 +237,34 @@ pub async fn get(
             return Err(ApiError::bad_request(format!("wait must be from 1 to {MAX_WAIT_SECS}, not {secs}.")));
         }
     };
+    let offset = q.log_offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(ApiError::bad_request(format!("log_offset must not be negative, not {offset}.")));
+    }
+    let limit = q.log_limit.unwrap_or(DEFAULT_LOG_LIMIT);
+    if !(1..=MAX_LOG_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(format!("log_limit must be from 1 to {MAX_LOG_LIMIT}, not {limit}.")));
+    }
     let deadline = Instant::now() + wait;
-    let view = loop {
+    loop {
         let client = state.pool.get().await?;
-        let view =
-            job_result::load(&**client, id).await?.ok_or_else(|| ApiError::not_found(format!("No JobResult {id}.")))?;
+        let status = job_result::status(&**client, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("No JobResult {id}.")))?;
         drop(client);
-        let done = view.status().is_some_and(JobStatus::is_terminal);
-        if done || Instant::now() >= deadline {
-            break view;
+        if status.is_terminal() || Instant::now() >= deadline {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(200).min(deadline - Instant::now())).await;
-    };
-    let mut view = view;
-    let logs = std::mem::take(&mut view.logs)
-        .into_iter()
-        .filter(|l| q.level.as_ref().is_none_or(|level| &l.level == level))
-        .filter(|l| q.grouping.as_ref().is_none_or(|grouping| &l.grouping == grouping))
-        .map(LogEntry::from)
-        .collect();
-    Ok(Json(JobResult::from_view(view, Some(logs))))
+    }
+    let client = state.pool.get().await?;
+    let view = job_result::load_without_log(&**client, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("No JobResult {id}.")))?;
+    let filter = job_result::LogFilter { level: q.level.clone(), grouping: q.grouping.clone() };
+    let (matching, entries) = job_result::log_page_where(&**client, id, &filter, offset, limit).await?;
+    let logs = entries.into_iter().map(|(_, l)| LogEntry::from(l)).collect();
+    let mut answer = JobResult::from_view(view, Some(logs));
+    answer.log_matching = Some(matching);
+    Ok(Json(answer))
 }

@@ -212,7 +212,8 @@ async fn by_id(state: &AppState, id: Uuid) -> Result<RepositoryRow, ApiError> {
 
 async fn job_result_by_id(state: &AppState, id: Uuid) -> Result<JobResultView, ApiError> {
     let client = state.pool.get().await?;
-    job_result::load(&**client, id).await?.ok_or_else(|| ApiError::not_found("Not found."))
+    // Its log is served by job-logs, page by page: a large sync's is not read here.
+    job_result::load_without_log(&**client, id).await?.ok_or_else(|| ApiError::not_found("Not found."))
 }
 
 #[utoipa::path(get, path = "/api/extras/git-repositories/", operation_id = "nautobot_list_git_repositories",

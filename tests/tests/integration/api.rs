@@ -129,6 +129,23 @@ async fn repositories_and_job_results() -> Result<()> {
     assert!(job["logs"].as_array().is_some_and(|l| !l.is_empty()));
     let (_, errors_only) = api.get(&format!("{location}?level=error")).await?;
     assert_eq!(errors_only["logs"], json!([]));
+    assert_eq!(errors_only["log_matching"], 0);
+    // The log comes a page at a time, counted among the entries the filters keep.
+    let all = job["logs"].as_array().context("logs")?.clone();
+    assert_eq!(job["log_matching"], all.len(), "{job}");
+    assert!(all.len() >= 4, "{job}");
+    let (_, page) = api.get(&format!("{location}?log_offset=1&log_limit=2")).await?;
+    assert_eq!(page["logs"], json!(all[1..3]));
+    assert_eq!(page["log_matching"], all.len());
+    let infos: Vec<&Value> = all.iter().filter(|l| l["level"] == "info").collect();
+    let (_, second_info) = api.get(&format!("{location}?level=info&log_offset=1&log_limit=1")).await?;
+    assert_eq!(second_info["logs"], json!([infos[1]]));
+    assert_eq!(second_info["log_matching"], infos.len());
+    for bad in ["log_limit=0", "log_limit=10001", "log_offset=-1"] {
+        let (status, body) = api.get(&format!("{location}?{bad}")).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_error_shape(&body);
+    }
 
     let (status, repo) = api.get("/api/v1/repositories/Via%20API").await?;
     assert_eq!((status, repo["current_head"].as_str()), (StatusCode::OK, Some(head.as_str())));
