@@ -112,8 +112,8 @@ async fn remove_orphan_mirrors(ctx: &JobContext) -> anyhow::Result<()> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if !entry.file_type()?.is_dir() {
-            // An artifact a stopped worker was building.
-            if name.starts_with(".tmp-artifact-") {
+            // An artifact or a report a stopped worker was writing.
+            if name.starts_with(".tmp-artifact-") || name.starts_with(".tmp-report-") {
                 let _ = std::fs::remove_file(entry.path());
             }
             continue;

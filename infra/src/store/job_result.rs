@@ -505,21 +505,34 @@ pub async fn note_worker_stop(db: &impl GenericClient, id: Uuid) -> Result<Optio
         .and_then(|row| row.get(0)))
 }
 
-/// Every log line of a JobResult, in order, as the sync report stores them.
-pub async fn report_lines(db: &impl GenericClient, id: Uuid) -> Result<Vec<Value>, tokio_postgres::Error> {
+/// Where a page of [`report_lines`] ended: the next page starts after it.
+pub type ReportCursor = (DateTime<Utc>, i64);
+
+/// The sync report's lines (level, grouping, message, object), in the order they were written: at most `limit`,
+/// after `after`, with the cursor of the last one.
+pub async fn report_lines(
+    db: &impl GenericClient,
+    id: Uuid,
+    after: Option<ReportCursor>,
+    limit: i64,
+) -> Result<(Vec<Value>, Option<ReportCursor>), tokio_postgres::Error> {
+    let (created, seq) = after.map_or((None, None), |(c, s)| (Some(c), Some(s)));
     let rows = db
         .query(
-            "SELECT log_level, grouping, message, log_object FROM job_log_entry WHERE job_result_id = $1
-             ORDER BY created, seq",
-            &[&id],
+            "SELECT log_level, grouping, message, log_object, created, seq FROM job_log_entry
+              WHERE job_result_id = $1 AND ($2::timestamptz IS NULL OR (created, seq) > ($2, $3))
+              ORDER BY created, seq LIMIT $4",
+            &[&id, &created, &seq, &limit],
         )
         .await?;
-    Ok(rows
+    let last = rows.last().map(|r| (r.get(4), r.get(5)));
+    let lines = rows
         .iter()
         .map(|r| {
             let (level, grouping, message, object): (String, String, String, String) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
             serde_json::json!({ "level": level, "grouping": grouping, "message": message, "object": object })
         })
-        .collect())
+        .collect();
+    Ok((lines, last))
 }

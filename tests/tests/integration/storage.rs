@@ -155,6 +155,14 @@ async fn layout_and_increments(
     assert!(result["artifacts"][0]["sha256"].is_null(), "the JobResult ends before its artifact is built");
     assert_eq!(result["artifacts"][0]["manifest_from_live"], false, "a first sync lists every file");
     assert_eq!(result["report"], format!("nautobot/reports/{}.json", view.id));
+    // The report holds every log line of the sync, in order (written a page at a time).
+    let report: Value = serde_json::from_slice(&backend.get(result["report"].as_str().unwrap()).await?.unwrap())?;
+    assert_eq!((&report["commit"], &report["job_result_id"]), (&serde_json::json!(head), &serde_json::json!(view.id)));
+    let messages: Vec<&str> =
+        report["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
+    let logged: Vec<&str> = view.logs.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(messages, logged);
+    assert!(logged.len() > 8, "the report spans pages: {}", logged.len());
     let manifest: Value = serde_json::from_slice(&backend.get(current["manifest"].as_str().unwrap()).await?.unwrap())?;
     assert_eq!(manifest["files"], 3);
     let listed = storage.manifest_files(&stores[0], &manifest).await?;
@@ -539,8 +547,9 @@ async fn a_hung_s3_endpoint_is_a_transient_fault_after_the_timeout() -> Result<(
     ]))?;
     let storage = Storage::new(settings).await;
     let started = std::time::Instant::now();
-    let report = serde_json::json!({});
-    let put = storage.put_report(uuid::Uuid::new_v4(), &report);
+    let report = tempfile::NamedTempFile::new()?;
+    std::fs::write(report.path(), b"{}")?;
+    let put = storage.put_report(uuid::Uuid::new_v4(), report.path());
     let err = tokio::time::timeout(std::time::Duration::from_secs(20), put).await?.expect_err("no answer");
     let took = started.elapsed();
     assert!(err.is_transient(), "{err}");

@@ -11,13 +11,14 @@
 //! builds it again even when it finds the live commit up to date.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use uuid::Uuid;
 
 use super::JobContext;
+use super::store::TempFile;
 use crate::git::Mirror;
 use crate::lock::RepoLock;
 use crate::storage::{ArtifactTarget, write_artifact};
@@ -49,15 +50,6 @@ pub(super) fn spawn(ctx: &JobContext, request: Request) {
             ),
         }
     });
-}
-
-/// A temporary file, removed when dropped.
-struct TempFile(PathBuf);
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 /// Streams the files of the staged folders at `commit` (as the manifest lists them: sorted by path) into a tar.gz

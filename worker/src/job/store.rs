@@ -256,6 +256,65 @@ pub(super) async fn stage(
     Ok(staged)
 }
 
+/// Log lines read and written to the report at a time (a few in debug builds, so the tests' reports span pages).
+const REPORT_PAGE: i64 = if cfg!(debug_assertions) { 4 } else { 5_000 };
+
+/// Writes the sync report (`job_result_id`, `repository`, `commit`, `artifacts`, then every log line so far as
+/// `log`) to `path`, a page of lines at a time: memory holds one page, not the whole log.
+async fn write_report(
+    ctx: &JobContext,
+    id: Uuid,
+    repo: &RepositoryRow,
+    head: &str,
+    artifacts: &[Value],
+    path: &std::path::Path,
+) -> Step<()> {
+    let header = json!({
+        "job_result_id": id, "repository": { "id": repo.id, "name": repo.name, "slug": repo.slug },
+        "commit": head, "artifacts": artifacts,
+    })
+    .to_string();
+    // The header object, reopened for the log: `{...,"log":[` then the lines, then `]}`.
+    let open = header.strip_suffix('}').unwrap_or(&header);
+    let mut chunk = format!("{open},\"log\":[").into_bytes();
+    let file = std::fs::File::create(path).map_err(|e| report_io(path, e))?;
+    let mut out = std::io::BufWriter::new(file);
+    let (mut after, mut first) = (None, true);
+    loop {
+        let (lines, last) = {
+            let client = ctx.pool.get().await?;
+            job_result::report_lines(&**client, id, after, REPORT_PAGE).await?
+        };
+        for line in &lines {
+            if !first {
+                chunk.push(b',');
+            }
+            first = false;
+            chunk.extend_from_slice(line.to_string().as_bytes());
+        }
+        let done = (lines.len() as i64) < REPORT_PAGE;
+        if done {
+            chunk.extend_from_slice(b"]}");
+        }
+        out = tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            out.write_all(&chunk).map(|()| out)
+        })
+        .await?
+        .map_err(|e| report_io(path, e))?;
+        if done {
+            break;
+        }
+        (after, chunk) = (last, Vec::new());
+    }
+    out.into_inner().map_err(|e| report_io(path, e.into_error()))?.sync_all().map_err(|e| report_io(path, e))?;
+    Ok(())
+}
+
+fn report_io(path: &std::path::Path, err: std::io::Error) -> StepError {
+    TransientError::Storage(format!("could not write the sync report at {}: {err}", path.display())).into()
+}
+
 /// The sync report (every log line so far), then each store's `current.json`. Records are written by then: a
 /// failure here says they were reverted. Returns the report's key.
 pub(super) async fn report_and_point(
@@ -267,17 +326,11 @@ pub(super) async fn report_and_point(
     artifacts: &[Value],
     phases: &mut super::sync::Phases,
 ) -> Step<String> {
-    let lines = {
-        let client = ctx.pool.get().await?;
-        job_result::report_lines(&**client, id).await?
-    };
-    let report = json!({
-        "job_result_id": id, "repository": { "id": repo.id, "name": repo.name, "slug": repo.slug },
-        "commit": head, "artifacts": artifacts, "log": lines,
-    });
+    let report = TempFile(ctx.git_root.join(format!(".tmp-report-{}", Uuid::new_v4().simple())));
+    write_report(ctx, id, repo, head, artifacts, &report.0).await?;
     // The report is not named by the pointers: both go up at once.
     let written =
-        tokio::try_join!(ctx.storage.put_report(id, &report), ctx.storage.point(staged, &repo.slug, head, id));
+        tokio::try_join!(ctx.storage.put_report(id, &report.0), ctx.storage.point(staged, &repo.slug, head, id));
     let (report_key, ()) = match written {
         Ok(written) => written,
         Err(err) => {
@@ -288,4 +341,13 @@ pub(super) async fn report_and_point(
     };
     phases.mark("report and pointers");
     Ok(report_key)
+}
+
+/// A temporary file of the worker's, removed when dropped.
+pub(super) struct TempFile(pub std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

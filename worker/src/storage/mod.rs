@@ -442,14 +442,12 @@ impl Storage {
         })
     }
 
-    /// The sync report, in the default store: `{location}/reports/{job_result_id}.json`.
-    pub async fn put_report(&self, job_result_id: uuid::Uuid, report: &Value) -> Result<String, StorageError> {
+    /// The sync report, from a local file, in the default store: `{location}/reports/{job_result_id}.json`.
+    pub async fn put_report(&self, job_result_id: uuid::Uuid, file: &std::path::Path) -> Result<String, StorageError> {
         let store = &self.settings.default;
         let key = Self::key(store, &format!("reports/{job_result_id}.json"))?;
-        let body = serde_json::to_vec_pretty(report).unwrap_or_default();
-        self.backend(store)
-            .put(&key, body, "application/json", store.default_acl.as_deref(), self.settings.multipart_threshold)
-            .await?;
+        let (acl, part) = (store.default_acl.as_deref(), self.settings.multipart_threshold);
+        self.backend(store).put_file(&key, file, "application/json", acl, part).await?;
         Ok(key)
     }
 
