@@ -192,8 +192,9 @@ pg_restart() {
 
 rmq_restart() {
   # The broker application restarts inside its Erlang node: every connection drops, quorum queues recover from disk.
-  rabbitmqctl -q stop_app </dev/null >/dev/null
-  rabbitmqctl -q start_app </dev/null >/dev/null
+  # Bounded: a stop that hangs fails the caller (the chaos test) instead of holding it forever.
+  timeout 120 rabbitmqctl -q stop_app </dev/null >/dev/null || die "rabbitmqctl stop_app did not finish in 120 s"
+  timeout 120 rabbitmqctl -q start_app </dev/null >/dev/null || die "rabbitmqctl start_app did not finish in 120 s"
   wait_for 60 RabbitMQ port_open "$AMQP_PORT"
   log "RabbitMQ restarted"
 }

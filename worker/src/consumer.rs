@@ -74,6 +74,7 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
         limits: settings.limits(),
         heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
         artifact_slots: Arc::new(tokio::sync::Semaphore::new(1)),
+        artifacts_building: Arc::default(),
     });
     std::fs::create_dir_all(&ctx.git_root)?;
     crate::git::set_network_timeouts(ctx.git_timeout);

@@ -33,10 +33,16 @@ pub(super) struct Request {
     pub targets: Vec<ArtifactTarget>,
 }
 
-/// Builds the artifacts in the background, after the sync's commit.
+/// Builds the artifacts in the background, after the sync's commit (unless this worker is building that commit's
+/// already).
 pub(super) fn spawn(ctx: &JobContext, request: Request) {
+    let building = (request.slug.clone(), request.commit.clone());
+    if !ctx.artifacts_building.lock().is_ok_and(|mut b| b.insert(building.clone())) {
+        return;
+    }
     let ctx = ctx.clone();
     tokio::spawn(async move {
+        let _done = Building(&ctx, building);
         let Ok(_slot) = ctx.artifact_slots.acquire().await else { return };
         let started = std::time::Instant::now();
         match build(&ctx, &request).await {
@@ -50,6 +56,17 @@ pub(super) fn spawn(ctx: &JobContext, request: Request) {
             ),
         }
     });
+}
+
+/// Marks a build done when dropped, however it ends.
+struct Building<'a>(&'a JobContext, (String, String));
+
+impl Drop for Building<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut building) = self.0.artifacts_building.lock() {
+            building.remove(&self.1);
+        }
+    }
 }
 
 /// Streams the files of the staged folders at `commit` (as the manifest lists them: sorted by path) into a tar.gz

@@ -34,6 +34,8 @@ pub struct JobContext {
     pub storage: Arc<crate::storage::Storage>,
     /// Artifacts built at once by this worker, after their syncs (one).
     pub artifact_slots: Arc<tokio::sync::Semaphore>,
+    /// The `(slug, commit)` whose artifacts this worker is building or about to.
+    pub artifacts_building: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
 }
 
 impl JobContext {
