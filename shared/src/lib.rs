@@ -7,6 +7,7 @@ pub mod event;
 pub mod graphql;
 pub mod inventory;
 pub mod job_result;
+pub mod json_text;
 pub mod loaders;
 pub mod py;
 pub mod python;

@@ -3,7 +3,7 @@
 //! (or, for jobs, uninstall) what is gone. Global uniqueness clashes with records the repository does not own are
 //! checked before writing, so they become error entries (which fail the sync) instead of aborting the transaction.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use gitfleet_shared::job_result::{LogEntry, LogLevel};
 use gitfleet_shared::loaders::{
@@ -122,13 +122,35 @@ const GRAPHQL_QUERIES: Wording = Wording {
     deleted: warning("Deleted GraphQL query: {record}", false),
 };
 
+/// Where a reconcile hands its changes as it goes, in batches (so a type of 100,000 records never holds all of their
+/// lines): whatever receives them writes them in order. Without one, every change is returned at the end.
+pub type ChangeSink = tokio::sync::mpsc::Sender<Vec<Change>>;
+
+/// Changes handed on at a time, and the records reconciled per statement.
+const CHUNK: usize = 1000;
+
 /// The changes of one data type, in the order they happened.
-struct Changes {
+struct Changes<'s> {
     data_type: &'static str,
     list: Vec<Change>,
+    sink: Option<&'s ChangeSink>,
 }
 
-impl Changes {
+impl<'s> Changes<'s> {
+    fn new(data_type: &'static str, sink: Option<&'s ChangeSink>) -> Self {
+        Self { data_type, list: Vec::new(), sink }
+    }
+
+    /// Hands the changes recorded so far to the sink, if there is one. When the sink's receiver is gone (its
+    /// writer failed, and reports that failure itself), the changes are dropped.
+    async fn flush(&mut self) {
+        if let Some(sink) = self.sink
+            && !self.list.is_empty()
+        {
+            let _ = sink.send(std::mem::take(&mut self.list)).await;
+        }
+    }
+
     /// Records an outcome and renders its line: `record` fills `{record}`, `object` (the record as shown, or the
     /// name the line is about) fills `{object}` and the log object.
     fn record(&mut self, wording: &Wording, kind: ChangeKind, record: &str, object: &str) {
@@ -159,15 +181,17 @@ impl Changes {
     }
 }
 
-/// Reconciles one data type with the writer its records need; returns what happened to each record.
+/// Reconciles one data type with the writer its records need; returns what happened to each record (what it did
+/// not hand to `sink` already).
 pub async fn reconcile_type(
     db: &impl GenericClient,
     owner: Owner<'_>,
     data_type: &dyn DataType,
     loaded: &Loaded,
     enforcement: SchemaEnforcement,
+    sink: Option<&ChangeSink>,
 ) -> Result<Vec<Change>, Db> {
-    let mut changes = Changes { data_type: data_type.identifier(), list: Vec::new() };
+    let mut changes = Changes::new(data_type.identifier(), sink);
     let logs = &mut changes;
     match data_type.records() {
         Records::ConfigContextSchemas => schemas(db, owner, loaded, logs).await?,
@@ -203,7 +227,7 @@ pub async fn reconcile_contexts_in(
     enforcement: SchemaEnforcement,
     scope: ContextScope<'_>,
 ) -> Result<Vec<Change>, Db> {
-    let mut changes = Changes { data_type: "extras.configcontext", list: Vec::new() };
+    let mut changes = Changes::new("extras.configcontext", None);
     contexts(db, owner, loaded, &mut changes, enforcement, Some(scope.names)).await?;
     local_contexts(db, owner, loaded, &mut changes, Some(scope.locals)).await?;
     Ok(changes.list)
@@ -225,7 +249,7 @@ async fn delete_ids(db: &impl GenericClient, table: &str, ids: &[Uuid]) -> Resul
     Ok(())
 }
 
-async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes) -> Result<(), Db> {
+async fn schemas(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes<'_>) -> Result<(), Db> {
     const G: &str = "config context schemas";
     let rows = db
         .query(
@@ -295,22 +319,53 @@ async fn contexts(
     db: &impl GenericClient,
     owner: Owner<'_>,
     loaded: &Loaded,
-    logs: &mut Changes,
+    logs: &mut Changes<'_>,
     enforcement: SchemaEnforcement,
     scope: Option<&[String]>,
 ) -> Result<(), Db> {
-    const G: &str = "config contexts";
-    let owned = owned_contexts(db, owner, scope).await?;
-    let new_names: Vec<&str> =
-        loaded.config_contexts.iter().map(|c| c.name.as_str()).filter(|n| !owned.contains_key(*n)).collect();
-    let taken = names_taken(db, "config_context", &new_names).await?;
     let schemas = linked_schemas(db, loaded).await?;
     let mut checker = DataChecker::new(enforcement);
+    let mut seen: HashSet<&str> = HashSet::with_capacity(loaded.config_contexts.len());
+    // A chunk at a time: the rows it names, its inserts in one statement, its lines handed on.
+    for chunk in loaded.config_contexts.chunks(CHUNK) {
+        seen.extend(chunk.iter().map(|c| c.name.as_str()));
+        contexts_chunk(db, owner, chunk, logs, &schemas, &mut checker).await?;
+        logs.flush().await;
+    }
+    let select = "SELECT id, name FROM config_context WHERE owner_repository_id = $1";
+    let order = "ORDER BY name COLLATE \"C\"";
+    let rows = match scope {
+        None => db.query(&format!("{select} {order}"), &[&owner.id]).await?,
+        Some(names) => db.query(&format!("{select} AND name = ANY($2) {order}"), &[&owner.id, &names]).await?,
+    };
+    let mut stale = Vec::new();
+    for row in rows.iter().filter(|r| !seen.contains(r.get::<_, &str>(1))) {
+        let name: &str = row.get(1);
+        stale.push(row.get::<_, Uuid>(0));
+        logs.record(&CONTEXTS, ChangeKind::Deleted, name, &owner.display(name));
+        if stale.len() % CHUNK == 0 {
+            logs.flush().await;
+        }
+    }
+    delete_ids(db, "config_context", &stale).await
+}
 
+/// Reconciles one chunk of the loaded config contexts (distinct names) with the rows of the same names.
+async fn contexts_chunk(
+    db: &impl GenericClient,
+    owner: Owner<'_>,
+    chunk: &[gitfleet_shared::loaders::ConfigContext],
+    logs: &mut Changes<'_>,
+    schemas: &BTreeMap<String, (Uuid, Value)>,
+    checker: &mut DataChecker,
+) -> Result<(), Db> {
+    const G: &str = "config contexts";
+    let names: Vec<&str> = chunk.iter().map(|c| c.name.as_str()).collect();
+    let owned = owned_contexts(db, owner, &names).await?;
+    let new_names: Vec<&str> = names.iter().copied().filter(|n| !owned.contains_key(*n)).collect();
+    let taken = names_taken(db, "config_context", &new_names).await?;
     let mut insert = Insert::default();
-    let mut seen = HashSet::new();
-    for context in &loaded.config_contexts {
-        seen.insert(context.name.clone());
+    for context in chunk {
         let shown = owner.display(&context.name);
         let existing = owned.get(&context.name);
         if existing.is_none() && taken.contains(&context.name) {
@@ -348,16 +403,9 @@ async fn contexts(
                 logs.record(&CONTEXTS, ChangeKind::Unchanged, &context.name, &shown);
             }
             Some(row) => {
-                let fields: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
-                    &row.id,
-                    &weight,
-                    &context.description,
-                    &context.is_active,
-                    &context.data,
-                    &scope,
-                    &resolved,
-                    &schema_id,
-                ];
+                let data = context.data.value();
+                let fields: [&(dyn tokio_postgres::types::ToSql + Sync); 8] =
+                    [&row.id, &weight, &context.description, &context.is_active, &data, &scope, &resolved, &schema_id];
                 update_context(db, &fields).await?;
                 logs.record(&CONTEXTS, ChangeKind::Refreshed, &context.name, &shown);
             }
@@ -367,13 +415,7 @@ async fn contexts(
             }
         }
     }
-    insert_contexts(db, owner, &insert).await?;
-    let mut stale = Vec::new();
-    for (name, row) in owned.iter().filter(|(n, _)| !seen.contains(*n)) {
-        stale.push(row.id);
-        logs.record(&CONTEXTS, ChangeKind::Deleted, name, &owner.display(name));
-    }
-    delete_ids(db, "config_context", &stale).await
+    insert_contexts(db, owner, &insert).await
 }
 
 /// Schema links are looked up by name, globally, among every repository's schemas as this transaction sees them
@@ -425,25 +467,26 @@ impl ContextRow {
         *w == weight
             && *description == context.description
             && *active == context.is_active
-            && *data == context.data
+            && context.data == *data
             && s == scope
             && r == resolved
     }
 }
 
-/// The config contexts the repository owns, by name (only those named in `scope`, when there is one).
+/// The config contexts the repository owns among `names`, by name.
 async fn owned_contexts(
     db: &impl GenericClient,
     owner: Owner<'_>,
-    scope: Option<&[String]>,
+    names: &[&str],
 ) -> Result<BTreeMap<String, ContextRow>, Db> {
-    let select = "SELECT c.id, c.name, c.weight, c.description, c.is_active, s.name, c.data, c.scope, c.scope_resolved
+    let rows = db
+        .query(
+            "SELECT c.id, c.name, c.weight, c.description, c.is_active, s.name, c.data, c.scope, c.scope_resolved
              FROM config_context c LEFT JOIN config_context_schema s ON s.id = c.config_context_schema_id
-             WHERE c.owner_repository_id = $1";
-    let rows = match scope {
-        None => db.query(select, &[&owner.id]).await?,
-        Some(names) => db.query(&format!("{select} AND c.name = ANY($2)"), &[&owner.id, &names]).await?,
-    };
+             WHERE c.owner_repository_id = $1 AND c.name = ANY($2)",
+            &[&owner.id, &names],
+        )
+        .await?;
     Ok(rows
         .iter()
         .map(|r| {
@@ -484,7 +527,7 @@ impl<'a> Insert<'a> {
         self.weights.push(weight);
         self.descriptions.push(&context.description);
         self.active.push(context.is_active);
-        self.data.push(context.data.clone());
+        self.data.push(context.data.value());
         self.scope.push(scope);
         self.resolved.push(resolved);
         self.schema.push(schema);
@@ -521,20 +564,82 @@ async fn local_contexts(
     db: &impl GenericClient,
     owner: Owner<'_>,
     loaded: &Loaded,
-    logs: &mut Changes,
+    logs: &mut Changes<'_>,
     scope: Option<&[(String, String)]>,
 ) -> Result<(), Db> {
-    let mut seen: HashSet<(String, String)> = HashSet::new();
-    for local in &loaded.local_contexts {
-        seen.insert((local.kind.to_owned(), local.name.clone()));
-        let row = db
-            .query_opt(
-                "SELECT owner_repository_id, data, target_object_id FROM local_context WHERE kind = $1 AND name = $2",
-                &[&local.kind, &local.name],
+    let mut seen: HashSet<(&str, &str)> = HashSet::with_capacity(loaded.local_contexts.len());
+    for chunk in loaded.local_contexts.chunks(CHUNK) {
+        seen.extend(chunk.iter().map(|l| (l.kind, l.name.as_str())));
+        local_chunk(db, owner, chunk).await?;
+    }
+    let (kinds, names): (Vec<&str>, Vec<&str>) =
+        scope.unwrap_or_default().iter().map(|(k, n)| (k.as_str(), n.as_str())).unzip();
+    let owned = match scope {
+        None => {
+            db.query(
+                "SELECT kind, name FROM local_context WHERE owner_repository_id = $1 ORDER BY kind, name COLLATE \"C\"",
+                &[&owner.id],
             )
-            .await?;
-        if let Some(row) = &row {
-            let current_owner: Option<Uuid> = row.get(0);
+            .await?
+        }
+        Some(_) => {
+            db.query(
+                "SELECT l.kind, l.name FROM local_context l JOIN unnest($2::text[], $3::text[]) AS u(kind, name)
+                 ON l.kind = u.kind AND l.name = u.name WHERE l.owner_repository_id = $1
+                 ORDER BY l.kind, l.name COLLATE \"C\"",
+                &[&owner.id, &kinds, &names],
+            )
+            .await?
+        }
+    };
+    let (mut stale_kinds, mut stale_names) = (Vec::new(), Vec::new());
+    for row in &owned {
+        let key: (&str, &str) = (row.get(0), row.get(1));
+        if !seen.contains(&key) {
+            stale_kinds.push(key.0);
+            stale_names.push(key.1);
+            logs.record(&LOCAL_CONTEXTS, ChangeKind::Deleted, key.1, key.1);
+            if stale_names.len() % CHUNK == 0 {
+                logs.flush().await;
+            }
+        }
+    }
+    if !stale_names.is_empty() {
+        db.execute(
+            "DELETE FROM local_context l USING unnest($1::text[], $2::text[]) AS u(kind, name)
+             WHERE l.kind = u.kind AND l.name = u.name",
+            &[&stale_kinds, &stale_names],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Writes the local contexts of one chunk (distinct keys) that are new or changed, in one statement; one owned by
+/// another repository is left as it is.
+async fn local_chunk(
+    db: &impl GenericClient,
+    owner: Owner<'_>,
+    chunk: &[gitfleet_shared::loaders::LocalContext],
+) -> Result<(), Db> {
+    let (kinds, names): (Vec<&str>, Vec<&str>) = chunk.iter().map(|l| (l.kind, l.name.as_str())).unzip();
+    let rows = db
+        .query(
+            "SELECT l.kind, l.name, l.owner_repository_id, l.data, l.target_object_id
+             FROM local_context l JOIN unnest($1::text[], $2::text[]) AS u(kind, name)
+             ON l.kind = u.kind AND l.name = u.name",
+            &[&kinds, &names],
+        )
+        .await?;
+    // (kind, name) -> (owner, data, target)
+    type Current = (Option<Uuid>, Option<Value>, Option<String>);
+    let mut current: HashMap<(&str, &str), Current> = HashMap::new();
+    for row in &rows {
+        current.insert((row.get(0), row.get(1)), (row.get(2), row.get(3), row.get(4)));
+    }
+    let mut write = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for local in chunk {
+        if let Some((current_owner, data, target)) = current.get(&(local.kind, local.name.as_str())) {
             if current_owner.is_some_and(|o| o != owner.id) {
                 // Nautobot reports this to its process log only, and the sync goes on (spec c.3.3, h.10).
                 tracing::error!(
@@ -545,41 +650,28 @@ async fn local_contexts(
                 );
                 continue;
             }
-            let data: Option<Value> = row.get(1);
-            let target: Option<String> = row.get(2);
-            if current_owner == Some(owner.id) && data.as_ref() == Some(&local.data) && target == local.target {
+            if *current_owner == Some(owner.id)
+                && data.as_ref().is_some_and(|d| local.data == *d)
+                && *target == local.target
+            {
                 continue;
             }
         }
+        write.0.push(local.kind);
+        write.1.push(local.name.as_str());
+        write.2.push(local.target.as_deref());
+        write.3.push(local.data.value());
+    }
+    if !write.0.is_empty() {
         db.execute(
-            "INSERT INTO local_context (kind, name, target_object_id, data, owner_repository_id) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO local_context (kind, name, target_object_id, data, owner_repository_id)
+             SELECT u.kind, u.name, u.target, u.data, $5
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) AS u(kind, name, target, data)
              ON CONFLICT (kind, name) DO UPDATE SET target_object_id = EXCLUDED.target_object_id, data = EXCLUDED.data,
                  owner_repository_id = EXCLUDED.owner_repository_id, last_updated = now()",
-            &[&local.kind, &local.name, &local.target, &local.data, &owner.id],
+            &[&write.0, &write.1, &write.2, &write.3, &owner.id],
         )
         .await?;
-    }
-    let all = "SELECT kind, name FROM local_context WHERE owner_repository_id = $1";
-    let owned: Vec<(String, String)> = match scope {
-        None => db.query(all, &[&owner.id]).await?.iter().map(|r| (r.get(0), r.get(1))).collect(),
-        Some(keys) => {
-            let (kinds, names): (Vec<&str>, Vec<&str>) = keys.iter().map(|(k, n)| (k.as_str(), n.as_str())).unzip();
-            db.query(
-                "SELECT l.kind, l.name FROM local_context l JOIN unnest($2::text[], $3::text[]) AS u(kind, name)
-                 ON l.kind = u.kind AND l.name = u.name WHERE l.owner_repository_id = $1",
-                &[&owner.id, &kinds, &names],
-            )
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
-        }
-    };
-    for key in owned {
-        if !seen.contains(&key) {
-            db.execute("DELETE FROM local_context WHERE kind = $1 AND name = $2", &[&key.0, &key.1]).await?;
-            logs.record(&LOCAL_CONTEXTS, ChangeKind::Deleted, &key.1, &key.1);
-        }
     }
     Ok(())
 }
@@ -587,7 +679,7 @@ async fn local_contexts(
 /// Jobs, as Nautobot's `refresh_job_model_from_job_class`: a job's name follows its `Meta.name` unless the name
 /// had to be made unique (another job holds it), in which case the job keeps the name it has from then on
 /// (`name_override`, sticky) while its other fields follow the code.
-async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes) -> Result<(), Db> {
+async fn jobs(db: &impl GenericClient, owner: Owner<'_>, loaded: &Loaded, logs: &mut Changes<'_>) -> Result<(), Db> {
     let prefix = format!("{}.%", owner.slug.replace('_', "\\_"));
     let rows = db
         .query(
@@ -663,7 +755,7 @@ async fn export_templates(
     db: &impl GenericClient,
     owner: Owner<'_>,
     loaded: &Loaded,
-    logs: &mut Changes,
+    logs: &mut Changes<'_>,
 ) -> Result<(), Db> {
     const G: &str = "export templates";
     let rows = db
@@ -752,7 +844,7 @@ async fn graphql_queries(
     db: &impl GenericClient,
     owner: Owner<'_>,
     loaded: &Loaded,
-    logs: &mut Changes,
+    logs: &mut Changes<'_>,
 ) -> Result<(), Db> {
     const G: &str = "graphql queries";
     let rows =
@@ -810,7 +902,7 @@ async fn extension(
     data_type: &dyn DataType,
     identifier: &str,
     loaded: &Loaded,
-    logs: &mut Changes,
+    logs: &mut Changes<'_>,
 ) -> Result<(), Db> {
     let records = loaded.extensions.get(identifier).map(Vec::as_slice).unwrap_or_default();
     let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();

@@ -292,7 +292,7 @@ fn repositories_written_for_nautobot() {
     assert_eq!(dc_a.scope["locations"], vec![json!({"name": "DC-A"}), json!({"name": "DC-A"})], "written and implied");
     assert_eq!(dc_a.resolved["locations"], ["loc-dc-a", "loc-dc-a"]);
     let spe1 = &report.loaded.local_contexts[0];
-    assert_eq!(spe1.data["_metadata"]["name"], "SPE1 VRFs", "a local context's _metadata is data");
+    assert_eq!(spe1.data.value()["_metadata"]["name"], "SPE1 VRFs", "a local context's _metadata is data");
 }
 
 /// A slug used as an implicit location file's name matches no location named that way: strict mode fails it.

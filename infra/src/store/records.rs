@@ -67,7 +67,7 @@ async fn contexts(db: &impl GenericClient, id: Uuid) -> Result<Vec<ConfigContext
             description: r.get(2),
             is_active: r.get(3),
             config_context_schema: r.get(4),
-            data: r.get(5),
+            data: r.get::<_, Value>(5).into(),
             scope: lists(r.get(6)),
             resolved: lists(r.get(7))
                 .into_iter()
@@ -104,7 +104,7 @@ async fn local_contexts(db: &impl GenericClient, id: Uuid) -> Result<Vec<LocalCo
             Some(LocalContext {
                 kind,
                 name: r.get(1),
-                data: r.get::<_, Option<Value>>(2).unwrap_or(Value::Null),
+                data: r.get::<_, Option<Value>>(2).unwrap_or(Value::Null).into(),
                 target: r.get(3),
             })
         })

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use super::{DataType, LoadInput, Loaded, Log, ScopeMode, data_files, django, metadata, parse_file};
 use crate::inventory::{FILTERS, LOCAL_KINDS, python_repr};
 use crate::job_result::LogEntry;
+use crate::json_text::JsonText;
 use crate::py;
 use crate::tree::{EntryKind, stem};
 
@@ -40,7 +41,7 @@ pub struct ConfigContext {
     pub is_active: bool,
     /// Name of the linked schema, looked up globally when reconciling.
     pub config_context_schema: Option<String>,
-    pub data: Value,
+    pub data: JsonText,
     /// Filter -> lookups as written (implicit files add their implied lookup).
     pub scope: BTreeMap<String, Vec<Value>>,
     /// Filter -> inventory ids of the objects the lookups matched (empty when not resolved).
@@ -55,7 +56,7 @@ pub struct LocalContext {
     /// `devices` or `virtual_machines`.
     pub kind: &'static str,
     pub name: String,
-    pub data: Value,
+    pub data: JsonText,
     /// The inventory id of the device or virtual machine, when resolved.
     #[serde(skip)]
     pub target: Option<String>,
@@ -312,7 +313,9 @@ pub fn load_file(input: &LoadInput<'_>, section: Section, file: &str, kind: Entr
                     })
             };
             match result {
-                Ok((data, target)) => loaded.locals.push(LocalContext { kind: local_type, name, data, target }),
+                Ok((data, target)) => {
+                    loaded.locals.push(LocalContext { kind: local_type, name, data: data.into(), target })
+                }
                 Err(e) => log.error(format!("Error in loading local config context from `{local_type}/{file}`: {e}")),
             }
         }
@@ -456,7 +459,7 @@ fn import(
         description,
         is_active,
         config_context_schema: schema,
-        data: Value::Object(data),
+        data: Value::Object(data).into(),
         scope,
         resolved,
         file: file.to_owned(),

@@ -119,14 +119,14 @@ pub(super) fn check(identifier: &str, out: &mut Loaded, marks: Marks) {
     keep(&mut out.config_contexts, contexts, &mut errors, |c| {
         let problem = text("_metadata.name", &c.name, CHARFIELD)
             .or_else(|| text("_metadata.description", &c.description, CHARFIELD))
-            .or_else(|| nul_in_json("data", &c.data))
+            .or_else(|| nul_in_json("data", &c.data.value()))
             .or_else(|| {
                 c.scope.iter().find_map(|(filter, lookups)| lookups.iter().find_map(|l| nul_in_json(filter, l)))
             })?;
         Some(format!("Error in loading config context data from `{}`: {problem}", c.file))
     });
     keep(&mut out.local_contexts, locals, &mut errors, |l| {
-        let problem = text("name", &l.name, CHARFIELD).or_else(|| nul_in_json("data", &l.data))?;
+        let problem = text("name", &l.name, CHARFIELD).or_else(|| nul_in_json("data", &l.data.value()))?;
         Some(format!("Error in loading local config context from `{}/{}`: {problem}", l.kind, l.name))
     });
     keep(&mut out.export_templates, templates, &mut errors, |t| {

@@ -166,7 +166,8 @@ impl DataChecker {
             .entry(schema_name.to_owned())
             .or_insert_with(|| jsonschema::draft7::new(schema).ok())
             .as_ref()?;
-        let mut violations = validator.iter_errors(&context.data);
+        let data = context.data.value();
+        let mut violations = validator.iter_errors(&data);
         let shown: Vec<String> = violations
             .by_ref()
             .take(SHOWN_VIOLATIONS)

@@ -270,8 +270,20 @@ async fn run(files: usize, store: Store, tmp: &Path, worker_exe: &Path) -> Resul
     };
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
     let vars = storage_vars(store, &root, &id).await?;
+    // `GITFLEET_BENCH_WORKER_WRAPPER="heaptrack -o /tmp/worker"` runs the worker under a profiler (its peak memory
+    // then reads the wrapper's process).
+    let wrapper = std::env::var("GITFLEET_BENCH_WORKER_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(worker_exe);
+            command
+        }
+        None => Command::new(worker_exe),
+    };
     let worker = Killed(
-        Command::new(worker_exe)
+        command
             .env("GITFLEET_DATABASE_URL", &database.url)
             .env("GITFLEET_DATABASE_SCHEMA", &database.schema)
             .env("GITFLEET_AMQP_URL", &amqp.url)

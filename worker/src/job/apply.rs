@@ -2,16 +2,17 @@
 //! loading lines followed by what reconciling it did.
 
 use gitfleet_shared::job_result::{LogEntry, LogLevel};
-use gitfleet_shared::loaders::Loaded;
+use gitfleet_shared::loaders::{DataType, Loaded};
 use tokio_postgres::GenericClient;
 
 use super::JobContext;
 use super::error::{Step, StepError};
 use super::run::JobLog;
-use crate::reconcile::{self, Owner};
+use crate::reconcile::{self, Change, Owner};
 
 /// Writes the log lines as it goes; returns whether any error-level entry was written (which fails the sync). A
-/// refusal by the database names the data type it was saving.
+/// refusal by the database names the data type it was saving. A type's loading lines are written first, then what
+/// reconciling it did.
 pub(super) async fn apply(
     db: &impl GenericClient,
     ctx: &JobContext,
@@ -22,19 +23,55 @@ pub(super) async fn apply(
     let mut failed = false;
     let mut start = 0;
     for (identifier, end) in &loaded.sections {
-        let mut batch: Vec<LogEntry> = loaded.logs[start..*end].to_vec();
+        let lines = &loaded.logs[start..*end];
         start = *end;
+        failed |= has_error(lines);
+        log.write_all(lines).await?;
         if let Some(data_type) = ctx.registry.get(identifier) {
-            let reconciled = reconcile::reconcile_type(db, owner, data_type, loaded, ctx.schema_enforcement)
-                .await
-                .map_err(|e| StepError::db(&format!("{} of {}", data_type.name(), owner.name), e))?;
-            batch.extend(reconciled.into_iter().map(|change| change.line));
+            failed |= reconcile_and_log(db, ctx, owner, data_type, loaded, log).await?;
         }
-        failed |= batch.iter().any(|e| e.level == LogLevel::Error);
-        log.write_all(&batch).await?;
     }
     let rest = &loaded.logs[start..];
-    failed |= rest.iter().any(|e| e.level == LogLevel::Error);
+    failed |= has_error(rest);
     log.write_all(rest).await?;
     Ok(failed)
+}
+
+/// Reconciles one data type and writes what it did, in batches while it runs (on other connections than the
+/// transaction's); whether an error-level line was written.
+pub(super) async fn reconcile_and_log(
+    db: &impl GenericClient,
+    ctx: &JobContext,
+    owner: Owner<'_>,
+    data_type: &dyn DataType,
+    loaded: &Loaded,
+    log: &JobLog<'_>,
+) -> Step<bool> {
+    let (sink, mut changes) = tokio::sync::mpsc::channel::<Vec<Change>>(2);
+    let reconciling = async move {
+        let rest = reconcile::reconcile_type(db, owner, data_type, loaded, ctx.schema_enforcement, Some(&sink)).await;
+        drop(sink);
+        rest
+    };
+    let writing = async {
+        let mut failed = false;
+        while let Some(batch) = changes.recv().await {
+            failed |= write_changes(log, batch).await?;
+        }
+        Ok::<_, StepError>(failed)
+    };
+    let (rest, written) = tokio::join!(reconciling, writing);
+    let rest = rest.map_err(|e| StepError::db(&format!("{} of {}", data_type.name(), owner.name), e))?;
+    Ok(written? | write_changes(log, rest).await?)
+}
+
+fn has_error(lines: &[LogEntry]) -> bool {
+    lines.iter().any(|e| e.level == LogLevel::Error)
+}
+
+/// Writes the lines of `changes`; whether one is an error.
+async fn write_changes(log: &JobLog<'_>, changes: Vec<Change>) -> Step<bool> {
+    let lines: Vec<LogEntry> = changes.into_iter().map(|change| change.line).collect();
+    log.write_all(&lines).await?;
+    Ok(has_error(&lines))
 }

@@ -101,7 +101,7 @@ async fn record_changes(
     let mut record_changes = serde_json::Map::new();
     for (identifier, _) in &loaded.sections {
         let Some(data_type) = run.ctx.registry.get(identifier) else { continue };
-        let outcome = reconcile::reconcile_type(db, owner, data_type, loaded, run.ctx.schema_enforcement)
+        let outcome = reconcile::reconcile_type(db, owner, data_type, loaded, run.ctx.schema_enforcement, None)
             .await
             .map_err(|e| StepError::db(&format!("{} of {}", data_type.name(), owner.name), e))?;
         let [create, change, delete, unchanged] = count_changes(&outcome, &mut summary_lines);

@@ -228,8 +228,9 @@ fn context_files(input: &LoadInput<'_>, tree: &RepoTree, paths: &[String]) -> Ve
         .collect()
 }
 
-/// The rows a load writes for the provided types that `selected` picks: one per type (its lines but the ones
-/// files wrote, its budget and file count), and one per config context file.
+/// The rows a load writes for the provided types that `selected` picks, one per type: its lines but the ones files
+/// wrote, its budget and file count. The row of each config context file is made as it is written
+/// ([`insert_rows`]).
 pub(super) fn rows_of(
     registry: &Registry,
     loaded: &Loaded,
@@ -253,7 +254,7 @@ pub(super) fn rows_of(
             blob_id: String::new(),
             ord: 0,
             keys: Vec::new(),
-            facts: facts(lines),
+            facts: serde_json::Value::Null,
             bytes,
             files: 0,
         };
@@ -264,10 +265,8 @@ pub(super) fn rows_of(
             own.extend(files.map(|f| f.folder_lines.clone()).unwrap_or_default());
             row.facts = facts(&own);
             row.bytes = 0;
-            for file in files.map(|f| f.files.as_slice()).unwrap_or_default() {
-                rows.push(file_row(file));
-            }
         } else {
+            row.facts = facts(lines);
             let mut count = tree.files_under(data_type.folder()).len();
             if identifier == "extras.job" && tree.is_file("jobs.py") {
                 count += 1;
@@ -278,6 +277,31 @@ pub(super) fn rows_of(
     }
     rows
 }
+
+/// Writes the rows of a load: `rows`, then, when they hold the config context type's row, one per file of
+/// `contexts` (made a batch at a time, not all at once). Returns the files they stand for.
+async fn insert_rows(
+    db: &impl GenericClient,
+    repository: uuid::Uuid,
+    rows: &[FileRow],
+    contexts: Option<&gitfleet_shared::loaders::ContextFiles>,
+) -> Result<i64, tokio_postgres::Error> {
+    loaded::insert_files(db, repository, rows).await?;
+    let mut files = rows.iter().map(|r| r.files).sum::<i64>();
+    if rows.iter().any(|r| r.data_type == CONTEXTS && r.path.is_empty())
+        && let Some(contexts) = contexts
+    {
+        for chunk in contexts.files.chunks(ROW_BATCH) {
+            let batch: Vec<FileRow> = chunk.iter().map(file_row).collect();
+            loaded::insert_files(db, repository, &batch).await?;
+            files += i64::try_from(batch.len()).unwrap_or(i64::MAX);
+        }
+    }
+    Ok(files)
+}
+
+/// Config context file rows made and written at a time.
+const ROW_BATCH: usize = 1000;
 
 fn file_row(file: &FileLoad) -> FileRow {
     FileRow {
@@ -305,13 +329,13 @@ pub(super) async fn record_full(
     load: &FullLoad,
 ) -> Result<(), tokio_postgres::Error> {
     loaded::forget(db, repo.id).await?;
-    loaded::insert_files(db, repo.id, &load.rows).await?;
+    let files = insert_rows(db, repo.id, &load.rows, load.loaded.files.as_ref()).await?;
     let doc_bytes = load.loaded.type_bytes.values().sum::<usize>();
     let state = LoadedState {
         commit: head.to_owned(),
         base: base.to_owned(),
         doc_bytes: i64::try_from(doc_bytes).unwrap_or(i64::MAX),
-        files: load.rows.iter().map(|r| r.files).sum(),
+        files,
     };
     loaded::set_state(db, repo.id, &state).await
 }
@@ -347,7 +371,8 @@ pub(super) async fn apply(
     loaded::forget_files(db, owner.id, CONTEXTS, &paths).await.map_err(db_error("the recorded loads"))?;
     let mut rows = inc.rows.clone();
     rows.extend(inc.files.iter().map(file_row));
-    loaded::insert_files(db, owner.id, &rows).await.map_err(db_error("the recorded loads"))?;
+    let read =
+        insert_rows(db, owner.id, &rows, inc.loaded.files.as_ref()).await.map_err(db_error("the recorded loads"))?;
     let winners = if paths.is_empty() { None } else { Some(winners(db, ctx, repo, mirror, context, head, inc).await?) };
 
     let mut failed = false;
@@ -357,10 +382,10 @@ pub(super) async fn apply(
         start = *end;
         let Some(data_type) = ctx.registry.get(identifier) else { continue };
         if inc.reload.contains(identifier) {
-            let reconciled = reconcile::reconcile_type(db, owner, data_type, &inc.loaded, ctx.schema_enforcement)
-                .await
-                .map_err(db_error(data_type.name()))?;
-            batch.extend(reconciled.into_iter().map(|change| change.line));
+            failed |= batch.iter().any(|e| e.level == LogLevel::Error);
+            log.write_all(&batch).await?;
+            failed |= super::apply::reconcile_and_log(db, ctx, owner, data_type, &inc.loaded, log).await?;
+            continue;
         } else if identifier == CONTEXTS
             && let Some(winners) = &winners
         {
@@ -379,7 +404,6 @@ pub(super) async fn apply(
         log.write_all(&batch).await?;
     }
     let reused = inc.state.files - inc.old_types.1 - i64::try_from(inc.old_files.len()).unwrap_or(i64::MAX);
-    let read = rows.iter().map(|r| r.files).sum::<i64>();
     log.write(LogEntry::info(
         grouping::MAIN,
         format!(

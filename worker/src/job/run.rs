@@ -14,6 +14,9 @@ use super::{JobContext, Notification};
 use crate::lock::RepoLock;
 
 /// Writes JobLogEntries as they happen, each on its own (auto-commit) so they survive a rolled-back sync.
+/// Log lines written per statement.
+const LOG_BATCH: usize = 2000;
+
 pub(super) struct JobLog<'a> {
     pool: &'a Pool,
     id: Uuid,
@@ -31,13 +34,15 @@ impl<'a> JobLog<'a> {
         Ok(())
     }
 
-    /// Writes a batch in one statement (a type's loading lines can number in the thousands).
+    /// Writes a batch, [`LOG_BATCH`] lines per statement (a type's loading lines can number in the thousands).
     pub async fn write_all(&self, entries: &[LogEntry]) -> Result<(), TransientError> {
         if entries.is_empty() {
             return Ok(());
         }
         let client = self.pool.get().await?;
-        job_result::log_many(&**client, self.id, entries).await?;
+        for chunk in entries.chunks(LOG_BATCH) {
+            job_result::log_many(&**client, self.id, chunk).await?;
+        }
         Ok(())
     }
 }
