@@ -110,7 +110,7 @@ impl DataType for ConfigContexts {
             for (file, kind) in listed {
                 let mut loaded = load_file(input, section, &file, kind);
                 let at = out.logs.len();
-                out.logs.extend(loaded.logs.iter().cloned());
+                out.logs.append(&mut loaded.logs);
                 own.push(at..out.logs.len());
                 // The records go to the load; the file keeps its keys and lines.
                 keep(&mut contexts, &mut index, std::mem::take(&mut loaded.contexts));
@@ -132,7 +132,7 @@ impl DataType for ConfigContexts {
             folder_lines.push(out.logs[i].clone());
             i += 1;
         }
-        out.files = Some(ContextFiles { files, folder_lines });
+        out.files = Some(ContextFiles { files, lines: own, folder_lines });
     }
 }
 
@@ -226,7 +226,10 @@ pub fn local_key(kind: &str, name: &str) -> String {
 /// Every file the config contexts loader read, with the lines that belong to no single file.
 #[derive(Debug, Clone, Default)]
 pub struct ContextFiles {
+    /// Each file's records and keys; its `logs` are moved to the load's log (not kept twice).
     pub files: Vec<FileLoad>,
+    /// Where each file's lines are in the load's log (`Loaded::logs`), one range per file.
+    pub lines: Vec<std::ops::Range<usize>>,
     pub folder_lines: Vec<LogEntry>,
 }
 

@@ -278,21 +278,23 @@ pub(super) fn rows_of(
     rows
 }
 
-/// Writes the rows of a load: `rows`, then, when they hold the config context type's row, one per file of
-/// `contexts` (made a batch at a time, not all at once). Returns the files they stand for.
+/// Writes the rows of a load: `rows`, then, when they hold the config context type's row, one per config context
+/// file the load read (made a batch at a time, not all at once). Returns the files they stand for.
 async fn insert_rows(
     db: &impl GenericClient,
     repository: uuid::Uuid,
     rows: &[FileRow],
-    contexts: Option<&gitfleet_shared::loaders::ContextFiles>,
+    load: &Loaded,
 ) -> Result<i64, tokio_postgres::Error> {
     loaded::insert_files(db, repository, rows).await?;
     let mut files = rows.iter().map(|r| r.files).sum::<i64>();
     if rows.iter().any(|r| r.data_type == CONTEXTS && r.path.is_empty())
-        && let Some(contexts) = contexts
+        && let Some(contexts) = &load.files
     {
-        for chunk in contexts.files.chunks(ROW_BATCH) {
-            let batch: Vec<FileRow> = chunk.iter().map(file_row).collect();
+        let lines = contexts.lines.iter().map(|range| load.logs.get(range.clone()).unwrap_or_default());
+        let every: Vec<(&FileLoad, &[LogEntry])> = contexts.files.iter().zip(lines).collect();
+        for chunk in every.chunks(ROW_BATCH) {
+            let batch: Vec<FileRow> = chunk.iter().map(|(file, lines)| file_row(file, lines)).collect();
             loaded::insert_files(db, repository, &batch).await?;
             files += i64::try_from(batch.len()).unwrap_or(i64::MAX);
         }
@@ -303,14 +305,15 @@ async fn insert_rows(
 /// Config context file rows made and written at a time.
 const ROW_BATCH: usize = 1000;
 
-fn file_row(file: &FileLoad) -> FileRow {
+/// The row of a config context file that wrote `lines`.
+fn file_row(file: &FileLoad, lines: &[LogEntry]) -> FileRow {
     FileRow {
         data_type: CONTEXTS.to_owned(),
         path: file.path.clone(),
         blob_id: file.blob_id.clone().unwrap_or_default(),
         ord: file.section.order(),
         keys: file.keys.clone(),
-        facts: facts(&file.logs),
+        facts: facts(lines),
         bytes: i64::try_from(file.bytes).unwrap_or(i64::MAX),
         files: 1,
     }
@@ -329,7 +332,7 @@ pub(super) async fn record_full(
     load: &FullLoad,
 ) -> Result<(), tokio_postgres::Error> {
     loaded::forget(db, repo.id).await?;
-    let files = insert_rows(db, repo.id, &load.rows, load.loaded.files.as_ref()).await?;
+    let files = insert_rows(db, repo.id, &load.rows, &load.loaded).await?;
     let doc_bytes = load.loaded.type_bytes.values().sum::<usize>();
     let state = LoadedState {
         commit: head.to_owned(),
@@ -370,9 +373,8 @@ pub(super) async fn apply(
     let paths: Vec<&str> = inc.context_paths.iter().map(String::as_str).collect();
     loaded::forget_files(db, owner.id, CONTEXTS, &paths).await.map_err(db_error("the recorded loads"))?;
     let mut rows = inc.rows.clone();
-    rows.extend(inc.files.iter().map(file_row));
-    let read =
-        insert_rows(db, owner.id, &rows, inc.loaded.files.as_ref()).await.map_err(db_error("the recorded loads"))?;
+    rows.extend(inc.files.iter().map(|f| file_row(f, &f.logs)));
+    let read = insert_rows(db, owner.id, &rows, &inc.loaded).await.map_err(db_error("the recorded loads"))?;
     let winners = if paths.is_empty() { None } else { Some(winners(db, ctx, repo, mirror, context, head, inc).await?) };
 
     let mut failed = false;
