@@ -47,17 +47,6 @@ pub(super) enum SyncLoad {
     Increment(Box<Increment>),
 }
 
-impl SyncLoad {
-    pub fn has_errors(&self) -> bool {
-        match self {
-            Self::Full { load, .. } => load.loaded.has_errors(),
-            Self::Increment(inc) => {
-                inc.loaded.has_errors() || inc.files.iter().any(|f| f.logs.iter().any(|l| l.level == LogLevel::Error))
-            }
-        }
-    }
-}
-
 /// An incremental sync's load: the types loaded again whole, the changed config context files read one by one.
 pub(super) struct Increment {
     state: LoadedState,

@@ -68,14 +68,9 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
     let base = coalesce::base_fingerprint(ctx, &repo, &context.inventory_stamp);
     let load = incremental::load(ctx, &repo, &mirror, &head, &base, &context).await?;
     phases.mark("load");
-    let staged = if load.has_errors() {
-        Vec::new()
-    } else {
-        store::stage(ctx, &repo, mirror.clone(), &head, &mut phases).await?
-    };
 
-    // The records, the report and pointers, the new head and the JobResult's end: one transaction. Any failure
-    // drops it (a rollback) before the ending runs.
+    // The records, the files in storage, the report and pointers, the new head and the JobResult's end: one
+    // transaction. Any failure drops it (a rollback) before the ending runs.
     let client = lock.client();
     let tx = client.transaction().await?;
     let owner = Owner { id: repo.id, name, slug: &repo.slug };
@@ -102,6 +97,9 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
         let message = format!("Failed to refresh data provided by {name}. Please see logs.");
         return Err(StepError::Failed(Failure::new("RuntimeError", message, grouping::MAIN).reverted()));
     }
+    // The records are written: what the load held is let go before the storage stage lists every file.
+    drop(load);
+    let staged = store::stage(ctx, &repo, mirror.clone(), &head, &mut phases).await?;
     run.log.write_all(&[summary(name, false), LogEntry::success(grouping::POST_RUN, "Job completed")]).await?;
     let applied =
         Applied { head: &head, ref_kind: checkout.kind, fingerprint: &fingerprint, fetch_started, staged, mirror };
