@@ -21,7 +21,8 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Most values a document may expand to once aliases are followed.
     pub max_nodes: usize,
-    /// Deepest nesting of sequences and mappings.
+    /// Deepest nesting of sequences and mappings. Records are stored as PostgreSQL JSON and read back with
+    /// serde_json, which refuses more than 127 levels: a deeper record would fail every later sync.
     pub max_depth: usize,
     /// Most bytes of keys and scalars a document may expand to once aliases are followed (a 1 MiB string aliased a
     /// thousand times is 1 GiB in memory, though the file is 1 MiB).
@@ -42,7 +43,7 @@ impl Default for Limits {
         Self {
             max_bytes: 10 * 1024 * 1024,
             max_nodes: 1_000_000,
-            max_depth: 256,
+            max_depth: 126,
             max_expanded_bytes: 64 * 1024 * 1024,
             max_record_bytes: 16 * 1024 * 1024,
             max_load_bytes: 256 * 1024 * 1024,

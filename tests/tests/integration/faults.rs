@@ -242,6 +242,36 @@ async fn a_hostile_repository_fails_only_its_own_sync() -> Result<()> {
     env.teardown().await
 }
 
+/// A context nested as deep as the limit allows is stored and read back by the next sync (PostgreSQL's JSON is
+/// read with serde_json, which stops at 128 levels: a deeper record would fail every later sync); one nested
+/// deeper is refused at load, naming its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nesting_stops_where_stored_records_can_be_read_back() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    // The root mapping is the first level; `levels` arrays under it, a scalar inside the last.
+    let nested = |levels: usize, leaf: u32| {
+        format!("{{\"_metadata\": {{\"name\": \"deep\"}}, \"d\": {}{leaf}{}}}", "[".repeat(levels), "]".repeat(levels))
+    };
+    let remote = Remote::new(env.tmp.path(), "deep")?;
+    remote.commit("at the limit", &[("config_contexts/deep.json", &nested(125, 1))])?;
+    env.start_fleet(1);
+    let repo = create_providing(&env, format!("Deep {}", env.id), remote.file_url(), &["extras.configcontext"]).await?;
+    let view = env.wait_job(repo).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+
+    // The changed file's record is compared with the stored one, which is read back.
+    remote.commit("changed", &[("config_contexts/deep.json", &nested(125, 2))])?;
+    let view = env.wait_job(env.sync(&format!("Deep {}", env.id)).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_log(&view, "info", "config contexts", "Successfully refreshed config context");
+
+    remote.commit("too deep", &[("config_contexts/deep.json", &nested(200, 3))])?;
+    let view = env.wait_job(env.sync(&format!("Deep {}", env.id)).await?).await?;
+    assert_eq!(view.status, "FAILURE", "{:#?}", view.logs);
+    assert_log(&view, "error", "config contexts", "`deep.json`: document nests deeper than 126 levels");
+    env.teardown().await
+}
+
 /// A refusal by the database (a data or integrity error) is not an outage: the sync fails at once with the
 /// server's message, its records rolled back, and is never retried. An over-long name is caught by the loader
 /// first, with Django's message.
