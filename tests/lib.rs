@@ -84,6 +84,24 @@ pub async fn wait_for_consumer(amqp: &gitfleet_infra::settings::AmqpSettings) ->
     Ok(())
 }
 
+/// Deletes the queues and exchanges of `amqp`'s prefix (a test's or a benchmark's own), so that runs leave nothing
+/// on the broker.
+pub async fn delete_broker_objects(amqp: &gitfleet_infra::settings::AmqpSettings) -> Result<()> {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let connection = gitfleet_infra::amqp::connect(amqp, Duration::from_secs(5)).await?;
+    let channel = connection.create_channel().await?;
+    let t = gitfleet_infra::amqp::Topology::new(amqp);
+    let retry_queues: Vec<String> = t.retry_delays.iter().map(|&s| t.retry_queue(s)).collect();
+    for queue in [&t.work, &t.dead, &t.delay].into_iter().chain(&retry_queues) {
+        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    }
+    for exchange in [&t.events, &t.dead_exchange, &t.notifications] {
+        channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
+
 /// Initialises a bare repository at `bare` and imports `stream` (a `git fast-import` stream of commits on `main`);
 /// returns the commit ids oldest first, with `main` left at the first.
 pub fn fast_import(bare: &Path, stream: &[u8]) -> Result<Vec<String>> {

@@ -282,6 +282,7 @@ async fn main() -> Result<()> {
     let _ = daemon.kill();
     let client = pool.get().await?;
     client.batch_execute(&format!("DROP SCHEMA {} CASCADE", database.schema)).await?;
+    gitfleet_tests::delete_broker_objects(&amqp).await?;
 
     let profile = if cfg!(debug_assertions) { "debug build" } else { "optimized build" };
     let mut table = String::new();

@@ -83,6 +83,7 @@ struct Remote {
 struct Fleet {
     pool: Pool,
     database: DatabaseSettings,
+    amqp: AmqpSettings,
     workers: Vec<Child>,
     shutdown: CancellationToken,
     relay: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -113,6 +114,8 @@ async fn start_fleet(size: usize, prefetch: u16, git_root: &Path) -> Result<Flee
             .env("GITFLEET_AMQP_URL", &amqp.url)
             .env("GITFLEET_AMQP_PREFIX", &amqp.prefix)
             .env("GITFLEET_DEFER_DELAY_MS", "100")
+            // The same retry queues as the relay's topology, so that the run deletes all of them at its end.
+            .env("GITFLEET_RETRY_DELAYS", "1,2,4")
             .env("GITFLEET_PREFETCH", prefetch.to_string())
             .env("GITFLEET_GIT_ROOT", git_root.join(format!("{id}-{n}")))
             .env("GITFLEET_WORKER_NAME", format!("bench-{n}"))
@@ -125,7 +128,7 @@ async fn start_fleet(size: usize, prefetch: u16, git_root: &Path) -> Result<Flee
     }
     let shutdown = CancellationToken::new();
     let relay = gitfleet_tests::spawn_relay(&pool, &database, &amqp, &shutdown);
-    Ok(Fleet { pool, database, workers, shutdown, relay })
+    Ok(Fleet { pool, database, amqp, workers, shutdown, relay })
 }
 
 impl Fleet {
@@ -139,6 +142,7 @@ impl Fleet {
         let _ = self.relay.await;
         let client = self.pool.get().await?;
         client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.database.schema)).await?;
+        gitfleet_tests::delete_broker_objects(&self.amqp).await?;
         Ok(peaks)
     }
 }

@@ -289,6 +289,8 @@ async fn run(files: usize, store: Store, tmp: &Path, worker_exe: &Path) -> Resul
             .env("GITFLEET_AMQP_URL", &amqp.url)
             .env("GITFLEET_AMQP_PREFIX", &amqp.prefix)
             .env("GITFLEET_DEFER_DELAY_MS", "100")
+            // The same retry queues as the relay's topology, so that the run deletes all of them at its end.
+            .env("GITFLEET_RETRY_DELAYS", "1,2,4")
             .env("GITFLEET_GIT_ROOT", root.join("git-root"))
             .env("GITFLEET_WORKER_NAME", "bench-large")
             .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -355,6 +357,7 @@ async fn run(files: usize, store: Store, tmp: &Path, worker_exe: &Path) -> Resul
     let _ = relay.await;
     drop(daemon);
     pool.get().await?.batch_execute(&format!("DROP SCHEMA {} CASCADE", database.schema)).await?;
+    gitfleet_tests::delete_broker_objects(&amqp).await?;
     let _ = std::fs::remove_dir_all(&root);
     Ok(Run { files, store, first, artifact_after, resync: median(resyncs), change: median(changes), full, peak_kib })
 }

@@ -17,7 +17,6 @@ use gitfleet_producer::commands::{self, NewRepo, Outcome};
 use gitfleet_shared::event::RequestedBy;
 use gitfleet_shared::job_result::JobStatus;
 use gitfleet_worker::WorkerSettings;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -269,18 +268,7 @@ impl TestEnv {
         client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.database.schema)).await?;
         drop(client);
         self.pool.close();
-        let connection = amqp::connect(&self.amqp, Duration::from_secs(5)).await?;
-        let channel = connection.create_channel().await?;
-        let t = self.topology();
-        let retry_queues: Vec<String> = t.retry_delays.iter().map(|&s| t.retry_queue(s)).collect();
-        for queue in [&t.work, &t.dead, &t.delay].into_iter().chain(&retry_queues) {
-            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
-        }
-        for exchange in [&t.events, &t.dead_exchange, &t.notifications] {
-            channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
-        }
-        let _ = connection.close(200, "test done".into()).await;
-        Ok(())
+        gitfleet_tests::delete_broker_objects(&self.amqp).await
     }
 }
 
