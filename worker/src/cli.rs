@@ -49,14 +49,12 @@ enum StorageCommand {
     },
 }
 
-/// Parses the command line and runs the chosen command on a Tokio runtime. The runtime is shut down without
-/// waiting for git threads still blocked on a remote: after the grace period, what did not finish has been handed
-/// back, and the process exits (libgit2's own timeouts would otherwise hold it for minutes).
 /// Bounds the C library's allocator to one arena before any thread starts. glibc gives threads that allocate at once
 /// arenas of their own (up to eight per core), and memory freed in one arena serves only the threads that use it:
-/// the load runs on one blocking thread, the storage stage on others, so a sync of 100,000 files peaked at 545 MiB
-/// with the default, 361 MiB with two arenas and 240 MiB with one (BENCHMARKS.md, "Large repositories"); on two
-/// cores the shared arena's lock costs nothing measurable. `MALLOC_ARENA_MAX`, when set, still wins.
+/// the load runs on one blocking thread, the storage stage on others, so a sync of 100,000 files peaked at 584 MiB
+/// with the default, 361 MiB with two arenas and 234 MiB with one (BENCHMARKS.md, "Large repositories"). The cost
+/// is contention when the reconcile and the log writer allocate at once: that first sync took 27.5 s with the
+/// default and 31.6 to 45.8 s with one arena. `MALLOC_ARENA_MAX`, when set, still wins.
 fn limit_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
@@ -68,6 +66,9 @@ fn limit_malloc_arena() {
     }
 }
 
+/// Parses the command line and runs the chosen command on a Tokio runtime. The runtime is shut down without
+/// waiting for git threads still blocked on a remote: after the grace period, what did not finish has been handed
+/// back, and the process exits (libgit2's own timeouts would otherwise hold it for minutes).
 pub fn main() -> ExitCode {
     limit_malloc_arena();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -112,7 +112,7 @@ impl DataType for ConfigContexts {
                 let at = out.logs.len();
                 out.logs.append(&mut loaded.logs);
                 own.push(at..out.logs.len());
-                // The records go to the load; the file keeps its keys and lines.
+                // The records and lines go to the load; the file keeps its keys and where its lines are.
                 keep(&mut contexts, &mut index, std::mem::take(&mut loaded.contexts));
                 out.local_contexts.append(&mut loaded.locals);
                 files.push(loaded);

@@ -65,7 +65,8 @@ pub(super) async fn reconcile_and_log(
     Ok(written? | write_changes(log, rest).await?)
 }
 
-fn has_error(lines: &[LogEntry]) -> bool {
+/// Whether one of `lines` is an error (which fails the sync).
+pub(super) fn has_error(lines: &[LogEntry]) -> bool {
     lines.iter().any(|e| e.level == LogLevel::Error)
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use gitfleet_infra::store::loaded::{self, FileRow, LoadedState};
 use gitfleet_infra::store::repository::RepositoryRow;
-use gitfleet_shared::job_result::{LogEntry, LogLevel, grouping};
+use gitfleet_shared::job_result::{LogEntry, grouping};
 use gitfleet_shared::loaders::{
     DataType, FileLoad, LoadInput, Loaded, Registry, Section, check_fields, load_context_file,
 };
@@ -373,7 +373,7 @@ pub(super) async fn apply(
         start = *end;
         let Some(data_type) = ctx.registry.get(identifier) else { continue };
         if inc.reload.contains(identifier) {
-            failed |= batch.iter().any(|e| e.level == LogLevel::Error);
+            failed |= super::apply::has_error(&batch);
             log.write_all(&batch).await?;
             failed |= super::apply::reconcile_and_log(db, ctx, owner, data_type, &inc.loaded, log).await?;
             continue;
@@ -391,7 +391,7 @@ pub(super) async fn apply(
                     .map_err(db_error(data_type.name()))?;
             batch.extend(reconciled.into_iter().map(|change| change.line));
         }
-        failed |= batch.iter().any(|e| e.level == LogLevel::Error);
+        failed |= super::apply::has_error(&batch);
         log.write_all(&batch).await?;
     }
     let reused = inc.state.files - inc.old_types.1 - i64::try_from(inc.old_files.len()).unwrap_or(i64::MAX);
@@ -406,7 +406,7 @@ pub(super) async fn apply(
     ))
     .await?;
     let rest = &inc.loaded.logs[start..];
-    failed |= rest.iter().any(|e| e.level == LogLevel::Error);
+    failed |= super::apply::has_error(rest);
     log.write_all(rest).await?;
     if !failed {
         let state = LoadedState {

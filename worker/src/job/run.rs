@@ -13,10 +13,10 @@ use super::error::{Failure, Step, StepError, TransientError};
 use super::{JobContext, Notification};
 use crate::lock::RepoLock;
 
-/// Writes JobLogEntries as they happen, each on its own (auto-commit) so they survive a rolled-back sync.
 /// Log lines written per statement.
 const LOG_BATCH: usize = 2000;
 
+/// Writes JobLogEntries as they happen, each on its own (auto-commit) so they survive a rolled-back sync.
 pub(super) struct JobLog<'a> {
     pool: &'a Pool,
     id: Uuid,
