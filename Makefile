@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-chaos test-fixtures demo bench openapi clean
+.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-ops test-chaos test-fixtures demo bench openapi clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -50,7 +50,11 @@ test-incremental: services test-deps ## The incremental-equals-full property tes
 test-api: services test-deps ## Fuzz a running producer serve from its OpenAPI document (schemathesis, bounded)
 	scripts/test-api.sh
 
-test: services test-deps lint ## Everything CI runs: lint, unit and integration tests, the API fuzz
+test-ops: test-deps ## Check the alerting rules (promtool check and its unit tests) and the Grafana dashboard
+	scripts/test-ops.sh
+
+test: services test-deps lint ## Everything CI runs: lint, unit and integration tests, the API fuzz, the ops files
+	scripts/test-ops.sh
 	scripts/cargo-test.sh --workspace
 	scripts/test-api.sh
 

@@ -2,8 +2,9 @@
 # Installs what the build and the integration tests need besides the services and the Rust toolchain: make and a C
 # compiler (build-essential: libgit2-sys, libssh2-sys, openssl-sys and ring build C code), git (file://, git daemon,
 # http-backend), lighttpd with TLS (the HTTP(S) front for `git http-backend`), openssl (test certificates),
-# OpenSSH's sshd and ssh-keygen (the ssh:// test server and its keys), and libssl-dev + pkg-config (git2's HTTPS
-# and SSH support build against OpenSSL; libssh2 itself is vendored). Idempotent; uses Debian packages.
+# OpenSSH's sshd and ssh-keygen (the ssh:// test server and its keys), libssl-dev + pkg-config (git2's HTTPS and
+# SSH support build against OpenSSL; libssh2 itself is vendored) and promtool (Debian's prometheus package, for the
+# alerting rules). Idempotent; uses Debian packages.
 set -euo pipefail
 log() { printf '[test-deps] %s\n' "$*" >&2; }
 
@@ -20,6 +21,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 ls /usr/lib/lighttpd/mod_openssl.so >/dev/null 2>&1 || missing+=(lighttpd-mod-openssl)
+# promtool checks the alerting rules (`make test-ops`); the package's server is never started (policy-rc.d below).
+command -v promtool >/dev/null || missing+=(prometheus)
 # PyPI: pynautobot, Nautobot's own Python client, which the Nautobot-compatible API is tested with.
 PYNAUTOBOT_VERSION=3.2.0
 python_deps() {

@@ -247,10 +247,3 @@ pub fn event_properties(event_id: &str, traceparent: &str) -> BasicProperties {
         .with_message_id(event_id.into())
         .with_headers(headers)
 }
-
-/// A new W3C `traceparent` (version 00, sampled) for a request that starts here.
-pub fn new_traceparent() -> String {
-    let trace = uuid::Uuid::new_v4().simple().to_string();
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    format!("00-{trace}-{span}-01")
-}

@@ -74,3 +74,13 @@ pub async fn connect(settings: &DatabaseSettings, wait: Duration) -> Result<Pool
     crate::migrate::run(&pool).await?;
     Ok(pool)
 }
+
+/// Whether PostgreSQL answers a query through the pool within two seconds (what `/readyz` asks).
+pub async fn ping(pool: &Pool) -> Result<(), String> {
+    let answer = tokio::time::timeout(Duration::from_secs(2), async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        client.simple_query("SELECT 1").await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await;
+    answer.unwrap_or_else(|_| Err("no answer within 2 s".to_owned()))
+}

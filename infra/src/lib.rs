@@ -6,6 +6,7 @@
 
 pub mod amqp;
 pub mod db;
+pub mod metrics;
 pub mod migrate;
 pub mod retry;
 pub mod secrets;

@@ -1,9 +1,10 @@
 //! `producer` command line.
 
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use deadpool_postgres::Pool;
 use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
 use gitfleet_infra::store::job_result::{self, JobResultView};
@@ -13,6 +14,7 @@ use gitfleet_shared::job_result::{JobStatus, format_duration};
 use gitfleet_shared::repo::CommitId;
 use gitfleet_shared::sanitize::printable;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::commands::{self, CommandError, NewRepo, Outcome, RepoChanges};
@@ -47,6 +49,8 @@ pub enum Command {
         /// Poll interval in milliseconds when no NOTIFY arrives.
         #[arg(long, env = "GITFLEET_RELAY_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
         poll_ms: u64,
+        #[command(flatten)]
+        metrics: gitfleet_infra::metrics::MetricsSettings,
     },
     /// List or replay the events the fleet dead-lettered.
     #[command(subcommand, name = "dead-letters")]
@@ -224,8 +228,12 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
             let page = LogPage { number: i64::from(page), size: i64::from(page_size) };
             show(pool, id, wait.then(|| Duration::from_secs(timeout)), format, page, out).await
         }
-        Command::Relay { amqp, poll_ms } => {
-            let options = RelayOptions { poll_interval: Duration::from_millis(poll_ms), ..RelayOptions::default() };
+        Command::Relay { amqp, poll_ms, metrics } => {
+            let options = RelayOptions {
+                poll_interval: Duration::from_millis(poll_ms),
+                metrics_addr: metrics.addr,
+                ..RelayOptions::default()
+            };
             relay::run(pool.clone(), cli.database, amqp, options, shutdown).await?;
             Ok(0)
         }
@@ -493,6 +501,7 @@ pub fn print_view(view: &JobResultView, format: Format, out: &mut impl Write) ->
         writeln!(out, "  duration:   {}", format_duration(d))?;
     }
     writeln!(out, "  worker:     {}", printable(view.worker.as_deref().unwrap_or("-")))?;
+    writeln!(out, "  trace:      {}", view.trace_id.as_deref().unwrap_or("-"))?;
     if let Some(result) = &view.result {
         // JSON escapes control characters already.
         writeln!(out, "  result:     {result}")?;
@@ -513,6 +522,78 @@ pub fn print_view(view: &JobResultView, format: Format, out: &mut impl Write) ->
         )?;
     }
     Ok(())
+}
+
+/// The `producer` binary: parses the command line, connects to PostgreSQL (applying migrations) and runs the
+/// command; a one-off command is one trace, sent before the process exits.
+pub fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(start())
+}
+
+async fn start() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(err) => err.exit(),
+    };
+    if matches!(cli.command, Command::Openapi) {
+        println!("{}", crate::api::openapi_document());
+        return ExitCode::SUCCESS;
+    }
+    let telemetry = gitfleet_infra::telemetry::init(&cli.log, "gitfleet-producer");
+    // A one-off command is one trace (its root span); the relay and the server start one per publish or request.
+    let span = if matches!(cli.command, Command::Relay { .. } | Command::Serve(_)) {
+        tracing::Span::none()
+    } else {
+        let mut path = vec!["producer"];
+        let mut sub = matches.subcommand();
+        while let Some((name, next)) = sub {
+            path.push(name);
+            sub = next.subcommand();
+        }
+        tracing::info_span!(
+            "command",
+            otel.name = path.join(" "),
+            otel.kind = "client",
+            exit_code = tracing::field::Empty
+        )
+    };
+    let code = run_process(cli).instrument(span.clone()).await;
+    span.record("exit_code", code.1);
+    drop(span);
+    telemetry.shutdown().await;
+    code.0
+}
+
+async fn run_process(cli: Cli) -> (ExitCode, u8) {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(gitfleet_infra::shutdown::on_signal(shutdown.clone()));
+
+    // A long-running relay or server waits for PostgreSQL; a one-off command says it is unreachable within seconds.
+    let wait = if matches!(cli.command, Command::Relay { .. } | Command::Serve(_)) { 60 } else { 5 };
+    let pool = match gitfleet_infra::db::connect(&cli.database, Duration::from_secs(wait)).await {
+        Ok(pool) => pool,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return (ExitCode::from(1), 1);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let code = match run(cli, &pool, shutdown, &mut stdout).await {
+        Ok(code) => u8::try_from(code).unwrap_or(1),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            1
+        }
+    };
+    (ExitCode::from(code), code)
 }
 
 #[cfg(test)]

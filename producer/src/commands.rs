@@ -3,9 +3,9 @@
 
 use chrono::Utc;
 use deadpool_postgres::Pool;
-use gitfleet_infra::amqp::new_traceparent;
 use gitfleet_infra::store::repository::{NewRepository, RepositoryRow};
 use gitfleet_infra::store::{job_result, outbox, repository};
+use gitfleet_infra::telemetry::current_traceparent;
 use gitfleet_shared::event::{Event, EventKind, RequestedBy, SchemaVersion, Version};
 use gitfleet_shared::job_result::JobStatus;
 use gitfleet_shared::repo::{
@@ -380,6 +380,8 @@ async fn emit(
         requested_by: requested_by.clone(),
     };
     let (name, task_name) = kind.job_names(&row.name);
+    let traceparent = current_traceparent();
+    let trace_id = gitfleet_infra::telemetry::trace_id(&traceparent);
     job_result::insert(
         tx,
         &job_result::NewJobResult {
@@ -390,10 +392,11 @@ async fn emit(
             kind: Some(kind),
             requested_by: requested_by.as_str(),
             status: JobStatus::Pending,
+            trace_id: trace_id.as_deref(),
         },
     )
     .await?;
-    outbox::insert(tx, &event, &new_traceparent()).await?;
+    outbox::insert(tx, &event, &traceparent).await?;
     Ok(Outcome::Accepted { job_result_id: event.event_id, repository_id: row.id, version: row.version })
 }
 

@@ -5,9 +5,9 @@
 //! writes the original event to the outbox in the same transaction, so the relay publishes it with confirms.
 
 use deadpool_postgres::Pool;
-use gitfleet_infra::amqp::new_traceparent;
 use gitfleet_infra::store::dead_letter::{self, DeadLetter};
 use gitfleet_infra::store::{job_result, outbox};
+use gitfleet_infra::telemetry::current_traceparent;
 use gitfleet_shared::event::{Event, RequestedBy};
 use uuid::Uuid;
 
@@ -51,7 +51,7 @@ async fn replay_one(pool: &Pool, id: i64, by: &RequestedBy) -> Result<Uuid, Comm
     }
     // The outbox keeps one row per event id: the published original makes way for the replay.
     outbox::discard(&*tx, event.event_id).await?;
-    outbox::insert(&*tx, &event, &new_traceparent()).await?;
+    outbox::insert(&*tx, &event, &current_traceparent()).await?;
     dead_letter::mark_replayed(&*tx, id).await?;
     tx.commit().await?;
     Ok(event.event_id)

@@ -7,6 +7,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod dead_letters;
+pub mod metrics;
 pub mod records;
 pub mod relay;
 pub mod tokens;

@@ -85,7 +85,13 @@ pub fn main() -> ExitCode {
 
 async fn run() -> ExitCode {
     let cli = Cli::parse();
-    gitfleet_infra::telemetry::init(&cli.log);
+    let telemetry = gitfleet_infra::telemetry::init(&cli.log, "gitfleet-worker");
+    let code = command(cli).await;
+    telemetry.shutdown().await;
+    code
+}
+
+async fn command(cli: Cli) -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check(args) => match crate::check::run(args, &mut std::io::stdout().lock()) {
             Ok(0) => ExitCode::SUCCESS,

@@ -13,6 +13,8 @@ pub struct WorkerSettings {
     pub database: DatabaseSettings,
     #[command(flatten)]
     pub amqp: AmqpSettings,
+    #[command(flatten)]
+    pub metrics: gitfleet_infra::metrics::MetricsSettings,
     /// Where bare mirrors are cached (`GIT_ROOT`). Default: `$HOME/.gitfleet/git`.
     #[arg(long, env = "GITFLEET_GIT_ROOT")]
     pub git_root: Option<PathBuf>,

@@ -54,7 +54,17 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
         tracing::info!(configured = database.pool_size, used = needed, "database pool raised to 2 x prefetch + 4");
         database.pool_size = needed;
     }
+    // The probes answer from the start: not ready while the database or the broker is still out of reach.
+    let probes = Arc::new(Probes { shutdown: shutdown.clone(), ..Probes::default() });
+    let probes_stop = CancellationToken::new();
+    if let Some(addr) = settings.metrics.addr {
+        let render: gitfleet_infra::metrics::Render =
+            Arc::new(|| Box::pin(async { gitfleet_infra::metrics::encode(&crate::metrics::METRICS.registry) }));
+        gitfleet_infra::metrics::serve(addr, probes.clone().check(), render, probes_stop.clone()).await?;
+    }
+    let _stop_probes = probes_stop.drop_guard();
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(60)).await?;
+    let _ = probes.pool.set(pool.clone());
     let storage = Arc::new(crate::storage::Storage::new(parts.storage).await);
     let ctx = Arc::new(JobContext {
         storage,
@@ -93,7 +103,7 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
     };
 
     gitfleet_infra::retry::reconnecting("the worker's RabbitMQ session", Duration::from_millis(200), &shutdown, || {
-        session(&settings, &ctx, &shutdown)
+        session(&settings, &ctx, &shutdown, &probes.consuming)
     })
     .await;
     reaper.abort();
@@ -130,8 +140,56 @@ async fn remove_orphan_mirrors(ctx: &JobContext) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `/readyz` of a worker looks at.
+#[derive(Default)]
+struct Probes {
+    /// Set once PostgreSQL was reached and migrated.
+    pool: std::sync::OnceLock<deadpool_postgres::Pool>,
+    /// A consumer runs on the work queue.
+    consuming: std::sync::atomic::AtomicBool,
+    shutdown: CancellationToken,
+}
+
+impl Probes {
+    /// Not ready while it drains after SIGTERM, before PostgreSQL was reached, while it has no consumer on the work
+    /// queue (the broker is out of reach and it reconnects), nor when PostgreSQL does not answer now.
+    fn check(self: Arc<Self>) -> gitfleet_infra::metrics::ReadyCheck {
+        Arc::new(move || {
+            let probes = self.clone();
+            Box::pin(async move {
+                if probes.shutdown.is_cancelled() {
+                    return Err("draining: the worker is stopping".to_owned());
+                }
+                let Some(pool) = probes.pool.get() else {
+                    return Err("connecting to the database".to_owned());
+                };
+                if !probes.consuming.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Err("not consuming: the broker is not reachable yet".to_owned());
+                }
+                gitfleet_infra::db::ping(pool).await.map_err(|e| format!("the database does not answer: {e}"))
+            })
+        })
+    }
+}
+
+/// Clears the consuming flag (and the gauge) when a session ends, however it ends.
+struct Consuming<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for Consuming<'_> {
+    fn drop(&mut self) {
+        if self.0.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            crate::metrics::METRICS.consumers.dec();
+        }
+    }
+}
+
 /// One connection's life: consume until shutdown (Ok) or until the connection fails (Err).
-async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn session(
+    settings: &WorkerSettings,
+    ctx: &Arc<JobContext>,
+    shutdown: &CancellationToken,
+    consuming: &std::sync::atomic::AtomicBool,
+) -> anyhow::Result<()> {
     let connection = amqp::connect(&settings.amqp, Duration::from_secs(10)).await?;
     let publisher = Publisher::new(&connection).await?;
     ctx.topology.declare(publisher.channel()).await?;
@@ -146,6 +204,10 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
         )
         .await?;
     tracing::info!(queue = %ctx.topology.work, "consuming");
+    if !consuming.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        crate::metrics::METRICS.consumers.inc();
+    }
+    let consumer_flag = Consuming(consuming);
     let recorder_channel = connection.create_channel().await?;
     let recorder = {
         let (ctx, shutdown, limit) = (ctx.clone(), shutdown.clone(), settings.amqp.delivery_limit);
@@ -183,6 +245,7 @@ async fn session(settings: &WorkerSettings, ctx: &Arc<JobContext>, shutdown: &Ca
         }
     };
 
+    drop(consumer_flag);
     if outcome.is_ok() {
         // Stop taking new events, then let the in-flight ones finish within the grace period.
         let _ = channel.basic_cancel(ShortString::from(ctx.worker_name.as_str()), BasicCancelOptions::default()).await;
@@ -244,7 +307,9 @@ async fn process(handling: Handling<'_>, delivery: Delivery) {
     let (ctx, publisher) = (handling.ctx, handling.publisher);
     let (data, properties, acker) = (delivery.data.clone(), delivery.properties.clone(), delivery.acker.clone());
     let routing_key = delivery.routing_key.to_string();
+    crate::metrics::METRICS.in_flight.inc();
     let handled = std::panic::AssertUnwindSafe(process_event(&handling, delivery)).catch_unwind().await;
+    crate::metrics::METRICS.in_flight.dec();
     if let Err(panic) = handled {
         let what = gitfleet_shared::panic_message(&*panic);
         tracing::error!(panic = %what, "handling an event panicked: dead-lettering it");
@@ -265,8 +330,23 @@ async fn process_event(handling: &Handling<'_>, delivery: Delivery) {
             return;
         }
     };
-    let span =
-        tracing::info_span!("event", event_id = %event.event_id, kind = %event.kind, repo = %event.repository.slug);
+    let span = tracing::info_span!(
+        "event",
+        otel.name = %format!("handle {}", event.kind),
+        otel.kind = "consumer",
+        event_id = %event.event_id,
+        job_result_id = %event.event_id,
+        kind = %event.kind,
+        repo = %event.repository.slug,
+        repository_id = %event.repository.id,
+        commit = tracing::field::Empty,
+        fetched_bytes = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    // The event's trace goes on from the request that made it (the message's W3C `traceparent`).
+    if let Some(traceparent) = amqp::header_str(&delivery.properties, "traceparent") {
+        gitfleet_infra::telemetry::continue_from(&span, &traceparent);
+    }
     let status = if delivery.redelivered { job_status(ctx, &event).await } else { None };
     if status == Some(JobStatus::Pending) {
         // Handed back because the worker that held it stopped (a crash, a lost connection) before it ran: send it
@@ -310,9 +390,10 @@ async fn process_event(handling: &Handling<'_>, delivery: Delivery) {
     };
     let handled = (|| job::handle(ctx, publisher, &event))
         .retry(gitfleet_infra::retry::transient(tries))
-        .notify(
-            |err, wait| tracing::warn!(parent: &span, error = %err, retry_in = ?wait, "transient failure; retrying"),
-        )
+        .notify(|err, wait| {
+            crate::metrics::event("retried");
+            tracing::warn!(parent: &span, error = %err, retry_in = ?wait, "transient failure; retrying");
+        })
         .instrument(span.clone())
         .await;
     match handled {
@@ -389,6 +470,7 @@ async fn retry_later(
     };
     let note = format!("{error} (try {} of {} in {delay} s)", retries + 2, schedule.len() + 1);
     tracing::warn!(parent: span, error = %error, retry_in_secs = delay, "transient failure; the event waits for its next try");
+    crate::metrics::event("retried");
     if let Ok(client) = ctx.pool.get().await {
         // Back to PENDING with the reason: the reaper never mistakes a waiting event for a lost one.
         let _ = gitfleet_infra::store::job_result::note_transient(&**client, event.event_id, &note).await;
@@ -434,6 +516,7 @@ async fn ack(delivery: &Delivery) {
 
 /// Sends the event through the delay queue (confirmed) and acknowledges the original.
 async fn defer(ctx: &JobContext, publisher: &Publisher, delivery: Delivery) {
+    crate::metrics::event("deferred");
     let published = publisher.publish("", &ctx.topology.delay, &delivery.data, delivery.properties.clone()).await;
     match published {
         Ok(()) => ack(&delivery).await,
@@ -470,6 +553,7 @@ async fn dead_letter_parts(
     reason: &str,
 ) {
     tracing::warn!(reason, routing_key, "dead-lettering the message");
+    crate::metrics::event("dead_lettered");
     let mut headers = original.headers().clone().unwrap_or_default();
     headers.insert(REJECT_REASON_HEADER.into(), amqp::long_string(reason));
     headers.insert("x-gitfleet-rejected-by".into(), amqp::long_string(&ctx.worker_name));

@@ -645,6 +645,9 @@ impl Mirror {
         options.remote_callbacks(callbacks);
         let fetched = remote.fetch(&REFSPECS, Some(&mut options), None);
         drop(options);
+        let received = remote.stats().received_bytes() as u64;
+        crate::metrics::METRICS.fetched_bytes.inc_by(received);
+        tracing::Span::current().record("fetched_bytes", received);
         match (fetched, host_key_problem.into_inner()) {
             (Ok(()), _) => Ok(()),
             (Err(err), Some(problem)) => Err(GitError::Git { message: problem, class: err.class(), code: err.code() }),

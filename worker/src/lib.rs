@@ -12,6 +12,7 @@ pub mod git;
 pub mod job;
 pub mod known_hosts;
 pub mod lock;
+pub mod metrics;
 pub mod reconcile;
 pub use gitfleet_infra::secrets;
 pub mod storage;

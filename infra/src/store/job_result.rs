@@ -23,6 +23,8 @@ pub struct NewJobResult<'a> {
     pub kind: Option<EventKind>,
     pub requested_by: &'a str,
     pub status: JobStatus,
+    /// The W3C trace id of the request that made the event.
+    pub trace_id: Option<&'a str>,
 }
 
 /// Inserts the JobResult unless one with this id exists. Returns true when it was created.
@@ -33,8 +35,9 @@ pub async fn insert(db: &impl GenericClient, new: &NewJobResult<'_>) -> Result<b
     // Typed parameters: one round trip, no statement to prepare (every event makes one of these).
     let n = db
         .execute_typed(
-            "INSERT INTO job_result (id, name, task_name, repository_id, event_kind, requested_by, status, task_kwargs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO job_result (id, name, task_name, repository_id, event_kind, requested_by, status, task_kwargs,
+                 trace_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
             &[
                 (&new.id, Type::UUID),
                 (&new.name, Type::TEXT),
@@ -44,6 +47,7 @@ pub async fn insert(db: &impl GenericClient, new: &NewJobResult<'_>) -> Result<b
                 (&new.requested_by, Type::TEXT),
                 (&new.status.as_str(), Type::TEXT),
                 (&kwargs, Type::JSONB),
+                (&new.trace_id, Type::VARCHAR),
             ],
         )
         .await?;
@@ -160,6 +164,8 @@ pub struct JobResultView {
     pub info_log_count: i32,
     pub warning_log_count: i32,
     pub error_log_count: i32,
+    /// The trace the event belongs to (32 hex digits), when its request carried one.
+    pub trace_id: Option<String>,
     pub logs: Vec<LogView>,
 }
 
@@ -204,6 +210,7 @@ fn view(row: &Row, logs: Vec<LogView>) -> JobResultView {
         info_log_count: row.get("info_log_count"),
         warning_log_count: row.get("warning_log_count"),
         error_log_count: row.get("error_log_count"),
+        trace_id: row.get("trace_id"),
         logs,
     }
 }

@@ -2,6 +2,7 @@
 //! inside a transaction (the producer's one-transaction write, the worker's fenced commit) or on its own.
 
 pub mod dead_letter;
+pub mod gauges;
 pub mod inventory;
 pub mod job_result;
 pub mod loaded;

@@ -61,6 +61,8 @@ pub struct JobResult {
     pub info_log_count: i32,
     pub warning_log_count: i32,
     pub error_log_count: i32,
+    /// The trace this event belongs to (W3C trace id, 32 hex digits): look it up in the tracing backend.
+    pub trace_id: Option<String>,
     /// The log entries (on `GET /job-results/{id}` only, filtered as asked, one page: `log_offset`, `log_limit`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logs: Option<Vec<LogEntry>>,
@@ -90,6 +92,7 @@ impl JobResult {
             info_log_count: v.info_log_count,
             warning_log_count: v.warning_log_count,
             error_log_count: v.error_log_count,
+            trace_id: v.trace_id,
             logs,
             log_matching: None,
         }

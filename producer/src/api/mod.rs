@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/v1/repositories", get(repositories::list).post(repositories::create))
         .route("/api/v1/repositories/sync", post(repositories::sync_all))
@@ -169,7 +170,51 @@ pub fn router(state: AppState) -> Router {
         .route("/api/extras/job-logs/", get(nautobot::job_logs))
         .fallback(|| async { ApiError::not_found("No such endpoint.") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// Every request is a span (continuing the caller's trace when it sends a W3C `traceparent`) and a count and a
+/// duration by method, route and status. Routes are the router's patterns (`/api/v1/repositories/{name}`), never
+/// the path sent; a method outside HTTP's usual ones counts as `other`.
+async fn observe(
+    matched: Option<axum::extract::MatchedPath>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let route = matched.as_ref().map_or("unmatched", |m| m.as_str()).to_owned();
+    let method = match request.method().as_str() {
+        m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_owned();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    if let Some(traceparent) = request.headers().get("traceparent").and_then(|v| v.to_str().ok()) {
+        gitfleet_infra::telemetry::continue_from(&span, traceparent);
+    }
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    let metrics = &crate::metrics::API;
+    let labels = crate::metrics::RouteLabels { method, route };
+    metrics.duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    let crate::metrics::RouteLabels { method, route } = labels;
+    metrics.requests.get_or_create(&crate::metrics::RequestLabels { method, route, status }).inc();
+    response
+}
+
+/// Prometheus metrics of this server (requests by route and status, process figures).
+async fn metrics() -> axum::response::Response {
+    gitfleet_infra::metrics::response(gitfleet_infra::metrics::encode(&crate::metrics::API.registry))
 }
 
 /// Serves until `shutdown` fires, then finishes the requests in flight.

@@ -290,6 +290,10 @@ impl Registry {
         for data_type in self.types() {
             out.logs.push(LogEntry::info("main", format!("Refreshing {}...", data_type.name())));
             if input.provided.iter().any(|p| p == data_type.identifier()) && reload(data_type.identifier()) {
+                // A span per data type (in the worker, a child of the sync's: its trace shows each loader's time).
+                let _span =
+                    tracing::info_span!("data type", otel.name = data_type.name(), data_type = data_type.identifier())
+                        .entered();
                 let marks = fields::Marks::of(&out);
                 let spent = input.spent.document_bytes.get();
                 // A loader bug must fail this repository's sync, not the worker that runs it.

@@ -198,6 +198,7 @@ async fn main() -> Result<()> {
     let settings = gitfleet_worker::WorkerSettings {
         database: database.clone(),
         amqp: amqp.clone(),
+        metrics: Default::default(),
         git_root: Some(tmp.path().join("git-root")),
         prefetch: 4,
         name: Some("bench-worker".into()),

@@ -13,6 +13,7 @@ mod fleet;
 mod hooks;
 mod incremental;
 mod nautobot_api;
+mod observability;
 #[cfg(feature = "shared-fixtures")]
 mod shared_fixtures;
 mod shutdown;

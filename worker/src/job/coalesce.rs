@@ -21,6 +21,7 @@ pub(super) async fn finish_superseded(
     newer: Uuid,
     extra: serde_json::Value,
 ) -> Step<()> {
+    crate::metrics::event("superseded");
     let name = event.repository.name.as_str();
     log.write_all(&[
         LogEntry::info(

@@ -185,11 +185,14 @@ async fn increment(
     let span = tracing::Span::current();
     let done = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
-            let tree = mirror_c.read_parts(&head_c, &read_prefixes, &paths_c, limits.max_bytes)?;
+            let tree = tracing::info_span!("tree read", changed_paths = paths_c.len())
+                .in_scope(|| mirror_c.read_parts(&head_c, &read_prefixes, &paths_c, limits.max_bytes))?;
             let input = super::load::input(&tree, &repo_c, &inventory, (limits, mode));
             input.spent.document_bytes.set(usize::try_from(kept_bytes).unwrap_or_default());
             let loaded = registry.load_where(&input, &|id| reload_c.contains(id));
-            let files = context_files(&input, &tree, &paths_c);
+            // The changed config context files, each loaded alone: the data type's span, as a full load has.
+            let files = tracing::info_span!("data type", otel.name = "config contexts", files = paths_c.len())
+                .in_scope(|| context_files(&input, &tree, &paths_c));
             let rows = rows_of(&registry, &loaded, &tree, &repo_c.provided_contents, &|id| reload_c.contains(id));
             Ok::<_, crate::git::GitError>((loaded, files, rows, input.spent.document_bytes.get()))
         })

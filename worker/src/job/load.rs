@@ -72,7 +72,7 @@ pub(super) async fn load_commit(
     let span = tracing::Span::current();
     let loaded = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
-            let tree = mirror.read_tree(&head, limits.max_bytes)?;
+            let tree = tracing::info_span!("tree read").in_scope(|| mirror.read_tree(&head, limits.max_bytes))?;
             let input = input(&tree, &repo, &inventory, (limits, mode));
             let loaded = registry.load(&input);
             let rows = super::incremental::rows_of(&registry, &loaded, &tree, &repo.provided_contents, &|_| true);

@@ -54,6 +54,7 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
         // The producer created the JobResult; an event published by anything else gets one here.
         let client = ctx.pool.get().await?;
         let (name, task_name) = event.kind.job_names(repo.name.as_str());
+        let trace_id = gitfleet_infra::telemetry::current_trace_id();
         let new = NewJobResult {
             id: event.event_id,
             name: &name,
@@ -62,10 +63,12 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
             kind: Some(event.kind),
             requested_by: event.requested_by.as_str(),
             status: JobStatus::Pending,
+            trace_id: trace_id.as_deref(),
         };
         job_result::insert(&**client, &new).await?;
         if job_result::status(&**client, event.event_id).await?.is_some_and(JobStatus::is_terminal) {
             tracing::info!(event_id = %event.event_id, "duplicate delivery of a finished event");
+            crate::metrics::event("duplicate");
             return Ok(Disposition::Ack);
         }
         // A sync superseded by a newer queued one needs neither the lock nor a turn in the delay queue.
@@ -79,9 +82,11 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
         }
     }
 
-    let Some(mut lock) =
-        RepoLock::try_acquire(&ctx.pool, repo.id, repo.slug.as_str(), event.event_id, &ctx.worker_name).await?
-    else {
+    let waited = crate::metrics::Timer::start();
+    let acquired =
+        RepoLock::try_acquire(&ctx.pool, repo.id, repo.slug.as_str(), event.event_id, &ctx.worker_name).await?;
+    waited.lock_wait(acquired.is_some());
+    let Some(mut lock) = acquired else {
         tracing::debug!(event_id = %event.event_id, slug = %repo.slug, "repository busy, deferring");
         // Started by an earlier try of this delivery: nobody is on it while it waits in the delay queue.
         job_result::back_to_pending(&**ctx.pool.get().await?, event.event_id).await?;
@@ -93,12 +98,14 @@ pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> R
     if let Some((routing_key, body)) = outcome? {
         // After the commit (fixing Nautobot's h.7 race). Losing one is harmless: the database is the record.
         let properties = lapin::BasicProperties::default().with_content_type("application/json".into());
+        let timer = crate::metrics::Timer::start();
         if let Err(err) = publisher
             .publish_optional(&ctx.topology.notifications, routing_key, body.to_string().as_bytes(), properties)
             .await
         {
             tracing::warn!(error = %err, "could not publish the notification");
         }
+        timer.span("notification", vec![opentelemetry::KeyValue::new("routing_key", routing_key)]);
     }
     Ok(Disposition::Ack)
 }
@@ -121,6 +128,7 @@ async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Res
         return Ok(None);
     }
     let run = JobRun::start(ctx, event);
+    let started = std::time::Instant::now();
     let outcome = {
         let job = async {
             match event.kind {
@@ -133,10 +141,25 @@ async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Res
         // Boxed: the job's future is deep, and its layout would otherwise be part of every caller's.
         std::panic::AssertUnwindSafe(Box::pin(job)).catch_unwind().await.unwrap_or_else(|panic| Err(panicked(&*panic)))
     };
+    let kind = event.kind.as_str();
+    let ended = |outcome: &'static str| {
+        let metrics = &crate::metrics::METRICS;
+        metrics.jobs.get_or_create(&crate::metrics::JobLabels { kind, outcome }).inc();
+        let seconds = started.elapsed().as_secs_f64();
+        metrics.job_duration.get_or_create(&crate::metrics::KindLabel { kind }).observe(seconds);
+        tracing::Span::current().record("outcome", outcome);
+    };
     match outcome {
-        Ok(notification) => Ok(notification),
-        Err(StepError::Transient(err)) => Err(err),
+        Ok(notification) => {
+            ended("success");
+            Ok(notification)
+        }
+        Err(StepError::Transient(err)) => {
+            tracing::Span::current().record("outcome", "transient");
+            Err(err)
+        }
         Err(StepError::Failed(failure)) => {
+            ended("failure");
             tracing::warn!(event_id = %event.event_id, exc_type = %failure.exc_type, message = %failure.message, "job failed");
             run::end_failed(&run, lock, failure).await
         }

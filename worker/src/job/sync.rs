@@ -35,6 +35,7 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
     let (mirror, checkout) = fetch::fetch(ctx, &repo).await?;
     phases.mark("fetch");
     let head = checkout.head.clone();
+    tracing::Span::current().record("commit", head.as_str());
     run.log
         .write_all(&[
             LogEntry::info(grouping::ENSURE, "Repository successfully refreshed"),
@@ -47,6 +48,7 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
     let context = load::context(ctx).await?;
     let fingerprint = coalesce::fingerprint(ctx, &repo, &head, &context.inventory_stamp);
     if fingerprint == repo.applied_fingerprint {
+        crate::metrics::event("up_to_date");
         run.log
             .write(LogEntry::info(
                 grouping::MAIN,
@@ -192,6 +194,7 @@ async fn needs_no_fetch(
     if coalesce::fingerprint(ctx, repo, repo.head_str(), &stamp) != repo.applied_fingerprint {
         return Ok(false);
     }
+    crate::metrics::event("coalesced");
     let (name, head) = (repo.name.as_str(), repo.head_str());
     run.log
         .write_all(&[
@@ -213,21 +216,38 @@ async fn needs_no_fetch(
 }
 
 /// Where a sync spends its time: each phase's duration (phases marked more than once, as the storage stage's per
-/// store, add up), in the JobResult's `result.phases_ms` and the worker's log.
+/// store, add up), in the JobResult's `result.phases_ms` and the worker's log; each phase is also a span of the
+/// event's trace and an observation of `gitfleet_sync_stage_duration_seconds`.
 pub(super) struct Phases {
     last: std::time::Instant,
+    last_wall: std::time::SystemTime,
     spent: Vec<(&'static str, std::time::Duration)>,
+    /// The event's span: each phase's span is its child.
+    parent: opentelemetry::Context,
 }
 
 impl Phases {
     fn start() -> Self {
-        Self { last: std::time::Instant::now(), spent: Vec::new() }
+        Self {
+            last: std::time::Instant::now(),
+            last_wall: std::time::SystemTime::now(),
+            spent: Vec::new(),
+            parent: gitfleet_infra::telemetry::current_context(),
+        }
     }
 
+    /// Ends the phase that began at the last mark.
     pub fn mark(&mut self, phase: &'static str) {
-        let now = std::time::Instant::now();
-        self.spent.push((phase, now - self.last));
-        self.last = now;
+        let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
+        let spent = now - self.last;
+        self.spent.push((phase, spent));
+        crate::metrics::METRICS
+            .stage_duration
+            .get_or_create(&crate::metrics::StageLabel { stage: phase })
+            .observe(spent.as_secs_f64());
+        let stage = vec![opentelemetry::KeyValue::new("stage", phase)];
+        gitfleet_infra::telemetry::record_span(&self.parent, phase, self.last_wall, wall, stage);
+        (self.last, self.last_wall) = (now, wall);
     }
 
     fn to_json(&self) -> serde_json::Value {

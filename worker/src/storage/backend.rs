@@ -129,7 +129,60 @@ impl Backend {
         dir.join(key)
     }
 
+    /// The store's kind, as the metrics name it.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::S3 { .. } => "s3",
+            Self::Fs { .. } => "filesystem",
+        }
+    }
+
+    /// Counts one request of `operation` and its outcome.
+    fn counted<T>(&self, operation: &'static str, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        crate::metrics::storage_request(self.kind(), operation, result.is_ok());
+        result
+    }
+
+    /// Whether the object exists (a HEAD request).
     pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        self.counted("head", self.head(key).await)
+    }
+
+    /// The object's bytes, `None` when there is none.
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let read = self.counted("get", self.read(key).await)?;
+        if let Some(bytes) = &read {
+            crate::metrics::storage_bytes(self.kind(), "read", bytes.len() as u64);
+        }
+        Ok(read)
+    }
+
+    /// Writes an object. Over `multipart_threshold` bytes, S3 gets a multipart upload in parts of that size.
+    pub async fn put(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        content_type: &str,
+        acl: Option<&str>,
+        multipart_threshold: u64,
+    ) -> Result<(), StorageError> {
+        let size = body.len() as u64;
+        self.counted("put", self.write(key, body, content_type, acl, multipart_threshold).await)?;
+        crate::metrics::storage_bytes(self.kind(), "written", size);
+        Ok(())
+    }
+
+    /// Every key under `prefix` with its size in bytes.
+    pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+        self.counted("list", self.listing(prefix).await)
+    }
+
+    /// Removes an object; a missing one is not an error (as django-storages' `delete`).
+    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.counted("delete", self.remove(key).await)
+    }
+
+    async fn head(&self, key: &str) -> Result<bool, StorageError> {
         match self {
             Self::S3 { client, bucket } => match client.head_object().bucket(bucket).key(key).send().await {
                 Ok(_) => Ok(true),
@@ -145,7 +198,7 @@ impl Backend {
         }
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         match self {
             Self::S3 { client, bucket } => match client.get_object().bucket(bucket).key(key).send().await {
                 Ok(out) => {
@@ -242,6 +295,10 @@ impl Backend {
                                 Err(panic) => std::panic::resume_unwind(panic),
                             }
                         }
+                        for size in &written {
+                            crate::metrics::storage_request("filesystem", "put", true);
+                            crate::metrics::storage_bytes("filesystem", "written", *size);
+                        }
                         Ok(written)
                     })
                 })
@@ -293,8 +350,8 @@ impl Backend {
         }
     }
 
-    /// Writes an object. Over `multipart_threshold` bytes, S3 gets a multipart upload in parts of that size.
-    pub async fn put(
+    /// [`Backend::put`], uncounted.
+    async fn write(
         &self,
         key: &str,
         body: Vec<u8>,
@@ -382,8 +439,8 @@ impl Backend {
         Ok(self.list_sizes(prefix).await?.into_iter().map(|(k, _)| k).collect())
     }
 
-    /// Every key under `prefix` with its size in bytes.
-    pub async fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
+    /// [`Backend::list_sizes`], uncounted.
+    async fn listing(&self, prefix: &str) -> Result<Vec<(String, u64)>, StorageError> {
         match self {
             Self::S3 { client, bucket } => {
                 let mut keys = Vec::new();
@@ -427,8 +484,8 @@ impl Backend {
         }
     }
 
-    /// Removes an object; a missing one is not an error (as django-storages' `delete`).
-    pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
+    /// [`Backend::delete`], uncounted.
+    async fn remove(&self, key: &str) -> Result<(), StorageError> {
         match self {
             Self::S3 { client, bucket } => {
                 client

@@ -2,6 +2,7 @@
 //! and its own git remotes, so tests run in parallel against the real services and leave nothing behind.
 
 pub mod git;
+pub mod otlp;
 pub mod process;
 
 use std::path::PathBuf;
@@ -115,6 +116,7 @@ impl TestEnv {
         WorkerSettings {
             database: self.database.clone(),
             amqp: self.amqp.clone(),
+            metrics: Default::default(),
             git_root: Some(self.git_root()),
             prefetch: 4,
             name: Some(name.to_owned()),
