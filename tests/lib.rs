@@ -132,6 +132,11 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// User and system CPU time a process has spent so far, in milliseconds.
+pub fn cpu_ms(pid: u32) -> f64 {
+    gitfleet_infra::metrics::cpu_seconds(pid) * 1000.0
+}
+
 /// Runs the relay in this process, polling the outbox every 20 ms, until `shutdown`.
 pub fn spawn_relay(
     pool: &deadpool_postgres::Pool,

@@ -137,14 +137,8 @@ struct ProcFigures {
 }
 
 impl ProcFigures {
-    /// `/proc` reports times in clock ticks of 1/100 s (`USER_HZ`, 100 on Linux's common architectures).
-    const TICKS: f64 = 100.0;
-
     fn read() -> Option<Self> {
-        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // The command name (field 2) is in parentheses and may hold spaces: fields are counted after its end.
-        let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split_whitespace().collect();
-        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        let stat = Stat::read("self")?;
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let kib = |key: &str| {
             status
@@ -162,11 +156,39 @@ impl ProcFigures {
             resident_bytes: kib("VmRSS:").unwrap_or(0.0),
             virtual_bytes: kib("VmSize:").unwrap_or(0.0),
             open_fds: std::fs::read_dir("/proc/self/fd").map(|d| d.count() as f64).unwrap_or(0.0),
-            threads: field(20).unwrap_or(0.0),
-            start_time: boot + field(22).unwrap_or(0.0) / Self::TICKS,
-            cpu_seconds: (field(14).unwrap_or(0.0) + field(15).unwrap_or(0.0)) / Self::TICKS,
+            threads: stat.field(20).unwrap_or(0.0),
+            start_time: boot + stat.field(22).unwrap_or(0.0) / TICKS,
+            cpu_seconds: stat.cpu_seconds(),
         })
     }
+}
+
+/// `/proc` reports times in clock ticks of 1/100 s (`USER_HZ`, 100 on Linux's common architectures).
+const TICKS: f64 = 100.0;
+
+/// A process's `/proc/<pid>/stat` line.
+struct Stat(String);
+
+impl Stat {
+    fn read(pid: &str) -> Option<Self> {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().map(Self)
+    }
+
+    /// Field `n` (from 1, as `proc(5)` numbers them). The command name (field 2) is in parentheses and may hold
+    /// spaces: fields are counted after its end.
+    fn field(&self, n: usize) -> Option<f64> {
+        let rest = self.0.get(self.0.rfind(')')? + 2..)?;
+        rest.split_whitespace().nth(n.checked_sub(3)?)?.parse().ok()
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        (self.field(14).unwrap_or(0.0) + self.field(15).unwrap_or(0.0)) / TICKS
+    }
+}
+
+/// User and system CPU seconds process `pid` has spent so far (Linux), 0 when it cannot be read.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    Stat::read(&pid.to_string()).map_or(0.0, |stat| stat.cpu_seconds())
 }
 
 #[cfg(test)]

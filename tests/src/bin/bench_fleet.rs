@@ -6,6 +6,8 @@
 //! sent, as fast as 4 senders can; (2) the same paced at half the rate (1) reached; (3) no-op re-syncs (nothing
 //! changed on the remotes) as fast as possible; (4) those paced at half their rate. Latency is `date_done -
 //! date_created` of each JobResult (the database clock, both ends). Peak memory is each worker process's VmHWM.
+//! Then the cost of tracing (1 worker, alternating runs with tracing off and exporting to a loopback OTLP receiver)
+//! and the time of a `/metrics` scrape of a worker and of a relay facing 10,000 repositories.
 //! Prints a Markdown table and, with `--write FILE`, replaces the matching section of that file.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
@@ -89,13 +91,13 @@ struct Fleet {
     relay: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start_fleet(size: usize, prefetch: u16, git_root: &Path) -> Result<Fleet> {
-    let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
+/// A run's own schema and queue prefix on the services of `make services` (or the `GITFLEET_*_URL` given).
+fn settings(schema: &str, id: &str, pool_size: usize) -> (DatabaseSettings, AmqpSettings) {
     let database = DatabaseSettings {
         url: std::env::var("GITFLEET_DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/gitfleet".into()),
-        schema: format!("bench_fleet_{id}"),
-        pool_size: 16,
+        schema: schema.to_owned(),
+        pool_size,
     };
     let amqp = AmqpSettings {
         url: std::env::var("GITFLEET_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/gitfleet".into()),
@@ -104,11 +106,19 @@ async fn start_fleet(size: usize, prefetch: u16, git_root: &Path) -> Result<Flee
         defer_delay_ms: 100,
         retry_delays: vec![1, 2, 4],
     };
+    (database, amqp)
+}
+
+async fn start_fleet(size: usize, prefetch: u16, git_root: &Path, extra: &[(&str, String)]) -> Result<Fleet> {
+    let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let (database, amqp) = settings(&format!("bench_fleet_{id}"), &id, 16);
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
     let exe = std::env::current_exe()?.with_file_name("fleet_worker");
     let mut workers = Vec::new();
     for n in 0..size {
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command.envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        let child = command
             .env("GITFLEET_DATABASE_URL", &database.url)
             .env("GITFLEET_DATABASE_SCHEMA", &database.schema)
             .env("GITFLEET_AMQP_URL", &amqp.url)
@@ -242,6 +252,212 @@ async fn send(
     Ok(ids)
 }
 
+/// `REPOS` repositories with their prepared commits, named `<tag>-r<n>.git`.
+fn remotes(served: &Path, tag: &str) -> Result<Vec<Remote>> {
+    let mut remotes = Vec::new();
+    for r in 0..REPOS {
+        let bare = served.join(format!("{tag}-r{r}.git"));
+        let commits = generate(&bare, r)?;
+        remotes.push(Remote { name: format!("Bench {tag} r{r}"), bare, commits, next: 0 });
+    }
+    Ok(remotes)
+}
+
+/// Defines the repositories and waits for their first syncs (a clone each), which are not measured.
+async fn warm_up(fleet: &Fleet, remotes: Vec<Remote>, port: u16) -> Result<Arc<Mutex<Vec<Remote>>>> {
+    let mut ids = Vec::new();
+    for remote in &remotes {
+        let file = remote.bare.file_name().and_then(|f| f.to_str()).context("bare name")?;
+        let new = NewRepo {
+            name: remote.name.clone(),
+            remote_url: format!("git://127.0.0.1:{port}/{file}"),
+            branch: Some("main".into()),
+            provided_contents: vec!["extras.configcontext".into()],
+            ..NewRepo::default()
+        };
+        ids.push(commands::create(&fleet.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap());
+    }
+    wait_done(&fleet.pool, &ids, Duration::from_secs(120)).await?;
+    Ok(Arc::new(Mutex::new(remotes)))
+}
+
+/// Scrapes of `/metrics` timed in each measurement.
+const SCRAPES: usize = 100;
+/// Rounds of the tracing comparison (each: a run with tracing off, then one exporting).
+const TRACING_ROUNDS: usize = 3;
+
+/// Fetch-and-load syncs per second and worker CPU per event, with tracing off and exporting to a loopback OTLP
+/// receiver, over alternating rounds (the machine's noise moves both alike); and the worker's scrape time.
+struct TracingCost {
+    /// (traced, syncs per second, worker CPU ms per event) per run.
+    runs: Vec<(bool, f64, f64)>,
+    spans_bytes: u64,
+    scrape_ms: (f64, f64, usize),
+}
+
+async fn tracing_cost(served: &Path, port: u16, git_root: &Path) -> Result<TracingCost> {
+    let (endpoint, received) = otlp_sink().await?;
+    let mut runs = Vec::new();
+    let mut scrape_ms = (0.0, 0.0, 0);
+    for round in 0..TRACING_ROUNDS {
+        for traced in [false, true] {
+            let remotes = remotes(served, &format!("t{round}{}", if traced { "on" } else { "off" }))?;
+            let addr = format!("127.0.0.1:{}", free_port()?);
+            let mut extra = vec![("GITFLEET_METRICS_ADDR", addr.clone())];
+            if traced {
+                extra.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+            }
+            let fleet = start_fleet(1, PREFETCH, git_root, &extra).await?;
+            let remotes = warm_up(&fleet, remotes, port).await?;
+            let cpu = gitfleet_tests::cpu_ms(fleet.workers[0].id());
+            let ids = send(&fleet.pool, &remotes, NEW_COMMIT_EVENTS, None, true).await?;
+            wait_done(&fleet.pool, &ids, Duration::from_secs(300)).await?;
+            let cpu = gitfleet_tests::cpu_ms(fleet.workers[0].id()) - cpu;
+            let (rate, _, _, fetched) = measure(&fleet.pool, &ids).await?;
+            runs.push((traced, rate * fetched as f64 / ids.len() as f64, cpu / ids.len() as f64));
+            if traced && round == TRACING_ROUNDS - 1 {
+                scrape_ms = time_scrapes(&addr).await?;
+            }
+            fleet.stop().await?;
+        }
+    }
+    let spans_bytes = received.load(std::sync::atomic::Ordering::SeqCst);
+    Ok(TracingCost { runs, spans_bytes, scrape_ms })
+}
+
+impl TracingCost {
+    fn write(&self, table: &mut String) -> Result<()> {
+        let median = |traced: bool, pick: fn(&(bool, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = self.runs.iter().filter(|r| r.0 == traced).map(pick).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let (off, on) = (median(false, |r| r.1), median(true, |r| r.1));
+        let (cpu_off, cpu_on) = (median(false, |r| r.2), median(true, |r| r.2));
+        let each: Vec<String> =
+            self.runs.iter().map(|(t, s, c)| format!("{} {s:.0}/s {c:.2} ms", if *t { "on" } else { "off" })).collect();
+        writeln!(
+            table,
+            "\nTracing: 1 worker, prefetch {PREFETCH}, a new commit per event at the maximum rate, {TRACING_ROUNDS} \
+             rounds alternating tracing off and on (spans exported over OTLP/HTTP to a receiver on loopback, \
+             {:.1} MiB of spans received). Fetch-and-load syncs per second, median: {off:.0} off, {on:.0} on \
+             ({:+.1}%; target: a cost under 5%); worker CPU per event, median: {cpu_off:.2} ms off, {cpu_on:.2} ms on \
+             ({:+.1}%). Each run: {}.",
+            self.spans_bytes as f64 / 1_048_576.0,
+            (on - off) / off * 100.0,
+            (cpu_on - cpu_off) / cpu_off * 100.0,
+            each.join(", ")
+        )?;
+        writeln!(
+            table,
+            "\nThe worker's `/metrics` after those syncs: median {:.2} ms, slowest {:.2} ms of {SCRAPES} scrapes, {} \
+             bytes.",
+            self.scrape_ms.0, self.scrape_ms.1, self.scrape_ms.2
+        )?;
+        Ok(())
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// An OTLP/HTTP receiver on loopback that accepts every export and counts its bytes.
+async fn otlp_sink() -> Result<(String, Arc<std::sync::atomic::AtomicU64>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            counter.fetch_add(body.len() as u64, std::sync::atomic::Ordering::SeqCst);
+            async { "" }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((endpoint, received))
+}
+
+/// Median and slowest of `SCRAPES` scrapes of `addr`'s `/metrics`, in ms, and the page's size.
+async fn time_scrapes(addr: &str) -> Result<(f64, f64, usize)> {
+    let client = reqwest::Client::new();
+    let mut times = Vec::new();
+    let mut size = 0;
+    for _ in 0..SCRAPES {
+        let started = Instant::now();
+        let page = client.get(format!("http://{addr}/metrics")).send().await?.error_for_status()?.text().await?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        size = page.len();
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[times.len() - 1], size))
+}
+
+/// The relay's scrape with `repositories` defined and as many JobResults waiting (no worker runs): the gauges it
+/// reads from PostgreSQL and the broker at each scrape face a fleet of that size.
+async fn relay_scrape(repositories: usize) -> Result<(f64, f64, usize)> {
+    let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let (database, amqp) = settings(&format!("bench_scrape_{id}"), &id, 8);
+    let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut creators = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (pool, next) = (pool.clone(), next.clone());
+        creators.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= repositories {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let new = NewRepo {
+                    name: format!("Scrape {i}"),
+                    remote_url: format!("git://127.0.0.1:9/scrape-{i}.git"),
+                    ..NewRepo::default()
+                };
+                commands::create(&pool, new, RequestedBy::cli()).await?;
+            }
+        });
+    }
+    while let Some(done) = creators.join_next().await {
+        done??;
+    }
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let shutdown = CancellationToken::new();
+    let options = gitfleet_producer::relay::RelayOptions {
+        poll_interval: Duration::from_millis(20),
+        metrics_addr: Some(addr.parse()?),
+        ..Default::default()
+    };
+    let relay = tokio::spawn(gitfleet_producer::relay::run(
+        pool.clone(),
+        database.clone(),
+        amqp.clone(),
+        options,
+        shutdown.clone(),
+    ));
+    // Every row published: the work queue holds them all.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let client = pool.get().await?;
+        let left: i64 = client.query_one("SELECT count(*) FROM outbox WHERE published_at IS NULL", &[]).await?.get(0);
+        if left == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{left} outbox rows still unpublished");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let timed = time_scrapes(&addr).await?;
+    shutdown.cancel();
+    let _ = relay.await;
+    let client = pool.get().await?;
+    client.batch_execute(&format!("DROP SCHEMA {} CASCADE", database.schema)).await?;
+    gitfleet_tests::delete_broker_objects(&amqp).await?;
+    Ok(timed)
+}
+
 struct Row {
     workers: usize,
     prefetch: u16,
@@ -266,27 +482,9 @@ async fn main() -> Result<()> {
     // (workers, prefetch): the two fleet sizes at the default prefetch, then one worker at prefetch 8 whose peak
     // memory is the figure the target names.
     for (size, prefetch) in [(1, PREFETCH), (2, PREFETCH), (1, MEMORY_PREFETCH)] {
-        let mut remotes = Vec::new();
-        for r in 0..REPOS {
-            let bare = served.join(format!("w{size}p{prefetch}-r{r}.git"));
-            let commits = generate(&bare, r)?;
-            remotes.push(Remote { name: format!("Bench {size} p{prefetch} r{r}"), bare, commits, next: 0 });
-        }
-        let fleet = start_fleet(size, prefetch, &tmp.path().join("git-root")).await?;
-        // Warm-up: the first sync of every repository (a clone), not measured.
-        let mut ids = Vec::new();
-        for (r, remote) in remotes.iter().enumerate() {
-            let new = NewRepo {
-                name: remote.name.clone(),
-                remote_url: format!("git://127.0.0.1:{port}/w{size}p{prefetch}-r{r}.git"),
-                branch: Some("main".into()),
-                provided_contents: vec!["extras.configcontext".into()],
-                ..NewRepo::default()
-            };
-            ids.push(commands::create(&fleet.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap());
-        }
-        wait_done(&fleet.pool, &ids, Duration::from_secs(120)).await?;
-        let remotes = Arc::new(Mutex::new(remotes));
+        let remotes = remotes(&served, &format!("w{size}p{prefetch}"))?;
+        let fleet = start_fleet(size, prefetch, &tmp.path().join("git-root"), &[]).await?;
+        let remotes = warm_up(&fleet, remotes, port).await?;
 
         for (what, count, new_commit) in
             [("sync, a new commit per event", NEW_COMMIT_EVENTS, true), ("no-op re-sync", NOOP_EVENTS, false)]
@@ -322,6 +520,8 @@ async fn main() -> Result<()> {
         }
         peaks.extend(fleet.stop().await?.into_iter().map(|kib| (prefetch, kib)));
     }
+    let tracing = tracing_cost(&served, port, &tmp.path().join("git-root")).await?;
+    let relay_scrape = relay_scrape(10_000).await?;
     let _ = daemon.kill();
     let _ = daemon.wait();
 
@@ -362,6 +562,15 @@ async fn main() -> Result<()> {
         "\nPeak memory (VmHWM) of one worker process at prefetch {MEMORY_PREFETCH}, after the runs above: {:.1} MiB \
          (target < 150 MiB).",
         peak as f64 / 1024.0
+    )?;
+    tracing.write(&mut table)?;
+    writeln!(
+        table,
+        "\nThe relay's `/metrics` with 10,000 repositories defined, 10,000 JobResults waiting and 10,000 messages on \
+         the work queue (its gauges are read from PostgreSQL and the broker at each scrape): median {:.1} ms, slowest \
+         {:.1} ms of {SCRAPES} scrapes, {} bytes (target < 10 ms). No label names a repository or a commit, so the \
+         worker's page has the same series for any number of repositories.",
+        relay_scrape.0, relay_scrape.1, relay_scrape.2
     )?;
     writeln!(table, "<!-- /bench:fleet -->")?;
     print!("{table}");
