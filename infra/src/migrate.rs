@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (10, "loaded_files", include_str!("../../migrations/0010_loaded_files.sql")),
     (11, "lock_purpose", include_str!("../../migrations/0011_lock_purpose.sql")),
     (12, "trace_id", include_str!("../../migrations/0012_trace_id.sql")),
+    (13, "polling", include_str!("../../migrations/0013_polling.sql")),
 ];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).

@@ -128,6 +128,10 @@ pub struct CreateArgs {
     /// Limit for each git operation, in seconds (default: the worker's GITFLEET_GIT_TIMEOUT_SECS).
     #[arg(long)]
     pub git_timeout: Option<i32>,
+    /// Ask the remote for the branch's tip this often and sync when it moved (30s, 5m, 1h; at least 10s); default:
+    /// no polling, only events sync it.
+    #[arg(long, value_name = "DURATION", value_parser = gitfleet_shared::repo::parse_sync_interval)]
+    pub sync_interval: Option<i32>,
 }
 
 #[derive(Debug, Args)]
@@ -159,6 +163,29 @@ pub struct UpdateArgs {
     /// Limit for each git operation, in seconds; 0 returns to the worker's default.
     #[arg(long)]
     pub git_timeout: Option<i32>,
+    /// Poll the remote this often (30s, 5m, 1h; at least 10s); `none` stops polling.
+    #[arg(long, value_name = "DURATION", value_parser = interval_or_none)]
+    pub sync_interval: Option<IntervalSetting>,
+}
+
+/// A new sync interval in seconds, or `None` to stop polling.
+#[derive(Debug, Clone, Copy)]
+pub struct IntervalSetting(pub Option<i32>);
+
+/// What `repo list` says of a polled repository: its interval, when it last looked, and its last failure.
+fn polling(r: &repository::RepositoryRow) -> String {
+    let Some(interval) = r.sync_interval_secs else { return String::new() };
+    let polled = r.last_polled_at.map_or("never".to_owned(), |t| t.to_rfc3339());
+    let failed = r.poll_error.as_deref().map_or(String::new(), |e| format!(", failing: {}", printable(e)));
+    format!("\tpolled every {}, last {polled}{failed}", gitfleet_shared::repo::format_sync_interval(interval))
+}
+
+/// `none` (or `off`, `0`) for no polling, else a sync interval.
+fn interval_or_none(text: &str) -> Result<IntervalSetting, String> {
+    match text.trim() {
+        "none" | "off" | "0" => Ok(IntervalSetting(None)),
+        other => gitfleet_shared::repo::parse_sync_interval(other).map(|s| IntervalSetting(Some(s))),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -323,6 +350,7 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
                 provided_contents: a.provides,
                 secrets_group: a.secrets_group,
                 git_timeout_secs: a.git_timeout,
+                sync_interval_secs: a.sync_interval,
             };
             commands::create(pool, new, by).await
         }
@@ -336,6 +364,7 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
                 provided_contents: a.provides,
                 secrets_group,
                 git_timeout_secs: a.git_timeout.map(|t| (t != 0).then_some(t)),
+                sync_interval_secs: a.sync_interval.map(|i| i.0),
             };
             commands::update(pool, &a.name, changes, by).await
         }
@@ -355,14 +384,15 @@ async fn repo(pool: &Pool, command: RepoCommand, out: &mut impl Write) -> anyhow
                 let head = r.current_head.as_ref().map_or("-", |c| c.as_str());
                 writeln!(
                     out,
-                    "{}\t{}\t{}\t{}\t{}\tversion {} (applied {})",
+                    "{}\t{}\t{}\t{}\t{}\tversion {} (applied {}){}",
                     printable(&r.name),
                     r.slug,
                     printable(&r.remote_url),
                     printable(r.branch.as_str()),
                     head,
                     r.version,
-                    r.applied_version
+                    r.applied_version,
+                    polling(&r)
                 )?;
             }
             return Ok(0);

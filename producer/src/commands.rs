@@ -89,6 +89,8 @@ pub struct NewRepo {
     pub secrets_group: Option<String>,
     /// Limit for each git operation, in seconds; `None`: the worker's default.
     pub git_timeout_secs: Option<i32>,
+    /// Poll the remote this often, in seconds; `None`: no polling.
+    pub sync_interval_secs: Option<i32>,
 }
 
 /// Changes to a live definition; `None` leaves a field as it is.
@@ -103,6 +105,8 @@ pub struct RepoChanges {
     pub secrets_group: Option<Option<String>>,
     /// `Some(None)` returns to the worker's default.
     pub git_timeout_secs: Option<Option<i32>>,
+    /// `Some(None)` stops polling.
+    pub sync_interval_secs: Option<Option<i32>>,
 }
 
 /// Field checks that need no database: collects every failure, as Django's form validation does.
@@ -140,6 +144,13 @@ fn check_timeout(secs: Option<i32>) -> Result<(), CommandError> {
             "git_timeout",
             "The git timeout must be between 1 and 86400 seconds (a day).",
         )])),
+        _ => Ok(()),
+    }
+}
+
+fn check_interval(secs: Option<i32>) -> Result<(), CommandError> {
+    match secs.map(gitfleet_shared::repo::check_sync_interval) {
+        Some(Err(message)) => Err(CommandError::Invalid(vec![FieldError::field("sync_interval", message)])),
         _ => Ok(()),
     }
 }
@@ -188,6 +199,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
         check_fields(&new.name, &new.remote_url, &branch, &new.provided_contents, new.secrets_group.as_deref())
             .map_err(CommandError::Invalid)?;
     check_timeout(new.git_timeout_secs)?;
+    check_interval(new.sync_interval_secs)?;
 
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
@@ -237,6 +249,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
             secrets_group: new.secrets_group.as_deref(),
             provided_contents: &provided,
             git_timeout_secs: new.git_timeout_secs,
+            sync_interval_secs: new.sync_interval_secs,
         },
     )
     .await
@@ -276,7 +289,11 @@ pub async fn update(
     if let Some(t) = changes.git_timeout_secs {
         next.git_timeout_secs = t;
     }
+    if let Some(i) = changes.sync_interval_secs {
+        next.sync_interval_secs = i;
+    }
     check_timeout(next.git_timeout_secs)?;
+    check_interval(next.sync_interval_secs)?;
     let mut errors = match check_fields(
         &next.name,
         &next.remote_url,

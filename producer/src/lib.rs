@@ -10,4 +10,5 @@ pub mod dead_letters;
 pub mod metrics;
 pub mod records;
 pub mod relay;
+pub mod scheduler;
 pub mod tokens;

@@ -74,6 +74,8 @@ pub struct RelayMetrics {
     pub queue_messages: Family<QueueLabel, Gauge>,
     pub queue_consumers: Family<QueueLabel, Gauge>,
     pub broker_up: Gauge,
+    pub scheduling: Gauge,
+    pub polls_scheduled: Counter,
 }
 
 pub static RELAY: LazyLock<RelayMetrics> = LazyLock::new(|| {
@@ -90,6 +92,8 @@ pub static RELAY: LazyLock<RelayMetrics> = LazyLock::new(|| {
         queue_messages: Family::default(),
         queue_consumers: Family::default(),
         broker_up: Gauge::default(),
+        scheduling: Gauge::default(),
+        polls_scheduled: Counter::default(),
     };
     registry.register(
         "gitfleet_outbox_published",
@@ -129,6 +133,16 @@ pub static RELAY: LazyLock<RelayMetrics> = LazyLock::new(|| {
         "gitfleet_relay_broker_up",
         "1 when the relay is connected to the broker, 0 while it reconnects",
         m.broker_up.clone(),
+    );
+    registry.register(
+        "gitfleet_scheduler_leading",
+        "1 while this relay is the one that schedules polls (one relay at a time)",
+        m.scheduling.clone(),
+    );
+    registry.register(
+        "gitfleet_polls_scheduled",
+        "Poll events this relay's scheduler recorded for repositories whose sync_interval came round",
+        m.polls_scheduled.clone(),
     );
     gitfleet_infra::metrics::register_process(&mut registry, "relay");
     RelayMetrics { registry, ..m }

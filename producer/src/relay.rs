@@ -3,7 +3,8 @@
 //! idempotent on `event_id`.
 //!
 //! It wakes on `NOTIFY gitfleet_outbox` (sent by the producer's transaction) and also polls, so a lost
-//! notification or a broker outage only delays events, never loses them.
+//! notification or a broker outage only delays events, never loses them. It also runs the poll scheduler
+//! (`scheduler.rs`) for repositories with a `sync_interval`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +27,18 @@ pub struct RelayOptions {
     pub batch: i64,
     /// Where to serve `/metrics`, `/healthz` and `/readyz` (none: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The poll scheduler's timing.
+    pub scheduler: crate::scheduler::SchedulerOptions,
 }
 
 impl Default for RelayOptions {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_millis(500), batch: 200, metrics_addr: None }
+        Self {
+            poll_interval: Duration::from_millis(500),
+            batch: 200,
+            metrics_addr: None,
+            scheduler: crate::scheduler::SchedulerOptions::default(),
+        }
     }
 }
 
@@ -57,6 +65,7 @@ pub async fn run(
     }
     let _stop_probes = probes_stop.drop_guard();
     let listener = tokio::spawn(listen(database, wake.clone(), shutdown.clone()));
+    let scheduler = tokio::spawn(crate::scheduler::run(pool.clone(), options.scheduler.clone(), shutdown.clone()));
     let reconnect = Duration::from_millis(100);
     gitfleet_infra::retry::reconnecting("the outbox relay", reconnect, &shutdown, || async {
         let connection = Arc::new(amqp::connect(&amqp_settings, Duration::from_secs(5)).await?);
@@ -85,6 +94,7 @@ pub async fn run(
     })
     .await;
     listener.abort();
+    let _ = scheduler.await;
     Ok(())
 }
 

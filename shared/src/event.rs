@@ -57,6 +57,10 @@ pub enum EventKind {
     Delete,
     Sync,
     DryRun,
+    /// From the scheduler, for a repository with a `sync_interval`: the worker asks the remote for the branch's tip
+    /// and, only when it differs from the live commit, runs the sync of that commit (a poll that finds nothing new
+    /// makes no JobResult).
+    Poll,
 }
 
 impl EventKind {
@@ -67,7 +71,7 @@ impl EventKind {
         match self {
             Self::Delete => (repository_name.to_owned(), DELETE_TASK_NAME),
             Self::DryRun => (DRY_RUN_JOB_NAME.to_owned(), DRY_RUN_TASK_NAME),
-            Self::Create | Self::Update | Self::Sync => (SYNC_JOB_NAME.to_owned(), SYNC_TASK_NAME),
+            Self::Create | Self::Update | Self::Sync | Self::Poll => (SYNC_JOB_NAME.to_owned(), SYNC_TASK_NAME),
         }
     }
 
@@ -78,6 +82,7 @@ impl EventKind {
             Self::Delete => "delete",
             Self::Sync => "sync",
             Self::DryRun => "dry_run",
+            Self::Poll => "poll",
         }
     }
 
@@ -195,7 +200,7 @@ impl fmt::Display for SlugRef {
     }
 }
 
-/// Who asked: `cli`, `api:<user>` or `webhook:<host>`.
+/// Who asked: `cli`, `api:<user>`, `webhook:<host>` or `poll` (the scheduler, for a repository's `sync_interval`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct RequestedBy(String);
@@ -212,6 +217,7 @@ impl RequestedBy {
     pub fn parse(value: impl Into<String>) -> Result<Self, RequestedByError> {
         let value = value.into();
         let ok = value == "cli"
+            || value == "poll"
             || ["api:", "webhook:"]
                 .iter()
                 .any(|prefix| value.strip_prefix(prefix).is_some_and(|rest| !rest.is_empty() && rest.len() <= 200));
@@ -258,6 +264,7 @@ mod tests {
     #[test]
     fn requested_by_forms() {
         assert!(RequestedBy::parse("cli").is_ok());
+        assert!(RequestedBy::parse("poll").is_ok());
         assert!(RequestedBy::parse("api:alice").is_ok());
         assert!(RequestedBy::parse("webhook:github.com").is_ok());
         assert!(RequestedBy::parse("api:").is_err());

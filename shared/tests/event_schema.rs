@@ -43,7 +43,9 @@ fn samples() -> Vec<Event> {
     let sha1 = "0123456789abcdef0123456789abcdef01234567";
     let sha256 = "ab".repeat(32);
     let mut out = Vec::new();
-    for kind in [EventKind::Create, EventKind::Update, EventKind::Delete, EventKind::Sync, EventKind::DryRun] {
+    for kind in
+        [EventKind::Create, EventKind::Update, EventKind::Delete, EventKind::Sync, EventKind::DryRun, EventKind::Poll]
+    {
         out.push(sample(kind, None, None));
         out.push(sample(kind, Some(sha1), Some("github-token")));
     }
@@ -52,6 +54,9 @@ fn samples() -> Vec<Event> {
     webhook.requested_by = RequestedBy::parse("webhook:github.com").unwrap();
     webhook.repository.remote_url = RemoteUrl::parse("file:///srv/git/contexts.git").unwrap();
     out.push(webhook);
+    let mut poll = sample(EventKind::Poll, None, None);
+    poll.requested_by = RequestedBy::parse("poll").unwrap();
+    out.push(poll);
     out
 }
 
@@ -89,7 +94,7 @@ fn both_sides_name_the_same_fields_and_require_all_of_them() {
     assert_eq!(keys(&repo_schema["properties"]), keys(&event["repository"]));
     assert_eq!(strings(&repo_schema["required"]), keys(&event["repository"]));
     assert_eq!(schema["properties"]["schema"]["const"], json!(gitfleet_shared::event::SCHEMA_VERSION));
-    let kinds: Vec<Value> = ["create", "update", "delete", "sync", "dry_run"].map(Value::from).to_vec();
+    let kinds: Vec<Value> = ["create", "update", "delete", "sync", "dry_run", "poll"].map(Value::from).to_vec();
     assert_eq!(schema["properties"]["kind"]["enum"], Value::Array(kinds));
 }
 

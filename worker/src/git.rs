@@ -224,6 +224,47 @@ impl Mirror {
         Ok(Checkout { head, kind, cloned })
     }
 
+    /// The commit `branch` names on the remote now, from its ref advertisement alone (as `git ls-remote`): a branch,
+    /// else a tag (peeled to its commit), else a commit id as written (a pinned commit does not move). Nothing is
+    /// fetched and no mirror is needed; the worker's credentials, host-key and certificate checks apply.
+    pub fn remote_tip(
+        &self,
+        url: &str,
+        branch: &Branch,
+        credentials: Option<&Credentials>,
+    ) -> Result<String, GitError> {
+        let host_key_problem = std::cell::RefCell::new(None::<String>);
+        let mut remote = git2::Remote::create_detached(url)?;
+        let callbacks = self.callbacks(url, credentials, &host_key_problem);
+        let connected = remote.connect_auth(git2::Direction::Fetch, Some(callbacks), None);
+        let connection = match (connected, host_key_problem.borrow_mut().take()) {
+            (Ok(connection), _) => connection,
+            (Err(err), Some(problem)) => {
+                return Err(GitError::Git { message: problem, class: err.class(), code: err.code() });
+            }
+            (Err(err), None) => return Err(err.into()),
+        };
+        let b = branch.as_str();
+        let (head, tag, peeled) = (format!("refs/heads/{b}"), format!("refs/tags/{b}"), format!("refs/tags/{b}^{{}}"));
+        let mut found = (None, None, None);
+        for advertised in connection.list()? {
+            let id = advertised.oid().to_string();
+            match advertised.name() {
+                name if name == head => found.0 = Some(id),
+                name if name == peeled => found.1 = Some(id),
+                name if name == tag => found.2 = Some(id),
+                _ => {}
+            }
+        }
+        if let Some(tip) = found.0.or(found.1).or(found.2) {
+            return Ok(tip);
+        }
+        match gitfleet_shared::repo::CommitId::parse(b.to_owned()) {
+            Ok(commit) => Ok(commit.as_str().to_owned()),
+            Err(_) => Err(GitError::BranchDoesNotExist(format!("The remote has no branch or tag named \"{b}\"."))),
+        }
+    }
+
     /// The tree of `commit` in memory, for the loaders: blobs with their ids, symbolic links and submodules as
     /// entries only, and files over `max_file_bytes` as oversized entries that are never read.
     pub fn read_tree(&self, commit: &str, max_file_bytes: usize) -> Result<RepoTree, GitError> {

@@ -63,6 +63,7 @@ pub struct WorkerMetrics {
     pub fetched_bytes: Counter,
     pub storage_requests: Family<StorageLabels, Counter>,
     pub storage_bytes: Family<StorageBytesLabels, Counter>,
+    pub polls: Family<OutcomeLabel, Counter>,
     pub in_flight: Gauge,
     pub consumers: Gauge,
 }
@@ -78,6 +79,7 @@ pub static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(|| {
         fetched_bytes: Counter::default(),
         storage_requests: Family::default(),
         storage_bytes: Family::default(),
+        polls: Family::default(),
         in_flight: Gauge::default(),
         consumers: Gauge::default(),
         registry: Registry::default(),
@@ -120,6 +122,11 @@ pub static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(|| {
         "Bytes written to and read from the file stores",
         m.storage_bytes.clone(),
     );
+    registry.register(
+        "gitfleet_polls",
+        "Polls of a remote for its branch's tip, by outcome: unchanged (no JobResult), changed (a sync runs), failed",
+        m.polls.clone(),
+    );
     registry.register("gitfleet_events_in_flight", "Events this worker is handling now", m.in_flight.clone());
     registry.register(
         "gitfleet_worker_consumers",
@@ -141,6 +148,9 @@ pub static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(|| {
     for outcome in EVENT_OUTCOMES {
         let _ = m.events.get_or_create(&OutcomeLabel { outcome });
     }
+    for outcome in ["unchanged", "changed", "failed"] {
+        let _ = m.polls.get_or_create(&OutcomeLabel { outcome });
+    }
     for outcome in ["acquired", "busy"] {
         let _ = m.lock_wait.get_or_create(&OutcomeLabel { outcome });
     }
@@ -159,6 +169,7 @@ pub static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(|| {
 
 /// The event kinds, as labels.
 const KINDS: [&str; 5] = ["create", "update", "sync", "delete", "dry_run"];
+// (A poll's job is a sync: it is counted under `sync`, and the poll itself under `gitfleet_polls`.)
 
 /// The stages of a sync (the phases its JobResult reports).
 const STAGES: [&str; 12] = [
@@ -183,6 +194,11 @@ const EVENT_OUTCOMES: [&str; 7] =
 /// Counts an event that ended without its job running, or went back to a queue.
 pub fn event(outcome: &'static str) {
     METRICS.events.get_or_create(&OutcomeLabel { outcome }).inc();
+}
+
+/// Counts a poll by what it found.
+pub fn poll(outcome: &'static str) {
+    METRICS.polls.get_or_create(&OutcomeLabel { outcome }).inc();
 }
 
 /// Counts a request to a store.

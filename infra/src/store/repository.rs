@@ -11,7 +11,7 @@ use super::GenericClient;
 
 const COLUMNS: &str = "id, name, slug, remote_url, branch, current_head, secrets_group, provided_contents, version, \
                        applied_version, applied_fingerprint, git_timeout_secs, created, last_updated, deleted_at, \
-                       fetched_at";
+                       fetched_at, sync_interval_secs, next_poll_at, last_polled_at, poll_error, poll_failures";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepositoryRow {
@@ -35,6 +35,16 @@ pub struct RepositoryRow {
     pub deleted_at: Option<DateTime<Utc>>,
     /// When the fetch behind the live state began (database clock); None before the first sync.
     pub fetched_at: Option<DateTime<Utc>>,
+    /// Poll the remote this often, in seconds; `None`: only events sync it.
+    pub sync_interval_secs: Option<i32>,
+    /// When the scheduler polls it next.
+    pub next_poll_at: Option<DateTime<Utc>>,
+    /// When a poll last asked the remote for its tip, whatever it found.
+    pub last_polled_at: Option<DateTime<Utc>>,
+    /// Why the last poll failed (the remote down, credentials refused); `None` after a poll that worked.
+    pub poll_error: Option<String>,
+    /// Polls failed in a row (each doubles the wait before the next one, up to an hour).
+    pub poll_failures: i32,
 }
 
 impl RepositoryRow {
@@ -65,6 +75,11 @@ impl RepositoryRow {
             last_updated: row.get("last_updated"),
             deleted_at: row.get("deleted_at"),
             fetched_at: row.get("fetched_at"),
+            sync_interval_secs: row.get("sync_interval_secs"),
+            next_poll_at: row.get("next_poll_at"),
+            last_polled_at: row.get("last_polled_at"),
+            poll_error: row.get("poll_error"),
+            poll_failures: row.get("poll_failures"),
         }
     }
 
@@ -102,12 +117,22 @@ pub struct NewRepository<'a> {
     pub secrets_group: Option<&'a str>,
     pub provided_contents: &'a [String],
     pub git_timeout_secs: Option<i32>,
+    pub sync_interval_secs: Option<i32>,
+}
+
+/// The first poll of a repository given an interval comes at a random point of its first interval: many
+/// repositories set at once (a file applied, a fleet migrated) spread over it instead of arriving together.
+/// The expression of that time, for an interval in parameter `param` (`$9`).
+fn first_poll(param: &str) -> String {
+    format!("CASE WHEN {param}::integer IS NULL THEN NULL ELSE now() + random() * make_interval(secs => {param}) END")
 }
 
 pub async fn insert(db: &impl GenericClient, new: &NewRepository<'_>) -> Result<RepositoryRow, tokio_postgres::Error> {
     let sql = format!(
         "INSERT INTO git_repository (id, name, slug, remote_url, branch, secrets_group, provided_contents,
-             git_timeout_secs) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+             git_timeout_secs, sync_interval_secs, next_poll_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, {}) RETURNING {COLUMNS}",
+        first_poll("$9")
     );
     let provided = serde_json::json!(new.provided_contents);
     let row = db
@@ -122,6 +147,7 @@ pub async fn insert(db: &impl GenericClient, new: &NewRepository<'_>) -> Result<
                 &new.secrets_group,
                 &provided,
                 &new.git_timeout_secs,
+                &new.sync_interval_secs,
             ],
         )
         .await?;
@@ -255,8 +281,11 @@ pub async fn update(db: &impl GenericClient, row: &RepositoryRow) -> Result<Repo
     let sql = format!(
         "UPDATE git_repository SET name = $2, remote_url = $3, branch = $4, secrets_group = $5,
              provided_contents = $6, git_timeout_secs = $7,
+             next_poll_at = CASE WHEN sync_interval_secs IS NOT DISTINCT FROM $8 THEN next_poll_at ELSE {} END,
+             sync_interval_secs = $8, poll_failures = CASE WHEN $8::integer IS NULL THEN 0 ELSE poll_failures END,
              version = version + 1, last_updated = now()
-         WHERE id = $1 RETURNING {COLUMNS}"
+         WHERE id = $1 RETURNING {COLUMNS}",
+        first_poll("$8")
     );
     let provided = serde_json::json!(row.provided_contents);
     let updated = db
@@ -270,6 +299,7 @@ pub async fn update(db: &impl GenericClient, row: &RepositoryRow) -> Result<Repo
                 &row.secrets_group,
                 &provided,
                 &row.git_timeout_secs,
+                &row.sync_interval_secs,
             ],
         )
         .await?;
@@ -349,4 +379,54 @@ pub async fn tombstone(db: &impl GenericClient, id: Uuid, applied_version: i64) 
 pub async fn lock_remote_url(tx: &impl GenericClient, remote_url: &str) -> Result<(), tokio_postgres::Error> {
     tx.execute("SELECT pg_advisory_xact_lock(hashtextextended('gitfleet:url:' || $1, 0))", &[&remote_url]).await?;
     Ok(())
+}
+
+/// Due polls: each repository whose poll time has come, up to `limit`, with its poll time moved on by its interval
+/// (past the present if the scheduler fell behind, so a missed poll is not made up in a burst). Rows another
+/// scheduler's transaction holds are skipped.
+pub async fn take_due_polls(db: &impl GenericClient, limit: i64) -> Result<Vec<RepositoryRow>, tokio_postgres::Error> {
+    let sql = format!(
+        "WITH due AS (
+             SELECT id FROM git_repository
+              WHERE sync_interval_secs IS NOT NULL AND deleted_at IS NULL AND next_poll_at <= now()
+              ORDER BY next_poll_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         UPDATE git_repository r
+            SET next_poll_at = CASE
+                WHEN r.next_poll_at + make_interval(secs => r.sync_interval_secs) > now()
+                    THEN r.next_poll_at + make_interval(secs => r.sync_interval_secs)
+                ELSE now() + make_interval(secs => r.sync_interval_secs) END
+           FROM due WHERE r.id = due.id
+         RETURNING {}",
+        COLUMNS.split(", ").map(|c| format!("r.{}", c.trim())).collect::<Vec<_>>().join(", ")
+    );
+    Ok(db.query(&sql, &[&limit]).await?.iter().map(RepositoryRow::from_row).collect())
+}
+
+/// A poll that reached the remote: when it looked, and no error.
+pub async fn record_poll(db: &impl GenericClient, id: Uuid) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "UPDATE git_repository SET last_polled_at = now(), poll_error = NULL, poll_failures = 0 WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A poll that failed: its message, one more failure, and the next poll put back by the interval doubled per
+/// failure in a row (at most an hour). Returns when the next poll is due.
+pub async fn record_poll_failure(
+    db: &impl GenericClient,
+    id: Uuid,
+    message: &str,
+) -> Result<Option<DateTime<Utc>>, tokio_postgres::Error> {
+    let row = db
+        .query_opt(
+            "UPDATE git_repository SET last_polled_at = now(), poll_error = $2, poll_failures = poll_failures + 1,
+                 next_poll_at = now() + least(make_interval(secs => 3600),
+                     make_interval(secs => sync_interval_secs) * power(2, least(poll_failures + 1, 12)))
+              WHERE id = $1 AND sync_interval_secs IS NOT NULL RETURNING next_poll_at",
+            &[&id, &message],
+        )
+        .await?;
+    Ok(row.map(|r| r.get(0)))
 }

@@ -257,6 +257,7 @@ pub async fn create(
         provided_contents: w.provided_contents.unwrap_or_default(),
         secrets_group: group_name(w.secrets_group.flatten())?,
         git_timeout_secs: None,
+        sync_interval_secs: None,
     };
     let Outcome::Accepted { repository_id, .. } = commands::create(&state.pool, new, caller.requested_by()).await?
     else {
@@ -301,6 +302,7 @@ pub async fn update(
         provided_contents: w.provided_contents,
         secrets_group: w.secrets_group.map(group_name).transpose()?,
         git_timeout_secs: None,
+        sync_interval_secs: None,
     };
     commands::update(&state.pool, &current.name, changes, caller.requested_by()).await?;
     Ok(Json(repository_json(&origin(&headers), &by_id(&state, id).await?)))

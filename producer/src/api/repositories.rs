@@ -37,6 +37,12 @@ pub struct Repository {
     pub provided_contents: Vec<String>,
     /// Limit for each git operation, in seconds; null: the worker's default.
     pub git_timeout_secs: Option<i32>,
+    /// How often the remote is polled for its branch's tip, as a duration (`30s`, `5m`, `1h`); null: no polling.
+    pub sync_interval: Option<String>,
+    /// When a poll last asked the remote, whatever it found.
+    pub last_polled_at: Option<DateTime<Utc>>,
+    /// Why the last poll failed; null after a poll that worked.
+    pub poll_error: Option<String>,
     /// Bumped by every change of the definition.
     pub version: i64,
     /// The definition version the live records were loaded with.
@@ -57,6 +63,9 @@ impl From<&RepositoryRow> for Repository {
             secrets_group: r.secrets_group.clone(),
             provided_contents: r.provided_contents.clone(),
             git_timeout_secs: r.git_timeout_secs,
+            sync_interval: r.sync_interval_secs.map(gitfleet_shared::repo::format_sync_interval),
+            last_polled_at: r.last_polled_at,
+            poll_error: r.poll_error.clone(),
             version: r.version,
             applied_version: r.applied_version,
             created: r.created,
@@ -107,10 +116,12 @@ pub struct NewRepository {
     pub provided_contents: Vec<String>,
     pub secrets_group: Option<String>,
     pub git_timeout_secs: Option<i32>,
+    /// Poll the remote this often (`30s`, `5m`, `1h`; at least 10 s); default: no polling.
+    pub sync_interval: Option<String>,
 }
 
-/// Changes to a repository; a field left out stays as it is, `null` clears `secrets_group` and
-/// `git_timeout_secs`.
+/// Changes to a repository; a field left out stays as it is, `null` clears `secrets_group`, `git_timeout_secs`
+/// and `sync_interval`.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryPatch {
@@ -126,6 +137,17 @@ pub struct RepositoryPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i32>)]
     pub git_timeout_secs: Option<Option<i32>>,
+    /// A duration (`30s`, `5m`, `1h`); `null` stops polling.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub sync_interval: Option<Option<String>>,
+}
+
+/// A `sync_interval` as the API takes it, in seconds.
+fn interval(text: Option<&str>) -> Result<Option<i32>, ApiError> {
+    text.map(gitfleet_shared::repo::parse_sync_interval).transpose().map_err(|message| {
+        commands::CommandError::Invalid(vec![gitfleet_shared::repo::FieldError::field("sync_interval", message)]).into()
+    })
 }
 
 /// A field that is present: `null` is `Some(None)`, absent (the default) is `None`.
@@ -272,6 +294,7 @@ pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Byt
         provided_contents: new.provided_contents,
         secrets_group: new.secrets_group,
         git_timeout_secs: new.git_timeout_secs,
+        sync_interval_secs: interval(new.sync_interval.as_deref())?,
     };
     let outcome = commands::create(&state.pool, new, caller.requested_by()).await?;
     Ok(accepted_response(accepted(outcome)?))
@@ -317,6 +340,7 @@ pub async fn update(
         provided_contents: patch.provided_contents,
         secrets_group: patch.secrets_group,
         git_timeout_secs: patch.git_timeout_secs,
+        sync_interval_secs: patch.sync_interval.map(|i| interval(i.as_deref())).transpose()?,
     };
     let outcome = commands::update(&state.pool, &name, changes, caller.requested_by()).await?;
     Ok(accepted_response(accepted(outcome)?))

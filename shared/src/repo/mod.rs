@@ -4,6 +4,7 @@
 //! starts with `-`, a [`RepoSlug`] is always importable as a Python package, and so on. The error messages are the
 //! ones Nautobot shows, byte for byte where its tests assert them.
 
+mod interval;
 mod slug;
 mod url;
 
@@ -12,6 +13,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use self::interval::{
+    MAX_SYNC_INTERVAL_SECS, MIN_SYNC_INTERVAL_SECS, check_sync_interval, format_sync_interval, parse_sync_interval,
+};
 pub use self::slug::{RepoSlug, SlugError, slugify_dashes_to_underscores};
 pub use self::url::{RemoteUrl, RemoteUrlError};
 

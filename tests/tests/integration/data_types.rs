@@ -41,6 +41,7 @@ async fn setup(env: &mut TestEnv, branch: &str) -> Result<(String, String, Strin
         provided_contents: ALL.iter().map(|s| (*s).to_owned()).collect(),
         secrets_group: None,
         git_timeout_secs: None,
+        sync_interval_secs: None,
     };
     let job = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap();
     env.start_fleet(1);
@@ -310,6 +311,7 @@ async fn name_collisions_between_repositories() -> Result<()> {
         provided_contents: vec!["extras.job".into()],
         secrets_group: None,
         git_timeout_secs: None,
+        sync_interval_secs: None,
     };
     let job = commands::create(&env.pool, new, RequestedBy::cli()).await?.job_result_id().unwrap();
     let view = env.wait_job(job).await?;
@@ -370,6 +372,7 @@ async fn dry_run_reports_and_changes_nothing() -> Result<()> {
             secrets_group: None,
             provided_contents: &provided,
             git_timeout_secs: None,
+            sync_interval_secs: None,
         },
     )
     .await?;

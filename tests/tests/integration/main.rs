@@ -14,6 +14,7 @@ mod hooks;
 mod incremental;
 mod nautobot_api;
 mod observability;
+mod polling;
 #[cfg(feature = "shared-fixtures")]
 mod shared_fixtures;
 mod shutdown;

@@ -76,14 +76,14 @@ async fn a_command_and_an_api_request_are_each_one_trace_down_to_the_worker_stag
     let _worker = env.spawn_worker_process("traced", &otel(&receiver, "test-worker"))?;
     let _relay = env.spawn_producer_process("relay", &["relay"], &otel(&receiver, "test-relay"))?;
     let remote = Remote::new(env.tmp.path(), "traced")?;
-    remote.commit("first", &[("config_contexts/one.yml", "---\nname: One\nweight: 1000\ndata: {a: 1}\n")])?;
+    remote.commit("first", &[("config_contexts/one.yml", "_metadata: {name: One, weight: 1000}\na: 1\n")])?;
     let name = format!("Traced {}", env.id);
     let created = env.create(&name, &remote.file_url(), "main").await?;
     wait_done(&env, created).await?;
 
     // The command line, after a push (a sync with something to load).
     let commit =
-        remote.commit("second", &[("config_contexts/two.yml", "---\nname: Two\nweight: 1000\ndata: {b: 2}\n")])?;
+        remote.commit("second", &[("config_contexts/two.yml", "_metadata: {name: Two, weight: 1000}\nb: 2\n")])?;
     let mut sync =
         env.spawn_producer_process("sync", &["repo", "sync", "--name", &name], &otel(&receiver, "test-cli"))?;
     let status = sync.wait_exit(Duration::from_secs(30))?.context("producer repo sync exits")?;
@@ -123,7 +123,7 @@ async fn a_command_and_an_api_request_are_each_one_trace_down_to_the_worker_stag
         .await?
         .context("token")?;
     let commit =
-        remote.commit("third", &[("config_contexts/two.yml", "---\nname: Two\nweight: 1000\ndata: {b: 3}\n")])?;
+        remote.commit("third", &[("config_contexts/two.yml", "_metadata: {name: Two, weight: 1000}\nb: 3\n")])?;
     let caller = "0af7651916cd43dd8448eb211c80319c";
     let response = reqwest::Client::new()
         .post(format!("http://127.0.0.1:{port}/api/v1/repositories/{}/sync", urlencode(&name)))
@@ -226,7 +226,7 @@ async fn metrics_move_with_a_sync_and_the_dashboard_queries_only_exported_metric
     let before = samples(&scrape(&worker_addr).await?);
     let relay_before = samples(&scrape(&relay_addr).await?);
     let remote = Remote::new(env.tmp.path(), "metered")?;
-    remote.commit("first", &[("config_contexts/one.yml", "---\nname: One\nweight: 1000\ndata: {a: 1}\n")])?;
+    remote.commit("first", &[("config_contexts/one.yml", "_metadata: {name: One, weight: 1000}\na: 1\n")])?;
     let created = env.create(&format!("Metered {}", env.id), &remote.file_url(), "main").await?;
     assert_eq!(wait_done(&env, created).await?.status, "SUCCESS");
     let after = samples(&scrape(&worker_addr).await?);

@@ -16,9 +16,11 @@ fn failed(exc_type: &'static str, message: String) -> StepError {
     StepError::Failed(Failure::new(exc_type, message, grouping::ENSURE).reverted())
 }
 
-/// Credentials from the worker's secrets groups (a missing group or token fails before any network call), then a
-/// fetch and ref resolution, off the reactor.
-pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirror, Checkout)> {
+/// The credentials of the repository's secrets group (a missing group or token fails before any network call).
+fn credentials<'a>(
+    ctx: &'a JobContext,
+    repo: &RepositoryRow,
+) -> Step<(Option<Credentials>, Option<&'a secrets::SecretsGroup>)> {
     let group = repo.secrets_group.as_deref().map(|name| (name, ctx.secrets.get(name)));
     let credentials = match group {
         None => None,
@@ -40,7 +42,11 @@ pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirro
             }
         }
     };
-    let group = group.and_then(|(_, g)| g);
+    Ok((credentials, group.and_then(|(_, g)| g)))
+}
+
+/// The repository's mirror with the worker's git settings, and its timeout for one git operation.
+fn mirror(ctx: &JobContext, repo: &RepositoryRow) -> (Mirror, std::time::Duration) {
     let mirror = Mirror::new(&ctx.git_root, &repo.slug)
         .with_max_bytes(ctx.max_mirror_bytes)
         .with_tls(ctx.tls.clone())
@@ -50,6 +56,33 @@ pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirro
         .git_timeout_secs
         .and_then(|s| u64::try_from(s).ok())
         .map_or(ctx.git_timeout, std::time::Duration::from_secs);
+    (mirror, timeout)
+}
+
+/// The commit the remote's branch (or tag) points at now, asked as `git ls-remote` does: the ref advertisement
+/// only, nothing fetched. For a pinned commit, the commit itself. The error is the message to record on the
+/// repository (secrets redacted).
+pub(super) async fn remote_tip(ctx: &JobContext, repo: &RepositoryRow) -> Result<String, String> {
+    let (credentials, group) = credentials(ctx, repo).map_err(|e| e.to_string())?;
+    let (mirror, timeout) = mirror(ctx, repo);
+    let branch = Branch::parse(repo.branch.to_string()).map_err(|e| e.to_string())?;
+    let url = repo.remote_url.clone();
+    let span = tracing::Span::current();
+    let task =
+        tokio::task::spawn_blocking(move || span.in_scope(|| mirror.remote_tip(&url, &branch, credentials.as_ref())));
+    let asked = match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(asked)) => asked,
+        Ok(Err(err)) => return Err(format!("the poll stopped unexpectedly: {err}")),
+        Err(_) => return Err(format!("the remote did not answer within {} seconds", timeout.as_secs())),
+    };
+    asked.map_err(|err| sanitize(&secrets::redact(&err.to_string(), group)))
+}
+
+/// Credentials from the worker's secrets groups (a missing group or token fails before any network call), then a
+/// fetch and ref resolution, off the reactor.
+pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirror, Checkout)> {
+    let (credentials, group) = credentials(ctx, repo)?;
+    let (mirror, timeout) = mirror(ctx, repo);
     let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
         Ok(branch) => {

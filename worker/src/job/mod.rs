@@ -19,6 +19,7 @@ mod error;
 mod fetch;
 mod incremental;
 mod load;
+mod poll;
 mod run;
 mod store;
 mod sync;
@@ -49,6 +50,9 @@ pub(crate) type Notification = Option<(&'static str, serde_json::Value)>;
 
 /// Handles one decoded event. `publisher` is used for the after-commit notification.
 pub async fn handle(ctx: &JobContext, publisher: &Publisher, event: &Event) -> Result<Disposition, TransientError> {
+    if event.kind == EventKind::Poll {
+        return poll::poll(ctx, publisher, event).await;
+    }
     let repo = &event.repository;
     {
         // The producer created the JobResult; an event published by anything else gets one here.
@@ -134,7 +138,10 @@ async fn run_locked(ctx: &JobContext, lock: &mut RepoLock, event: &Event) -> Res
             match event.kind {
                 EventKind::Delete => delete::delete(&run, lock).await,
                 EventKind::DryRun => dry_run::dry_run(&run, lock).await,
-                EventKind::Create | EventKind::Update | EventKind::Sync => sync::sync(&run, lock).await,
+                // A poll reaches a job only as the sync of the commit it found.
+                EventKind::Create | EventKind::Update | EventKind::Sync | EventKind::Poll => {
+                    sync::sync(&run, lock).await
+                }
             }
         };
         use futures_util::FutureExt;

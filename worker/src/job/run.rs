@@ -133,7 +133,7 @@ pub(super) async fn end_failed(
     job_result::finish(&***lock.client(), run.id(), JobStatus::Failure, Some(&result), Some(&message)).await?;
     let event = run.event;
     Ok(match event.kind {
-        EventKind::Create | EventKind::Update | EventKind::Sync => {
+        EventKind::Create | EventKind::Update | EventKind::Sync | EventKind::Poll => {
             let body = json!({
                 "repository_id": event.repository.id, "slug": event.repository.slug, "job_result_id": event.event_id,
             });
