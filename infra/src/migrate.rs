@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (11, "lock_purpose", include_str!("../../migrations/0011_lock_purpose.sql")),
     (12, "trace_id", include_str!("../../migrations/0012_trace_id.sql")),
     (13, "polling", include_str!("../../migrations/0013_polling.sql")),
+    (14, "housekeeping", include_str!("../../migrations/0014_housekeeping.sql")),
 ];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).

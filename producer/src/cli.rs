@@ -49,6 +49,10 @@ pub enum Command {
         /// Poll interval in milliseconds when no NOTIFY arrives.
         #[arg(long, env = "GITFLEET_RELAY_POLL_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..))]
         poll_ms: u64,
+        /// Days finished JobResults (with their logs), lock holdings, replayed dead letters and webhook deliveries
+        /// are kept; the latest JobResult of each live repository is always kept.
+        #[arg(long, env = "GITFLEET_JOB_RESULT_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        job_result_retention_days: u32,
         #[command(flatten)]
         metrics: gitfleet_infra::metrics::MetricsSettings,
     },
@@ -255,12 +259,13 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
             let page = LogPage { number: i64::from(page), size: i64::from(page_size) };
             show(pool, id, wait.then(|| Duration::from_secs(timeout)), format, page, out).await
         }
-        Command::Relay { amqp, poll_ms, metrics } => {
-            let options = RelayOptions {
+        Command::Relay { amqp, poll_ms, job_result_retention_days, metrics } => {
+            let mut options = RelayOptions {
                 poll_interval: Duration::from_millis(poll_ms),
                 metrics_addr: metrics.addr,
                 ..RelayOptions::default()
             };
+            options.scheduler.retention.records = Duration::from_secs(u64::from(job_result_retention_days) * 86_400);
             relay::run(pool.clone(), cli.database, amqp, options, shutdown).await?;
             Ok(0)
         }

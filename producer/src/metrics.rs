@@ -27,6 +27,11 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabel {
     pub queue: &'static str,
 }
@@ -76,6 +81,7 @@ pub struct RelayMetrics {
     pub broker_up: Gauge,
     pub scheduling: Gauge,
     pub polls_scheduled: Counter,
+    pub housekeeping_removed: Family<KindLabel, Counter>,
 }
 
 pub static RELAY: LazyLock<RelayMetrics> = LazyLock::new(|| {
@@ -94,6 +100,7 @@ pub static RELAY: LazyLock<RelayMetrics> = LazyLock::new(|| {
         broker_up: Gauge::default(),
         scheduling: Gauge::default(),
         polls_scheduled: Counter::default(),
+        housekeeping_removed: Family::default(),
     };
     registry.register(
         "gitfleet_outbox_published",
@@ -144,6 +151,15 @@ pub static RELAY: LazyLock<RelayMetrics> = LazyLock::new(|| {
         "Poll events this relay's scheduler recorded for repositories whose sync_interval came round",
         m.polls_scheduled.clone(),
     );
+    registry.register(
+        "gitfleet_housekeeping_removed",
+        "Rows housekeeping removed past their retention, by kind (job_results, log_entries, outbox_rows, \
+         lock_holdings, dead_letters, webhook_deliveries)",
+        m.housekeeping_removed.clone(),
+    );
+    for kind in ["job_results", "log_entries", "outbox_rows", "lock_holdings", "dead_letters", "webhook_deliveries"] {
+        let _ = m.housekeeping_removed.get_or_create(&KindLabel { kind });
+    }
     gitfleet_infra::metrics::register_process(&mut registry, "relay");
     RelayMetrics { registry, ..m }
 });

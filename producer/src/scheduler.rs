@@ -7,11 +7,15 @@
 //! dies, its connection closes, the lock is free, and the next to try takes over. Even with two schedulers for a
 //! moment, a due repository is taken once: its row is locked (`SKIP LOCKED`) and its poll time moved on in the
 //! transaction that records the event.
+//!
+//! The scheduling relay also keeps house: every few minutes it removes finished JobResults (with their logs) older
+//! than the retention, except the latest of each live repository, published outbox rows after a day, and lock
+//! holdings, replayed dead letters and webhook deliveries past the same retention.
 
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use gitfleet_infra::store::{outbox, repository};
+use gitfleet_infra::store::{housekeeping, outbox, repository};
 use gitfleet_shared::event::{Event, EventKind, RequestedBy, SchemaVersion, Version};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -25,11 +29,23 @@ pub struct SchedulerOptions {
     pub takeover: Duration,
     /// Polls recorded per transaction (more wait for the next round, a moment later).
     pub batch: i64,
+    /// How often housekeeping removes what is past its retention.
+    pub housekeeping_every: Duration,
+    pub retention: housekeeping::Retention,
 }
 
 impl Default for SchedulerOptions {
     fn default() -> Self {
-        Self { tick: Duration::from_secs(1), takeover: Duration::from_secs(3), batch: 500 }
+        Self {
+            tick: Duration::from_secs(1),
+            takeover: Duration::from_secs(3),
+            batch: 500,
+            housekeeping_every: Duration::from_secs(600),
+            retention: housekeeping::Retention {
+                records: Duration::from_secs(30 * 86_400),
+                published: Duration::from_secs(86_400),
+            },
+        }
     }
 }
 
@@ -74,9 +90,14 @@ async fn lead(pool: &Pool, options: &SchedulerOptions, shutdown: &CancellationTo
     tracing::info!("this relay schedules the polls");
     crate::metrics::RELAY.scheduling.set(1);
     let _not_leading = NotLeading;
+    let mut housekept: Option<std::time::Instant> = None;
     loop {
         // The lock's connection still answers: leadership holds.
         holder.simple_query("SELECT 1").await?;
+        if housekept.is_none_or(|at| at.elapsed() >= options.housekeeping_every) {
+            housekept = Some(std::time::Instant::now());
+            keep_house(pool, options.retention).await?;
+        }
         loop {
             let scheduled = schedule_due(pool, options.batch).await?;
             if scheduled < usize::try_from(options.batch).unwrap_or(usize::MAX) {
@@ -88,6 +109,35 @@ async fn lead(pool: &Pool, options: &SchedulerOptions, shutdown: &CancellationTo
             () = shutdown.cancelled() => return Ok(true),
         }
     }
+}
+
+/// One housekeeping pass: what it removed is counted and logged.
+pub async fn keep_house(pool: &Pool, retention: housekeeping::Retention) -> anyhow::Result<housekeeping::Removed> {
+    let client = pool.get().await?;
+    let removed = housekeeping::run(&**client, retention).await?;
+    let m = &crate::metrics::RELAY;
+    for (kind, n) in [
+        ("job_results", removed.job_results),
+        ("log_entries", removed.log_entries),
+        ("outbox_rows", removed.outbox_rows),
+        ("lock_holdings", removed.lock_holdings),
+        ("dead_letters", removed.dead_letters),
+        ("webhook_deliveries", removed.webhook_deliveries),
+    ] {
+        m.housekeeping_removed.get_or_create(&crate::metrics::KindLabel { kind }).inc_by(n);
+    }
+    if removed != housekeeping::Removed::default() {
+        tracing::info!(
+            job_results = removed.job_results,
+            log_entries = removed.log_entries,
+            outbox_rows = removed.outbox_rows,
+            lock_holdings = removed.lock_holdings,
+            dead_letters = removed.dead_letters,
+            webhook_deliveries = removed.webhook_deliveries,
+            "housekeeping removed what was past its retention"
+        );
+    }
+    Ok(removed)
 }
 
 /// Resets the leadership gauge when this relay stops scheduling, however it stops.

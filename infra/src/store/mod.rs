@@ -3,6 +3,7 @@
 
 pub mod dead_letter;
 pub mod gauges;
+pub mod housekeeping;
 pub mod inventory;
 pub mod job_result;
 pub mod loaded;

@@ -11,6 +11,7 @@ mod endings;
 mod faults;
 mod fleet;
 mod hooks;
+mod housekeeping;
 mod incremental;
 mod nautobot_api;
 mod observability;
