@@ -59,6 +59,19 @@ pub enum Command {
     /// List or replay the events the fleet dead-lettered.
     #[command(subcommand, name = "dead-letters")]
     DeadLetters(DeadLetterCommand),
+    /// Make the live repositories match a file (a YAML list of repositories): create what is new, update what
+    /// changed, and with --prune delete what the file does not list. All or nothing.
+    Apply {
+        /// The file (`-` for standard input).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: std::path::PathBuf,
+        /// Also delete live repositories the file does not list.
+        #[arg(long)]
+        prune: bool,
+        /// Print what would change and change nothing.
+        #[arg(long)]
+        diff: bool,
+    },
     /// Serve the HTTP API (`/api/v1/`, `/healthz`, `/readyz`) until SIGTERM or Ctrl-C.
     Serve(crate::api::ServeArgs),
     /// Create, list or revoke the HTTP API's bearer tokens.
@@ -280,6 +293,7 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
             Ok(0)
         }
         Command::Token(command) => crate::tokens::command(pool, command, out).await,
+        Command::Apply { file, prune, diff } => apply(pool, &file, prune, diff, out).await,
         Command::Openapi => {
             writeln!(out, "{}", crate::api::openapi_document())?;
             Ok(0)
@@ -288,6 +302,62 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
         Command::Inventory(command) => inventory(pool, command, out).await,
         Command::DeadLetters(command) => dead_letters(pool, command, out).await,
     }
+}
+
+async fn apply(
+    pool: &Pool,
+    file: &std::path::Path,
+    prune: bool,
+    diff: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<i32> {
+    use crate::apply::{self, ApplyError, ApplyOptions};
+    let bytes = if file.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+        bytes
+    } else {
+        match std::fs::read(file) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                eprintln!("error: cannot read {}: {err}", file.display());
+                return Ok(2);
+            }
+        }
+    };
+    let planned = match apply::parse_file(&bytes) {
+        Ok(entries) => apply::apply(pool, entries, ApplyOptions { prune, dry_run: diff }, &RequestedBy::cli()).await,
+        Err(err) => Err(err),
+    };
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(ApplyError::Invalid(errors)) => {
+            eprintln!("error: {} not applied; nothing changed:", file.display());
+            for (path, message) in errors {
+                eprintln!("  {}: {}", printable(&path), printable(&message));
+            }
+            return Ok(2);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let verb = |done: &'static str, would: &'static str| if plan.dry_run { would } else { done };
+    let job = |c: &apply::Change| c.job_result_id.map_or(String::new(), |id| format!(" (JobResult {id})"));
+    for c in &plan.created {
+        writeln!(out, "{} {}{}", verb("created", "would create"), printable(&c.name), job(c))?;
+    }
+    for c in &plan.updated {
+        writeln!(out, "{} {}: {}{}", verb("updated", "would update"), printable(&c.name), c.fields.join(", "), job(c))?;
+    }
+    for c in &plan.deleted {
+        writeln!(out, "{} {}{}", verb("deleted", "would delete"), printable(&c.name), job(c))?;
+    }
+    writeln!(
+        out,
+        "{} unchanged{}",
+        plan.unchanged.len(),
+        if plan.dry_run { "; nothing applied (--diff)" } else { "" }
+    )?;
+    Ok(0)
 }
 
 async fn dead_letters(pool: &Pool, command: DeadLetterCommand, out: &mut impl Write) -> anyhow::Result<i32> {

@@ -194,24 +194,34 @@ fn map_write_error(err: tokio_postgres::Error) -> CommandError {
 
 /// Validates and records a new repository, with a create event (a create is "create and sync").
 pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Result<Outcome, CommandError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let outcome = create_in(&*tx, new, &requested_by).await?;
+    tx.commit().await.map_err(map_write_error)?;
+    Ok(outcome)
+}
+
+/// [`create`] inside the caller's transaction (`producer apply` makes every change of a file in one).
+pub async fn create_in(
+    tx: &impl GenericClient,
+    new: NewRepo,
+    requested_by: &RequestedBy,
+) -> Result<Outcome, CommandError> {
     let branch = new.branch.clone().unwrap_or_else(|| Branch::default().to_string());
     let provided =
         check_fields(&new.name, &new.remote_url, &branch, &new.provided_contents, new.secrets_group.as_deref())
             .map_err(CommandError::Invalid)?;
     check_timeout(new.git_timeout_secs)?;
     check_interval(new.sync_interval_secs)?;
-
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    repository::lock_remote_url(&*tx, &new.remote_url).await?;
+    repository::lock_remote_url(tx, &new.remote_url).await?;
 
     let mut errors = Vec::new();
-    if repository::find_live_by_name(&*tx, &new.name, false).await?.is_some() {
+    if repository::find_live_by_name(tx, &new.name, false).await?.is_some() {
         errors.push(FieldError::taken("name", "Git repository with this Name already exists."));
     }
     let slug = match &new.slug {
         Some(slug) if !slug.is_empty() => {
-            if repository::slug_is_live(&*tx, slug).await? {
+            if repository::slug_is_live(tx, slug).await? {
                 errors.push(FieldError::taken("slug", "Git repository with this Slug already exists."));
             }
             slug.clone()
@@ -221,7 +231,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
             let base = slugify_dashes_to_underscores(&new.name);
             let mut candidate = base.clone();
             let mut n = 2;
-            while repository::slug_is_live(&*tx, &candidate).await? {
+            while repository::slug_is_live(tx, &candidate).await? {
                 candidate = format!("{base}-{n}");
                 n += 1;
             }
@@ -231,7 +241,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
     if let Err(e) = RepoSlug::parse(slug.clone()) {
         errors.push(FieldError::field("slug", e.to_string()));
     }
-    if let Err(e) = check_overlap_in_db(&*tx, &new.remote_url, &provided, None).await? {
+    if let Err(e) = check_overlap_in_db(tx, &new.remote_url, &provided, None).await? {
         errors.push(e);
     }
     if !errors.is_empty() {
@@ -239,7 +249,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
     }
 
     let row = repository::insert(
-        &*tx,
+        tx,
         &NewRepository {
             id: Uuid::new_v4(),
             name: &new.name,
@@ -254,9 +264,7 @@ pub async fn create(pool: &Pool, new: NewRepo, requested_by: RequestedBy) -> Res
     )
     .await
     .map_err(map_write_error)?;
-    let outcome = emit(&*tx, EventKind::Create, &row, None, &requested_by).await?;
-    tx.commit().await.map_err(map_write_error)?;
-    Ok(outcome)
+    emit(tx, EventKind::Create, &row, None, requested_by).await
 }
 
 /// Changes a live definition (identified by its current name), with an update event.
@@ -268,7 +276,19 @@ pub async fn update(
 ) -> Result<Outcome, CommandError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(current) = repository::find_live_by_name(&*tx, name, true).await? else {
+    let outcome = update_in(&*tx, name, changes, &requested_by).await?;
+    tx.commit().await.map_err(map_write_error)?;
+    Ok(outcome)
+}
+
+/// [`update`] inside the caller's transaction.
+pub async fn update_in(
+    tx: &impl GenericClient,
+    name: &str,
+    changes: RepoChanges,
+    requested_by: &RequestedBy,
+) -> Result<Outcome, CommandError> {
+    let Some(current) = repository::find_live_by_name(tx, name, true).await? else {
         return Err(CommandError::NotFound(name.to_owned()));
     };
 
@@ -322,11 +342,11 @@ pub async fn update(
     if !errors.is_empty() {
         return Err(CommandError::Invalid(errors));
     }
-    if next.name != current.name && repository::find_live_by_name(&*tx, &next.name, false).await?.is_some() {
+    if next.name != current.name && repository::find_live_by_name(tx, &next.name, false).await?.is_some() {
         errors.push(FieldError::taken("name", "Git repository with this Name already exists."));
     }
-    repository::lock_remote_url(&*tx, &next.remote_url).await?;
-    if let Err(e) = check_overlap_in_db(&*tx, &next.remote_url, &next.provided_contents, Some(current.id)).await? {
+    repository::lock_remote_url(tx, &next.remote_url).await?;
+    if let Err(e) = check_overlap_in_db(tx, &next.remote_url, &next.provided_contents, Some(current.id)).await? {
         errors.push(e);
     }
     if !errors.is_empty() {
@@ -335,10 +355,8 @@ pub async fn update(
 
     // Unlike Nautobot's clean() (spec a.3 step 8) a new remote or branch keeps `current_head`: it always names the
     // commit whose records are live, which stays true until a sync of the new definition succeeds.
-    let row = repository::update(&*tx, &next).await.map_err(map_write_error)?;
-    let outcome = emit(&*tx, EventKind::Update, &row, None, &requested_by).await?;
-    tx.commit().await.map_err(map_write_error)?;
-    Ok(outcome)
+    let row = repository::update(tx, &next).await.map_err(map_write_error)?;
+    emit(tx, EventKind::Update, &row, None, requested_by).await
 }
 
 /// Requests a sync (or a dry-run) of a live definition. The definition is unchanged, so its version is too.
@@ -364,16 +382,25 @@ pub async fn sync(
 pub async fn delete(pool: &Pool, name: &str, requested_by: RequestedBy) -> Result<Outcome, CommandError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let Some(current) = repository::find_live_by_name(&*tx, name, true).await? else {
-        return match repository::find_deleted_by_name(&*tx, name).await? {
+    let outcome = delete_in(&*tx, name, &requested_by).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// [`delete`] inside the caller's transaction.
+pub async fn delete_in(
+    tx: &impl GenericClient,
+    name: &str,
+    requested_by: &RequestedBy,
+) -> Result<Outcome, CommandError> {
+    let Some(current) = repository::find_live_by_name(tx, name, true).await? else {
+        return match repository::find_deleted_by_name(tx, name).await? {
             Some(gone) => Ok(Outcome::AlreadyDeleted { repository_id: gone.id }),
             None => Err(CommandError::NotFound(name.to_owned())),
         };
     };
-    let row = repository::bump_version(&*tx, current.id).await?;
-    let outcome = emit(&*tx, EventKind::Delete, &row, None, &requested_by).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    let row = repository::bump_version(tx, current.id).await?;
+    emit(tx, EventKind::Delete, &row, None, requested_by).await
 }
 
 /// Writes the PENDING JobResult and the outbox row for one event about `row`.

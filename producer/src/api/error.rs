@@ -83,6 +83,26 @@ impl From<CommandError> for ApiError {
     }
 }
 
+impl From<crate::apply::ApplyError> for ApiError {
+    fn from(err: crate::apply::ApplyError) -> Self {
+        use crate::apply::ApplyError;
+        match err {
+            ApplyError::Invalid(errors) => {
+                let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (path, message) in errors {
+                    fields.entry(path).or_default().push(message);
+                }
+                let detail = "The list was not applied: nothing changed. Each entry's errors are under its position, \
+                              name and field.";
+                Self { status: StatusCode::BAD_REQUEST, body: ErrorBody { detail: detail.to_owned(), fields } }
+            }
+            ApplyError::Command(err) => err.into(),
+            ApplyError::Db(err) => err.into(),
+            ApplyError::Pool(err) => err.into(),
+        }
+    }
+}
+
 impl From<tokio_postgres::Error> for ApiError {
     fn from(err: tokio_postgres::Error) -> Self {
         Self::internal(&err)

@@ -64,7 +64,7 @@ const MAX_INVENTORY_BODY: usize = 64 * 1024 * 1024;
 #[openapi(
     info(title = "gitfleet API", description = "Repository definitions, their syncs and JobResults. Every write records an event through the same outbox as the `producer` command line. Authenticate with `Authorization: Bearer <token>` (`producer token create`); scopes: read < write < admin."),
     paths(
-        repositories::list, repositories::create, repositories::get, repositories::update, repositories::delete,
+        repositories::list, repositories::create, repositories::apply, repositories::get, repositories::update, repositories::delete,
         repositories::sync, repositories::dry_run, repositories::sync_all, repositories::records,
         job_results::list, job_results::get, operations::counts, operations::import, operations::dead_letters,
         operations::replay, hooks::deliver, hooks::deliveries, nautobot::root, nautobot::list, nautobot::create,
@@ -111,7 +111,9 @@ impl Modify for ErrorResponses {
                 .build()
         };
         for item in openapi.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post, &mut item.patch, &mut item.delete].into_iter().flatten() {
+            for op in
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete].into_iter().flatten()
+            {
                 let with_body = op.request_body.is_some();
                 let responses = &mut op.responses.responses;
                 let mut add = |code: &str, description: &str| {
@@ -140,7 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/openapi.json", get(openapi_json))
-        .route("/api/v1/repositories", get(repositories::list).post(repositories::create))
+        .route("/api/v1/repositories", get(repositories::list).post(repositories::create).put(repositories::apply))
         .route("/api/v1/repositories/sync", post(repositories::sync_all))
         .route(
             "/api/v1/repositories/{name}",

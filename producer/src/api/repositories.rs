@@ -391,6 +391,37 @@ pub async fn dry_run(
     Ok(accepted_response(accepted(outcome)?))
 }
 
+/// How a list is applied.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ApplyQuery {
+    /// Also delete the live repositories the list does not name.
+    #[serde(default)]
+    pub prune: bool,
+    /// Say what would change, and change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+#[utoipa::path(put, path = "/api/v1/repositories", operation_id = "apply_repositories", tag = "repositories",
+    request_body(content = Vec<crate::apply::Declared>, description = "Every repository, as it should be"),
+    params(ApplyQuery), security(("bearer" = [])),
+    responses((status = 200, body = crate::apply::Plan, description = "What was created, updated, deleted and left"),
+        (status = 400, body = ErrorBody, description = "An entry breaks a rule: nothing was applied"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn apply(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<ApplyQuery>,
+    body: Bytes,
+) -> Result<Json<crate::apply::Plan>, ApiError> {
+    let caller = authorize(&state, &headers, Scope::Write).await?;
+    let list: serde_json::Value = json_body(&headers, &body)?;
+    let entries = crate::apply::parse_value(list)?;
+    let options = crate::apply::ApplyOptions { prune: q.prune, dry_run: q.dry_run };
+    Ok(Json(crate::apply::apply(&state.pool, entries, options, &caller.requested_by()).await?))
+}
+
 #[utoipa::path(post, path = "/api/v1/repositories/sync", operation_id = "sync_repositories", tag = "repositories",
     request_body(content = Option<SyncAllRequest>, description = "Optional filters"), security(("bearer" = [])),
     responses((status = 202, body = AcceptedMany), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]

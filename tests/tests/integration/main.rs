@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod api;
+mod apply;
 mod conformance;
 mod contract;
 mod credentials;
