@@ -68,6 +68,7 @@ bench: services test-deps ## Benchmarks on an optimized build (profile perf); re
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_fleet -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_git -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_api -- --write BENCHMARKS.md
+	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_poll -- --write BENCHMARKS.md
 
 openapi: ## Regenerate schemas/openapi.json from the API's types (a test fails when it is stale)
 	$(CARGO) run -q -p gitfleet-producer -- openapi > schemas/openapi.json

@@ -132,6 +132,52 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// A benchmark run's own schema and queue prefix (`bench.<id>`) on the services of `make services`, or on those the
+/// `GITFLEET_DATABASE_URL` and `GITFLEET_AMQP_URL` variables name.
+pub fn bench_settings(
+    schema: &str,
+    id: &str,
+    pool_size: usize,
+) -> (gitfleet_infra::settings::DatabaseSettings, gitfleet_infra::settings::AmqpSettings) {
+    let var = |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let database = gitfleet_infra::settings::DatabaseSettings {
+        url: var("GITFLEET_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gitfleet"),
+        schema: schema.to_owned(),
+        pool_size,
+    };
+    let amqp = gitfleet_infra::settings::AmqpSettings {
+        url: var("GITFLEET_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/gitfleet"),
+        prefix: format!("bench.{id}"),
+        delivery_limit: 5,
+        defer_delay_ms: 100,
+        retry_delays: vec![1, 2, 4],
+    };
+    (database, amqp)
+}
+
+/// Sets the environment a benchmark's worker process runs with: the run's database and queues, the relay's retry
+/// queues (so that the run deletes all of them at its end), its own mirror folder and name, warnings only.
+pub fn bench_worker_env<'a>(
+    command: &'a mut Command,
+    database: &gitfleet_infra::settings::DatabaseSettings,
+    amqp: &gitfleet_infra::settings::AmqpSettings,
+    git_root: &Path,
+    name: &str,
+) -> &'a mut Command {
+    command
+        .env("GITFLEET_DATABASE_URL", &database.url)
+        .env("GITFLEET_DATABASE_SCHEMA", &database.schema)
+        .env("GITFLEET_AMQP_URL", &amqp.url)
+        .env("GITFLEET_AMQP_PREFIX", &amqp.prefix)
+        .env("GITFLEET_DEFER_DELAY_MS", amqp.defer_delay_ms.to_string())
+        .env("GITFLEET_RETRY_DELAYS", amqp.retry_delays.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+        .env("GITFLEET_GIT_ROOT", git_root)
+        .env("GITFLEET_WORKER_NAME", name)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+}
+
 /// User and system CPU time a process has spent so far, in milliseconds.
 pub fn cpu_ms(pid: u32) -> f64 {
     gitfleet_infra::metrics::cpu_seconds(pid) * 1000.0

@@ -61,34 +61,26 @@ pub async fn run(db: &impl GenericClient, retention: Retention) -> Result<Remove
         removed.job_results += db.execute("DELETE FROM job_result WHERE id = ANY($1)", &[&expired]).await?;
     }
     let published = secs(retention.published);
-    removed.outbox_rows = batches(
-        db,
-        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox
-            WHERE published_at < now() - make_interval(secs => $1) LIMIT $2)",
-        published,
-    )
-    .await?;
-    removed.lock_holdings = batches(
-        db,
-        "DELETE FROM sync_lock_log WHERE id IN (SELECT id FROM sync_lock_log
-            WHERE acquired_at < now() - make_interval(secs => $1) AND released_at IS NOT NULL LIMIT $2)",
-        records,
-    )
-    .await?;
-    removed.dead_letters = batches(
-        db,
-        "DELETE FROM dead_letter WHERE id IN (SELECT id FROM dead_letter
-            WHERE replayed_at < now() - make_interval(secs => $1) LIMIT $2)",
-        records,
-    )
-    .await?;
-    removed.webhook_deliveries = batches(
-        db,
-        "DELETE FROM webhook_delivery WHERE id IN (SELECT id FROM webhook_delivery
-            WHERE received_at < now() - make_interval(secs => $1) LIMIT $2)",
-        records,
-    )
-    .await?;
+    let rest: [(&mut u64, &str, &str, f64); 4] = [
+        (&mut removed.outbox_rows, "outbox", "published_at < now() - make_interval(secs => $1)", published),
+        (
+            &mut removed.lock_holdings,
+            "sync_lock_log",
+            "acquired_at < now() - make_interval(secs => $1) AND released_at IS NOT NULL",
+            records,
+        ),
+        (&mut removed.dead_letters, "dead_letter", "replayed_at < now() - make_interval(secs => $1)", records),
+        (
+            &mut removed.webhook_deliveries,
+            "webhook_delivery",
+            "received_at < now() - make_interval(secs => $1)",
+            records,
+        ),
+    ];
+    for (count, table, expired, age) in rest {
+        let sql = format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {expired} LIMIT $2)");
+        *count = batches(db, &sql, age).await?;
+    }
     Ok(removed)
 }
 

@@ -14,7 +14,7 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -91,47 +91,19 @@ struct Fleet {
     relay: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// A run's own schema and queue prefix on the services of `make services` (or the `GITFLEET_*_URL` given).
-fn settings(schema: &str, id: &str, pool_size: usize) -> (DatabaseSettings, AmqpSettings) {
-    let database = DatabaseSettings {
-        url: std::env::var("GITFLEET_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/gitfleet".into()),
-        schema: schema.to_owned(),
-        pool_size,
-    };
-    let amqp = AmqpSettings {
-        url: std::env::var("GITFLEET_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/gitfleet".into()),
-        prefix: format!("bench.{id}"),
-        delivery_limit: 5,
-        defer_delay_ms: 100,
-        retry_delays: vec![1, 2, 4],
-    };
-    (database, amqp)
-}
-
 async fn start_fleet(size: usize, prefetch: u16, git_root: &Path, extra: &[(&str, String)]) -> Result<Fleet> {
     let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let (database, amqp) = settings(&format!("bench_fleet_{id}"), &id, 16);
+    let (database, amqp) = gitfleet_tests::bench_settings(&format!("bench_fleet_{id}"), &id, 16);
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
     let exe = std::env::current_exe()?.with_file_name("fleet_worker");
     let mut workers = Vec::new();
     for n in 0..size {
         let mut command = Command::new(&exe);
         command.envs(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        let git_root = git_root.join(format!("{id}-{n}"));
+        gitfleet_tests::bench_worker_env(&mut command, &database, &amqp, &git_root, &format!("bench-{n}"));
         let child = command
-            .env("GITFLEET_DATABASE_URL", &database.url)
-            .env("GITFLEET_DATABASE_SCHEMA", &database.schema)
-            .env("GITFLEET_AMQP_URL", &amqp.url)
-            .env("GITFLEET_AMQP_PREFIX", &amqp.prefix)
-            .env("GITFLEET_DEFER_DELAY_MS", "100")
-            // The same retry queues as the relay's topology, so that the run deletes all of them at its end.
-            .env("GITFLEET_RETRY_DELAYS", "1,2,4")
             .env("GITFLEET_PREFETCH", prefetch.to_string())
-            .env("GITFLEET_GIT_ROOT", git_root.join(format!("{id}-{n}")))
-            .env("GITFLEET_WORKER_NAME", format!("bench-{n}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {} (cargo build --profile perf --bins first)", exe.display()))?;
         workers.push(child);
@@ -398,7 +370,7 @@ async fn time_scrapes(addr: &str) -> Result<(f64, f64, usize)> {
 /// reads from PostgreSQL and the broker at each scrape face a fleet of that size.
 async fn relay_scrape(repositories: usize) -> Result<(f64, f64, usize)> {
     let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let (database, amqp) = settings(&format!("bench_scrape_{id}"), &id, 8);
+    let (database, amqp) = gitfleet_tests::bench_settings(&format!("bench_scrape_{id}"), &id, 8);
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut creators = tokio::task::JoinSet::new();

@@ -13,13 +13,12 @@
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use gitfleet_infra::settings::{AmqpSettings, DatabaseSettings};
 use gitfleet_producer::commands::{self, NewRepo, RepoChanges};
 use gitfleet_shared::event::{EventKind, RequestedBy};
 use gitfleet_tests::{git, git_daemon, write_section};
@@ -256,18 +255,7 @@ async fn run(files: usize, store: Store, tmp: &Path, worker_exe: &Path) -> Resul
     let (daemon, port) = git_daemon(&served)?;
     let daemon = Killed(daemon);
 
-    let database = DatabaseSettings {
-        url: var("GITFLEET_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/gitfleet"),
-        schema: format!("bench_large_{id}"),
-        pool_size: 8,
-    };
-    let amqp = AmqpSettings {
-        url: var("GITFLEET_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/gitfleet"),
-        prefix: format!("bench.{id}"),
-        delivery_limit: 5,
-        defer_delay_ms: 100,
-        retry_delays: vec![1, 2, 4],
-    };
+    let (database, amqp) = gitfleet_tests::bench_settings(&format!("bench_large_{id}"), &id, 8);
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(20)).await?;
     let vars = storage_vars(store, &root, &id).await?;
     // `GITFLEET_BENCH_WORKER_WRAPPER="heaptrack -o /tmp/worker"` runs the worker under a profiler (its peak memory
@@ -282,22 +270,10 @@ async fn run(files: usize, store: Store, tmp: &Path, worker_exe: &Path) -> Resul
         }
         None => Command::new(worker_exe),
     };
+    gitfleet_tests::bench_worker_env(&mut command, &database, &amqp, &root.join("git-root"), "bench-large");
+    let started = command.envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))).spawn();
     let worker = Killed(
-        command
-            .env("GITFLEET_DATABASE_URL", &database.url)
-            .env("GITFLEET_DATABASE_SCHEMA", &database.schema)
-            .env("GITFLEET_AMQP_URL", &amqp.url)
-            .env("GITFLEET_AMQP_PREFIX", &amqp.prefix)
-            .env("GITFLEET_DEFER_DELAY_MS", "100")
-            // The same retry queues as the relay's topology, so that the run deletes all of them at its end.
-            .env("GITFLEET_RETRY_DELAYS", "1,2,4")
-            .env("GITFLEET_GIT_ROOT", root.join("git-root"))
-            .env("GITFLEET_WORKER_NAME", "bench-large")
-            .envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
+        started
             .with_context(|| format!("starting {} (cargo build --profile perf --bins first)", worker_exe.display()))?,
     );
     let shutdown = CancellationToken::new();

@@ -73,7 +73,7 @@ fn assert_worker_trace(spans: &[Span], trace_id: &str, parent: &Span, job: Uuid,
 async fn a_command_and_an_api_request_are_each_one_trace_down_to_the_worker_stages() -> Result<()> {
     let env = TestEnv::new().await?;
     let receiver = Receiver::start().await?;
-    let _worker = env.spawn_worker_process("traced", &otel(&receiver, "test-worker"))?;
+    let worker = env.spawn_worker_process("traced", &otel(&receiver, "test-worker"))?;
     let _relay = env.spawn_producer_process("relay", &["relay"], &otel(&receiver, "test-relay"))?;
     let remote = Remote::new(env.tmp.path(), "traced")?;
     remote.commit("first", &[("config_contexts/one.yml", "_metadata: {name: One, weight: 1000}\na: 1\n")])?;
@@ -109,6 +109,11 @@ async fn a_command_and_an_api_request_are_each_one_trace_down_to_the_worker_stag
     assert_eq!(publish.name, "publish outbox");
     assert_ne!(publish.trace_id, trace_id, "the publish is a trace of its own, linked");
     assert_worker_trace(&spans, &trace_id, root, job, &commit)?;
+    // The worker's log lines inside the event carry its trace and span ids.
+    let event_span = spans.iter().find(|s| s.trace_id == trace_id && s.name == "handle sync").context("event")?;
+    let log = std::fs::read_to_string(&worker.log)?;
+    let ids = format!("trace_id={trace_id} span_id={}", event_span.span_id);
+    assert!(log.lines().any(|l| l.contains("sync committed") && l.ends_with(&ids)), "{ids} in {log}");
     let mut shown = env.spawn_producer_process("show", &["job-result", "show", &job.to_string()], &[])?;
     shown.wait_exit(Duration::from_secs(30))?.context("job-result show exits")?;
     let text = std::fs::read_to_string(&shown.log)?;
