@@ -120,9 +120,9 @@ pub struct NewRepository<'a> {
     pub sync_interval_secs: Option<i32>,
 }
 
-/// The first poll of a repository given an interval comes at a random point of its first interval: many
-/// repositories set at once (a file applied, a fleet migrated) spread over it instead of arriving together.
-/// The expression of that time, for an interval in parameter `param` (`$9`).
+/// When a repository given an interval in parameter `param` (`$9`) is first polled: at a random point of its first
+/// interval, so that many repositories set at once (a file applied, a fleet migrated) spread over it instead of
+/// arriving together.
 fn first_poll(param: &str) -> String {
     format!("CASE WHEN {param}::integer IS NULL THEN NULL ELSE now() + random() * make_interval(secs => {param}) END")
 }
