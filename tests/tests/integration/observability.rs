@@ -220,7 +220,10 @@ async fn metrics_move_with_a_sync_and_the_dashboard_queries_only_exported_metric
     let env = TestEnv::new().await?;
     let (worker_addr, relay_addr, api_port) =
         (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()), free_port());
-    let worker = env.spawn_worker_process("metered", &[("GITFLEET_METRICS_ADDR", worker_addr.clone())])?;
+    let worker = env.spawn_worker_process(
+        "metered",
+        &[("GITFLEET_METRICS_ADDR", worker_addr.clone()), ("GITFLEET_LOG_FORMAT", "json".to_owned())],
+    )?;
     let relay = env.spawn_producer_process("relay", &["relay"], &[("GITFLEET_METRICS_ADDR", relay_addr.clone())])?;
     let _serve =
         env.spawn_producer_process("serve", &["serve"], &[("GITFLEET_HTTP_ADDR", format!("127.0.0.1:{api_port}"))])?;
@@ -233,7 +236,17 @@ async fn metrics_move_with_a_sync_and_the_dashboard_queries_only_exported_metric
     let remote = Remote::new(env.tmp.path(), "metered")?;
     remote.commit("first", &[("config_contexts/one.yml", "_metadata: {name: One, weight: 1000}\na: 1\n")])?;
     let created = env.create(&format!("Metered {}", env.id), &remote.file_url(), "main").await?;
-    assert_eq!(wait_done(&env, created).await?.status, "SUCCESS");
+    let view = wait_done(&env, created).await?;
+    assert_eq!(view.status, "SUCCESS");
+    // A JSON log line inside the event starts with its trace and span ids (tracing is off here: ids still exist).
+    let log = std::fs::read_to_string(&worker.log)?;
+    let committed: serde_json::Value = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "sync committed")
+        .with_context(|| format!("a JSON 'sync committed' line in {log}"))?;
+    assert_eq!(committed["trace_id"].as_str(), view.trace_id.as_deref(), "{committed}");
+    assert!(committed["span_id"].as_str().is_some_and(|s| s.len() == 16), "{committed}");
     let after = samples(&scrape(&worker_addr).await?);
     let relay_after = samples(&scrape(&relay_addr).await?);
     let moved = |samples: &HashMap<String, f64>, series: &str| samples.get(series).copied().unwrap_or(0.0);
