@@ -71,6 +71,28 @@ async fn a_push_is_picked_up_without_an_event_and_an_unchanged_remote_makes_no_j
     .await?;
     assert_eq!(again.poll_error, None);
     assert_eq!(count(&env, "SELECT count(*) FROM job_result").await?, 1, "unchanged polls make no JobResult");
+    // `repo list` and the API say when it last looked.
+    let args =
+        ["producer", "--database-url", &env.database.url, "--database-schema", &env.database.schema, "repo", "list"];
+    let mut out = Vec::new();
+    gitfleet_producer::cli::run(clap::Parser::parse_from(args), &env.pool, CancellationToken::new(), &mut out).await?;
+    let listed = String::from_utf8(out)?;
+    assert!(listed.contains("\tpolled every 10s, last 20"), "{listed}");
+    let base = env.start_api().await?;
+    let token = gitfleet_producer::tokens::create(&env.pool, "poll", &[gitfleet_producer::tokens::Scope::Read])
+        .await?
+        .context("token")?;
+    let name = format!("Polled%20{}", env.id);
+    let shown: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/api/v1/repositories/{name}"))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    assert_eq!(shown["sync_interval"], "10s", "{shown}");
+    assert!(shown["last_polled_at"].is_string() && shown["poll_error"].is_null(), "{shown}");
     let polls = count(&env, "SELECT count(*) FROM outbox WHERE routing_key = 'repo.poll'").await?;
     assert!((2..=4).contains(&polls), "about one poll per interval: {polls}");
 
