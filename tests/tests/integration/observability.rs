@@ -97,6 +97,7 @@ async fn a_command_and_an_api_request_are_each_one_trace_down_to_the_worker_stag
         .wait_for("the command's trace", |spans| {
             spans.iter().any(|s| s.trace_id == trace_id && s.name == "producer repo sync")
                 && spans.iter().any(|s| s.trace_id == trace_id && s.name == "commit")
+                && spans.iter().any(|s| s.trace_id == trace_id && s.name == "handle sync")
                 && spans.iter().any(|s| s.links.iter().any(|(t, _)| *t == trace_id))
         })
         .await?;
@@ -146,6 +147,7 @@ async fn a_command_and_an_api_request_are_each_one_trace_down_to_the_worker_stag
         .wait_for("the request's trace", |spans| {
             spans.iter().any(|s| s.trace_id == caller && s.service == "test-api")
                 && spans.iter().any(|s| s.trace_id == caller && s.name == "commit")
+                && spans.iter().any(|s| s.trace_id == caller && s.name == "handle sync")
         })
         .await?;
     let request = spans.iter().find(|s| s.trace_id == caller && s.service == "test-api").context("request span")?;
