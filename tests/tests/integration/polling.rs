@@ -48,6 +48,19 @@ async fn wait_row(
     }
 }
 
+/// Waits (bounded) until at least `polls` poll events are recorded; returns how many there are.
+async fn wait_polls(env: &TestEnv, polls: i64, limit: Duration) -> Result<i64> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let n = count(env, "SELECT count(*) FROM outbox WHERE routing_key = 'repo.poll'").await?;
+        if n >= polls {
+            return Ok(n);
+        }
+        ensure!(Instant::now() < deadline, "{n} polls, not {polls}, within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// An unchanged remote is polled every interval and makes no JobResult; a push is picked up with no event sent,
 /// as the sync of the pushed commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,10 +186,9 @@ async fn two_relays_schedule_each_poll_once_and_one_takes_over_from_the_other() 
     create_polled(&env, &format!("Twice {}", env.id), &remote.file_url()).await?;
     let polls = "SELECT count(*) FROM outbox WHERE routing_key = 'repo.poll'";
 
-    // Over about three intervals, about three polls: not one per relay.
-    tokio::time::sleep(Duration::from_secs(3 * INTERVAL as u64 + 2)).await;
-    let both = count(&env, polls).await?;
-    assert!((2..=4).contains(&both), "{both} polls in three intervals with two relays");
+    // Three polls, each an interval after the last (below): not one per relay.
+    let both = wait_polls(&env, 3, Duration::from_secs(4 * INTERVAL as u64)).await?;
+    assert!((3..=4).contains(&both), "{both} polls with two relays");
     let gaps = env
         .pool
         .get()
@@ -198,9 +210,8 @@ async fn two_relays_schedule_each_poll_once_and_one_takes_over_from_the_other() 
     b.0.cancel();
     b.1.await??;
     let before = count(&env, polls).await?;
-    tokio::time::sleep(Duration::from_secs(2 * INTERVAL as u64 + 2)).await;
-    let after = count(&env, polls).await?;
-    assert!(after - before >= 1, "the remaining relay schedules: {before} then {after}");
+    let after = wait_polls(&env, before + 1, Duration::from_secs(2 * INTERVAL as u64 + 5)).await?;
+    assert!(after > before, "the remaining relay schedules: {before} then {after}");
     c.0.cancel();
     c.1.await??;
     env.teardown().await
