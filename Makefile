@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-ops test-chaos test-fixtures demo bench openapi clean
+.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-ops helm-test helm-docs test-chaos test-fixtures demo bench openapi clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -53,8 +53,15 @@ test-api: services test-deps ## Fuzz a running producer serve from its OpenAPI d
 test-ops: test-deps ## Check the alerting rules (promtool check and its unit tests) and the Grafana dashboard
 	scripts/test-ops.sh
 
-test: services test-deps lint ## Everything CI runs: lint, unit and integration tests, the API fuzz, the ops files
+helm-test: ## Check the Helm chart offline: render, lint, validate (Kubernetes and CRD schemas), yamllint, its promises
+	scripts/helm-test.sh
+
+helm-docs: ## Regenerate the chart README's values table and copy the ops files the chart ships
+	python3 scripts/helm-docs.py
+
+test: services test-deps lint ## Everything CI runs: lint, unit and integration tests, the API fuzz, the ops files, the chart
 	scripts/test-ops.sh
+	scripts/helm-test.sh
 	scripts/cargo-test.sh --workspace
 	scripts/test-api.sh
 

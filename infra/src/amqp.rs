@@ -157,10 +157,34 @@ pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-/// Connects, retrying with exponential backoff and jitter for up to `wait`.
+/// The broker addresses of `GITFLEET_AMQP_URL`: one URL, or several separated by commas (the nodes of a cluster).
+pub fn broker_urls(settings: &AmqpSettings) -> Vec<&str> {
+    settings.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+/// Connects to a live broker of the list, retrying with exponential backoff and jitter for up to `wait`. Each
+/// round tries every address once, starting at a different one per process, so a fleet spreads over a cluster's
+/// nodes and a stopped node costs one refused connection.
 pub async fn connect(settings: &AmqpSettings, wait: Duration) -> Result<Connection, AmqpError> {
+    let mut urls = broker_urls(settings);
+    if urls.is_empty() {
+        urls.push(settings.url.as_str());
+    }
+    let start = usize::try_from(std::process::id()).unwrap_or(0) % urls.len();
+    urls.rotate_left(start);
+    let urls = &urls;
+    let attempt = || async move {
+        let mut result = Connection::connect(urls[0], ConnectionProperties::default()).await;
+        for (i, url) in urls.iter().enumerate().skip(1) {
+            let Err(err) = &result else { break };
+            // The URL carries a password: only its place in the list is logged.
+            tracing::debug!(error = %err, broker = (start + i - 1) % urls.len(), "broker refused; trying the next");
+            result = Connection::connect(url, ConnectionProperties::default()).await;
+        }
+        result
+    };
     let backoff = crate::retry::until_ready(wait);
-    let connection = (|| Connection::connect(&settings.url, ConnectionProperties::default()))
+    let connection = attempt
         .retry(backoff)
         .notify(|err, after| tracing::warn!(error = %err, ?after, "RabbitMQ not ready, retrying"))
         .await?;

@@ -39,7 +39,8 @@ pub struct DatabaseSettings {
 /// Where RabbitMQ is and what our exchanges and queues are called.
 #[derive(Debug, Clone, Args)]
 pub struct AmqpSettings {
-    /// AMQP URL, vhost included. Never logged: it carries a password.
+    /// AMQP URL, vhost included; for a cluster, one URL per node separated by commas (a live one is used). Never
+    /// logged: it carries a password.
     #[arg(
         id = "amqp_url",
         long = "amqp-url",

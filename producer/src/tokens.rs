@@ -106,6 +106,17 @@ pub enum TokenCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
+    /// Register tokens made elsewhere (a mounted Kubernetes Secret): every file of DIR whose name does not start
+    /// with a dot is a token (`gft_` and 64 hex digits) named after the file. A live token of that name with
+    /// another value is revoked and replaced (a rotation); one with the same value is left as it is.
+    Import {
+        /// Directory holding one file per token.
+        #[arg(long, value_name = "DIR")]
+        dir: std::path::PathBuf,
+        /// Scopes of one token, as `NAME=SCOPES` (`ci=write`, `ops=admin`; repeatable); tokens not named get `read`.
+        #[arg(long = "scope", value_name = "NAME=SCOPES")]
+        scope: Vec<String>,
+    },
     /// List the tokens (name, first characters, scopes, when created, last used and revoked).
     List,
     /// Revoke the live token with this name: requests with it are refused from now on.
@@ -116,24 +127,136 @@ pub enum TokenCommand {
     },
 }
 
+/// Whether `name` may name a token: 1 to 100 characters, none of them control characters.
+fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty() && name.chars().count() <= 100 && !name.chars().any(char::is_control)
+}
+
+/// Parses comma-separated scopes; the unknown one on failure.
+fn parse_scopes(scopes: &[String]) -> Result<Vec<Scope>, String> {
+    scopes.iter().flat_map(|s| s.split(',')).map(|s| Scope::parse(s.trim()).ok_or_else(|| s.to_owned())).collect()
+}
+
+/// What importing one token did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Created,
+    /// Another value had the name: it was revoked.
+    Replaced,
+    /// The same token with other scopes.
+    Rescoped,
+    Unchanged,
+}
+
+/// Registers `secret` under `name` with `scopes`, in one transaction: a live token of that name with the same
+/// value is kept (its scopes set), one with another value is revoked first. A value that was revoked, or that
+/// another name holds, is refused: a token once retired never comes back.
+pub async fn import_one(pool: &Pool, name: &str, secret: &str, scopes: &[Scope]) -> anyhow::Result<Imported> {
+    let hash = sha256_hex(secret);
+    let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let live = token::live_by_name(&*tx, name).await?;
+    let outcome = match live {
+        Some(row) if row.token_hash == hash && row.scopes == scopes => return Ok(Imported::Unchanged),
+        Some(row) if row.token_hash == hash => {
+            token::set_scopes(&*tx, name, &scopes).await?;
+            tx.commit().await?;
+            return Ok(Imported::Rescoped);
+        }
+        Some(_) => {
+            token::revoke(&*tx, name).await?;
+            Imported::Replaced
+        }
+        None => Imported::Created,
+    };
+    if token::hash_known(&*tx, &hash).await? {
+        anyhow::bail!("the token for '{}' was revoked or belongs to another name: make a new one", printable(name));
+    }
+    token::insert(&*tx, name, &secret[..LOOKUP_LEN], &hash, &scopes).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// `producer token import`: every token file of `dir`; exits 2 (having registered none) when any is invalid.
+async fn import(
+    pool: &Pool,
+    dir: &std::path::Path,
+    scope: &[String],
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<i32> {
+    let mut scopes = std::collections::HashMap::new();
+    for entry in scope {
+        let Some((name, list)) = entry.split_once('=') else {
+            eprintln!("error: --scope takes NAME=SCOPES, not '{}'", printable(entry));
+            return Ok(2);
+        };
+        match parse_scopes(&[list.to_owned()]) {
+            Ok(parsed) => scopes.insert(name.to_owned(), parsed),
+            Err(bad) => {
+                eprintln!("error: unknown scope '{}': use read, write or admin", printable(&bad));
+                return Ok(2);
+            }
+        };
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) => {
+            eprintln!("error: cannot read {}: {err}", dir.display());
+            return Ok(2);
+        }
+    };
+    let mut tokens = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+        // A mounted Secret's `..data` and timestamped folders start with dots; keys are links into them.
+        if name.starts_with('.') || !path.is_file() {
+            continue;
+        }
+        let secret = std::fs::read_to_string(&path)?.trim_end_matches(['\n', '\r']).to_owned();
+        let well_formed = secret.starts_with(TOKEN_PREFIX)
+            && secret.len() == TOKEN_PREFIX.len() + 64
+            && secret[TOKEN_PREFIX.len()..].bytes().all(|b| b.is_ascii_hexdigit());
+        if !valid_name(&name) || !well_formed {
+            eprintln!(
+                "error: {}: a token file is named after its token (1 to 100 characters) and holds `gft_` and 64 hex digits",
+                printable(&name)
+            );
+            return Ok(2);
+        }
+        tokens.push((name, secret));
+    }
+    tokens.sort();
+    for (name, secret) in tokens {
+        let granted = scopes.get(&name).cloned().unwrap_or_else(|| vec![Scope::Read]);
+        let outcome = import_one(pool, &name, &secret, &granted).await?;
+        let word = match outcome {
+            Imported::Created => "created",
+            Imported::Replaced => "replaced",
+            Imported::Rescoped => "rescoped",
+            Imported::Unchanged => "unchanged",
+        };
+        writeln!(out, "{}\t{word}", printable(&name))?;
+    }
+    Ok(0)
+}
+
 /// Runs a token command; exits 2 on bad input.
 pub async fn command(pool: &Pool, command: TokenCommand, out: &mut impl std::io::Write) -> anyhow::Result<i32> {
     match command {
         TokenCommand::Create { name, scopes } => {
-            if name.trim().is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+            if !valid_name(&name) {
                 eprintln!("error: a token name must be 1 to 100 characters, without control characters");
                 return Ok(2);
             }
-            let mut parsed = Vec::new();
-            for scope in &scopes {
-                match Scope::parse(scope.trim()) {
-                    Some(s) => parsed.push(s),
-                    None => {
-                        eprintln!("error: unknown scope '{}': use read, write or admin", printable(scope));
-                        return Ok(2);
-                    }
+            let parsed = match parse_scopes(&scopes) {
+                Ok(parsed) => parsed,
+                Err(bad) => {
+                    eprintln!("error: unknown scope '{}': use read, write or admin", printable(&bad));
+                    return Ok(2);
                 }
-            }
+            };
             match create(pool, &name, &parsed).await? {
                 Some(token) => writeln!(out, "{token}")?,
                 None => {
@@ -142,6 +265,7 @@ pub async fn command(pool: &Pool, command: TokenCommand, out: &mut impl std::io:
                 }
             }
         }
+        TokenCommand::Import { dir, scope } => return import(pool, &dir, &scope, out).await,
         TokenCommand::List => {
             let client = pool.get().await?;
             for t in token::list(&**client).await? {

@@ -74,6 +74,10 @@ pub struct WorkerSettings {
     /// Largest a repository's mirror may grow, in bytes: a fetch past it is stopped and the sync fails.
     #[arg(long, env = "GITFLEET_MAX_MIRROR_BYTES", default_value_t = 2 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_mirror_bytes: u64,
+    /// Bound of the mirror cache under the git root, in bytes: past it the least recently used mirrors no sync
+    /// holds are removed (and cloned again when next needed). Default: no bound.
+    #[arg(long, env = "GITFLEET_GIT_CACHE_MAX_BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub git_cache_max_bytes: Option<u64>,
     /// Directory of secrets groups, one folder per group with `token` and `username` files (a mounted Kubernetes
     /// Secret). Groups can also come from `GITFLEET_SECRETS_<GROUP>_TOKEN` / `_USERNAME` variables.
     #[arg(long, env = "GITFLEET_SECRETS_DIR")]

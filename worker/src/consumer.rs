@@ -66,10 +66,17 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
     let pool = gitfleet_infra::db::connect(&database, Duration::from_secs(60)).await?;
     let _ = probes.pool.set(pool.clone());
     let storage = Arc::new(crate::storage::Storage::new(parts.storage).await);
+    let git_root = settings.git_root();
+    std::fs::create_dir_all(&git_root)?;
+    let git_cache = {
+        let (root, max) = (git_root.clone(), settings.git_cache_max_bytes);
+        tokio::task::spawn_blocking(move || crate::git_cache::MirrorCache::open(&root, max)).await?
+    };
     let ctx = Arc::new(JobContext {
         storage,
         pool,
-        git_root: settings.git_root(),
+        git_root,
+        git_cache,
         worker_name: settings.worker_name(),
         topology: Topology::new(&settings.amqp),
         registry: Arc::new(parts.registry),
@@ -86,7 +93,6 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
         artifact_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         artifacts_building: Arc::default(),
     });
-    std::fs::create_dir_all(&ctx.git_root)?;
     crate::git::set_network_timeouts(ctx.git_timeout);
     if ctx.host_keys == crate::known_hosts::HostKeyPolicy::AcceptAny {
         tracing::warn!(

@@ -113,6 +113,8 @@ pub struct Mirror {
     /// The last [`Mirror::changes`] (old, new, changes), shared by the clones of this mirror: a sync's load and
     /// its storage stage diff the same two commits, and a large tree's diff is worth doing once.
     last_changes: Arc<Mutex<Option<ChangesMemo>>>,
+    /// The sync's hold on this mirror in the worker's cache: shared by the clones, released with the last.
+    lease: Option<Arc<crate::git_cache::Lease>>,
 }
 
 type ChangesMemo = (String, String, Vec<PathChange>);
@@ -139,7 +141,14 @@ impl Mirror {
             host_keys: HostKeyPolicy::KnownHosts(known_hosts::default_path()),
             shallow: true,
             last_changes: Arc::default(),
+            lease: None,
         }
+    }
+
+    /// Holds the mirror in `cache` for as long as this value or a clone of it lives: it is not evicted meanwhile.
+    pub fn leased_from(mut self, cache: &crate::git_cache::MirrorCache) -> Self {
+        self.lease = Some(Arc::new(cache.lease(&self.slug)));
+        self
     }
 
     pub fn with_host_keys(mut self, host_keys: HostKeyPolicy) -> Self {
@@ -610,7 +619,8 @@ impl Credentials {
 }
 
 /// Bytes under a directory (a mirror's size on disk).
-fn dir_size(path: &Path) -> u64 {
+/// Bytes of the files under `path` (0 when it does not exist).
+pub(crate) fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = fs::read_dir(path) else { return 0 };
     entries
         .flatten()

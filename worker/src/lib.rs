@@ -9,6 +9,7 @@ pub mod config;
 pub mod consumer;
 pub mod fleet;
 pub mod git;
+pub mod git_cache;
 pub mod job;
 pub mod known_hosts;
 pub mod lock;

@@ -66,6 +66,11 @@ pub struct WorkerMetrics {
     pub polls: Family<OutcomeLabel, Counter>,
     pub in_flight: Gauge,
     pub consumers: Gauge,
+    pub git_cache_hits: Counter,
+    pub git_cache_misses: Counter,
+    pub git_cache_evictions: Counter,
+    pub git_cache_evicted_bytes: Counter,
+    pub git_cache_bytes: Gauge,
 }
 
 pub static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(|| {
@@ -82,6 +87,11 @@ pub static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(|| {
         polls: Family::default(),
         in_flight: Gauge::default(),
         consumers: Gauge::default(),
+        git_cache_hits: Counter::default(),
+        git_cache_misses: Counter::default(),
+        git_cache_evictions: Counter::default(),
+        git_cache_evicted_bytes: Counter::default(),
+        git_cache_bytes: Gauge::default(),
         registry: Registry::default(),
     };
     registry.register(
@@ -133,6 +143,27 @@ pub static METRICS: LazyLock<WorkerMetrics> = LazyLock::new(|| {
         "Work-queue consumers this process runs (0 while it reconnects or drains)",
         m.consumers.clone(),
     );
+    registry.register(
+        "gitfleet_git_cache_hits",
+        "Syncs that found their repository's mirror in the worker's cache (a fetch of what is new)",
+        m.git_cache_hits.clone(),
+    );
+    registry.register(
+        "gitfleet_git_cache_misses",
+        "Syncs that had to clone their repository's mirror (first sync on this worker, or evicted)",
+        m.git_cache_misses.clone(),
+    );
+    registry.register(
+        "gitfleet_git_cache_evictions",
+        "Mirrors removed to keep the cache under GITFLEET_GIT_CACHE_MAX_BYTES",
+        m.git_cache_evictions.clone(),
+    );
+    registry.register(
+        "gitfleet_git_cache_evicted_bytes",
+        "Bytes of the mirrors evicted from the cache",
+        m.git_cache_evicted_bytes.clone(),
+    );
+    registry.register("gitfleet_git_cache_bytes", "Bytes of the mirrors in the cache", m.git_cache_bytes.clone());
     gitfleet_infra::metrics::register_process(&mut registry, "worker");
     // Every series of a fixed label set exists from the start (at 0): a rate over it, or an alert on it, does
     // not wait for its first event.

@@ -66,6 +66,24 @@ pub async fn live_by_prefix(db: &impl GenericClient, prefix: &str) -> Result<Vec
     Ok(rows.iter().map(TokenRow::from_row).collect())
 }
 
+/// The live token with this name, if any.
+pub async fn live_by_name(db: &impl GenericClient, name: &str) -> Result<Option<TokenRow>, Db> {
+    let row = db.query_opt("SELECT * FROM api_token WHERE name = $1 AND revoked_at IS NULL", &[&name]).await?;
+    Ok(row.as_ref().map(TokenRow::from_row))
+}
+
+/// Sets the scopes of the live token with this name.
+pub async fn set_scopes(db: &impl GenericClient, name: &str, scopes: &[&str]) -> Result<(), Db> {
+    db.execute("UPDATE api_token SET scopes = $2 WHERE name = $1 AND revoked_at IS NULL", &[&name, &scopes]).await?;
+    Ok(())
+}
+
+/// Whether any token, live or revoked, has this hash (a token is never registered twice).
+pub async fn hash_known(db: &impl GenericClient, token_hash: &str) -> Result<bool, Db> {
+    let row = db.query_opt("SELECT 1 FROM api_token WHERE token_hash = $1", &[&token_hash]).await?;
+    Ok(row.is_some())
+}
+
 /// Every token, live ones first, newest first.
 pub async fn list(db: &impl GenericClient) -> Result<Vec<TokenRow>, Db> {
     let rows = db.query("SELECT * FROM api_token ORDER BY revoked_at IS NOT NULL, created DESC", &[]).await?;

@@ -210,6 +210,7 @@ async fn main() -> Result<()> {
         max_load_bytes: Limits::default().max_load_bytes,
         secrets_dir: None,
         max_mirror_bytes: u64::MAX,
+        git_cache_max_bytes: None,
         git_timeout_secs: 60,
         git_ssl_no_verify: false,
         git_ca_bundle: None,

@@ -8,6 +8,7 @@ mod contract;
 mod credentials;
 mod data_types;
 mod delete;
+mod deploy;
 mod endings;
 mod faults;
 mod fleet;

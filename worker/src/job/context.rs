@@ -14,6 +14,8 @@ use crate::secrets::Secrets;
 pub struct JobContext {
     pub pool: Pool,
     pub git_root: PathBuf,
+    /// The mirrors under `git_root`, bounded by `GITFLEET_GIT_CACHE_MAX_BYTES`.
+    pub git_cache: crate::git_cache::MirrorCache,
     pub worker_name: String,
     pub topology: Topology,
     pub registry: Arc<Registry>,

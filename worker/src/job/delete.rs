@@ -57,6 +57,7 @@ pub(super) async fn delete(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifi
     if let Err(err) = tokio::task::spawn_blocking(move || mirror.remove()).await? {
         tracing::warn!(error = %err, "could not remove the mirror of a deleted repository");
     }
+    ctx.git_cache.forget(&repo.slug);
     // Stored objects: removed now, or kept for the configured retention (then `worker storage gc` removes them).
     let retention = ctx.storage.settings.retention_days;
     let stored = if retention == 0 {

@@ -83,6 +83,8 @@ pub(super) async fn remote_tip(ctx: &JobContext, repo: &RepositoryRow) -> Result
 pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirror, Checkout)> {
     let (credentials, group) = credentials(ctx, repo)?;
     let (mirror, timeout) = mirror(ctx, repo);
+    // Held until the last reader of the mirror (the artifact built after the commit, say) lets it go.
+    let mirror = mirror.leased_from(&ctx.git_cache);
     let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
         Ok(branch) => {

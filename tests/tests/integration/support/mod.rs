@@ -37,6 +37,8 @@ pub struct TestEnv {
     pub tmp: tempfile::TempDir,
     /// Mirror size cap of the workers this env starts.
     pub max_mirror_bytes: u64,
+    /// Mirror cache bound of the workers this env starts (none by default).
+    pub git_cache_max_bytes: Option<u64>,
     /// TLS settings of the workers this env starts.
     pub ssl_no_verify: bool,
     pub ca_bundle: Option<PathBuf>,
@@ -91,6 +93,7 @@ impl TestEnv {
             pool,
             tmp,
             max_mirror_bytes: u64::MAX,
+            git_cache_max_bytes: None,
             ssl_no_verify: false,
             ca_bundle: None,
             known_hosts: None,
@@ -128,6 +131,7 @@ impl TestEnv {
             max_load_bytes: gitfleet_shared::yaml::Limits::default().max_load_bytes,
             secrets_dir: Some(self.tmp.path().join("secrets")),
             max_mirror_bytes: self.max_mirror_bytes,
+            git_cache_max_bytes: self.git_cache_max_bytes,
             git_timeout_secs: 30,
             git_ssl_no_verify: self.ssl_no_verify,
             git_ca_bundle: self.ca_bundle.clone(),
