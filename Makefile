@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-ops helm-test helm-docs test-chaos test-fixtures demo bench openapi clean
+.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-ops helm-test helm-docs services-cluster services-cluster-stop test-chaos-cluster image test-image bench-scale test-chaos test-fixtures demo bench openapi clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -38,6 +38,16 @@ test-integration: services test-deps ## Integration tests against the real servi
 
 test-chaos: services test-deps ## The full chaos test: 3 worker processes, 300 events over 30 repositories, kills and restarts
 	GITFLEET_CHAOS_EVENTS=300 GITFLEET_CHAOS_REPOS=30 scripts/cargo-test.sh -p gitfleet-tests --test chaos -- --nocapture
+
+services-cluster: services ## A three-node RabbitMQ cluster on loopback (ports 5681-5683); prints its AMQP URLs
+	@scripts/rabbitmq-cluster.sh up
+
+services-cluster-stop: ## Stop the three-node RabbitMQ cluster
+	@scripts/rabbitmq-cluster.sh down
+
+test-chaos-cluster: services test-deps ## The chaos test on the three-node cluster: stops one node mid-load, then another
+	GITFLEET_CHAOS_CLUSTER=$$(scripts/rabbitmq-cluster.sh up) GITFLEET_CHAOS_EVENTS=$${GITFLEET_CHAOS_EVENTS:-120} \
+		GITFLEET_CHAOS_REPOS=$${GITFLEET_CHAOS_REPOS:-12} scripts/cargo-test.sh -p gitfleet-tests --test chaos -- --nocapture
 
 test-fixtures: services test-deps ## Tests that read ../shared/fixtures (Nautobot's conformance fixtures, real repositories)
 	scripts/cargo-test.sh -p gitfleet-worker --features shared-fixtures --test check_shared

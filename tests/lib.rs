@@ -2,6 +2,9 @@
 //! a loopback `git daemon`, the relay, waiting for a worker to consume, a process's peak memory, and rewriting
 //! their section of `BENCHMARKS.md`. The integration tests live in `tests/integration/` with their own support module.
 
+#[path = "src/latency.rs"]
+pub mod latency;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

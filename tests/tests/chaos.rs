@@ -7,6 +7,11 @@
 //! - no two lock holdings of one repository overlapped (a holding without a release ends when its worker was
 //!   killed or PostgreSQL restarted, whichever came first; one with no such end is counted as an overlap).
 //!
+//! With `GITFLEET_CHAOS_CLUSTER` set to the AMQP URLs of the three-node cluster of `make services-cluster`
+//! (`make test-chaos-cluster`), the fleet runs on that cluster instead, and instead of restarting a broker it stops
+//! node 1 mid-load, starts it again once syncs have completed while it was down, then does the same with node 2:
+//! besides the checks above, syncs must keep completing while a node is down.
+//!
 //! It restarts the shared services, so it is its own test binary: `cargo test` runs binaries one after another,
 //! never beside the integration tests. Size: `GITFLEET_CHAOS_EVENTS` (default 60) over `GITFLEET_CHAOS_REPOS`
 //! (default 6); `make test-chaos` runs 300 over 30. `GITFLEET_CHAOS_SEED` repeats a run.
@@ -123,6 +128,10 @@ async fn chaos() -> Result<()> {
     let mut rng = Rng(seed);
 
     let mut env = TestEnv::with_defer_delay(200).await?;
+    let cluster = std::env::var("GITFLEET_CHAOS_CLUSTER").ok().filter(|urls| !urls.is_empty());
+    if let Some(urls) = &cluster {
+        env.amqp.url = urls.clone();
+    }
     env.amqp.delivery_limit = 20;
     // Outages (the broker and the database restart) last seconds: the retry schedule outlasts them.
     env.amqp.retry_delays = vec![1, 2, 4, 8, 16];
@@ -176,17 +185,31 @@ async fn chaos() -> Result<()> {
 
     let test_started = Utc::now();
     let mut restarts = Vec::new();
+    let mut node_outages: Vec<NodeOutage> = Vec::new();
     let mut sent = Vec::new();
     let mut pushes = 0;
     for i in 0..events {
         // Replace killed workers (the chaos task only kills; respawning needs the env).
         respawn(&env, &workers).await?;
+        // On a cluster: node 1 stops at a quarter of the events, starts again at half once syncs have completed
+        // without it, then node 2 the same way from three quarters to the end.
+        if cluster.is_some() {
+            for (at, node) in [(events / 4, 1), (3 * events / 4, 2)] {
+                if i == at {
+                    eprintln!("chaos: stopping cluster node {node}");
+                    node_outages.push(stop_node(node).await?);
+                }
+            }
+            if i == events / 2 {
+                restart_node(&env, &mut node_outages[0]).await?;
+            }
+        }
         // The restarts run beside the event stream: events keep coming while a service is down.
-        if i == events / 3 {
+        if cluster.is_none() && i == events / 3 {
             eprintln!("chaos: restarting RabbitMQ");
             restarts.push(tokio::spawn(restart("restart-rabbitmq")));
         }
-        if i == 2 * events / 3 {
+        if cluster.is_none() && i == 2 * events / 3 {
             eprintln!("chaos: restarting PostgreSQL");
             restarts.push(tokio::spawn(restart("restart-postgres")));
         }
@@ -246,6 +269,9 @@ async fn chaos() -> Result<()> {
     }
     for restarted in restarts {
         restarted.await??;
+    }
+    for outage in node_outages.iter_mut().filter(|o| o.completed_while_down.is_none()) {
+        restart_node(&env, outage).await?;
     }
     stop.store(true, Ordering::SeqCst);
     let _ = chaos.await;
@@ -362,9 +388,13 @@ async fn chaos() -> Result<()> {
         )
         .await?
         .get(0);
+    let outages = if cluster.is_some() {
+        "cluster nodes 1 and 2 stopped in turn"
+    } else {
+        "RabbitMQ and PostgreSQL restarted once each"
+    };
     eprintln!(
-        "chaos: {} events sent ({total} JobResults: {statuses:?}), {pushes} pushes, {} kills, RabbitMQ and PostgreSQL \
-         restarted once each; unfinished {unfinished}, dead letters {dead_letters}, live repositories differing {}, \
+        "chaos: {} events sent ({total} JobResults: {statuses:?}), {pushes} pushes, {} kills, {outages}; unfinished {unfinished}, dead letters {dead_letters}, live repositories differing {}, \
          deleted repositories owning records {deleted_owning}, orphan records {orphans}, duplicate records \
          {duplicates}, overlapping lock holdings {overlaps} (of {})",
         sent.len(),
@@ -374,6 +404,14 @@ async fn chaos() -> Result<()> {
     );
     drop(client);
     workers.lock().await.clear();
+    for outage in &node_outages {
+        eprintln!("chaos: while node {} was down, {:?} syncs completed", outage.node, outage.completed_while_down);
+        assert!(
+            outage.completed_while_down.unwrap_or(0) > 0,
+            "syncs keep completing while node {} is down",
+            outage.node
+        );
+    }
     assert_eq!(unfinished, 0, "every event ends");
     assert!(total >= sent.len() as i64);
     assert!(mismatched.is_empty(), "live repositories differ: {mismatched:?}");
@@ -394,6 +432,49 @@ async fn respawn(env: &TestEnv, workers: &Mutex<Vec<WorkerProcess>>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// A cluster node stopped by the test: when, and how many syncs completed before it was started again.
+struct NodeOutage {
+    node: u8,
+    since: DateTime<Utc>,
+    completed_while_down: Option<i64>,
+}
+
+async fn cluster(args: Vec<String>) -> Result<()> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-cluster.sh");
+    let status =
+        tokio::task::spawn_blocking(move || std::process::Command::new("bash").arg(script).args(&args).status())
+            .await??;
+    if !status.success() {
+        bail!("rabbitmq-cluster.sh failed");
+    }
+    Ok(())
+}
+
+async fn stop_node(node: u8) -> Result<NodeOutage> {
+    cluster(vec!["stop".into(), node.to_string()]).await?;
+    Ok(NodeOutage { node, since: Utc::now(), completed_while_down: None })
+}
+
+/// Waits (bounded) until a sync has completed since the node stopped, then starts it again.
+async fn restart_node(env: &TestEnv, outage: &mut NodeOutage) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let completed = loop {
+        let client = env.pool.get().await?;
+        let n: i64 = client
+            .query_one("SELECT count(*) FROM job_result WHERE status = 'SUCCESS' AND date_done > $1", &[&outage.since])
+            .await?
+            .get(0);
+        if n > 0 || Instant::now() > deadline {
+            break n;
+        }
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    outage.completed_while_down = Some(completed);
+    eprintln!("chaos: starting cluster node {} again ({completed} syncs completed without it)", outage.node);
+    cluster(vec!["start".into(), outage.node.to_string()]).await
 }
 
 async fn restart(what: &'static str) -> Result<()> {
