@@ -75,6 +75,16 @@ test: services test-deps lint ## Everything CI runs: lint, unit and integration 
 	scripts/cargo-test.sh --workspace
 	scripts/test-api.sh
 
+image: ## Build the container image (buildah; base images made locally from Debian's packages); prints its name
+	@scripts/image.sh
+
+test-image: services ## Build the image and run its producer and worker read-only against the loopback services: one sync succeeds
+	scripts/test-image.sh
+
+bench-scale: services test-deps ## The scale-out benchmark alone: 1 to 8 workers behind a 100 ms round trip, then a scale-down
+	$(CARGO) build --profile perf -p gitfleet-tests --bins
+	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_scale -- --write BENCHMARKS.md
+
 demo: ## Start services, two workers and the relay; sync the example repository and print its JobResult
 	@scripts/demo.sh
 
@@ -86,6 +96,7 @@ bench: services test-deps ## Benchmarks on an optimized build (profile perf); re
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_git -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_api -- --write BENCHMARKS.md
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_poll -- --write BENCHMARKS.md
+	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_scale -- --write BENCHMARKS.md
 
 openapi: ## Regenerate schemas/openapi.json from the API's types (a test fails when it is stale)
 	$(CARGO) run -q -p gitfleet-producer -- openapi > schemas/openapi.json

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make image`: builds the Dockerfile with buildah (vfs storage, chroot isolation: no daemon, no registry). No
+# `make image`: builds the Dockerfile with buildah (chroot isolation: no daemon, no registry). No
 # image registry is reachable here, so the two images the Dockerfile starts from are made locally first, once:
 #   localhost/gitfleet-base:bookworm     Debian bookworm (minbase) by debootstrap from Debian's packages
 #   localhost/gitfleet-builder:<rustc>   that base with the build's C dependencies and this machine's Rust toolchain
@@ -11,7 +11,9 @@ log() { printf '[image] %s\n' "$*" >&2; }
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 image=${IMAGE:-localhost/gitfleet:$version}
-export STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
+# Chroot isolation: no runtime daemon, no network namespace to set up. Storage is the machine's default (overlay
+# here), shared with podman, which runs the image in `make test-image`.
+export BUILDAH_ISOLATION=chroot
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 missing=()
