@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[test-image] %s\n' "$*" >&2; }
 
-image=$(scripts/image.sh)
+# GITFLEET_IMAGE: test that image as it is (built earlier) instead of building the current sources.
+image=${GITFLEET_IMAGE:-$(scripts/image.sh)}
 export BUILDAH_ISOLATION=chroot
 vhost=gitfleet-image-test-$$
 schema=image_test_$$
@@ -61,7 +62,7 @@ run() {
         GITFLEET_DATABASE_URL=postgres://postgres@127.0.0.1:5432/gitfleet \
         GITFLEET_DATABASE_SCHEMA="$schema" \
         GITFLEET_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/$vhost" \
-        GITFLEET_METRICS_ADDR="127.0.0.1:$metrics_port" \
+        GITFLEET_METRICS_ADDR="${metrics_addr:-127.0.0.1:0}" \
         GITFLEET_LOG=warn \
         ROOT="$root" WORK="$work" \
         unshare --mount --fork -- /bin/sh -c '
@@ -92,7 +93,7 @@ if wait "$readonly_pid"; then log "the worker exited 0 with its git root in the 
 grep -q 'Read-only file system' "$work/readonly.log" || { log "expected a read-only refusal:"; cat "$work/readonly.log" >&2; exit 1; }
 run /usr/local/bin/producer relay >"$work/relay.log" 2>&1 &
 pids+=($!)
-run /usr/local/bin/worker >"$work/worker.log" 2>&1 &
+metrics_addr="127.0.0.1:$metrics_port" run /usr/local/bin/worker >"$work/worker.log" 2>&1 &
 pids+=($!)
 
 if ! run /usr/local/bin/producer job-result show "$job" --wait --timeout 120 --format json >"$work/job.json"; then
