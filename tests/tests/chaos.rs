@@ -155,6 +155,23 @@ async fn chaos() -> Result<()> {
         });
     }
     env.start_relay();
+    if cluster.is_some() {
+        // The relay declared the topology: the work queue is a quorum queue with a replica on every node.
+        let queue = env.topology().work;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = cluster_ctl(&["list_queues", "-p", "gitfleet", "name", "type", "members"]).await?;
+            if let Some(line) = listed.lines().find(|l| l.split_whitespace().next() == Some(queue.as_str())) {
+                assert!(line.contains("quorum"), "{line}");
+                for node in 1..=3 {
+                    assert!(line.contains(&format!("gitfleet-{node}@localhost")), "no replica on node {node}: {line}");
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "the work queue {queue} was not declared: {listed}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     let workers: Arc<Mutex<Vec<WorkerProcess>>> = Arc::new(Mutex::new(
         (0..WORKERS).map(|k| env.spawn_worker_process(&format!("w{k}-0"), &[])).collect::<Result<_>>()?,
     ));
@@ -450,6 +467,19 @@ async fn cluster(args: Vec<String>) -> Result<()> {
         bail!("rabbitmq-cluster.sh failed");
     }
     Ok(())
+}
+
+/// `rabbitmqctl` against the cluster's first node; its output.
+async fn cluster_ctl(args: &[&str]) -> Result<String> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("rabbitmqctl").args(["-q", "-n", "gitfleet-1@localhost"]).args(&args).output()
+    })
+    .await??;
+    if !out.status.success() {
+        bail!("rabbitmqctl failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 async fn stop_node(node: u8) -> Result<NodeOutage> {
