@@ -23,6 +23,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (12, "trace_id", include_str!("../../migrations/0012_trace_id.sql")),
     (13, "polling", include_str!("../../migrations/0013_polling.sql")),
     (14, "housekeeping", include_str!("../../migrations/0014_housekeeping.sql")),
+    (15, "ui_sessions", include_str!("../../migrations/0015_ui_sessions.sql")),
 ];
 
 /// Advisory lock key for the migration run ("gitfleet" in ASCII).

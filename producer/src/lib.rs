@@ -13,3 +13,4 @@ pub mod records;
 pub mod relay;
 pub mod scheduler;
 pub mod tokens;
+pub mod ui;

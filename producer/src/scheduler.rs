@@ -123,6 +123,7 @@ pub async fn keep_house(pool: &Pool, retention: housekeeping::Retention) -> anyh
         ("lock_holdings", removed.lock_holdings),
         ("dead_letters", removed.dead_letters),
         ("webhook_deliveries", removed.webhook_deliveries),
+        ("ui_sessions", removed.ui_sessions),
     ] {
         m.housekeeping_removed.get_or_create(&crate::metrics::KindLabel { kind }).inc_by(n);
     }
@@ -134,6 +135,7 @@ pub async fn keep_house(pool: &Pool, retention: housekeeping::Retention) -> anyh
             lock_holdings = removed.lock_holdings,
             dead_letters = removed.dead_letters,
             webhook_deliveries = removed.webhook_deliveries,
+            ui_sessions = removed.ui_sessions,
             "housekeeping removed what was past its retention"
         );
     }

@@ -56,6 +56,7 @@ pub enum TokenError {
 /// A token that was checked: who it is and what it may do.
 #[derive(Debug, Clone)]
 pub struct Caller {
+    pub token_id: uuid::Uuid,
     pub token_name: String,
     pub scope: Scope,
 }
@@ -76,6 +77,11 @@ pub async fn create(pool: &Pool, name: &str, scopes: &[Scope]) -> anyhow::Result
     Ok(created.then_some(secret))
 }
 
+/// The highest scope of a token's scopes (`read` when none is known).
+pub fn highest(scopes: &[String]) -> Scope {
+    scopes.iter().filter_map(|s| Scope::parse(s)).max().unwrap_or(Scope::Read)
+}
+
 /// Checks a presented token: found by its first characters, then its hash compared in constant time.
 pub async fn verify(pool: &Pool, presented: &str) -> Result<Caller, TokenError> {
     if !presented.starts_with(TOKEN_PREFIX) || presented.len() != TOKEN_PREFIX.len() + 64 || !presented.is_ascii() {
@@ -90,8 +96,8 @@ pub async fn verify(pool: &Pool, presented: &str) -> Result<Caller, TokenError> 
     if row.last_used.is_none_or(|at| chrono::Utc::now() - at > chrono::TimeDelta::minutes(1)) {
         token::touch(&**client, row.id).await?;
     }
-    let scope = row.scopes.iter().filter_map(|s| Scope::parse(s)).max().unwrap_or(Scope::Read);
-    Ok(Caller { token_name: row.name, scope })
+    let scope = highest(&row.scopes);
+    Ok(Caller { token_id: row.id, token_name: row.name, scope })
 }
 
 /// `producer token ...`

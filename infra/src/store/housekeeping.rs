@@ -30,6 +30,8 @@ pub struct Removed {
     pub lock_holdings: u64,
     pub dead_letters: u64,
     pub webhook_deliveries: u64,
+    /// UI sessions that expired or whose token was revoked.
+    pub ui_sessions: u64,
 }
 
 fn secs(d: Duration) -> f64 {
@@ -81,6 +83,7 @@ pub async fn run(db: &impl GenericClient, retention: Retention) -> Result<Remove
         let sql = format!("DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE {expired} LIMIT $2)");
         *count = batches(db, &sql, age).await?;
     }
+    removed.ui_sessions = super::ui_session::purge(db).await?;
     Ok(removed)
 }
 

@@ -11,6 +11,7 @@ pub mod outbox;
 pub mod records;
 pub mod repository;
 pub mod token;
+pub mod ui_session;
 pub mod webhook;
 
 pub use tokio_postgres::GenericClient;

@@ -170,6 +170,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/extras/git-repositories/{id}/sync/", post(nautobot::sync))
         .route("/api/extras/job-results/{id}/", get(nautobot::job_result))
         .route("/api/extras/job-logs/", get(nautobot::job_logs))
+        .merge(crate::ui::routes())
         .fallback(|| async { ApiError::not_found("No such endpoint.") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(observe))

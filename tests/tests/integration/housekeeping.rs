@@ -63,6 +63,20 @@ async fn retention_removes_exactly_what_is_past_it_and_keeps_each_repositorys_la
                  ('github', 'new', 'push', 'synced', now());",
         )
         .await?;
+    // UI sessions: one expired, one of a revoked token, one live.
+    let live = gitfleet_producer::tokens::create(&env.pool, "ui", &[gitfleet_producer::tokens::Scope::Read]).await?;
+    let revoked =
+        gitfleet_producer::tokens::create(&env.pool, "gone", &[gitfleet_producer::tokens::Scope::Read]).await?;
+    assert!(live.is_some() && revoked.is_some());
+    client
+        .batch_execute(
+            "INSERT INTO ui_session (id_hash, token_id, csrf, expires_at)
+               SELECT repeat(k, 64), t.id, repeat('c', 64), now() + make_interval(hours => h)
+                 FROM (VALUES ('a', 'ui', -1), ('b', 'gone', 5), ('d', 'ui', 5)) AS s (k, name, h)
+                 JOIN api_token t ON t.name = s.name;
+             UPDATE api_token SET revoked_at = now() WHERE name = 'gone';",
+        )
+        .await?;
     // A recent repository: its JobResult, event and lock holding are within every retention.
     let c = env.create(&format!("Fresh {}", env.id), &url, "main").await?;
     env.wait_job(c).await?;
@@ -91,6 +105,7 @@ async fn retention_removes_exactly_what_is_past_it_and_keeps_each_repositorys_la
             lock_holdings: u64::try_from(old_locks)?,
             dead_letters: 1,
             webhook_deliveries: 1,
+            ui_sessions: 2,
         }
     );
     assert!(logs_of_removed > 0 && old_outbox >= 5 && old_locks >= 5, "{logs_of_removed} {old_outbox} {old_locks}");

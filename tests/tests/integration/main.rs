@@ -25,4 +25,5 @@ mod storage;
 mod support;
 mod sync;
 mod transport;
+mod ui;
 mod validation;
