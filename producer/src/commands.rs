@@ -138,6 +138,22 @@ fn check_fields(
     if errors.is_empty() { Ok(provided) } else { Err(errors) }
 }
 
+/// Every rule a new definition breaks that needs no database (what a form shows before anything is recorded; the
+/// name's uniqueness and remote overlaps are checked when it is recorded).
+pub fn check_new(new: &NewRepo) -> Vec<FieldError> {
+    let branch = new.branch.as_deref().unwrap_or("main");
+    let mut errors =
+        check_fields(&new.name, &new.remote_url, branch, &new.provided_contents, new.secrets_group.as_deref())
+            .err()
+            .unwrap_or_default();
+    for check in [check_timeout(new.git_timeout_secs), check_interval(new.sync_interval_secs)] {
+        if let Err(CommandError::Invalid(more)) = check {
+            errors.extend(more);
+        }
+    }
+    errors
+}
+
 fn check_timeout(secs: Option<i32>) -> Result<(), CommandError> {
     match secs {
         Some(s) if !(1..=86_400).contains(&s) => Err(CommandError::Invalid(vec![FieldError::field(

@@ -1,12 +1,14 @@
 //! The web UI, served by `producer serve` at `/ui/`: server-rendered pages that work without JavaScript (a small
 //! script only shows times in the viewer's zone), on the same commands and queries as the API and the command line.
 //!
-//! Pages: the repositories (filter and sort), a repository (its definition, live commit, records per data type,
+//! Pages: the repositories (filter and sort; create and edit forms with the API's messages next to their fields),
+//! a repository (its definition, live commit, records per data type,
 //! JobResults; Sync, Dry-run and Delete), one record (its data pretty-printed), a JobResult (its log with Nautobot's
 //! columns, filtered by level, a page at a time, reloading itself while the job runs), and the fleet (workers seen
 //! recently, the backlog, dead letters with Replay). Signing in exchanges an API token for a session (see
 //! [`session`]); what a token's scope does not allow is neither shown nor accepted.
 
+mod forms;
 mod page;
 pub mod session;
 
@@ -40,6 +42,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/sign-in", get(sign_in_form).post(sign_in))
         .route("/ui/sign-out", post(sign_out))
         .route("/ui/repositories", get(repositories))
+        .route("/ui/new-repository", get(forms::new_form).post(forms::create))
+        .route("/ui/repositories/{name}/edit", get(forms::edit_form).post(forms::update))
         .route("/ui/repositories/{name}", get(repository_page))
         .route("/ui/repositories/{name}/records/{data_type}/{index}", get(record_page))
         .route("/ui/repositories/{name}/sync", post(sync))

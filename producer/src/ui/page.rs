@@ -10,6 +10,7 @@ use gitfleet_infra::store::repository::RepositoryRow;
 use maud::{DOCTYPE, Markup, html};
 use serde_json::Value;
 
+use super::forms::{Fields, Messages, data_types};
 use super::session::Session;
 use super::{RepoRow, WorkerSeen};
 use crate::tokens::Scope;
@@ -126,6 +127,9 @@ pub fn sign_in(next: &str, error: Option<&str>) -> Markup {
 
 pub fn repositories(session: &Session, repos: &[RepoRow], filter: &str, sort: Option<&str>) -> Markup {
     Page::new("Repositories", Some(session)).render(html! {
+        @if session.can(Scope::Write) {
+            div.actions { a.button href="/ui/new-repository" { "New repository" } }
+        }
         form.filters method="get" action="/ui/repositories" role="search" {
             label for="q" { "Filter" }
             input #q type="search" name="q" value=(filter) placeholder="name, remote or branch";
@@ -179,6 +183,7 @@ pub fn repository(session: &Session, repo: &RepositoryRow, records: &Value, resu
                 form.inline method="post" action={ "/ui/repositories/" (name) "/dry-run" } {
                     (csrf_field(session)) button type="submit" { "Dry-run" }
                 }
+                a.button href={ "/ui/repositories/" (name) "/edit" } { "Edit" }
                 a.button.danger href={ "/ui/repositories/" (name) "/delete" } { "Delete" }
             }
         }
@@ -376,6 +381,66 @@ pub fn fleet(
                     } } }
                 } }
             }
+        }
+    })
+}
+
+/// The create form (`editing`: None) or the edit form of the repository named `editing`.
+pub fn repository_form(session: &Session, editing: Option<&str>, fields: &Fields, messages: &Messages) -> Markup {
+    let title = match editing {
+        Some(name) => format!("Edit {name}"),
+        None => "New repository".to_owned(),
+    };
+    let action = match editing {
+        Some(name) => format!("/ui/repositories/{}/edit", encode(name)),
+        None => "/ui/new-repository".to_owned(),
+    };
+    let errors_of = |field: &'static str| messages.get(&Some(field)).cloned().unwrap_or_default();
+    let text = |field: &'static str, label: &str, value: &str, help: &str, required: bool| {
+        let errors = errors_of(field);
+        let error_id = format!("{field}-errors");
+        let help_id = format!("{field}-help");
+        let described = if errors.is_empty() { help_id.clone() } else { format!("{help_id} {error_id}") };
+        html! {
+            div.field {
+                label for=(field) { (label) }
+                input id=(field) name=(field) type="text" value=(value) required[required]
+                    aria-invalid=[(!errors.is_empty()).then_some("true")] aria-describedby=(described);
+                small id=(help_id) { (help) }
+                @if !errors.is_empty() {
+                    ul.error id=(error_id) role="alert" { @for e in &errors { li { (e) } } }
+                }
+            }
+        }
+    };
+    let provided_errors = errors_of("provided_contents");
+    Page::new(&title, Some(session)).render(html! {
+        @if let Some(general) = messages.get(&None) {
+            ul.error role="alert" { @for e in general { li { (e) } } }
+        }
+        form.card method="post" action=(action) novalidate {
+            (csrf_field(session))
+            (text("name", "Name", &fields.name, "Unique among live repositories.", true))
+            (text("remote_url", "Remote URL", &fields.remote_url, "http(s), ssh or git URL; never a token in it.", true))
+            (text("branch", "Branch", &fields.branch, "Branch, tag or commit to sync; default main.", false))
+            fieldset aria-describedby=[(!provided_errors.is_empty()).then_some("provided_contents-errors")] {
+                legend { "Provides" }
+                @for data_type in data_types() {
+                    @let id = format!("provides-{}", data_type.replace('.', "-"));
+                    div {
+                        input id=(id) type="checkbox" name="provided_contents" value=(data_type)
+                            checked[fields.provided_contents.contains(&data_type)];
+                        label for=(id) { (data_type) }
+                    }
+                }
+                @if !provided_errors.is_empty() {
+                    ul.error id="provided_contents-errors" role="alert" { @for e in &provided_errors { li { (e) } } }
+                }
+            }
+            (text("secrets_group", "Secrets group", &fields.secrets_group, "The worker's group holding the credentials; empty: none.", false))
+            (text("git_timeout", "Git timeout (seconds)", &fields.git_timeout, "1 to 86400; empty: the worker's default.", false))
+            (text("sync_interval", "Poll every", &fields.sync_interval, "A duration such as 5m or 1h, at least 10s; empty: no polling.", false))
+            button type="submit" { @if editing.is_some() { "Save" } @else { "Create" } }
         }
     })
 }

@@ -156,6 +156,90 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     let (_, errors_only) = page(&base, &write, &format!("{job_path}?level=error")).await?;
     assert!(errors_only.contains("0 entries at level error"), "{errors_only}");
 
+    // The create form: a refused definition comes back with the API's messages next to their fields.
+    let (status, form) = page(&base, &write, "/ui/new-repository").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert!(form.contains(r#"<label for="remote_url">Remote URL</label>"#) && form.contains(r#"value="extras.job""#));
+    let bad = [
+        ("csrf", token.as_str()),
+        ("name", name.as_str()),
+        ("remote_url", "ftp://example.com/x.git"),
+        ("branch", "main"),
+        ("provided_contents", "extras.nothing"),
+        ("sync_interval", "2s"),
+    ];
+    let refused = client().post(format!("{base}/ui/new-repository")).header(COOKIE, &write).form(&bad).send().await?;
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    let refused = refused.text().await?;
+    let expected = match gitfleet_producer::commands::create(
+        &env.pool,
+        gitfleet_producer::commands::NewRepo {
+            name: name.clone(),
+            remote_url: "ftp://example.com/x.git".into(),
+            branch: Some("main".into()),
+            provided_contents: vec!["extras.nothing".into()],
+            ..Default::default()
+        },
+        gitfleet_shared::event::RequestedBy::cli(),
+    )
+    .await
+    {
+        Err(gitfleet_producer::commands::CommandError::Invalid(errors)) => errors,
+        other => bail!("the command accepted what the form refused: {other:?}"),
+    };
+    for error in &expected {
+        let field = error.field.unwrap_or("non_field_errors");
+        let escaped =
+            error.message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+        assert!(refused.contains(&escaped), "{field}: {} not shown in {refused}", error.message);
+    }
+    assert!(
+        refused.contains(r#"id="remote_url-errors""#) && refused.contains(r#"id="sync_interval-errors""#),
+        "{refused}"
+    );
+    assert!(refused.contains(r#"value="ftp://example.com/x.git""#), "the form keeps what was typed");
+    let other_remote = Remote::new(env.tmp.path(), "other")?;
+    other_remote.commit("first", &[("README.md", "hello")])?;
+    let second = format!("UI second {}", env.id);
+    let other_url = other_remote.file_url();
+    let good = [
+        ("csrf", token.as_str()),
+        ("name", second.as_str()),
+        ("remote_url", other_url.as_str()),
+        ("branch", "main"),
+        ("sync_interval", "5m"),
+    ];
+    let created = client().post(format!("{base}/ui/new-repository")).header(COOKIE, &write).form(&good).send().await?;
+    assert_eq!(created.status(), StatusCode::SEE_OTHER);
+    let created_job = created.headers()[LOCATION].to_str()?.to_owned();
+    assert!(until_done(&base, &write, &created_job).await?.contains(">SUCCESS<"));
+    // The edit form holds the definition; a change records an update.
+    let edit_path = format!("/ui/repositories/{}/edit", urlencode(&second));
+    let (_, edit) = page(&base, &write, &edit_path).await?;
+    assert!(
+        edit.contains(r#"value="5m""#) && edit.contains(&format!(r#"value="{}""#, other_remote.file_url())),
+        "{edit}"
+    );
+    let changed = [
+        ("csrf", token.as_str()),
+        ("name", second.as_str()),
+        ("remote_url", other_url.as_str()),
+        ("branch", "main"),
+        ("sync_interval", ""),
+    ];
+    let updated = client().post(format!("{base}{edit_path}")).header(COOKIE, &write).form(&changed).send().await?;
+    assert_eq!(updated.status(), StatusCode::SEE_OTHER);
+    assert!(until_done(&base, &write, updated.headers()[LOCATION].to_str()?).await?.contains(">SUCCESS<"));
+    let repo = env
+        .repo(
+            env.job(uuid::Uuid::parse_str(created_job.trim_start_matches("/ui/job-results/"))?)
+                .await?
+                .repository_id
+                .context("repo")?,
+        )
+        .await?;
+    assert_eq!(repo.sync_interval_secs, None, "polling stopped");
+
     // A read-only session sees no write button, and a post is refused even with its own CSRF token.
     let read = sign_in(&base, &reader).await?;
     let (_, seen) = page(&base, &read, &repo_path).await?;
@@ -165,6 +249,8 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     assert!(refused.text().await?.contains("needs write"));
     assert_eq!(page(&base, &read, &format!("{repo_path}/delete")).await?.0, StatusCode::FORBIDDEN);
+    assert!(!page(&base, &read, "/ui/repositories").await?.1.contains("New repository"));
+    assert_eq!(page(&base, &read, "/ui/new-repository").await?.0, StatusCode::FORBIDDEN);
 
     // The fleet page: the worker, and a dead letter that only an admin may replay.
     let client_db = env.pool.get().await?;
