@@ -4,7 +4,8 @@
 # http-backend), lighttpd with TLS (the HTTP(S) front for `git http-backend`), openssl (test certificates),
 # OpenSSH's sshd and ssh-keygen (the ssh:// test server and its keys), libssl-dev + pkg-config (git2's HTTPS and
 # SSH support build against OpenSSL; libssh2 itself is vendored) and promtool (Debian's prometheus package, for the
-# alerting rules). Idempotent; uses Debian packages.
+# alerting rules), Chromium and its ChromeDriver (the UI's browser test) and, from the npm registry, axe-core (the
+# accessibility check that test runs in the browser). Idempotent; uses Debian packages.
 set -euo pipefail
 log() { printf '[test-deps] %s\n' "$*" >&2; }
 
@@ -23,6 +24,19 @@ command -v ssh-keygen >/dev/null || missing+=(openssh-client)
 ls /usr/lib/lighttpd/mod_openssl.so >/dev/null 2>&1 || missing+=(lighttpd-mod-openssl)
 # promtool checks the alerting rules (`make test-ops`); the package's server is never started (policy-rc.d below).
 command -v promtool >/dev/null || missing+=(prometheus)
+# The UI's browser test drives Debian's Chromium through ChromeDriver (WebDriver), and checks pages with axe-core.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+command -v npm >/dev/null || missing+=(npm)
+AXE_VERSION=4.10.3
+AXE_DIR=${GITFLEET_AXE_DIR:-$HOME/.cache/gitfleet-ci/axe-core-$AXE_VERSION}
+npm_deps() {
+    if [ ! -f "$AXE_DIR/node_modules/axe-core/axe.min.js" ]; then
+        log "installing axe-core@$AXE_VERSION from the npm registry into $AXE_DIR"
+        mkdir -p "$AXE_DIR"
+        npm install --prefix "$AXE_DIR" --no-audit --no-fund --silent "axe-core@$AXE_VERSION" >/dev/null
+    fi
+}
 # PyPI: pynautobot, Nautobot's own Python client, which the Nautobot-compatible API is tested with.
 PYNAUTOBOT_VERSION=3.2.0
 python_deps() {
@@ -38,6 +52,7 @@ python_deps() {
 if [ "${#missing[@]}" = 0 ]; then
     log "all Debian packages present"
     python_deps
+    npm_deps
     exit 0
 fi
 
@@ -51,4 +66,5 @@ if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x 
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 [ "$created_policy" = 1 ] && rm -f "$policy"
 python_deps
+npm_deps
 log "done"

@@ -39,6 +39,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/", get(|| async { redirect("/ui/repositories") }))
         .route("/ui/static/ui.css", get(|| async { asset("text/css", page::CSS) }))
         .route("/ui/static/ui.js", get(|| async { asset("text/javascript", page::JS) }))
+        .route("/ui/static/favicon.svg", get(|| async { asset("image/svg+xml", page::FAVICON) }))
         .route("/ui/sign-in", get(sign_in_form).post(sign_in))
         .route("/ui/sign-out", post(sign_out))
         .route("/ui/repositories", get(repositories))

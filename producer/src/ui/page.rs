@@ -17,6 +17,7 @@ use crate::tokens::Scope;
 
 pub const CSS: &str = include_str!("ui.css");
 pub const JS: &str = include_str!("ui.js");
+pub const FAVICON: &str = include_str!("favicon.svg");
 
 /// Percent-encodes a path segment or query value.
 pub fn encode(value: &str) -> String {
@@ -48,6 +49,7 @@ impl<'a> Page<'a> {
                     }
                     title { (self.title) " · gitfleet" }
                     link rel="stylesheet" href="/ui/static/ui.css";
+                    link rel="icon" href="/ui/static/favicon.svg" type="image/svg+xml";
                     script src="/ui/static/ui.js" defer {}
                 }
                 body {
@@ -144,7 +146,7 @@ pub fn repositories(session: &Session, repos: &[RepoRow], filter: &str, sort: Op
         @if repos.is_empty() {
             p { "No live repository matches." }
         } @else {
-            div.scroll {
+            div.scroll tabindex="0" role="region" aria-label="Repositories" {
                 table {
                     caption { (repos.len()) " repositories" }
                     thead { tr {
@@ -237,7 +239,7 @@ fn record_label(item: &Value, index: usize) -> String {
 fn results_table(results: &[JobResultView]) -> Markup {
     html! {
         @if results.is_empty() { p { "None yet." } } @else {
-            div.scroll { table {
+            div.scroll tabindex="0" role="region" aria-label="JobResults" { table {
                 thead { tr { th scope="col" { "Created" } th scope="col" { "Kind" } th scope="col" { "Status" } th scope="col" { "Requested by" } } }
                 tbody { @for r in results { tr {
                     td { a href={ "/ui/job-results/" (r.id) } { (time(r.date_created)) } }
@@ -321,7 +323,7 @@ pub fn job_result(session: &Session, view: &JobResultView, log: &LogPage<'_>) ->
                 button type="submit" { "Filter" }
             }
             p { (log.matching) " entries" @if let Some(level) = log.level { " at level " (level) } "; page " (log.page) " of " (pages) "." }
-            div.scroll { table.log {
+            div.scroll tabindex="0" role="region" aria-label="Log entries" { table.log {
                 thead { tr { th scope="col" { "Time" } th scope="col" { "Level" } th scope="col" { "Grouping" } th scope="col" { "Message" } } }
                 tbody { @for entry in log.entries { tr class={ "level-" (entry.level) } {
                     td { (time(entry.created)) }
@@ -358,7 +360,7 @@ pub fn fleet(
         section aria-labelledby="workers" {
             h2 #workers { "Workers seen in the last hour" }
             @if workers.is_empty() { p { "None." } } @else {
-                div.scroll { table {
+                div.scroll tabindex="0" role="region" aria-label="Workers" { table {
                     thead { tr { th scope="col" { "Worker" } th scope="col" { "Last seen" } th scope="col" { "Running now" } } }
                     tbody { @for w in workers { tr { td { (w.name) } td { (time(w.last_seen)) } td { (w.running) } } } }
                 } }
@@ -367,7 +369,7 @@ pub fn fleet(
         section aria-labelledby="dead-letters" {
             h2 #dead-letters { "Dead letters" }
             @if letters.is_empty() { p { "None waiting." } } @else {
-                div.scroll { table {
+                div.scroll tabindex="0" role="region" aria-label="Dead letters" { table {
                     thead { tr { th scope="col" { "Number" } th scope="col" { "Received" } th scope="col" { "Routing key" } th scope="col" { "Reason" }
                         @if session.can(Scope::Admin) { th scope="col" { "Action" } } } }
                     tbody { @for d in letters { tr {

@@ -3,6 +3,7 @@
 
 mod api;
 mod apply;
+mod browser;
 mod conformance;
 mod contract;
 mod credentials;

@@ -9,8 +9,8 @@ use gitfleet_producer::tokens::{self, Scope};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 
-use crate::support::TestEnv;
 use crate::support::git::Remote;
+use crate::support::{TestEnv, path_segment};
 
 /// A client that follows no redirect, so the test sees each answer.
 fn client() -> reqwest::Client {
@@ -119,7 +119,7 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     let (_, filtered) = page(&base, &write, "/ui/repositories?q=no-such-repo&sort=status").await?;
     assert!(filtered.contains("No live repository matches."));
 
-    let repo_path = format!("/ui/repositories/{}", urlencode(&name));
+    let repo_path = format!("/ui/repositories/{}", path_segment(&name));
     let (status, repo) = page(&base, &write, &repo_path).await?;
     assert_eq!(status, StatusCode::OK);
     assert!(repo.contains(">Sync</button>") && repo.contains(">Dry-run</button>") && repo.contains(">Delete</a>"));
@@ -214,7 +214,7 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     let created_job = created.headers()[LOCATION].to_str()?.to_owned();
     assert!(until_done(&base, &write, &created_job).await?.contains(">SUCCESS<"));
     // The edit form holds the definition; a change records an update.
-    let edit_path = format!("/ui/repositories/{}/edit", urlencode(&second));
+    let edit_path = format!("/ui/repositories/{}/edit", path_segment(&second));
     let (_, edit) = page(&base, &write, &edit_path).await?;
     assert!(
         edit.contains(r#"value="5m""#) && edit.contains(&format!(r#"value="{}""#, other_remote.file_url())),
@@ -290,14 +290,4 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     drop(client_db);
     assert_eq!(page(&base, &read, "/ui/repositories").await?.0, StatusCode::SEE_OTHER);
     env.teardown().await
-}
-
-fn urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

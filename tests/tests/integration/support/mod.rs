@@ -289,6 +289,17 @@ pub fn assert_log(view: &JobResultView, level: &str, grouping: &str, needle: &st
 }
 
 /// A free TCP port on loopback (bound, then released for a server to take).
+/// `value` percent-encoded as one URL path segment (unreserved characters kept).
+pub fn path_segment(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
     listener.local_addr().map(|a| a.port()).unwrap_or_else(|e| panic!("local_addr: {e}"))
