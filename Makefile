@@ -85,7 +85,7 @@ bench-scale: services test-deps ## The scale-out benchmark alone: 1 to 8 workers
 	$(CARGO) build --profile perf -p gitfleet-tests --bins
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_scale -- --write BENCHMARKS.md
 
-demo: ## Start services, two workers and the relay; sync the example repository and print its JobResult
+demo: ## Start services, two workers and the relay; sync the example repository, print its JobResult and the UI's address (DEMO_UI=1: keep it running)
 	@scripts/demo.sh
 
 bench: services test-deps ## Benchmarks on an optimized build (profile perf); results written to BENCHMARKS.md

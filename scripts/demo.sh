@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: services, a build, two workers and the outbox relay; then the example repository is created, synced,
 # changed and synced again (once through a signed webhook delivery to `producer serve`), and the JobResults are
-# printed. Everything started here is stopped on exit.
+# printed, with the web UI's address and a token to sign in with (`DEMO_UI=1` keeps it all running until Ctrl-C).
+# Everything started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -112,3 +113,14 @@ psql -w -h 127.0.0.1 -U postgres -d gitfleet -c "SET search_path = demo" \
 
 step "where the files went (storage, key, size in bytes): worker storage ls"
 "$WORKER" storage ls
+
+step "the web UI"
+token=$("$PRODUCER" token create --name demo --scopes admin)
+echo "UI:    http://127.0.0.1:$port/ui/"
+echo "token: $token   (sign in with it; admin scope)"
+if [ "${DEMO_UI:-0}" = 1 ]; then
+  echo "the UI, the workers and the relay keep running until Ctrl-C"
+  wait "${pids[@]}"
+else
+  echo "(DEMO_UI=1 make demo leaves it running until interrupted)"
+fi

@@ -287,7 +287,8 @@ pub async fn run(cli: Cli, pool: &Pool, shutdown: CancellationToken, out: &mut i
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
             let mut state = crate::api::AppState::new(pool.clone(), args.hooks)
-                .map_err(|e| anyhow::anyhow!("cannot read the secrets directory: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("cannot read the secrets directory: {e}"))?
+                .with_broker(args.amqp);
             state.max_wait = Duration::from_secs(args.max_wait_secs);
             crate::api::run(listener, state, shutdown).await?;
             Ok(0)

@@ -164,9 +164,17 @@ fn render(pool: Pool, broker: BrokerSlot, topology: Topology) -> gitfleet_infra:
     })
 }
 
-/// Ready messages and consumers of each of the topology's queues, asked with passive declarations on a channel of
-/// their own (a queue someone deleted closes that channel, not the publisher's).
-async fn queue_gauges(connection: &lapin::Connection, topology: &Topology) -> anyhow::Result<()> {
+/// Ready messages and consumers of the queues of one role (`work`, `deferred`, `retry`, `dead`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub role: &'static str,
+    pub messages: i64,
+    pub consumers: i64,
+}
+
+/// Ready messages and consumers of each of the topology's queues, by role, asked with passive declarations on a
+/// channel of their own (a queue someone deleted closes that channel, not the publisher's).
+pub async fn queue_depths(connection: &lapin::Connection, topology: &Topology) -> anyhow::Result<Vec<QueueDepth>> {
     let channel = connection.create_channel().await?;
     let mut queues = vec![("work", topology.work.clone()), ("deferred", topology.delay.clone())];
     queues.extend(topology.retry_delays.iter().map(|d| ("retry", topology.retry_queue(*d))));
@@ -178,13 +186,24 @@ async fn queue_gauges(connection: &lapin::Connection, topology: &Topology) -> an
         *messages.entry(role).or_insert(0_i64) += i64::from(queue.message_count());
         *consumers.entry(role).or_insert(0_i64) += i64::from(queue.consumer_count());
     }
-    let _ = channel.close(200, "queue gauges read".into()).await;
+    let _ = channel.close(200, "queue depths read".into()).await;
+    Ok(["work", "deferred", "retry", "dead"]
+        .into_iter()
+        .map(|role| QueueDepth {
+            role,
+            messages: messages.get(role).copied().unwrap_or(0),
+            consumers: consumers.get(role).copied().unwrap_or(0),
+        })
+        .collect())
+}
+
+/// The relay's queue gauges, from [`queue_depths`].
+async fn queue_gauges(connection: &lapin::Connection, topology: &Topology) -> anyhow::Result<()> {
     let m = &crate::metrics::RELAY;
-    for (queue, count) in messages {
-        m.queue_messages.get_or_create(&crate::metrics::QueueLabel { queue }).set(count);
-    }
-    for (queue, count) in consumers {
-        m.queue_consumers.get_or_create(&crate::metrics::QueueLabel { queue }).set(count);
+    for depth in queue_depths(connection, topology).await? {
+        let label = crate::metrics::QueueLabel { queue: depth.role };
+        m.queue_messages.get_or_create(&label).set(depth.messages);
+        m.queue_consumers.get_or_create(&label).set(depth.consumers);
     }
     Ok(())
 }

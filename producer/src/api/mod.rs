@@ -36,6 +36,9 @@ pub struct ServeArgs {
     pub max_wait_secs: u64,
     #[command(flatten)]
     pub hooks: hooks::HookSettings,
+    /// The broker whose queue depths the UI's fleet page shows (it publishes nothing: the relay does).
+    #[command(flatten)]
+    pub amqp: gitfleet_infra::settings::AmqpSettings,
 }
 
 /// What every request handler shares.
@@ -45,13 +48,21 @@ pub struct AppState {
     pub hooks: std::sync::Arc<hooks::Hooks>,
     /// Longest a long poll is held.
     pub max_wait: std::time::Duration,
+    /// Where the UI reads queue depths, when serve is given a broker.
+    pub broker: Option<std::sync::Arc<crate::ui::BrokerView>>,
 }
 
 impl AppState {
     /// Reads the webhook secrets once (they are re-read every few seconds after).
     pub fn new(pool: Pool, hooks: hooks::HookSettings) -> std::io::Result<Self> {
         let hooks = std::sync::Arc::new(hooks::Hooks::new(hooks)?);
-        Ok(Self { hooks, pool, max_wait: std::time::Duration::from_secs(300) })
+        Ok(Self { hooks, pool, max_wait: std::time::Duration::from_secs(300), broker: None })
+    }
+
+    /// Lets the UI's fleet page read the queues of this broker.
+    pub fn with_broker(mut self, amqp: gitfleet_infra::settings::AmqpSettings) -> Self {
+        self.broker = Some(std::sync::Arc::new(crate::ui::BrokerView::new(amqp)));
+        self
     }
 }
 

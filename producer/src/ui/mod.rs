@@ -407,6 +407,49 @@ async fn job_result_page(
     Ok(html_response(StatusCode::OK, page::job_result(&session, &view, &log)))
 }
 
+/// The broker as the fleet page sees it: one connection, opened when first needed and again after it drops.
+pub struct BrokerView {
+    amqp: gitfleet_infra::settings::AmqpSettings,
+    topology: gitfleet_infra::amqp::Topology,
+    connection: tokio::sync::Mutex<Option<lapin::Connection>>,
+}
+
+impl std::fmt::Debug for BrokerView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerView").field("prefix", &self.amqp.prefix).finish_non_exhaustive()
+    }
+}
+
+/// How long the fleet page waits for the broker.
+const BROKER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl BrokerView {
+    pub fn new(amqp: gitfleet_infra::settings::AmqpSettings) -> Self {
+        let topology = gitfleet_infra::amqp::Topology::new(&amqp);
+        Self { amqp, topology, connection: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The queues' depths and consumers, or why they cannot be read now (bounded: the page never hangs on it).
+    pub async fn depths(&self) -> Result<Vec<crate::relay::QueueDepth>, String> {
+        let read = async {
+            let mut connection = self.connection.lock().await;
+            if !connection.as_ref().is_some_and(|c| c.status().connected()) {
+                *connection =
+                    Some(gitfleet_infra::amqp::connect(&self.amqp, BROKER_WAIT).await.map_err(|e| e.to_string())?);
+            }
+            let Some(live) = connection.as_ref() else { return Err("no connection".to_owned()) };
+            let depths = crate::relay::queue_depths(live, &self.topology).await.map_err(|e| e.to_string());
+            if depths.is_err() {
+                *connection = None;
+            }
+            depths
+        };
+        tokio::time::timeout(BROKER_WAIT * 2, read)
+            .await
+            .unwrap_or_else(|_| Err("the broker did not answer".to_owned()))
+    }
+}
+
 /// A worker seen recently: its name, when last seen, and the jobs it runs now.
 pub struct WorkerSeen {
     pub name: String,
@@ -440,7 +483,12 @@ async fn fleet(State(state): State<AppState>, headers: HeaderMap) -> PageResult 
         .collect::<Vec<_>>();
     drop(client);
     let letters = crate::dead_letters::list(&state.pool, false).await.map_err(|e| internal(Some(&session), e))?;
-    Ok(html_response(StatusCode::OK, page::fleet(&session, &gauges, pending, &workers, &letters)))
+    let queues = match &state.broker {
+        Some(broker) => broker.depths().await,
+        None => Err("this server was not given a broker".to_owned()),
+    };
+    let view = page::FleetView { gauges: &gauges, pending, workers: &workers, letters: &letters, queues: &queues };
+    Ok(html_response(StatusCode::OK, page::fleet(&session, &view)))
 }
 
 async fn replay(

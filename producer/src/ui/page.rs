@@ -340,13 +340,18 @@ pub fn job_result(session: &Session, view: &JobResultView, log: &LogPage<'_>) ->
     })
 }
 
-pub fn fleet(
-    session: &Session,
-    gauges: &FleetGauges,
-    pending: i64,
-    workers: &[WorkerSeen],
-    letters: &[DeadLetter],
-) -> Markup {
+/// What the fleet page shows.
+pub struct FleetView<'a> {
+    pub gauges: &'a FleetGauges,
+    pub pending: i64,
+    pub workers: &'a [WorkerSeen],
+    pub letters: &'a [DeadLetter],
+    /// The queues by role, or why the broker could not be read.
+    pub queues: &'a Result<Vec<crate::relay::QueueDepth>, String>,
+}
+
+pub fn fleet(session: &Session, view: &FleetView<'_>) -> Markup {
+    let (gauges, pending, workers, letters) = (view.gauges, view.pending, view.workers, view.letters);
     Page::new("Fleet", Some(session)).render(html! {
         section aria-labelledby="backlog" {
             h2 #backlog { "Backlog" }
@@ -355,6 +360,18 @@ pub fn fleet(
                 dt { "Jobs running" } dd { (gauges.started) }
                 dt { "Outbox rows not yet published" } dd { (gauges.outbox_backlog) @if gauges.outbox_backlog > 0 { ", the oldest " (format!("{:.0}", gauges.outbox_oldest_age_secs)) " s old" } }
                 dt { "Dead letters not replayed" } dd { (gauges.dead_letters) }
+            }
+        }
+        section aria-labelledby="queues" {
+            h2 #queues { "Queues" }
+            @match view.queues {
+                Ok(depths) => {
+                    div.scroll tabindex="0" role="region" aria-label="Queues" { table {
+                        thead { tr { th scope="col" { "Queue" } th scope="col" { "Ready messages" } th scope="col" { "Consumers" } } }
+                        tbody { @for d in depths { tr { td { (d.role) } td { (d.messages) } td { (d.consumers) } } } }
+                    } }
+                }
+                Err(why) => p { "The broker's queues cannot be read now: " (why) "." }
             }
         }
         section aria-labelledby="workers" {

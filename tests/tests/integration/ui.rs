@@ -271,6 +271,8 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     let (_, fleet) = page(&base, &read, "/ui/fleet").await?;
     assert!(fleet.contains("delivery limit reached") && fleet.contains("Workers seen in the last hour"), "{fleet}");
     assert!(!fleet.contains(">Replay</button>"), "replay needs admin");
+    assert!(fleet.contains("<td>work</td>") && fleet.contains("<td>dead</td>"), "the queues: {fleet}");
+    assert!(!fleet.contains("cannot be read"), "{fleet}");
     let admin_session = sign_in(&base, &admin).await?;
     let (_, fleet) = page(&base, &admin_session, "/ui/fleet").await?;
     let id: i64 = {

@@ -197,7 +197,7 @@ impl TestEnv {
     pub async fn start_api_with(&mut self, hooks: gitfleet_producer::api::hooks::HookSettings) -> Result<String> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
-        let state = gitfleet_producer::api::AppState::new(self.pool.clone(), hooks)?;
+        let state = gitfleet_producer::api::AppState::new(self.pool.clone(), hooks)?.with_broker(self.amqp.clone());
         let token = CancellationToken::new();
         let child = token.clone();
         let handle = tokio::spawn(async move {
