@@ -220,3 +220,42 @@ pub fn s3_vars(port: u16, location: &str) -> Vec<(String, String)> {
 pub fn s3_port() -> u16 {
     std::env::var("GITFLEET_S3_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5000)
 }
+
+/// A config context of the generated benchmark repositories: `tag` names them apart, `version` changes the data.
+fn bench_context(tag: &str, repo: usize, file: usize, version: usize) -> String {
+    format!(
+        "_metadata:\n  name: \"{tag}-r{repo}-{file}\"\n  weight: 1000\nntp-servers:\n  - \"10.0.{repo}.{file}\"\nversion: {version}\n"
+    )
+}
+
+/// A bare repository with `commits` commits on `main`: the first adds `files` config contexts, each later one
+/// changes one of them. Returns the commit ids oldest first, with `main` left at the first.
+pub fn context_chain(bare: &Path, tag: &str, repo: usize, commits: usize, files: usize) -> Result<Vec<String>> {
+    use std::fmt::Write as _;
+    let mut stream = String::new();
+    for mark in 1..=commits {
+        write!(
+            stream,
+            "commit refs/heads/main\nmark :{mark}\ncommitter Bench <b@example.com> {} +0000\ndata 2\nc\n",
+            1_700_000_000 + mark
+        )?;
+        if mark > 1 {
+            writeln!(stream, "from :{}", mark - 1)?;
+        }
+        let changed: Vec<usize> = if mark == 1 { (0..files).collect() } else { vec![mark % files] };
+        for file in changed {
+            let body = bench_context(tag, repo, file, mark);
+            write!(stream, "M 100644 inline config_contexts/c{file:03}.yaml\ndata {}\n{body}\n", body.len())?;
+        }
+    }
+    fast_import(bare, stream.as_bytes())
+}
+
+/// Points `main` at `commit` by replacing the loose ref file atomically (what `git update-ref` does, without
+/// starting a process per event, which would make the senders the bottleneck).
+pub fn move_branch(bare: &Path, commit: &str) -> Result<()> {
+    let tmp = bare.join("refs/heads/main.bench-tmp");
+    std::fs::write(&tmp, format!("{commit}\n"))?;
+    std::fs::rename(&tmp, bare.join("refs/heads/main"))?;
+    Ok(())
+}

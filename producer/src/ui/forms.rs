@@ -10,7 +10,7 @@ use gitfleet_infra::store::repository;
 use gitfleet_shared::loaders::Registry;
 use gitfleet_shared::repo::FieldError;
 
-use super::{PageResult, error_page, form_session, html_response, internal, redirect, signed_in};
+use super::{PageResult, error_page, form_session, html_response, internal, redirect, signed_in_with};
 use crate::api::AppState;
 use crate::commands::{self, CommandError, NewRepo, RepoChanges};
 use crate::tokens::Scope;
@@ -108,64 +108,14 @@ fn messages(errors: &[FieldError]) -> Messages {
 }
 
 pub async fn new_form(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
-    let session = signed_in(&state, &headers, "/ui/repositories/new").await?;
-    if !session.can(Scope::Write) {
-        return Err(error_page(Some(&session), StatusCode::FORBIDDEN, "Your token's scope does not allow creating."));
-    }
+    let session = signed_in_with(&state, &headers, "/ui/new-repository", Scope::Write).await?;
     let fields = Fields { branch: "main".into(), ..Fields::default() };
     Ok(html_response(StatusCode::OK, super::page::repository_form(&session, None, &fields, &Messages::new())))
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Form(pairs): Form<Vec<(String, String)>>,
-) -> Response {
-    let (fields, csrf) = Fields::from_pairs(pairs);
-    let session = match form_session(&state, &headers, &csrf, Scope::Write).await {
-        Ok(session) => session,
-        Err(response) => return response,
-    };
-    let refused = |errors: &[FieldError]| {
-        let page = super::page::repository_form(&session, None, &fields, &messages(errors));
-        html_response(StatusCode::BAD_REQUEST, page)
-    };
-    let (parsed, mut errors) = match fields.parsed() {
-        Ok(parsed) => (parsed, Vec::new()),
-        Err(errors) => ((None, None), errors),
-    };
-    let (git_timeout_secs, sync_interval_secs) = parsed;
-    let new = NewRepo {
-        name: fields.name.clone(),
-        slug: None,
-        remote_url: fields.remote_url.trim().to_owned(),
-        branch: Fields::optional(&fields.branch),
-        provided_contents: fields.provided_contents.clone(),
-        secrets_group: Fields::optional(&fields.secrets_group),
-        git_timeout_secs,
-        sync_interval_secs,
-    };
-    // Every message at once, as the API gives them: the parse errors and the rules, before anything is recorded.
-    errors.extend(commands::check_new(&new));
-    if !errors.is_empty() {
-        return refused(&errors);
-    }
-    match commands::create(&state.pool, new, session.requested_by()).await {
-        Ok(outcome) => match outcome.job_result_id() {
-            Some(id) => redirect(&format!("/ui/job-results/{id}")),
-            None => redirect("/ui/repositories"),
-        },
-        Err(CommandError::Invalid(errors)) => refused(&errors),
-        Err(err) => internal(Some(&session), err),
-    }
-}
-
 pub async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> PageResult {
     let here = format!("/ui/repositories/{}/edit", super::page::encode(&name));
-    let session = signed_in(&state, &headers, &here).await?;
-    if !session.can(Scope::Write) {
-        return Err(error_page(Some(&session), StatusCode::FORBIDDEN, "Your token's scope does not allow editing."));
-    }
+    let session = signed_in_with(&state, &headers, &here, Scope::Write).await?;
     let client = state.pool.get().await.map_err(|e| internal(Some(&session), e))?;
     let Some(repo) =
         repository::find_live_by_name(&**client, &name, false).await.map_err(|e| internal(Some(&session), e))?
@@ -176,36 +126,81 @@ pub async fn edit_form(State(state): State<AppState>, headers: HeaderMap, Path(n
     Ok(html_response(StatusCode::OK, page))
 }
 
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    save(&state, &headers, pairs, None).await
+}
+
 pub async fn update(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(name): Path<String>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
+    save(&state, &headers, pairs, Some(name)).await
+}
+
+/// Creates the repository (`editing`: None) or updates the one named `editing` from the posted form; a refused
+/// form comes back with every message next to its field.
+async fn save(
+    state: &AppState,
+    headers: &HeaderMap,
+    pairs: Vec<(String, String)>,
+    editing: Option<String>,
+) -> Response {
     let (fields, csrf) = Fields::from_pairs(pairs);
-    let session = match form_session(&state, &headers, &csrf, Scope::Write).await {
+    let session = match form_session(state, headers, &csrf, Scope::Write).await {
         Ok(session) => session,
         Err(response) => return response,
     };
     let refused = |errors: &[FieldError]| {
-        let page = super::page::repository_form(&session, Some(&name), &fields, &messages(errors));
+        let page = super::page::repository_form(&session, editing.as_deref(), &fields, &messages(errors));
         html_response(StatusCode::BAD_REQUEST, page)
     };
-    let (git_timeout_secs, sync_interval_secs) = match fields.parsed() {
-        Ok(parsed) => parsed,
-        Err(errors) => return refused(&errors),
+    let ((git_timeout_secs, sync_interval_secs), mut errors) = match fields.parsed() {
+        Ok(parsed) => (parsed, Vec::new()),
+        Err(errors) => ((None, None), errors),
     };
-    let changes = RepoChanges {
-        new_name: Some(fields.name.clone()).filter(|n| *n != name),
-        slug: None,
-        remote_url: Some(fields.remote_url.trim().to_owned()),
-        branch: Some(fields.branch.trim().to_owned()),
-        provided_contents: Some(fields.provided_contents.clone()),
-        secrets_group: Some(Fields::optional(&fields.secrets_group)),
-        git_timeout_secs: Some(git_timeout_secs),
-        sync_interval_secs: Some(sync_interval_secs),
+    let outcome = match &editing {
+        None => {
+            let new = NewRepo {
+                name: fields.name.clone(),
+                slug: None,
+                remote_url: fields.remote_url.trim().to_owned(),
+                branch: Fields::optional(&fields.branch),
+                provided_contents: fields.provided_contents.clone(),
+                secrets_group: Fields::optional(&fields.secrets_group),
+                git_timeout_secs,
+                sync_interval_secs,
+            };
+            // Every message at once, as the API gives them, before anything is recorded.
+            errors.extend(commands::check_new(&new));
+            if !errors.is_empty() {
+                return refused(&errors);
+            }
+            commands::create(&state.pool, new, session.requested_by()).await
+        }
+        Some(name) => {
+            if !errors.is_empty() {
+                return refused(&errors);
+            }
+            let changes = RepoChanges {
+                new_name: Some(fields.name.clone()).filter(|n| n != name),
+                slug: None,
+                remote_url: Some(fields.remote_url.trim().to_owned()),
+                branch: Some(fields.branch.trim().to_owned()),
+                provided_contents: Some(fields.provided_contents.clone()),
+                secrets_group: Some(Fields::optional(&fields.secrets_group)),
+                git_timeout_secs: Some(git_timeout_secs),
+                sync_interval_secs: Some(sync_interval_secs),
+            };
+            commands::update(&state.pool, name, changes, session.requested_by()).await
+        }
     };
-    match commands::update(&state.pool, &name, changes, session.requested_by()).await {
+    match outcome {
         Ok(outcome) => match outcome.job_result_id() {
             Some(id) => redirect(&format!("/ui/job-results/{id}")),
             None => redirect(&format!("/ui/repositories/{}", super::page::encode(&fields.name))),

@@ -114,6 +114,23 @@ async fn signed_in(state: &AppState, headers: &HeaderMap, here: &str) -> Result<
     }
 }
 
+/// The signed-in session, refused with a page saying so when its scope is below `needed`.
+async fn signed_in_with(state: &AppState, headers: &HeaderMap, here: &str, needed: Scope) -> Result<Session, Response> {
+    let session = signed_in(state, headers, here).await?;
+    match below(&session, needed) {
+        Some(refusal) => Err(refusal),
+        None => Ok(session),
+    }
+}
+
+/// A 403 page saying what the session's scope lacks, when it is below `needed`.
+fn below(session: &Session, needed: Scope) -> Option<Response> {
+    (!session.can(needed)).then(|| {
+        let message = format!("Your token's scope does not allow this: it needs {}.", needed.as_str());
+        error_page(Some(session), StatusCode::FORBIDDEN, &message)
+    })
+}
+
 /// The session, for a form post: it must carry the session's CSRF token and the session must have `needed`.
 async fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str, needed: Scope) -> Result<Session, Response> {
     let session = match session::current(&state.pool, headers).await {
@@ -128,11 +145,10 @@ async fn form_session(state: &AppState, headers: &HeaderMap, csrf: &str, needed:
             "The form was not sent by this session (CSRF check).",
         ));
     }
-    if !session.can(needed) {
-        let message = format!("Your token's scope does not allow this: it needs {}.", needed.as_str());
-        return Err(error_page(Some(&session), StatusCode::FORBIDDEN, &message));
+    match below(&session, needed) {
+        Some(refusal) => Err(refusal),
+        None => Ok(session),
     }
-    Ok(session)
 }
 
 #[derive(Debug, Deserialize)]
@@ -354,10 +370,7 @@ async fn dry_run(
 
 async fn confirm_delete(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> PageResult {
     let here = format!("/ui/repositories/{}/delete", page::encode(&name));
-    let session = signed_in(&state, &headers, &here).await?;
-    if !session.can(Scope::Write) {
-        return Err(error_page(Some(&session), StatusCode::FORBIDDEN, "Your token's scope does not allow deleting."));
-    }
+    let session = signed_in_with(&state, &headers, &here, Scope::Write).await?;
     Ok(html_response(StatusCode::OK, page::confirm_delete(&session, &name)))
 }
 

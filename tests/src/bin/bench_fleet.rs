@@ -12,7 +12,6 @@
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
@@ -37,43 +36,6 @@ const NOOP_EVENTS: usize = 1000;
 /// The worker's default prefetch, used for the throughput and latency runs; the memory run uses 8.
 const PREFETCH: u16 = 4;
 const MEMORY_PREFETCH: u16 = 8;
-
-fn context(repo: usize, file: usize, version: usize) -> String {
-    format!(
-        "_metadata:\n  name: \"bench-r{repo}-{file}\"\n  weight: 1000\nntp-servers:\n  - \"10.0.{repo}.{file}\"\nversion: {version}\n"
-    )
-}
-
-/// A bare repository with `COMMITS` commits on `main` (the first adds every file, each later one changes one);
-/// returns the commit ids oldest first, with `main` left at the first.
-fn generate(bare: &Path, repo: usize) -> Result<Vec<String>> {
-    let mut stream = Vec::new();
-    for mark in 1..=COMMITS {
-        write!(
-            stream,
-            "commit refs/heads/main\nmark :{mark}\ncommitter Bench <b@example.com> {} +0000\ndata 2\nc\n",
-            1_700_000_000 + mark
-        )?;
-        if mark > 1 {
-            writeln!(stream, "from :{}", mark - 1)?;
-        }
-        let files: Vec<usize> = if mark == 1 { (0..FILES).collect() } else { vec![mark % FILES] };
-        for file in files {
-            let body = context(repo, file, mark);
-            write!(stream, "M 100644 inline config_contexts/c{file:03}.yaml\ndata {}\n{body}\n", body.len())?;
-        }
-    }
-    gitfleet_tests::fast_import(bare, &stream)
-}
-
-/// Points `main` at `commit` by replacing the loose ref file atomically (what `git update-ref` does, without
-/// starting a process per event, which would make the senders the bottleneck).
-fn move_branch(bare: &Path, commit: &str) -> Result<()> {
-    let tmp = bare.join("refs/heads/main.bench-tmp");
-    std::fs::write(&tmp, format!("{commit}\n"))?;
-    std::fs::rename(&tmp, bare.join("refs/heads/main"))?;
-    Ok(())
-}
 
 struct Remote {
     name: String,
@@ -205,7 +167,7 @@ async fn send(
                     let target = if new_commit {
                         remote.next = (remote.next + 1).min(remote.commits.len() - 1);
                         let commit = remote.commits[remote.next].clone();
-                        move_branch(&remote.bare, &commit)?;
+                        gitfleet_tests::move_branch(&remote.bare, &commit)?;
                         Some(CommitId::parse(commit)?)
                     } else {
                         None
@@ -229,7 +191,7 @@ fn remotes(served: &Path, tag: &str) -> Result<Vec<Remote>> {
     let mut remotes = Vec::new();
     for r in 0..REPOS {
         let bare = served.join(format!("{tag}-r{r}.git"));
-        let commits = generate(&bare, r)?;
+        let commits = gitfleet_tests::context_chain(&bare, "bench", r, COMMITS, FILES)?;
         remotes.push(Remote { name: format!("Bench {tag} r{r}"), bare, commits, next: 0 });
     }
     Ok(remotes)

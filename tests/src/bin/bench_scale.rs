@@ -43,40 +43,6 @@ const DOWN_ROUNDS: usize = 2;
 const ONE_WAY: Duration = Duration::from_millis(50);
 const SIZES: [usize; 4] = [1, 2, 4, 8];
 
-fn context(repo: usize, file: usize, version: usize) -> String {
-    format!(
-        "_metadata:\n  name: \"scale-r{repo}-{file}\"\n  weight: 1000\nntp-servers:\n  - \"10.1.{repo}.{file}\"\nversion: {version}\n"
-    )
-}
-
-/// A bare repository with `COMMITS` commits on `main`; returns them oldest first, `main` left at the first.
-fn generate(bare: &Path, repo: usize) -> Result<Vec<String>> {
-    let mut stream = Vec::new();
-    for mark in 1..=COMMITS {
-        write!(
-            stream,
-            "commit refs/heads/main\nmark :{mark}\ncommitter Bench <b@example.com> {} +0000\ndata 2\nc\n",
-            1_700_000_000 + mark
-        )?;
-        if mark > 1 {
-            writeln!(stream, "from :{}", mark - 1)?;
-        }
-        let files: Vec<usize> = if mark == 1 { (0..FILES).collect() } else { vec![mark % FILES] };
-        for file in files {
-            let body = context(repo, file, mark);
-            write!(stream, "M 100644 inline config_contexts/c{file:03}.yaml\ndata {}\n{body}\n", body.len())?;
-        }
-    }
-    gitfleet_tests::fast_import(bare, &stream)
-}
-
-fn move_branch(bare: &Path, commit: &str) -> Result<()> {
-    let tmp = bare.join("refs/heads/main.bench-tmp");
-    std::fs::write(&tmp, format!("{commit}\n"))?;
-    std::fs::rename(&tmp, bare.join("refs/heads/main"))?;
-    Ok(())
-}
-
 struct Remote {
     name: String,
     bare: PathBuf,
@@ -232,7 +198,7 @@ async fn push_round(pool: &Pool, remotes: &mut [Remote], rounds: usize) -> Resul
         for remote in remotes.iter_mut() {
             remote.next = (remote.next + 1).min(remote.commits.len() - 1);
             let commit = remote.commits[remote.next].clone();
-            move_branch(&remote.bare, &commit)?;
+            gitfleet_tests::move_branch(&remote.bare, &commit)?;
             let target = Some(CommitId::parse(commit)?);
             let outcome = commands::sync(pool, &remote.name, EventKind::Sync, target, RequestedBy::cli()).await?;
             ids.push(outcome.job_result_id().unwrap());
@@ -245,7 +211,7 @@ fn remotes(served: &Path, tag: &str) -> Result<Vec<Remote>> {
     (0..REPOS)
         .map(|r| {
             let bare = served.join(format!("{tag}-r{r}.git"));
-            let commits = generate(&bare, r)?;
+            let commits = gitfleet_tests::context_chain(&bare, "scale", r, COMMITS, FILES)?;
             Ok(Remote { name: format!("Scale {tag} r{r}"), bare, commits, next: 0 })
         })
         .collect()

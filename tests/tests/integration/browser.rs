@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fantoccini::{Client, ClientBuilder, Locator};
-use gitfleet_infra::store::dead_letter::{self, NewDeadLetter};
 use gitfleet_producer::tokens::{self, Scope};
 use serde_json::{Value, json};
 
@@ -251,20 +250,7 @@ async fn a_person_uses_the_ui_in_a_browser() -> Result<()> {
     browser.until_text("at level error", Duration::from_secs(10)).await?;
 
     // A dead letter, replayed from the fleet page.
-    let db = env.pool.get().await?;
-    let payload: String = db.query_one("SELECT payload::text FROM outbox ORDER BY id DESC LIMIT 1", &[]).await?.get(0);
-    let event_id: uuid::Uuid =
-        serde_json::from_str::<Value>(&payload)?["event_id"].as_str().context("event_id")?.parse()?;
-    let headers = json!({});
-    let letter = NewDeadLetter {
-        event_id: Some(event_id),
-        routing_key: "repo.sync",
-        reason: "delivery limit reached",
-        payload: payload.as_bytes(),
-        headers: &headers,
-    };
-    assert!(dead_letter::insert(&**db, &letter).await?);
-    drop(db);
+    let event_id = crate::support::dead_letter_last_event(&env).await?;
     browser.goto("/ui/fleet").await?;
     browser.until_text("delivery limit reached", Duration::from_secs(10)).await?;
     browser.check("fleet").await?;

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use gitfleet_infra::store::dead_letter::{self, NewDeadLetter};
 use gitfleet_producer::tokens::{self, Scope};
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
@@ -253,21 +252,7 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     assert_eq!(page(&base, &read, "/ui/new-repository").await?.0, StatusCode::FORBIDDEN);
 
     // The fleet page: the worker, and a dead letter that only an admin may replay.
-    let client_db = env.pool.get().await?;
-    let payload: String =
-        client_db.query_one("SELECT payload::text FROM outbox ORDER BY id DESC LIMIT 1", &[]).await?.get(0);
-    let event_id: uuid::Uuid =
-        serde_json::from_str::<serde_json::Value>(&payload)?["event_id"].as_str().context("event_id")?.parse()?;
-    let headers = serde_json::json!({});
-    let letter = NewDeadLetter {
-        event_id: Some(event_id),
-        routing_key: "repo.sync",
-        reason: "delivery limit reached",
-        payload: payload.as_bytes(),
-        headers: &headers,
-    };
-    assert!(dead_letter::insert(&**client_db, &letter).await?);
-    drop(client_db);
+    let event_id = crate::support::dead_letter_last_event(&env).await?;
     let (_, fleet) = page(&base, &read, "/ui/fleet").await?;
     assert!(fleet.contains("delivery limit reached") && fleet.contains("Workers seen in the last hour"), "{fleet}");
     assert!(!fleet.contains(">Replay</button>"), "replay needs admin");

@@ -289,6 +289,25 @@ pub fn assert_log(view: &JobResultView, level: &str, grouping: &str, needle: &st
 }
 
 /// A free TCP port on loopback (bound, then released for a server to take).
+/// Records the last event the outbox holds as a dead letter (reason "delivery limit reached"), as a worker does when
+/// the broker dead-letters it; returns the event's id.
+pub async fn dead_letter_last_event(env: &TestEnv) -> Result<Uuid> {
+    let db = env.pool.get().await?;
+    let payload: String = db.query_one("SELECT payload::text FROM outbox ORDER BY id DESC LIMIT 1", &[]).await?.get(0);
+    let event_id: Uuid =
+        serde_json::from_str::<serde_json::Value>(&payload)?["event_id"].as_str().context("event_id")?.parse()?;
+    let headers = serde_json::json!({});
+    let letter = gitfleet_infra::store::dead_letter::NewDeadLetter {
+        event_id: Some(event_id),
+        routing_key: "repo.sync",
+        reason: "delivery limit reached",
+        payload: payload.as_bytes(),
+        headers: &headers,
+    };
+    anyhow::ensure!(gitfleet_infra::store::dead_letter::insert(&**db, &letter).await?, "already dead-lettered");
+    Ok(event_id)
+}
+
 /// `value` percent-encoded as one URL path segment (unreserved characters kept).
 pub fn path_segment(value: &str) -> String {
     value
