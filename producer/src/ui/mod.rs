@@ -227,6 +227,8 @@ struct ListQuery {
     q: Option<String>,
     /// `name` (default), `status` or `age`.
     sort: Option<String>,
+    /// The page, from 1.
+    page: Option<i64>,
 }
 
 /// One row of the repositories page.
@@ -244,6 +246,7 @@ async fn repositories(State(state): State<AppState>, headers: HeaderMap, Query(q
     let session = signed_in(&state, &headers, "/ui/repositories").await?;
     let client = state.pool.get().await.map_err(|e| internal(Some(&session), e))?;
     let filter = q.q.clone().unwrap_or_default();
+    let page_number = q.page.unwrap_or(1).clamp(1, 1_000_000);
     let rows = client
         .query(
             "SELECT r.name, r.remote_url, r.branch, r.current_head, j.status, j.date_done,
@@ -259,13 +262,20 @@ async fn repositories(State(state): State<AppState>, headers: HeaderMap, Query(q
               ORDER BY CASE WHEN $2 = 'status' THEN coalesce(j.status, '') END,
                        CASE WHEN $2 = 'age' THEN j.date_created END DESC NULLS LAST,
                        r.name
-              LIMIT 1000",
-            &[&filter, &q.sort.clone().unwrap_or_default()],
+              OFFSET $3 LIMIT $4",
+            &[
+                &filter,
+                &q.sort.clone().unwrap_or_default(),
+                &((page_number - 1) * page::REPOSITORIES_PAGE),
+                &(page::REPOSITORIES_PAGE + 1),
+            ],
         )
         .await
         .map_err(|e| internal(Some(&session), e))?;
+    let more = rows.len() as i64 > page::REPOSITORIES_PAGE;
     let repos: Vec<RepoRow> = rows
         .iter()
+        .take(usize::try_from(page::REPOSITORIES_PAGE).unwrap_or(100))
         .map(|r| RepoRow {
             name: r.get(0),
             remote_url: r.get(1),
@@ -281,7 +291,8 @@ async fn repositories(State(state): State<AppState>, headers: HeaderMap, Query(q
             ],
         })
         .collect();
-    Ok(html_response(StatusCode::OK, page::repositories(&session, &repos, &filter, q.sort.as_deref())))
+    let list = page::ListPage { filter: &filter, sort: q.sort.as_deref(), page: page_number, more };
+    Ok(html_response(StatusCode::OK, page::repositories(&session, &repos, &list)))
 }
 
 async fn repository_page(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> PageResult {

@@ -16,6 +16,10 @@ use super::{RepoRow, WorkerSeen};
 use crate::tokens::Scope;
 
 pub const CSS: &str = include_str!("ui.css");
+/// Records of one data type listed on a repository's page (a repository of 100,000 files stays readable).
+pub const RECORDS_LISTED: usize = 500;
+/// Repositories per page of the list.
+pub const REPOSITORIES_PAGE: i64 = 100;
 pub const JS: &str = include_str!("ui.js");
 pub const FAVICON: &str = include_str!("favicon.svg");
 
@@ -127,7 +131,19 @@ pub fn sign_in(next: &str, error: Option<&str>) -> Markup {
     })
 }
 
-pub fn repositories(session: &Session, repos: &[RepoRow], filter: &str, sort: Option<&str>) -> Markup {
+/// Which page of the repositories list is shown: its number (from 1), and whether another follows.
+pub struct ListPage<'a> {
+    pub filter: &'a str,
+    pub sort: Option<&'a str>,
+    pub page: i64,
+    pub more: bool,
+}
+
+pub fn repositories(session: &Session, repos: &[RepoRow], list: &ListPage<'_>) -> Markup {
+    let (filter, sort) = (list.filter, list.sort);
+    let link = |page: i64| {
+        format!("/ui/repositories?q={}&sort={}&page={page}", encode(filter), encode(sort.unwrap_or("name")))
+    };
     Page::new("Repositories", Some(session)).render(html! {
         @if session.can(Scope::Write) {
             div.actions { a.button href="/ui/new-repository" { "New repository" } }
@@ -148,7 +164,7 @@ pub fn repositories(session: &Session, repos: &[RepoRow], filter: &str, sort: Op
         } @else {
             div.scroll tabindex="0" role="region" aria-label="Repositories" {
                 table {
-                    caption { (repos.len()) " repositories" }
+                    caption { "Repositories " ((list.page - 1) * REPOSITORIES_PAGE + 1) " to " ((list.page - 1) * REPOSITORIES_PAGE + repos.len() as i64) }
                     thead { tr {
                         th scope="col" { "Name" } th scope="col" { "Remote" } th scope="col" { "Branch" }
                         th scope="col" { "Live commit" } th scope="col" { "Last JobResult" } th scope="col" { "Records" }
@@ -170,6 +186,10 @@ pub fn repositories(session: &Session, repos: &[RepoRow], filter: &str, sort: Op
                     }
                 }
             }
+        }
+        nav.pages aria-label="Repository pages" {
+            @if list.page > 1 { a href=(link(list.page - 1)) rel="prev" { "Previous page" } }
+            @if list.more { a href=(link(list.page + 1)) rel="next" { "Next page" } }
         }
     })
 }
@@ -210,11 +230,15 @@ pub fn repository(session: &Session, repo: &RepositoryRow, records: &Value, resu
                             details {
                                 summary { (data_type) ": " (items.len()) }
                                 ul {
-                                    @for (i, item) in items.iter().enumerate() {
+                                    @for (i, item) in items.iter().enumerate().take(RECORDS_LISTED) {
                                         li { a href={ "/ui/repositories/" (name) "/records/" (encode(data_type)) "/" (i) } {
                                             (record_label(item, i))
                                         } }
                                     }
+                                }
+                                @if items.len() > RECORDS_LISTED {
+                                    p { "The first " (RECORDS_LISTED) " of " (items.len()) " are listed; "
+                                        code { "producer repo records" } " lists them all." }
                                 }
                             }
                         }

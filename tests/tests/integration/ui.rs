@@ -269,6 +269,21 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     assert_eq!(replayed.headers()[LOCATION].to_str()?, format!("/ui/job-results/{event_id}"));
     until_done(&base, &admin_session, &format!("/ui/job-results/{event_id}")).await?;
 
+    // A long list comes a page at a time.
+    let db = env.pool.get().await?;
+    db.batch_execute(
+        "INSERT INTO git_repository (id, name, slug, remote_url)
+         SELECT gen_random_uuid(), 'Bulk ' || lpad(i::text, 3, '0'), 'bulk_' || i, 'https://example.com/r' || i || '.git'
+           FROM generate_series(1, 150) AS i",
+    )
+    .await?;
+    drop(db);
+    let (_, first) = page(&base, &admin_session, "/ui/repositories?q=Bulk").await?;
+    assert!(first.contains("Repositories 1 to 100") && first.contains("Bulk 100") && !first.contains("Bulk 101"));
+    assert!(first.contains(">Next page<") && !first.contains(">Previous page<"), "{first}");
+    let (_, second) = page(&base, &admin_session, "/ui/repositories?q=Bulk&sort=name&page=2").await?;
+    assert!(second.contains("Repositories 101 to 150") && second.contains("Bulk 150") && !second.contains(">Next page<"));
+
     // Signing out ends the session; revoking a token ends its sessions.
     assert_eq!(post(&base, &write, "/ui/sign-out", &token).await?.status(), StatusCode::SEE_OTHER);
     assert_eq!(page(&base, &write, "/ui/repositories").await?.0, StatusCode::SEE_OTHER);
