@@ -282,7 +282,9 @@ async fn the_ui_signs_in_shows_a_sync_and_keeps_each_scope_to_its_rights() -> Re
     assert!(first.contains("Repositories 1 to 100") && first.contains("Bulk 100") && !first.contains("Bulk 101"));
     assert!(first.contains(">Next page<") && !first.contains(">Previous page<"), "{first}");
     let (_, second) = page(&base, &admin_session, "/ui/repositories?q=Bulk&sort=name&page=2").await?;
-    assert!(second.contains("Repositories 101 to 150") && second.contains("Bulk 150") && !second.contains(">Next page<"));
+    assert!(
+        second.contains("Repositories 101 to 150") && second.contains("Bulk 150") && !second.contains(">Next page<")
+    );
 
     // Signing out ends the session; revoking a token ends its sessions.
     assert_eq!(post(&base, &write, "/ui/sign-out", &token).await?.status(), StatusCode::SEE_OTHER);
