@@ -37,6 +37,23 @@ impl JsonText {
         }
     }
 
+    /// The document as compact JSON text (keys sorted).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        match &self.0 {
+            Repr::Text(text) => std::borrow::Cow::Borrowed(text),
+            Repr::Parsed(value) => std::borrow::Cow::Owned(value.to_string()),
+        }
+    }
+
+    /// A document from text that [`JsonText::text`] gave (a sync stages its records in the database and reads
+    /// them back): kept as it is. Any other text is parsed first.
+    pub fn from_rendered(text: String) -> Self {
+        match serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+            Ok(_) => Self(Repr::Text(text.into_boxed_str())),
+            Err(_) => Self::new(serde_json::from_str(&text).unwrap_or(Value::Null)),
+        }
+    }
+
     /// Whether this is the JSON null.
     pub fn is_null(&self) -> bool {
         match &self.0 {

@@ -48,6 +48,10 @@ pub struct WorkerSettings {
     /// at once is bounded by this, whatever the number of files.
     #[arg(long, env = "GITFLEET_MAX_LOAD_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_load_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_load_bytes: usize,
+    /// Config context files a full load reads, loads and writes at a time (a batch also ends after 8 MiB of
+    /// content): what a sync holds at once, whatever the repository's size.
+    #[arg(long, env = "GITFLEET_LOAD_BATCH_FILES", default_value_t = 500, value_parser = gitfleet_infra::settings::positive)]
+    pub load_batch_files: usize,
     /// Default limit for each git operation, in seconds (a repository's `--git-timeout` overrides it). Also the
     /// connect and read timeout of every git connection.
     #[arg(long, env = "GITFLEET_GIT_TIMEOUT_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]

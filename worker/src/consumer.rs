@@ -89,6 +89,7 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
         scope_mode: settings.scope_mode(),
         schema_enforcement: settings.schema_enforcement,
         limits: settings.limits(),
+        load_batch_files: settings.load_batch_files,
         heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
         artifact_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         artifacts_building: Arc::default(),

@@ -277,6 +277,18 @@ impl Mirror {
     /// The tree of `commit` in memory, for the loaders: blobs with their ids, symbolic links and submodules as
     /// entries only, and files over `max_file_bytes` as oversized entries that are never read.
     pub fn read_tree(&self, commit: &str, max_file_bytes: usize) -> Result<RepoTree, GitError> {
+        self.read_tree_deferring(commit, max_file_bytes, None)
+    }
+
+    /// As [`Mirror::read_tree`], but the files under the folder `defer` are listed with their blob ids and not
+    /// read: their contents are read a batch at a time with [`Mirror::blobs`] (a full load of 100,000 config
+    /// context files never holds them all).
+    pub fn read_tree_deferring(
+        &self,
+        commit: &str,
+        max_file_bytes: usize,
+        defer: Option<&str>,
+    ) -> Result<RepoTree, GitError> {
         let repo = Repository::open_bare(self.path())?;
         let commit = repo.find_commit(Oid::from_str(commit)?)?;
         let mut out = RepoTree::new();
@@ -288,6 +300,11 @@ impl Mirror {
                 Some(ObjectType::Tree) => out.add_dir(&path),
                 Some(ObjectType::Commit) => out.add_submodule(&path),
                 Some(ObjectType::Blob) if entry.filemode() == 0o120_000 => out.add_symlink(&path),
+                Some(ObjectType::Blob)
+                    if defer.is_some_and(|d| root.strip_prefix(d).is_some_and(|r| r.starts_with('/'))) =>
+                {
+                    out.add_deferred(&path, entry.id().to_string())
+                }
                 Some(ObjectType::Blob) => match repo.find_blob(entry.id()) {
                     Ok(blob) if blob.size() > max_file_bytes => out.add_oversized(&path, blob.size(), max_file_bytes),
                     Ok(blob) => out.add_file(&path, blob.content().to_vec(), Some(entry.id().to_string())),
@@ -535,6 +552,18 @@ pub struct Blobs(Repository);
 impl Blobs {
     pub fn read(&self, id: &str) -> Result<Vec<u8>, GitError> {
         Ok(self.0.find_blob(Oid::from_str(id)?)?.content().to_vec())
+    }
+
+    /// Adds the blob `id` to `tree` at `path` as [`Mirror::read_tree`] would: an oversized file as an entry only.
+    /// The outer error is git's; the inner, the tree's.
+    pub fn add_to(
+        &self,
+        tree: &mut RepoTree,
+        path: &str,
+        id: &str,
+        max_file_bytes: usize,
+    ) -> Result<Result<(), gitfleet_shared::tree::TreeError>, GitError> {
+        add_blob(&self.0, tree, path, Oid::from_str(id)?, max_file_bytes)
     }
 }
 

@@ -323,7 +323,7 @@ async fn contexts(
     enforcement: SchemaEnforcement,
     scope: Option<&[String]>,
 ) -> Result<(), Db> {
-    let schemas = linked_schemas(db, loaded).await?;
+    let schemas = linked_schemas(db, &loaded.config_contexts).await?;
     let mut checker = DataChecker::new(enforcement);
     let mut seen: HashSet<&str> = HashSet::with_capacity(loaded.config_contexts.len());
     // A chunk at a time: the rows it names, its inserts in one statement, its lines handed on.
@@ -421,9 +421,11 @@ async fn contexts_chunk(
 /// Schema links are looked up by name, globally, among every repository's schemas as this transaction sees them
 /// (this repository's were reconciled just before): one query for all of them, with the schemas themselves, which
 /// the contexts' data is checked against.
-async fn linked_schemas(db: &impl GenericClient, loaded: &Loaded) -> Result<BTreeMap<String, (Uuid, Value)>, Db> {
-    let mut names: Vec<&str> =
-        loaded.config_contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
+async fn linked_schemas(
+    db: &impl GenericClient,
+    contexts: &[gitfleet_shared::loaders::ConfigContext],
+) -> Result<BTreeMap<String, (Uuid, Value)>, Db> {
+    let mut names: Vec<&str> = contexts.iter().filter_map(|c| c.config_context_schema.as_deref()).collect();
     names.sort_unstable();
     names.dedup();
     if names.is_empty() {
@@ -932,4 +934,329 @@ async fn extension(
         logs.record(&wording, ChangeKind::Deleted, &key, data_type.name());
     }
     Ok(())
+}
+
+/// Config contexts and local contexts staged in temporary tables of the sync's transaction as a full load reads
+/// them, a batch of files at a time, every definition with its place in processing order (`seq`) and, when the
+/// database would refuse it, why. Reconciling then reads the winning definition of each name (the last one in
+/// processing order) a chunk at a time: the worker never holds every record of a large repository.
+pub mod staged {
+    use gitfleet_shared::job_result::LogEntry;
+    use gitfleet_shared::json_text::JsonText;
+    use gitfleet_shared::loaders::{ConfigContext, LocalContext, SchemaEnforcement};
+    use tokio_postgres::GenericClient;
+
+    use super::{CHUNK, CONTEXTS, Change, ChangeKind, ChangeSink, Changes, Db, LOCAL_CONTEXTS, Owner};
+
+    /// Creates the staging tables; they go with the transaction.
+    pub async fn create(db: &impl GenericClient) -> Result<(), Db> {
+        db.batch_execute(
+            "CREATE TEMP TABLE gitfleet_stage_context (
+                 seq bigint NOT NULL, name text COLLATE \"C\" NOT NULL, weight int8 NOT NULL, description text NOT NULL,
+                 is_active bool NOT NULL, schema text, data text NOT NULL, scope text NOT NULL, resolved text NOT NULL,
+                 file text NOT NULL, problem text
+             ) ON COMMIT DROP;
+             CREATE INDEX ON gitfleet_stage_context (name, seq DESC);
+             CREATE TEMP TABLE gitfleet_stage_local (
+                 seq bigint NOT NULL, kind text COLLATE \"C\" NOT NULL, name text COLLATE \"C\" NOT NULL,
+                 data text NOT NULL, target text, problem text
+             ) ON COMMIT DROP;
+             CREATE INDEX ON gitfleet_stage_local (kind, name, seq DESC);",
+        )
+        .await
+    }
+
+    /// One config context definition to stage: its place in processing order and, if any, the database's refusal.
+    pub type ContextRow<'a> = (i64, &'a ConfigContext, Option<&'a str>);
+    /// One local context definition to stage.
+    pub type LocalRow<'a> = (i64, &'a LocalContext, Option<&'a str>);
+
+    /// Stages a batch of definitions, one statement per table.
+    pub async fn add(db: &impl GenericClient, contexts: &[ContextRow<'_>], locals: &[LocalRow<'_>]) -> Result<(), Db> {
+        if !contexts.is_empty() {
+            let mut columns = ContextColumns::default();
+            for (seq, context, problem) in contexts {
+                columns.push(*seq, context, *problem);
+            }
+            let c = &columns;
+            db.execute(
+                "INSERT INTO gitfleet_stage_context
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::text[], $5::bool[], $6::text[],
+                     $7::text[], $8::text[], $9::text[], $10::text[], $11::text[])",
+                &[
+                    &c.seq,
+                    &c.name,
+                    &c.weight,
+                    &c.description,
+                    &c.active,
+                    &c.schema,
+                    &c.data,
+                    &c.scope,
+                    &c.resolved,
+                    &c.file,
+                    &c.problem,
+                ],
+            )
+            .await?;
+        }
+        if !locals.is_empty() {
+            let seq: Vec<i64> = locals.iter().map(|l| l.0).collect();
+            let kind: Vec<&str> = locals.iter().map(|l| l.1.kind).collect();
+            let name: Vec<&str> = locals.iter().map(|l| l.1.name.as_str()).collect();
+            let data: Vec<String> = locals.iter().map(|l| l.1.data.text().into_owned()).collect();
+            let target: Vec<Option<&str>> = locals.iter().map(|l| l.1.target.as_deref()).collect();
+            let problem: Vec<Option<&str>> = locals.iter().map(|l| l.2).collect();
+            db.execute(
+                "INSERT INTO gitfleet_stage_local
+                 SELECT * FROM unnest($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])",
+                &[&seq, &kind, &name, &data, &target, &problem],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    #[derive(Default)]
+    struct ContextColumns<'a> {
+        seq: Vec<i64>,
+        name: Vec<&'a str>,
+        weight: Vec<i64>,
+        description: Vec<&'a str>,
+        active: Vec<bool>,
+        schema: Vec<Option<&'a str>>,
+        data: Vec<String>,
+        scope: Vec<String>,
+        resolved: Vec<String>,
+        file: Vec<&'a str>,
+        problem: Vec<Option<&'a str>>,
+    }
+
+    impl<'a> ContextColumns<'a> {
+        fn push(&mut self, seq: i64, c: &'a ConfigContext, problem: Option<&'a str>) {
+            self.seq.push(seq);
+            self.name.push(&c.name);
+            self.weight.push(c.weight);
+            self.description.push(&c.description);
+            self.active.push(c.is_active);
+            self.schema.push(c.config_context_schema.as_deref());
+            self.data.push(c.data.text().into_owned());
+            self.scope.push(serde_json::to_string(&c.scope).unwrap_or_default());
+            self.resolved.push(serde_json::to_string(&c.resolved).unwrap_or_default());
+            self.file.push(&c.file);
+            self.problem.push(problem);
+        }
+    }
+
+    /// The winning definitions the database would refuse: their error lines (as a load logs them, config contexts
+    /// in the order their names first appear, then local contexts in the order of their last definition), and
+    /// their keys, which reconciling treats as not loaded.
+    #[derive(Debug, Default)]
+    pub struct Refused {
+        pub lines: Vec<LogEntry>,
+        names: Vec<String>,
+        locals: (Vec<String>, Vec<String>),
+    }
+
+    /// What the staged definitions' winners that the database would refuse are (`any`: whether a staged row has
+    /// a problem at all; without one there is nothing to look up).
+    pub async fn refused(db: &impl GenericClient, any: bool) -> Result<Refused, Db> {
+        let mut out = Refused::default();
+        if !any {
+            return Ok(out);
+        }
+        let rows = db
+            .query(
+                "SELECT w.name, w.problem
+                 FROM (SELECT DISTINCT ON (name) name, problem FROM gitfleet_stage_context ORDER BY name, seq DESC) w
+                 JOIN (SELECT name, min(seq) AS first FROM gitfleet_stage_context GROUP BY name) f USING (name)
+                 WHERE w.problem IS NOT NULL ORDER BY f.first",
+                &[],
+            )
+            .await?;
+        for row in rows {
+            out.names.push(row.get(0));
+            out.lines.push(LogEntry::error(gitfleet_shared::loaders::CONTEXTS_GROUPING, row.get::<_, &str>(1)));
+        }
+        let rows = db
+            .query(
+                "SELECT kind, name, problem FROM (SELECT DISTINCT ON (kind, name) kind, name, problem, seq
+                     FROM gitfleet_stage_local ORDER BY kind, name, seq DESC) w
+                 WHERE problem IS NOT NULL ORDER BY seq",
+                &[],
+            )
+            .await?;
+        for row in rows {
+            out.locals.0.push(row.get(0));
+            out.locals.1.push(row.get(1));
+            out.lines.push(LogEntry::error(gitfleet_shared::loaders::CONTEXTS_GROUPING, row.get::<_, &str>(2)));
+        }
+        Ok(out)
+    }
+
+    /// Reconciles the staged config contexts and local contexts as [`super::reconcile_type`] reconciles a load's:
+    /// each name's winning definition, a chunk at a time in name order, then every owned record no definition
+    /// names (or whose winner was refused) deleted, in name order.
+    pub async fn reconcile(
+        db: &impl GenericClient,
+        owner: Owner<'_>,
+        enforcement: SchemaEnforcement,
+        refused: &Refused,
+        sink: Option<&ChangeSink>,
+    ) -> Result<Vec<Change>, Db> {
+        // Temporary tables have no statistics until asked: without them the planner would sort the whole stage
+        // for every chunk instead of walking its index.
+        db.batch_execute("ANALYZE gitfleet_stage_context, gitfleet_stage_local").await?;
+        let mut logs = Changes::new("extras.configcontext", sink);
+        contexts(db, owner, enforcement, refused, &mut logs).await?;
+        locals(db, owner, refused, &mut logs).await?;
+        Ok(logs.list)
+    }
+
+    async fn contexts(
+        db: &impl GenericClient,
+        owner: Owner<'_>,
+        enforcement: SchemaEnforcement,
+        refused: &Refused,
+        logs: &mut Changes<'_>,
+    ) -> Result<(), Db> {
+        let mut checker = gitfleet_shared::loaders::DataChecker::new(enforcement);
+        let limit = i64::try_from(CHUNK).unwrap_or(i64::MAX);
+        // Pages by name: `None` before the first.
+        let mut after: Option<String> = None;
+        loop {
+            let rows = db
+                .query(
+                    "SELECT DISTINCT ON (name) name, weight, description, is_active, schema, data, scope, resolved,
+                         file, problem IS NOT NULL
+                     FROM gitfleet_stage_context WHERE $1::text IS NULL OR name > $1
+                     ORDER BY name, seq DESC LIMIT $2",
+                    &[&after, &limit],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.get(0));
+            let full = rows.len() == CHUNK;
+            let chunk: Vec<ConfigContext> = rows.into_iter().filter(|r| !r.get::<_, bool>(9)).map(context).collect();
+            let schemas = super::linked_schemas(db, &chunk).await?;
+            super::contexts_chunk(db, owner, &chunk, logs, &schemas, &mut checker).await?;
+            logs.flush().await;
+            if !full {
+                break;
+            }
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let rows = db
+                .query(
+                    "SELECT c.id, c.name::text FROM config_context c
+                     WHERE c.owner_repository_id = $1 AND ($2::text IS NULL OR c.name COLLATE \"C\" > $2)
+                         AND (NOT EXISTS (SELECT 1 FROM gitfleet_stage_context s WHERE s.name = c.name COLLATE \"C\")
+                              OR c.name = ANY($3))
+                     ORDER BY c.name COLLATE \"C\" LIMIT $4",
+                    &[&owner.id, &after, &refused.names, &limit],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.get(1));
+            let mut stale = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let name: &str = row.get(1);
+                stale.push(row.get::<_, uuid::Uuid>(0));
+                logs.record(&CONTEXTS, ChangeKind::Deleted, name, &owner.display(name));
+            }
+            super::delete_ids(db, "config_context", &stale).await?;
+            logs.flush().await;
+            if rows.len() < CHUNK {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn context(row: tokio_postgres::Row) -> ConfigContext {
+        ConfigContext {
+            name: row.get(0),
+            weight: row.get(1),
+            description: row.get(2),
+            is_active: row.get(3),
+            config_context_schema: row.get(4),
+            data: JsonText::from_rendered(row.get(5)),
+            scope: serde_json::from_str(row.get(6)).unwrap_or_default(),
+            resolved: serde_json::from_str(row.get(7)).unwrap_or_default(),
+            file: row.get(8),
+        }
+    }
+
+    async fn locals(
+        db: &impl GenericClient,
+        owner: Owner<'_>,
+        refused: &Refused,
+        logs: &mut Changes<'_>,
+    ) -> Result<(), Db> {
+        let limit = i64::try_from(CHUNK).unwrap_or(i64::MAX);
+        let (mut kind, mut name) = (String::new(), String::new());
+        loop {
+            let rows = db
+                .query(
+                    "SELECT DISTINCT ON (kind, name) kind, name, data, target, problem IS NOT NULL
+                     FROM gitfleet_stage_local WHERE (kind, name) > ($1, $2) ORDER BY kind, name, seq DESC LIMIT $3",
+                    &[&kind, &name, &limit],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            (kind, name) = (last.get(0), last.get(1));
+            let full = rows.len() == CHUNK;
+            let chunk: Vec<LocalContext> = rows
+                .into_iter()
+                .filter(|r| !r.get::<_, bool>(4))
+                .filter_map(|r| {
+                    let kind = gitfleet_shared::inventory::LOCAL_KINDS.iter().find(|k| k.0 == r.get::<_, &str>(0))?.0;
+                    Some(LocalContext {
+                        kind,
+                        name: r.get(1),
+                        data: JsonText::from_rendered(r.get(2)),
+                        target: r.get(3),
+                    })
+                })
+                .collect();
+            super::local_chunk(db, owner, &chunk).await?;
+            if !full {
+                break;
+            }
+        }
+        let (mut kind, mut name) = (String::new(), String::new());
+        loop {
+            let rows = db
+                .query(
+                    "SELECT l.kind::text, l.name::text FROM local_context l
+                     WHERE l.owner_repository_id = $1 AND (l.kind COLLATE \"C\", l.name COLLATE \"C\") > ($2, $3)
+                         AND (NOT EXISTS (SELECT 1 FROM gitfleet_stage_local s
+                                          WHERE s.kind = l.kind COLLATE \"C\" AND s.name = l.name COLLATE \"C\")
+                              OR (l.kind, l.name) IN (SELECT * FROM unnest($4::text[], $5::text[])))
+                     ORDER BY l.kind COLLATE \"C\", l.name COLLATE \"C\" LIMIT $6",
+                    &[&owner.id, &kind, &name, &refused.locals.0, &refused.locals.1, &limit],
+                )
+                .await?;
+            let Some(last) = rows.last() else { break };
+            (kind, name) = (last.get(0), last.get(1));
+            let (mut kinds, mut names) = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+            for row in &rows {
+                let (k, n): (&str, &str) = (row.get(0), row.get(1));
+                logs.record(&LOCAL_CONTEXTS, ChangeKind::Deleted, n, n);
+                kinds.push(k);
+                names.push(n);
+            }
+            db.execute(
+                "DELETE FROM local_context l USING unnest($1::text[], $2::text[]) AS u(kind, name)
+                 WHERE l.kind = u.kind AND l.name = u.name",
+                &[&kinds, &names],
+            )
+            .await?;
+            logs.flush().await;
+            if rows.len() < CHUNK {
+                break;
+            }
+        }
+        Ok(())
+    }
 }

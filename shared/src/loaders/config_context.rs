@@ -85,55 +85,73 @@ impl DataType for ConfigContexts {
     }
 
     fn load(&self, input: &LoadInput<'_>, out: &mut Loaded) {
-        let root = "config_contexts";
-        if !input.tree.is_dir(root) {
+        if !input.tree.is_dir("config_contexts") {
             return;
         }
-        let begin = out.logs.len();
         let mut contexts: Vec<ConfigContext> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut files: Vec<FileLoad> = Vec::new();
-        // Lines about the folders rather than one file (skipped entries, misplaced folders): positions in the log.
+        // Where each file's lines are in the log, and the lines about folders rather than one file.
         let mut own: Vec<std::ops::Range<usize>> = Vec::new();
-        let mut sections = vec![(Section::Explicit, root.to_owned())];
-        sections.extend((0..FILTERS.len()).map(|i| (Section::Implicit(i), format!("{root}/{}", FILTERS[i].0))));
-        sections.extend((0..LOCAL_KINDS.len()).map(|i| (Section::Local(i), format!("{root}/{}", LOCAL_KINDS[i].0))));
-        for (section, dir) in sections {
-            let grouping = if matches!(section, Section::Local(_)) { LOCAL_GROUPING } else { GROUPING };
-            if section != Section::Explicit {
-                misplaced(input, section.folder(), &mut Log { out: &mut out.logs, grouping: GROUPING });
-                if !input.tree.is_dir(&dir) {
-                    continue;
+        let mut folder_lines = Vec::new();
+        for step in plan(input) {
+            match step {
+                Step::Line(line) => {
+                    folder_lines.push(line.clone());
+                    out.logs.push(line);
                 }
-            }
-            let listed = data_files(input.tree, &dir, &mut Log { out: &mut out.logs, grouping }, section.has_dirs());
-            for (file, kind) in listed {
-                let mut loaded = load_file(input, section, &file, kind);
-                let at = out.logs.len();
-                out.logs.append(&mut loaded.logs);
-                own.push(at..out.logs.len());
-                // The records and lines go to the load; the file keeps its keys and where its lines are.
-                keep(&mut contexts, &mut index, std::mem::take(&mut loaded.contexts));
-                out.local_contexts.append(&mut loaded.locals);
-                files.push(loaded);
+                Step::File { section, file, kind } => {
+                    let mut loaded = load_file(input, section, &file, kind);
+                    let at = out.logs.len();
+                    out.logs.append(&mut loaded.logs);
+                    own.push(at..out.logs.len());
+                    // The records and lines go to the load; the file keeps its keys and where its lines are.
+                    keep(&mut contexts, &mut index, std::mem::take(&mut loaded.contexts));
+                    out.local_contexts.append(&mut loaded.locals);
+                    files.push(loaded);
+                }
             }
         }
         out.config_contexts.extend(contexts);
         super::dedupe_keep_last(&mut out.local_contexts, |l| (l.kind, l.name.clone()));
-        // Every line of this type that no file wrote, in order.
-        let mut folder_lines = Vec::new();
-        let mut owned = own.iter().peekable();
-        let mut i = begin;
-        while i < out.logs.len() {
-            if let Some(range) = owned.next_if(|r| r.start == i) {
-                i = range.end;
-                continue;
-            }
-            folder_lines.push(out.logs[i].clone());
-            i += 1;
-        }
         out.files = Some(ContextFiles { files, lines: own, folder_lines });
     }
+}
+
+/// One step of the config contexts load, in the order it is taken: a line about a folder (a misplaced folder at
+/// the root, a skipped entry), or a file to load with [`load_file`].
+#[derive(Debug, Clone)]
+pub enum Step {
+    Line(LogEntry),
+    File { section: Section, file: String, kind: EntryKind },
+}
+
+/// What loading the config contexts type does, in order, from the tree's listing alone (no file is read): a full
+/// load runs the files of this plan in batches, reading each batch's contents as it goes.
+pub fn plan(input: &LoadInput<'_>) -> Vec<Step> {
+    let root = "config_contexts";
+    let mut steps = Vec::new();
+    if !input.tree.is_dir(root) {
+        return steps;
+    }
+    let mut sections = vec![(Section::Explicit, root.to_owned())];
+    sections.extend((0..FILTERS.len()).map(|i| (Section::Implicit(i), format!("{root}/{}", FILTERS[i].0))));
+    sections.extend((0..LOCAL_KINDS.len()).map(|i| (Section::Local(i), format!("{root}/{}", LOCAL_KINDS[i].0))));
+    for (section, dir) in sections {
+        let grouping = if matches!(section, Section::Local(_)) { LOCAL_GROUPING } else { GROUPING };
+        let mut lines = Vec::new();
+        if section != Section::Explicit {
+            misplaced(input, section.folder(), &mut Log { out: &mut lines, grouping: GROUPING });
+            if !input.tree.is_dir(&dir) {
+                steps.extend(lines.into_iter().map(Step::Line));
+                continue;
+            }
+        }
+        let listed = data_files(input.tree, &dir, &mut Log { out: &mut lines, grouping }, section.has_dirs());
+        steps.extend(lines.into_iter().map(Step::Line));
+        steps.extend(listed.into_iter().map(|(file, kind)| Step::File { section, file, kind }));
+    }
+    steps
 }
 
 /// Where a config context file sits, which says what it defines and whose definition wins: explicit files in

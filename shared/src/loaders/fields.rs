@@ -88,6 +88,21 @@ fn keep<T>(items: &mut Vec<T>, from: usize, logs: &mut Vec<LogEntry>, problem: i
     });
 }
 
+/// Why the database would refuse a config context, as the error line's message (`None`: it takes it).
+pub fn context_problem(c: &config_context::ConfigContext) -> Option<String> {
+    let problem = text("_metadata.name", &c.name, CHARFIELD)
+        .or_else(|| text("_metadata.description", &c.description, CHARFIELD))
+        .or_else(|| nul_in_json("data", &c.data.value()))
+        .or_else(|| c.scope.iter().find_map(|(filter, lookups)| lookups.iter().find_map(|l| nul_in_json(filter, l))))?;
+    Some(format!("Error in loading config context data from `{}`: {problem}", c.file))
+}
+
+/// Why the database would refuse a local context, as the error line's message (`None`: it takes it).
+pub fn local_problem(l: &config_context::LocalContext) -> Option<String> {
+    let problem = text("name", &l.name, CHARFIELD).or_else(|| nul_in_json("data", &l.data.value()))?;
+    Some(format!("Error in loading local config context from `{}/{}`: {problem}", l.kind, l.name))
+}
+
 /// How many records of each list existed before a type loaded.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Marks([usize; 7]);
@@ -116,19 +131,8 @@ pub(super) fn check(identifier: &str, out: &mut Loaded, marks: Marks) {
             .or_else(|| nul_in_json("data_schema", &s.data_schema))?;
         Some(format!("Error in loading config context schema data from `{}`: {problem}", s.file))
     });
-    keep(&mut out.config_contexts, contexts, &mut errors, |c| {
-        let problem = text("_metadata.name", &c.name, CHARFIELD)
-            .or_else(|| text("_metadata.description", &c.description, CHARFIELD))
-            .or_else(|| nul_in_json("data", &c.data.value()))
-            .or_else(|| {
-                c.scope.iter().find_map(|(filter, lookups)| lookups.iter().find_map(|l| nul_in_json(filter, l)))
-            })?;
-        Some(format!("Error in loading config context data from `{}`: {problem}", c.file))
-    });
-    keep(&mut out.local_contexts, locals, &mut errors, |l| {
-        let problem = text("name", &l.name, CHARFIELD).or_else(|| nul_in_json("data", &l.data.value()))?;
-        Some(format!("Error in loading local config context from `{}/{}`: {problem}", l.kind, l.name))
-    });
+    keep(&mut out.config_contexts, contexts, &mut errors, context_problem);
+    keep(&mut out.local_contexts, locals, &mut errors, local_problem);
     keep(&mut out.export_templates, templates, &mut errors, |t| {
         let problem = text("name", &t.name, CHARFIELD)
             .or_else(|| text("content_type", &t.content_type, SHORT))

@@ -25,11 +25,13 @@ use crate::job_result::{LogEntry, LogLevel};
 use crate::tree::{EntryKind, RepoTree};
 use crate::yaml::{self, Limits};
 
+pub use config_context::GROUPING as CONTEXTS_GROUPING;
 pub use config_context::{
-    ConfigContext, ContextFiles, FileLoad, LocalContext, Section, context_key, load_file as load_context_file,
-    local_key,
+    ConfigContext, ContextFiles, FileLoad, LocalContext, Section, Step as ContextStep, context_key,
+    load_file as load_context_file, local_key, plan as context_plan,
 };
 pub use export_template::{ExportTemplate, mime_type};
+pub use fields::{context_problem, local_problem};
 pub use graphql_query::GraphqlQuery;
 pub use job::{JobRecord, unique_name as unique_job_name};
 pub use schema::{ContextSchema, DataChecker, SchemaEnforcement};
@@ -290,30 +292,45 @@ impl Registry {
         for data_type in self.types() {
             out.logs.push(LogEntry::info("main", format!("Refreshing {}...", data_type.name())));
             if input.provided.iter().any(|p| p == data_type.identifier()) && reload(data_type.identifier()) {
-                // A span per data type (in the worker, a child of the sync's: its trace shows each loader's time).
-                let _span =
-                    tracing::info_span!("data type", otel.name = data_type.name(), data_type = data_type.identifier())
-                        .entered();
-                let marks = fields::Marks::of(&out);
-                let spent = input.spent.document_bytes.get();
-                // A loader bug must fail this repository's sync, not the worker that runs it.
-                let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data_type.load(input, &mut out)));
-                if let Err(panic) = loaded {
-                    let what = crate::panic_message(&*panic);
-                    out.logs.push(LogEntry::error(
-                        "main",
-                        format!("Error in loading {}: the loader failed unexpectedly ({what})", data_type.name()),
-                    ));
-                }
-                fields::check(data_type.identifier(), &mut out, marks);
-                let bytes = input.spent.document_bytes.get().saturating_sub(spent);
-                out.type_bytes.insert(data_type.identifier().to_owned(), bytes);
+                Self::load_type(input, data_type, &mut out);
             }
             out.sections.push((data_type.identifier().to_owned(), out.logs.len()));
         }
+        Self::finish(&mut out);
+        out
+    }
+
+    /// Runs one type's loader into `out` as a load does: in a span of its own, a panic caught as an error line,
+    /// its records checked against what the database takes, and what it spent of the budget noted.
+    pub fn load_type(input: &LoadInput<'_>, data_type: &dyn DataType, out: &mut Loaded) {
+        // A span per data type (in the worker, a child of the sync's: its trace shows each loader's time).
+        let _span = tracing::info_span!("data type", otel.name = data_type.name(), data_type = data_type.identifier())
+            .entered();
+        let marks = fields::Marks::of(out);
+        let spent = input.spent.document_bytes.get();
+        // A loader bug must fail this repository's sync, not the worker that runs it.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| data_type.load(input, out)));
+        if let Err(panic) = loaded {
+            out.logs.push(Self::panicked(data_type, &*panic));
+        }
+        fields::check(data_type.identifier(), out, marks);
+        let bytes = input.spent.document_bytes.get().saturating_sub(spent);
+        out.type_bytes.insert(data_type.identifier().to_owned(), bytes);
+    }
+
+    /// The error line of a loader that panicked.
+    pub fn panicked(data_type: &dyn DataType, panic: &(dyn std::any::Any + Send)) -> LogEntry {
+        let what = crate::panic_message(panic);
+        LogEntry::error(
+            "main",
+            format!("Error in loading {}: the loader failed unexpectedly ({what})", data_type.name()),
+        )
+    }
+
+    /// What a load does once every type ran: records in their natural order, jobs' names made unique.
+    pub fn finish(out: &mut Loaded) {
         out.sort();
         job::assign_unique_names(&mut out.jobs);
-        out
     }
 }
 

@@ -208,6 +208,7 @@ async fn main() -> Result<()> {
         max_document_bytes: Limits::default().max_expanded_bytes,
         max_record_bytes: Limits::default().max_record_bytes,
         max_load_bytes: Limits::default().max_load_bytes,
+        load_batch_files: 500,
         secrets_dir: None,
         max_mirror_bytes: u64::MAX,
         git_cache_max_bytes: None,

@@ -265,6 +265,8 @@ async fn create_and_sync(env: &mut TestEnv, remote: &Remote, provided: &[String]
 /// The same commit loaded from scratch in a schema of its own.
 async fn full_load(remote: &Remote, provided: &[String]) -> Result<Outcome> {
     let mut env = TestEnv::new().await?;
+    // Batches of a few files: the repository's files stream through several, as 100,000 files do through 500s.
+    env.load_batch_files = 2;
     import_inventory(&env).await?;
     let (repo, view) = create_and_sync(&mut env, remote, provided).await?;
     let result = outcome(&env, repo, &view).await;

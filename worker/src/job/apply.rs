@@ -47,12 +47,25 @@ pub(super) async fn reconcile_and_log(
     loaded: &Loaded,
     log: &JobLog<'_>,
 ) -> Step<bool> {
-    let (sink, mut changes) = tokio::sync::mpsc::channel::<Vec<Change>>(2);
-    let reconciling = async move {
+    let what = format!("{} of {}", data_type.name(), owner.name);
+    logged(log, &what, |sink| async move {
         let rest = reconcile::reconcile_type(db, owner, data_type, loaded, ctx.schema_enforcement, Some(&sink)).await;
         drop(sink);
         rest
-    };
+    })
+    .await
+}
+
+/// Runs a reconcile that hands its changes to the sink it is given, writing them as they come; a refusal by the
+/// database names `what` was being saved. The reconcile must drop the sink when it ends. Whether an error-level
+/// line was written.
+pub(super) async fn logged<F, R>(log: &JobLog<'_>, what: &str, reconcile: F) -> Step<bool>
+where
+    F: FnOnce(reconcile::ChangeSink) -> R,
+    R: std::future::Future<Output = Result<Vec<Change>, tokio_postgres::Error>>,
+{
+    let (sink, mut changes) = tokio::sync::mpsc::channel::<Vec<Change>>(2);
+    let reconciling = reconcile(sink);
     let writing = async {
         let mut failed = false;
         while let Some(batch) = changes.recv().await {
@@ -61,7 +74,7 @@ pub(super) async fn reconcile_and_log(
         Ok::<_, StepError>(failed)
     };
     let (rest, written) = tokio::join!(reconciling, writing);
-    let rest = rest.map_err(|e| StepError::db(&format!("{} of {}", data_type.name(), owner.name), e))?;
+    let rest = rest.map_err(|e| StepError::db(what, e))?;
     Ok(written? | write_changes(log, rest).await?)
 }
 

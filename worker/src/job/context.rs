@@ -31,6 +31,8 @@ pub struct JobContext {
     /// How context data that does not match its linked schema is reported.
     pub schema_enforcement: SchemaEnforcement,
     pub limits: Limits,
+    /// Config context files a full load reads and writes at a time.
+    pub load_batch_files: usize,
     /// How often a running job beats (`job_result.heartbeat`).
     pub heartbeat: std::time::Duration,
     pub storage: Arc<crate::storage::Storage>,

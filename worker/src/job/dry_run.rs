@@ -66,7 +66,7 @@ async fn stages(run: &JobRun<'_>, lock: &mut RepoLock, completed: &(dyn Fn() -> 
 
     // Record changes: the sync's own load and reconcile, rolled back.
     let context = load::context(ctx).await?;
-    let loaded = load::load_commit(ctx, &repo, mirror, &head, &context).await?.loaded;
+    let loaded = load::load_commit(ctx, &repo, mirror, &head, &context).await?;
     let owner = Owner { id: repo.id, name, slug: &repo.slug };
     let client = lock.client();
     let tx = client.transaction().await?;

@@ -29,18 +29,18 @@ use tokio_postgres::GenericClient;
 
 use super::JobContext;
 use super::error::{Failure, Step, StepError};
-use super::load::{FullLoad, LoadContext};
+use super::load::LoadContext;
 use super::run::JobLog;
 use crate::git::{Mirror, PathChange};
 use crate::reconcile::{self, ContextScope, Owner};
 
-const CONTEXTS: &str = "extras.configcontext";
+pub(super) const CONTEXTS: &str = "extras.configcontext";
 const SCHEMAS: &str = "extras.configcontextschema";
 
 /// What a sync loads: everything, or what changed since the live commit.
 pub(super) enum SyncLoad {
+    /// Every file, streamed into the transaction ([`super::stream::apply_full`]).
     Full {
-        load: Box<FullLoad>,
         /// Why an incremental sync was not possible (none for a first sync).
         reason: Option<String>,
     },
@@ -77,7 +77,8 @@ fn short(commit: &str) -> &str {
     commit.get(..10).unwrap_or(commit)
 }
 
-/// Decides how to load `head` and loads it.
+/// Decides how to load `head`, and loads it when only what changed is read (a full load is streamed as it is
+/// applied).
 pub(super) async fn load(
     ctx: &JobContext,
     repo: &RepositoryRow,
@@ -93,8 +94,7 @@ pub(super) async fn load(
         },
         Err(reason) => reason,
     };
-    let load = super::load::load_commit(ctx, repo, mirror.clone(), head, context).await?;
-    Ok(SyncLoad::Full { load: Box::new(load), reason })
+    Ok(SyncLoad::Full { reason })
 }
 
 /// The live commit's recorded load and the changes since, or why every file must be read.
@@ -144,7 +144,7 @@ async fn increment(
     let provided: Vec<&dyn DataType> =
         ctx.registry.types().filter(|t| repo.provided_contents.iter().any(|p| p == t.identifier())).collect();
     let touches = |t: &dyn DataType| changes.iter().any(|c| t.reads(&c.path));
-    let mut reload: BTreeSet<String> = provided
+    let reload: BTreeSet<String> = provided
         .iter()
         .filter(|t| t.identifier() != CONTEXTS && touches(**t))
         .map(|t| t.identifier().to_owned())
@@ -156,13 +156,15 @@ async fn increment(
         let mine: Vec<&PathChange> = changes.iter().filter(|c| contexts.reads(&c.path)).collect();
         let file_by_file =
             !reload.contains(SCHEMAS) && mine.iter().all(|c| c.regular() && Section::of(&c.path).is_some());
-        if file_by_file {
-            context_paths = mine.iter().map(|c| c.path.clone()).collect();
-            context_paths.sort_unstable();
-            context_paths.dedup();
-        } else {
-            reload.insert(CONTEXTS.to_owned());
+        if !file_by_file {
+            // A full load streams them (a reload of the type here would hold every file at once).
+            return Ok(Err("besides files in the config context folders, the change touches those folders (a \
+                           subfolder, a link, a dotfile) or the schemas the contexts link to"
+                .to_owned()));
         }
+        context_paths = mine.iter().map(|c| c.path.clone()).collect();
+        context_paths.sort_unstable();
+        context_paths.dedup();
     }
 
     let reloaded: Vec<&str> = reload.iter().map(String::as_str).collect();
@@ -220,9 +222,8 @@ fn context_files(input: &LoadInput<'_>, tree: &RepoTree, paths: &[String]) -> Ve
         .collect()
 }
 
-/// The rows a load writes for the provided types that `selected` picks, one per type: its lines but the ones files
-/// wrote, its budget and file count. The row of each config context file is made as it is written
-/// ([`insert_rows`]).
+/// The rows a load writes for the provided types that `selected` picks (never config contexts, which a full load
+/// streams), one per type: its lines, its budget and file count.
 pub(super) fn rows_of(
     registry: &Registry,
     loaded: &Loaded,
@@ -239,66 +240,44 @@ pub(super) fn rows_of(
             continue;
         }
         let Some(data_type) = registry.get(identifier) else { continue };
-        let bytes = i64::try_from(loaded.type_bytes.get(identifier).copied().unwrap_or_default()).unwrap_or(i64::MAX);
-        let mut row = FileRow {
-            data_type: identifier.clone(),
-            path: String::new(),
-            blob_id: String::new(),
-            ord: 0,
-            keys: Vec::new(),
-            facts: serde_json::Value::Null,
-            bytes,
-            files: 0,
-        };
-        if identifier == CONTEXTS {
-            // Its own row: the section's first line and the lines about folders; each file has a row.
-            let mut own: Vec<LogEntry> = lines.iter().take(1).cloned().collect();
-            let files = loaded.files.as_ref();
-            own.extend(files.map(|f| f.folder_lines.clone()).unwrap_or_default());
-            row.facts = facts(&own);
-            row.bytes = 0;
-        } else {
-            row.facts = facts(lines);
-            let mut count = tree.files_under(data_type.folder()).len();
-            if identifier == "extras.job" && tree.is_file("jobs.py") {
-                count += 1;
-            }
-            row.files = i64::try_from(count).unwrap_or(i64::MAX);
+        let bytes = loaded.type_bytes.get(identifier).copied().unwrap_or_default();
+        let mut count = tree.files_under(data_type.folder()).len();
+        if identifier == "extras.job" && tree.is_file("jobs.py") {
+            count += 1;
         }
+        let row = type_row(identifier, lines, bytes, count);
         rows.push(row);
     }
     rows
 }
 
-/// Writes the rows of a load: `rows`, then, when they hold the config context type's row, one per config context
-/// file the load read (made a batch at a time, not all at once). Returns the files they stand for.
+/// Writes the rows of a load; returns the files they stand for.
 async fn insert_rows(
     db: &impl GenericClient,
     repository: uuid::Uuid,
     rows: &[FileRow],
-    load: &Loaded,
 ) -> Result<i64, tokio_postgres::Error> {
     loaded::insert_files(db, repository, rows).await?;
-    let mut files = rows.iter().map(|r| r.files).sum::<i64>();
-    if rows.iter().any(|r| r.data_type == CONTEXTS && r.path.is_empty())
-        && let Some(contexts) = &load.files
-    {
-        let lines = contexts.lines.iter().map(|range| load.logs.get(range.clone()).unwrap_or_default());
-        let every: Vec<(&FileLoad, &[LogEntry])> = contexts.files.iter().zip(lines).collect();
-        for chunk in every.chunks(ROW_BATCH) {
-            let batch: Vec<FileRow> = chunk.iter().map(|(file, lines)| file_row(file, lines)).collect();
-            loaded::insert_files(db, repository, &batch).await?;
-            files += i64::try_from(batch.len()).unwrap_or(i64::MAX);
-        }
-    }
-    Ok(files)
+    Ok(rows.iter().map(|r| r.files).sum::<i64>())
 }
 
-/// Config context file rows made and written at a time.
-const ROW_BATCH: usize = 1000;
+/// The row of a data type loaded whole: its section's lines (for config contexts, the first and those about
+/// folders: each file has a row of its own), the bytes its documents counted and the files it read.
+pub(super) fn type_row(identifier: &str, lines: &[LogEntry], bytes: usize, files: usize) -> FileRow {
+    FileRow {
+        data_type: identifier.to_owned(),
+        path: String::new(),
+        blob_id: String::new(),
+        ord: 0,
+        keys: Vec::new(),
+        facts: facts(lines),
+        bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+        files: i64::try_from(files).unwrap_or(i64::MAX),
+    }
+}
 
 /// The row of a config context file that wrote `lines`.
-fn file_row(file: &FileLoad, lines: &[LogEntry]) -> FileRow {
+pub(super) fn file_row(file: &FileLoad, lines: &[LogEntry]) -> FileRow {
     FileRow {
         data_type: CONTEXTS.to_owned(),
         path: file.path.clone(),
@@ -311,28 +290,8 @@ fn file_row(file: &FileLoad, lines: &[LogEntry]) -> FileRow {
     }
 }
 
-fn facts(lines: &[LogEntry]) -> serde_json::Value {
+pub(super) fn facts(lines: &[LogEntry]) -> serde_json::Value {
     serde_json::to_value(lines).unwrap_or_default()
-}
-
-/// After a full load is applied: what it read replaces what was recorded.
-pub(super) async fn record_full(
-    db: &impl GenericClient,
-    repo: &RepositoryRow,
-    head: &str,
-    base: &str,
-    load: &FullLoad,
-) -> Result<(), tokio_postgres::Error> {
-    loaded::forget(db, repo.id).await?;
-    let files = insert_rows(db, repo.id, &load.rows, &load.loaded).await?;
-    let doc_bytes = load.loaded.type_bytes.values().sum::<usize>();
-    let state = LoadedState {
-        commit: head.to_owned(),
-        base: base.to_owned(),
-        doc_bytes: i64::try_from(doc_bytes).unwrap_or(i64::MAX),
-        files,
-    };
-    loaded::set_state(db, repo.id, &state).await
 }
 
 /// Where an incremental sync's config contexts come from once the changed files are recorded.
@@ -366,7 +325,7 @@ pub(super) async fn apply(
     loaded::forget_files(db, owner.id, CONTEXTS, &paths).await.map_err(db_error("the recorded loads"))?;
     let mut rows = inc.rows.clone();
     rows.extend(inc.files.iter().map(|f| file_row(f, &f.logs)));
-    let read = insert_rows(db, owner.id, &rows, &inc.loaded).await.map_err(db_error("the recorded loads"))?;
+    let read = insert_rows(db, owner.id, &rows).await.map_err(db_error("the recorded loads"))?;
     let winners = if paths.is_empty() { None } else { Some(winners(db, ctx, repo, mirror, context, head, inc).await?) };
 
     let mut failed = false;

@@ -51,21 +51,15 @@ pub(super) fn input<'a>(
     }
 }
 
-/// A full load: the records, and the rows that say what each file gave (for the next, incremental, sync).
-pub(super) struct FullLoad {
-    pub loaded: Loaded,
-    pub rows: Vec<gitfleet_infra::store::loaded::FileRow>,
-}
-
-/// Reads the commit's tree and runs every registered loader on it, off the reactor. A tree that cannot be read
-/// fails the job under `ensure_git_repository`.
+/// Reads the commit's tree and runs every registered loader on it, off the reactor, holding all of it (a dry run;
+/// a sync streams its full loads). A tree that cannot be read fails the job under `ensure_git_repository`.
 pub(super) async fn load_commit(
     ctx: &JobContext,
     repo: &RepositoryRow,
     mirror: Mirror,
     head: &str,
     context: &LoadContext,
-) -> Step<FullLoad> {
+) -> Step<Loaded> {
     let (registry, repo, limits, mode, head) =
         (ctx.registry.clone(), repo.clone(), ctx.limits, ctx.scope_mode, head.to_owned());
     let inventory = context.inventory.clone();
@@ -74,9 +68,7 @@ pub(super) async fn load_commit(
         span.in_scope(|| {
             let tree = tracing::info_span!("tree read").in_scope(|| mirror.read_tree(&head, limits.max_bytes))?;
             let input = input(&tree, &repo, &inventory, (limits, mode));
-            let loaded = registry.load(&input);
-            let rows = super::incremental::rows_of(&registry, &loaded, &tree, &repo.provided_contents, &|_| true);
-            Ok::<_, crate::git::GitError>(FullLoad { loaded, rows })
+            Ok::<_, crate::git::GitError>(registry.load(&input))
         })
     })
     .await?;

@@ -22,6 +22,7 @@ mod load;
 mod poll;
 mod run;
 mod store;
+mod stream;
 mod sync;
 
 use gitfleet_infra::amqp::Publisher;

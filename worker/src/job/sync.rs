@@ -12,7 +12,7 @@ use super::coalesce::{self, finish_superseded};
 use super::error::{Failure, Step, StepError};
 use super::incremental::{self, SyncLoad};
 use super::run::JobRun;
-use super::{apply::apply, fetch, load, store};
+use super::{fetch, load, store};
 use crate::lock::RepoLock;
 use crate::reconcile::Owner;
 
@@ -77,29 +77,29 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
     let tx = client.transaction().await?;
     let owner = Owner { id: repo.id, name, slug: &repo.slug };
     let failed = match &load {
-        SyncLoad::Full { load, reason } => {
+        SyncLoad::Full { reason } => {
             if let Some(reason) = reason {
                 let line = format!("Loading every file of {name}: {reason}.");
                 run.log.write(LogEntry::info(grouping::MAIN, line)).await?;
             }
-            let failed = apply(&*tx, ctx, owner, &load.loaded, &run.log).await?;
-            if !failed {
-                incremental::record_full(&*tx, &repo, &head, &base, load)
-                    .await
-                    .map_err(|e| StepError::db(&format!("the recorded load of {name}"), e))?;
-            }
-            failed
+            let (heads, ctxs) = ((head.as_str(), base.as_str()), &context);
+            super::stream::apply_full(&*tx, ctx, owner, &repo, &mirror, heads, ctxs, &run.log).await?
         }
         SyncLoad::Increment(inc) => {
             incremental::apply(&*tx, ctx, owner, &repo, &mirror, &context, (&head, &base), inc, &run.log).await?
         }
     };
-    phases.mark("reconcile and log");
+    // A full load reads, loads and writes its files in one stream: its "load" phase is only the plan.
+    phases.mark(if matches!(load, SyncLoad::Full { .. }) {
+        "load, reconcile and log (streamed)"
+    } else {
+        "reconcile and log"
+    });
     if failed {
         let message = format!("Failed to refresh data provided by {name}. Please see logs.");
         return Err(StepError::Failed(Failure::new("RuntimeError", message, grouping::MAIN).reverted()));
     }
-    // The records are written: what the load held is let go before the storage stage lists every file.
+    // The records are written: what an incremental load held is let go before the storage stage.
     drop(load);
     let staged = store::stage(ctx, &repo, mirror.clone(), &head, &mut phases).await?;
     run.log.write_all(&[summary(name, false), LogEntry::success(grouping::POST_RUN, "Job completed")]).await?;

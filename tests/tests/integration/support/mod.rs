@@ -55,6 +55,8 @@ pub struct TestEnv {
     pub scope_mode: gitfleet_worker::config::ScopeModeArg,
     /// Storage of the workers this env starts: the filesystem under the env's directory unless a test sets S3.
     pub storage: gitfleet_worker::storage::StorageSettings,
+    /// Config context files the workers this env starts load at a time in a full load.
+    pub load_batch_files: usize,
     components: Vec<(CancellationToken, JoinHandle<()>)>,
 }
 
@@ -103,6 +105,7 @@ impl TestEnv {
             schema_enforcement: gitfleet_shared::loaders::SchemaEnforcement::Warn,
             scope_mode: gitfleet_worker::config::ScopeModeArg::Strict,
             storage,
+            load_batch_files: 500,
             components: Vec::new(),
         })
     }
@@ -129,6 +132,7 @@ impl TestEnv {
             max_document_bytes: gitfleet_shared::yaml::Limits::default().max_expanded_bytes,
             max_record_bytes: gitfleet_shared::yaml::Limits::default().max_record_bytes,
             max_load_bytes: gitfleet_shared::yaml::Limits::default().max_load_bytes,
+            load_batch_files: self.load_batch_files,
             secrets_dir: Some(self.tmp.path().join("secrets")),
             max_mirror_bytes: self.max_mirror_bytes,
             git_cache_max_bytes: self.git_cache_max_bytes,
