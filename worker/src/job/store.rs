@@ -136,23 +136,26 @@ async fn stage_target(
     wanted.dedup();
     let (mut uploaded_blobs, mut uploaded_bytes) = (0, 0);
     let mut rest = wanted.as_slice();
-    let mut last = Vec::new();
+    // The next batch is read from the mirror while the one before it goes up.
+    let mut last: Vec<(String, Vec<u8>)> = Vec::new();
     while !rest.is_empty() {
-        let (ids, bytes) = {
+        let reading = {
             let (mirror, batch) = (mirror.clone(), rest[..rest.len().min(BATCH_FILES)].to_vec());
-            tokio::task::spawn_blocking(move || read_batch(&mirror, batch)).await.map_err(StageError::Join)??
+            async move { tokio::task::spawn_blocking(move || read_batch(&mirror, batch)).await.map_err(StageError::Join) }
         };
-        rest = &rest[ids.len()..];
-        for (id, content) in ids.iter().zip(&bytes) {
-            known.insert(id.clone(), (content.len() as u64, sha256_hex(content)));
-        }
-        let batch: Vec<(String, Vec<u8>)> = ids.into_iter().zip(bytes).collect();
-        if rest.is_empty() {
-            last = batch;
-        } else {
-            let (count, written) = storage.upload(&target.store, batch).await?;
-            uploaded_blobs += count;
-            uploaded_bytes += written;
+        let previous = std::mem::take(&mut last);
+        let uploading = async {
+            if previous.is_empty() { Ok((0, 0)) } else { storage.upload(&target.store, previous).await }
+        };
+        let (read, uploaded) = tokio::join!(reading, uploading);
+        let (count, written) = uploaded?;
+        uploaded_blobs += count;
+        uploaded_bytes += written;
+        let read = read??;
+        rest = &rest[read.len()..];
+        for (id, content, sha256) in read {
+            known.insert(id.clone(), (content.len() as u64, sha256));
+            last.push((id, content));
         }
     }
     phases.mark("storage: blobs");
@@ -205,20 +208,20 @@ fn stand_in(path: &str) -> ManifestFile {
 }
 
 /// Reads blobs from the front of `ids` until the batch's byte budget is spent (always at least one). Returns the
-/// ids read and their contents.
-fn read_batch(mirror: &Mirror, ids: Vec<String>) -> Result<(Vec<String>, Vec<Vec<u8>>), GitError> {
+/// ids read, their contents and their SHA-256 digests.
+fn read_batch(mirror: &Mirror, ids: Vec<String>) -> Result<Vec<(String, Vec<u8>, String)>, GitError> {
     let blobs = mirror.blobs()?;
-    let (mut read, mut contents, mut spent) = (Vec::new(), Vec::new(), 0_u64);
+    let (mut read, mut spent) = (Vec::new(), 0_u64);
     for id in ids {
         if spent >= BATCH_BYTES {
             break;
         }
         let content = blobs.read(&id)?;
         spent += content.len() as u64;
-        read.push(id);
-        contents.push(content);
+        let digest = sha256_hex(&content);
+        read.push((id, content, digest));
     }
-    Ok((read, contents))
+    Ok(read)
 }
 
 /// What can stop a store's staging.

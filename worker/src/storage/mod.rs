@@ -582,8 +582,9 @@ impl Storage {
             let backend = self.backend(&store);
             let root = format!("{}/", Self::key(&store, &store.upload_to)?);
             let blobs_prefix = Self::blobs_prefix(&store)?;
-            let keys: BTreeSet<String> = backend.list(&root).await?.into_iter().collect();
-            let pointers = keys.iter().filter(|k| k.ends_with("/current.json") && !k.starts_with(&blobs_prefix));
+            // A blob of the wrong size (a write cut short) counts as missing.
+            let keys: std::collections::BTreeMap<String, u64> = backend.list_sizes(&root).await?.into_iter().collect();
+            let pointers = keys.keys().filter(|k| k.ends_with("/current.json") && !k.starts_with(&blobs_prefix));
             for pointer_key in pointers {
                 let Some(pointer) = get_json(&backend, pointer_key).await? else { continue };
                 let (Some(slug), Some(manifest_key)) = (pointer["repository"].as_str(), pointer["manifest"].as_str())
@@ -595,7 +596,7 @@ impl Storage {
                     .manifest_files(&store, &manifest)
                     .await?
                     .into_iter()
-                    .filter(|f| !keys.contains(&f.key))
+                    .filter(|f| keys.get(&f.key) != Some(&f.size))
                     .collect();
                 if lost.is_empty() {
                     continue;
