@@ -97,8 +97,8 @@ impl DataType for ConfigContexts {
         for step in plan(input) {
             match step {
                 Step::Line(line) => {
-                    folder_lines.push(line.clone());
-                    out.logs.push(line);
+                    folder_lines.push((*line).clone());
+                    out.logs.push(*line);
                 }
                 Step::File { section, file, kind } => {
                     let mut loaded = load_file(input, section, &file, kind);
@@ -122,8 +122,13 @@ impl DataType for ConfigContexts {
 /// the root, a skipped entry), or a file to load with [`load_file`].
 #[derive(Debug, Clone)]
 pub enum Step {
-    Line(LogEntry),
-    File { section: Section, file: String, kind: EntryKind },
+    /// Boxed: a plan holds a step per file, and lines are few.
+    Line(Box<LogEntry>),
+    File {
+        section: Section,
+        file: String,
+        kind: EntryKind,
+    },
 }
 
 /// What loading the config contexts type does, in order, from the tree's listing alone (no file is read): a full
@@ -143,12 +148,12 @@ pub fn plan(input: &LoadInput<'_>) -> Vec<Step> {
         if section != Section::Explicit {
             misplaced(input, section.folder(), &mut Log { out: &mut lines, grouping: GROUPING });
             if !input.tree.is_dir(&dir) {
-                steps.extend(lines.into_iter().map(Step::Line));
+                steps.extend(lines.into_iter().map(|l| Step::Line(Box::new(l))));
                 continue;
             }
         }
         let listed = data_files(input.tree, &dir, &mut Log { out: &mut lines, grouping }, section.has_dirs());
-        steps.extend(lines.into_iter().map(Step::Line));
+        steps.extend(lines.into_iter().map(|l| Step::Line(Box::new(l))));
         steps.extend(listed.into_iter().map(|(file, kind)| Step::File { section, file, kind }));
     }
     steps

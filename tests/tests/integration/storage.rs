@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aws_sdk_s3::Client;
 use gitfleet_producer::commands::{self, NewRepo};
 use gitfleet_shared::event::RequestedBy;
@@ -215,8 +215,9 @@ async fn layout_and_increments(
     Ok((slug, storage))
 }
 
-/// A blob removed behind gitfleet's back: `verify` finds it (exit 1 in the CLI), `--repair` marks the repository,
-/// and its next sync stores the blob again at the same commit, without a new commit or a full listing.
+/// A blob removed behind gitfleet's back, and another cut short (as a write a crash interrupted leaves it):
+/// `verify` finds both (exit 1 in the CLI), `--repair` marks the repository, and its next sync stores both again
+/// whole at the same commit, without a new commit or a full listing.
 async fn repair_a_removed_blob(env: &TestEnv, storage: &Storage, root: &std::path::Path, slug: &str) -> Result<()> {
     use gitfleet_worker::storage::commands::verify;
     let backend = storage.backend(&storage.stores()[0]);
@@ -226,24 +227,30 @@ async fn repair_a_removed_blob(env: &TestEnv, storage: &Storage, root: &std::pat
     let listed = storage.manifest_files(&storage.stores()[0], &manifest).await?;
     let (key, blob) = (listed[0].key.as_str(), listed[0].blob.as_str());
     std::fs::remove_file(root.join("default").join(key))?;
+    let short = listed.iter().find(|f| f.blob != blob && f.size > 1).context("a second blob")?;
+    let whole = backend.get(&short.key).await?.context("the second blob")?;
+    std::fs::write(root.join("default").join(&short.key), &whole[..whole.len() / 2])?;
     let worker = env.worker_settings("verify");
     let mut out = Vec::new();
-    assert_eq!(verify(&worker, storage.settings.clone(), false, &mut out).await?, 1);
+    assert_eq!(verify(&worker, storage.settings.clone(), false, &mut out).await?, 2, "blobs missing");
     let printed = String::from_utf8(out)?;
-    assert!(printed.contains(&format!("{slug}: 1 blobs missing: {blob}")), "{printed}");
+    let mut both = [blob, short.blob.as_str()];
+    both.sort_unstable();
+    assert!(printed.contains(&format!("{slug}: 2 blobs missing: {} {}", both[0], both[1])), "{printed}");
     let view = env.wait_job(env.sync(&format!("Stored {}", env.id)).await?).await?;
     assert_log(&view, "info", "main", "already up to date");
     assert!(backend.get(key).await?.is_none(), "verify alone changes nothing");
 
     let mut out = Vec::new();
-    assert_eq!(verify(&worker, storage.settings.clone(), true, &mut out).await?, 1);
+    assert_eq!(verify(&worker, storage.settings.clone(), true, &mut out).await?, 2);
     assert!(String::from_utf8(out)?.contains("marked 1 repositories"));
     let view = env.wait_job(env.sync(&format!("Stored {}", env.id)).await?).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     let result = view.result.clone().unwrap();
-    assert_eq!(result["artifacts"][0]["uploaded_blobs"], 1, "{result}");
+    assert_eq!(result["artifacts"][0]["uploaded_blobs"], 2, "{result}");
     assert_eq!(result["artifacts"][0]["manifest_from_live"], true, "{result}");
     assert!(backend.get(key).await?.is_some(), "the next sync stored the blob again");
+    assert_eq!(backend.get(&short.key).await?, Some(whole), "the short blob was replaced whole");
     let commit = current["commit"].as_str().unwrap();
     wait_artifact(&backend, &format!("nautobot/git/{slug}/current.json"), commit).await?;
     let mut out = Vec::new();

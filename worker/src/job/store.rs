@@ -98,28 +98,22 @@ async fn stage_target(
             .map_err(StageError::Join)??
     };
     phases.mark("storage: listing");
-    // What the store holds: the files of the live parts read (those a change falls in, or all of them when every
-    // file is listed again), less the blobs found missing.
-    let mut loaded: HashMap<usize, Vec<ManifestFile>> = HashMap::new();
-    let (files, changes): (Vec<(String, String)>, Option<Changed>) = match listed {
-        Listing::Every(all) => {
-            let parts = storage.load_parts(&target.store, &live.parts).await?;
-            loaded.extend(parts.into_iter().enumerate());
-            (all, None)
-        }
-        Listing::Changes(changed) => {
-            // Which parts the changes fall in does not depend on the new files' digests: find them with stand-ins.
-            let stand_ins: BTreeMap<String, Option<ManifestFile>> =
-                changed.iter().map(|(path, blob)| (path.clone(), blob.as_ref().map(|_| stand_in(path)))).collect();
-            while let Err(need) = manifest::rebuild(&live.parts, &loaded, &stand_ins) {
-                let refs: Vec<_> = need.iter().map(|&i| live.parts[i].clone()).collect();
-                let read = storage.load_parts(&target.store, &refs).await?;
-                loaded.extend(need.into_iter().zip(read));
-            }
-            let files = changed.iter().filter_map(|(path, blob)| Some((path.clone(), blob.clone()?))).collect();
-            (files, Some(changed))
-        }
+    let changed = match listed {
+        Listing::Every(all) => return stage_every(storage, mirror, slug, head, target, live, all, phases).await,
+        Listing::Changes(changed) => changed,
     };
+    // What the store holds: the files of the live parts a change falls in, less the blobs found missing. Which
+    // parts the changes fall in does not depend on the new files' digests: find them with stand-ins.
+    let mut loaded: HashMap<usize, Vec<ManifestFile>> = HashMap::new();
+    let stand_ins: BTreeMap<String, Option<ManifestFile>> =
+        changed.iter().map(|(path, blob)| (path.clone(), blob.as_ref().map(|_| stand_in(path)))).collect();
+    while let Err(need) = manifest::rebuild(&live.parts, &loaded, &stand_ins) {
+        let refs: Vec<_> = need.iter().map(|&i| live.parts[i].clone()).collect();
+        let read = storage.load_parts(&target.store, &refs).await?;
+        loaded.extend(need.into_iter().zip(read));
+    }
+    let files: Vec<(String, String)> =
+        changed.iter().filter_map(|(path, blob)| Some((path.clone(), blob.clone()?))).collect();
     phases.mark("storage: live parts");
     let missing: HashSet<&str> = live.missing.iter().map(|(_, blob)| blob.as_str()).collect();
     let mut known: HashMap<String, (u64, String)> = loaded
@@ -144,9 +138,8 @@ async fn stage_target(
             async move { tokio::task::spawn_blocking(move || read_batch(&mirror, batch)).await.map_err(StageError::Join) }
         };
         let previous = std::mem::take(&mut last);
-        let uploading = async {
-            if previous.is_empty() { Ok((0, 0)) } else { storage.upload(&target.store, previous).await }
-        };
+        let uploading =
+            async { if previous.is_empty() { Ok((0, 0)) } else { storage.upload(&target.store, previous).await } };
         let (read, uploaded) = tokio::join!(reading, uploading);
         let (count, written) = uploaded?;
         uploaded_blobs += count;
@@ -159,35 +152,146 @@ async fn stage_target(
         }
     }
     phases.mark("storage: blobs");
-    let parts = match changes {
-        None => {
-            let mut all = Vec::with_capacity(files.len());
-            for (path, blob) in files {
-                all.push(entry(&known, &target.store, path, blob)?);
-            }
-            manifest::cut(all).into_iter().map(Part::New).collect()
-        }
-        Some(changed) => {
-            let mut changes = BTreeMap::new();
-            for (path, blob) in changed {
-                let file = match blob {
-                    Some(blob) => Some(entry(&known, &target.store, path.clone(), blob)?),
-                    None => None,
-                };
-                changes.insert(path, file);
-            }
-            manifest::rebuild(&live.parts, &loaded, &changes).map_err(|_| StorageError::Refused {
-                what: "the manifest".to_owned(),
-                message: "its parts changed while it was rebuilt".to_owned(),
-            })?
-        }
-    };
+    let mut changes = BTreeMap::new();
+    for (path, blob) in changed {
+        let file = match blob {
+            Some(blob) => Some(entry(&known, &target.store, path.clone(), blob)?),
+            None => None,
+        };
+        changes.insert(path, file);
+    }
+    let parts = manifest::rebuild(&live.parts, &loaded, &changes).map_err(|_| StorageError::Refused {
+        what: "the manifest".to_owned(),
+        message: "its parts changed while it was rebuilt".to_owned(),
+    })?;
     let ((count, written), mut staged) =
         tokio::try_join!(storage.upload(&target.store, last), storage.put_manifest(target, slug, head, parts, live))?;
     phases.mark("storage: manifest and last blobs");
     staged.uploaded_blobs = uploaded_blobs + count;
     staged.uploaded_bytes = uploaded_bytes + written;
     Ok(staged)
+}
+
+/// Stages a store whose every file is listed (a first sync, other folders, a live commit the mirror lacks), a batch
+/// at a time in path order: each batch's new blobs read, digested and uploaded, its entries cut into manifest parts
+/// that go up as soon as they are cut. What the live manifest says of a path (the same blob: stored already) is
+/// read a few parts at a time as the paths advance. Memory holds a batch and a few parts, never every entry.
+#[allow(clippy::too_many_arguments)]
+async fn stage_every(
+    storage: &Storage,
+    mirror: &Mirror,
+    slug: &str,
+    head: &str,
+    target: &Target,
+    live: Live,
+    all: Vec<(String, String)>,
+    phases: &mut super::sync::Phases,
+) -> Result<Staged, StageError> {
+    let store = &target.store;
+    let missing: HashSet<&str> = live.missing.iter().map(|(_, blob)| blob.as_str()).collect();
+    let mut stored = LiveFiles::new(storage, store, &live.parts);
+    let mut cutter = manifest::Cutter::default();
+    let (mut refs, mut new_parts, mut uploaded_blobs, mut uploaded_bytes) = (Vec::new(), 0, 0, 0_u64);
+    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+    for chunk in all.chunks(BATCH_FILES) {
+        let mut known: HashMap<String, (u64, String)> = HashMap::new();
+        for (path, blob) in chunk {
+            if let Some(file) = stored.at(path).await?
+                && file.blob == *blob
+                && !missing.contains(blob.as_str())
+            {
+                known.insert(blob.clone(), (file.size, file.sha256.clone()));
+            }
+        }
+        let mut wanted: Vec<String> =
+            chunk.iter().map(|(_, blob)| blob).filter(|b| !known.contains_key(*b)).cloned().collect();
+        wanted.sort();
+        wanted.dedup();
+        // This batch's blobs are read from the mirror while the last batch's go up.
+        let mut rest = wanted.as_slice();
+        while !rest.is_empty() {
+            let reading = {
+                let (mirror, ids) = (mirror.clone(), rest.to_vec());
+                async move { tokio::task::spawn_blocking(move || read_batch(&mirror, ids)).await }
+            };
+            let previous = std::mem::take(&mut pending);
+            let uploading =
+                async { if previous.is_empty() { Ok((0, 0)) } else { storage.upload(store, previous).await } };
+            let (read, uploaded) = tokio::join!(reading, uploading);
+            let (count, written) = uploaded?;
+            uploaded_blobs += count;
+            uploaded_bytes += written;
+            let read = read.map_err(StageError::Join)??;
+            rest = &rest[read.len()..];
+            for (id, content, sha256) in read {
+                known.insert(id.clone(), (content.len() as u64, sha256));
+                pending.push((id, content));
+            }
+        }
+        for (path, blob) in chunk {
+            cutter.push(entry(&known, store, path.clone(), blob.clone())?);
+        }
+        for files in cutter.drain() {
+            let (part, written) = storage.put_part(store, slug, files, &live.parts).await?;
+            new_parts += usize::from(written);
+            refs.push(part);
+        }
+    }
+    for files in cutter.finish() {
+        let (part, written) = storage.put_part(store, slug, files, &live.parts).await?;
+        new_parts += usize::from(written);
+        refs.push(part);
+    }
+    let (count, written) = storage.upload(store, pending).await?;
+    uploaded_blobs += count;
+    uploaded_bytes += written;
+    phases.mark("storage: blobs");
+    let mut staged = storage.put_manifest(target, slug, head, refs.into_iter().map(Part::Kept).collect(), live).await?;
+    phases.mark("storage: manifest and last blobs");
+    staged.from_live = false;
+    staged.new_parts = new_parts;
+    staged.uploaded_blobs = uploaded_blobs;
+    staged.uploaded_bytes = uploaded_bytes;
+    Ok(staged)
+}
+
+/// The live manifest's files, read a few parts at a time as the paths asked about advance (in sorted order).
+struct LiveFiles<'a> {
+    storage: &'a Storage,
+    store: &'a crate::storage::StoreSettings,
+    parts: &'a [crate::storage::PartRef],
+    /// Parts read so far, and the files of those read but not yet passed.
+    next: usize,
+    files: std::collections::VecDeque<ManifestFile>,
+}
+
+impl<'a> LiveFiles<'a> {
+    fn new(
+        storage: &'a Storage,
+        store: &'a crate::storage::StoreSettings,
+        parts: &'a [crate::storage::PartRef],
+    ) -> Self {
+        Self { storage, store, parts, next: 0, files: std::collections::VecDeque::new() }
+    }
+
+    /// The live entry at `path`, if any; `path` must not sort before the one asked about last.
+    async fn at(&mut self, path: &str) -> Result<Option<&ManifestFile>, StorageError> {
+        loop {
+            while self.files.front().is_some_and(|f| f.path.as_str() < path) {
+                self.files.pop_front();
+            }
+            if !self.files.is_empty() || self.next >= self.parts.len() {
+                break;
+            }
+            // As many parts at once as uploads run at once: one round trip each, in parallel.
+            let ahead = self.storage.settings.upload_concurrency.max(1);
+            let end = (self.next + ahead).min(self.parts.len());
+            let read = self.storage.load_parts(self.store, &self.parts[self.next..end]).await?;
+            self.next = end;
+            self.files.extend(read.into_iter().flatten());
+        }
+        Ok(self.files.front().filter(|f| f.path == path))
+    }
 }
 
 /// The manifest entry of a file whose blob's size and digest are known.

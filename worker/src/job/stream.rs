@@ -290,8 +290,8 @@ fn contexts(
                     if !batch.hand_on(input, send) {
                         return Ok(false);
                     }
-                    own.push(line.clone());
-                    if !send(Piece::Lines(vec![line])) {
+                    own.push((*line).clone());
+                    if !send(Piece::Lines(vec![*line])) {
                         return Ok(false);
                     }
                 }

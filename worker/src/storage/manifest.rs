@@ -47,15 +47,15 @@ fn cuts_after(path: &str) -> bool {
     (hash ^ (hash >> 32)) % SPREAD == 0
 }
 
-/// Cuts sorted files into parts.
+/// Cuts sorted files into parts, as they come: [`Cutter::drain`] hands on the parts cut so far.
 #[derive(Default)]
-struct Cutter {
+pub struct Cutter {
     open: Vec<ManifestFile>,
     done: Vec<Vec<ManifestFile>>,
 }
 
 impl Cutter {
-    fn push(&mut self, file: ManifestFile) {
+    pub fn push(&mut self, file: ManifestFile) {
         let cut = cuts_after(&file.path);
         self.open.push(file);
         if cut || self.open.len() >= MAX_PART {
@@ -67,7 +67,12 @@ impl Cutter {
         self.open.is_empty()
     }
 
-    fn finish(mut self) -> Vec<Vec<ManifestFile>> {
+    /// The parts cut so far (the open one stays).
+    pub fn drain(&mut self) -> Vec<Vec<ManifestFile>> {
+        std::mem::take(&mut self.done)
+    }
+
+    pub fn finish(mut self) -> Vec<Vec<ManifestFile>> {
         if !self.open.is_empty() {
             self.done.push(self.open);
         }

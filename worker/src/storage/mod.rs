@@ -395,14 +395,11 @@ impl Storage {
             match part {
                 Part::Kept(kept) => refs.push(kept),
                 Part::New(files) => {
-                    let (first, count) = (files.first().map(|f| f.path.clone()).unwrap_or_default(), files.len());
-                    let body = serde_json::to_vec(&PartBody { files }).unwrap_or_default();
-                    let name = format!("{}/{slug}/manifest-parts/{}.json", store.upload_to, sha256_hex(&body));
-                    let key = Self::key(store, &name)?;
-                    if !live_keys.contains(key.as_str()) {
-                        bodies.push((key.clone(), body));
+                    let (part, body) = Self::part_object(store, slug, files)?;
+                    if !live_keys.contains(part.key.as_str()) {
+                        bodies.push((part.key.clone(), body));
                     }
-                    refs.push(PartRef { key, first, files: count });
+                    refs.push(part);
                 }
             }
         }
@@ -440,6 +437,38 @@ impl Storage {
             uploaded_blobs: 0,
             uploaded_bytes: 0,
         })
+    }
+
+    /// A manifest part's reference and body: stored under the sha256 of its body.
+    fn part_object(
+        store: &StoreSettings,
+        slug: &str,
+        files: Vec<ManifestFile>,
+    ) -> Result<(PartRef, Vec<u8>), StorageError> {
+        let (first, count) = (files.first().map(|f| f.path.clone()).unwrap_or_default(), files.len());
+        let body = serde_json::to_vec(&PartBody { files }).unwrap_or_default();
+        let name = format!("{}/{slug}/manifest-parts/{}.json", store.upload_to, sha256_hex(&body));
+        let key = Self::key(store, &name)?;
+        Ok((PartRef { key, first, files: count }, body))
+    }
+
+    /// Writes a manifest part as soon as it is cut (a manifest listed afresh goes up part by part, so a sync never
+    /// holds every file's entry), unless `live` (the live manifest's parts) has it. Its reference, and whether it
+    /// was written.
+    pub async fn put_part(
+        &self,
+        store: &StoreSettings,
+        slug: &str,
+        files: Vec<ManifestFile>,
+        live: &[PartRef],
+    ) -> Result<(PartRef, bool), StorageError> {
+        let (part, body) = Self::part_object(store, slug, files)?;
+        if live.iter().any(|p| p.key == part.key) {
+            return Ok((part, false));
+        }
+        let acl = store.default_acl.as_deref();
+        self.backend(store).put(&part.key, body, "application/json", acl, self.settings.multipart_threshold).await?;
+        Ok((part, true))
     }
 
     /// The sync report, from a local file, in the default store: `{location}/reports/{job_result_id}.json`.
