@@ -346,3 +346,100 @@ async fn incremental_syncs_equal_full_loads() -> Result<()> {
     assert!(incremental * 2 >= total, "only {incremental} of {total} syncs were incremental");
     Ok(())
 }
+
+/// The config contexts of a commit that exercise a streamed full load: names defined in several files (across
+/// batches), an implicit definition that wins over an explicit one, two local contexts of one device, a dotfile
+/// when `dotfile` (adding or removing it makes the next sync load every file), `generated` explicit files after
+/// them, and, when `refused`, a last definition the database would refuse.
+fn streamed_files(generated: usize, refused: bool, dotfile: bool) -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    let mut put = |path: &str, body: String| files.insert(path.to_owned(), body);
+    put("config_contexts/a.yaml", "_metadata: {name: alpha, weight: 10}\nv: 1\n".into());
+    put("config_contexts/b.yaml", "_metadata: {name: beta}\nv: 2\n".into());
+    put("config_contexts/c.yaml", "_metadata: {name: alpha, weight: 20}\nv: 3\n".into());
+    put("config_contexts/d.yaml", "- _metadata: {name: gamma}\n  v: 4\n- _metadata: {name: delta}\n  v: 5\n".into());
+    if refused {
+        let long = "x".repeat(300);
+        put("config_contexts/e.yaml", format!("_metadata: {{name: delta, description: {long}}}\nv: 6\n"));
+    }
+    put("config_contexts/roles/edge.yaml", "_metadata: {name: beta}\nv: 7\n".into());
+    put("config_contexts/devices/dev-1.json", "{\"ntp\": [1]}\n".into());
+    put("config_contexts/devices/dev-1.yaml", "ntp: [2]\n".into());
+    put("config_contexts/devices/dev-2.yaml", "ntp: [3]\n".into());
+    if dotfile {
+        put("config_contexts/.gitkeep", String::new());
+    }
+    for n in 0..generated {
+        put(&format!("config_contexts/z{n:05}.yaml"), format!("_metadata: {{name: z{n:05}}}\nv: {n}\n"));
+    }
+    files
+}
+
+/// A full load streams config context files a batch at a time and reconciles them 1,000 records at a time: in
+/// batches of two files it stores, records and logs exactly what it does in batches of 500 (one here), line for
+/// line in order, through a first sync, a sync that fails on a refused last definition, and a sync that deletes
+/// more than a thousand records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_load_in_small_batches_equals_one_batch() -> Result<()> {
+    let provided: Vec<String> = TYPES.iter().map(|t| (*t).to_owned()).collect();
+    // A failed sync leaves the first commit live: the last step, too, removes the dotfile it has.
+    let steps = [(1100, false, true), (1100, true, false), (3, false, false)];
+    let mut runs = Vec::new();
+    for batch in [2, 500] {
+        let mut env = TestEnv::new().await?;
+        env.load_batch_files = batch;
+        import_inventory(&env).await?;
+        let remote = Remote::new(env.tmp.path(), "batches")?;
+        let mut seen = Vec::new();
+        let mut repo = None;
+        for (step, &(generated, refused, dotfile)) in steps.iter().enumerate() {
+            let files = streamed_files(generated, refused, dotfile);
+            commit(&remote, &files, &format!("step {step}"))?;
+            let view = match repo {
+                None => {
+                    let (id, view) = create_and_sync(&mut env, &remote, &provided).await?;
+                    repo = Some(id);
+                    view
+                }
+                Some(_) => env.wait_job(env.sync(NAME).await?).await?,
+            };
+            let full = view.logs.iter().any(|l| l.message.starts_with("Loading every file of"));
+            assert!(step == 0 || full, "step {step} loads every file: {:#?}", view.logs);
+            let lines: Vec<(String, String, String)> = view
+                .logs
+                .iter()
+                .filter(|l| l.grouping.contains("config context"))
+                .map(|l| (l.level.clone(), l.grouping.clone(), l.message.clone()))
+                .collect();
+            let got = outcome(&env, repo.context("the repository")?, &view).await?;
+            seen.push((got, lines));
+        }
+        env.teardown().await?;
+        runs.push(seen);
+    }
+    let (small, whole) = (&runs[0], &runs[1]);
+    for (step, ((got, got_lines), (want, want_lines))) in small.iter().zip(whole).enumerate() {
+        assert_eq!(got_lines, want_lines, "step {step}: the log differs with batches of two files");
+        assert_eq!(got, want, "step {step}: what is stored differs with batches of two files");
+    }
+    // What the steps mean: the last definition of a name wins, across batches and sections.
+    let (first, _) = &small[0];
+    assert_eq!(first.status, "SUCCESS");
+    let contexts = first.records["config_contexts"].as_array().context("contexts")?;
+    assert_eq!(contexts.len(), 4 + 1100);
+    let alpha = contexts.iter().find(|c| c["name"] == "alpha").context("alpha")?;
+    assert_eq!((&alpha["weight"], &alpha["data"]["v"]), (&json!(20), &json!(3)));
+    let beta = contexts.iter().find(|c| c["name"] == "beta").context("beta")?;
+    assert_eq!(beta["data"]["v"], 7, "the implicit file comes after the explicit ones");
+    let dev1 = first.records["local_contexts"].as_array().context("locals")?.iter().find(|l| l["name"] == "dev-1");
+    assert_eq!(dev1.context("dev-1")?["data"]["ntp"], json!([2]));
+    let (second, second_lines) = &small[1];
+    assert_eq!(second.status, "FAILURE");
+    assert!(second_lines.iter().any(|l| l.0 == "error" && l.2.contains("e.yaml")), "{second_lines:#?}");
+    let (third, third_lines) = &small[2];
+    assert_eq!(third.status, "SUCCESS");
+    let deleted = third_lines.iter().filter(|l| l.2.starts_with("Deleted config context")).count();
+    assert_eq!(deleted, 1100 - 3, "the generated contexts no file defines any more");
+    assert_eq!(third.records["config_contexts"].as_array().map(Vec::len), Some(4 + 3));
+    Ok(())
+}
