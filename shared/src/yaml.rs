@@ -30,7 +30,8 @@ pub struct Limits {
     /// Largest JSON a parsed document may serialize to: a stored record (context data, a schema) is part of one
     /// document, so none reaches the database larger than this.
     pub max_record_bytes: usize,
-    /// Most bytes of JSON all the documents of one load may add up to (what a sync holds in memory at once).
+    /// Most bytes of JSON all the documents of one load may add up to (what `worker check` and a dry run hold in
+    /// memory at once; a sync streams its files but keeps the same limit).
     pub max_load_bytes: usize,
     /// Largest Python module read, in bytes (a syntax tree takes up to about 100 times its source).
     pub max_python_bytes: usize,

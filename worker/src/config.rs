@@ -44,8 +44,8 @@ pub struct WorkerSettings {
     /// the file, before anything reaches the database.
     #[arg(long, env = "GITFLEET_MAX_RECORD_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_record_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_record_bytes: usize,
-    /// Most bytes of JSON all the YAML and JSON documents of one sync may add up to: what a sync holds in memory
-    /// at once is bounded by this, whatever the number of files.
+    /// Most bytes of JSON all the YAML and JSON documents of one sync may add up to (past it, the file that crosses
+    /// it is an error). A sync streams its config context files; a dry run holds all of them.
     #[arg(long, env = "GITFLEET_MAX_LOAD_BYTES", default_value_t = gitfleet_shared::yaml::Limits::default().max_load_bytes, value_parser = gitfleet_infra::settings::positive)]
     pub max_load_bytes: usize,
     /// Config context files a full load reads, loads and writes at a time (a batch also ends after 8 MiB of
