@@ -128,28 +128,12 @@ async fn stage_target(
         files.iter().map(|(_, blob)| blob).filter(|b| !known.contains_key(*b)).cloned().collect();
     wanted.sort();
     wanted.dedup();
-    let (mut uploaded_blobs, mut uploaded_bytes) = (0, 0);
+    let mut blobs = BlobPipe::new(storage, &target.store, mirror);
     let mut rest = wanted.as_slice();
-    // The next batch is read from the mirror while the one before it goes up.
-    let mut last: Vec<(String, Vec<u8>)> = Vec::new();
     while !rest.is_empty() {
-        let reading = {
-            let (mirror, batch) = (mirror.clone(), rest[..rest.len().min(BATCH_FILES)].to_vec());
-            async move { tokio::task::spawn_blocking(move || read_batch(&mirror, batch)).await.map_err(StageError::Join) }
-        };
-        let previous = std::mem::take(&mut last);
-        let uploading =
-            async { if previous.is_empty() { Ok((0, 0)) } else { storage.upload(&target.store, previous).await } };
-        let (read, uploaded) = tokio::join!(reading, uploading);
-        let (count, written) = uploaded?;
-        uploaded_blobs += count;
-        uploaded_bytes += written;
-        let read = read??;
+        let read = blobs.read(&rest[..rest.len().min(BATCH_FILES)]).await?;
         rest = &rest[read.len()..];
-        for (id, content, sha256) in read {
-            known.insert(id.clone(), (content.len() as u64, sha256));
-            last.push((id, content));
-        }
+        known.extend(read);
     }
     phases.mark("storage: blobs");
     let mut changes = BTreeMap::new();
@@ -164,12 +148,62 @@ async fn stage_target(
         what: "the manifest".to_owned(),
         message: "its parts changed while it was rebuilt".to_owned(),
     })?;
-    let ((count, written), mut staged) =
-        tokio::try_join!(storage.upload(&target.store, last), storage.put_manifest(target, slug, head, parts, live))?;
+    // The last batch goes up together with the manifest (nothing names the manifest until the pointer is written).
+    let (_, mut staged) = tokio::try_join!(blobs.flush(), storage.put_manifest(target, slug, head, parts, live))?;
     phases.mark("storage: manifest and last blobs");
-    staged.uploaded_blobs = uploaded_blobs + count;
-    staged.uploaded_bytes = uploaded_bytes + written;
+    (staged.uploaded_blobs, staged.uploaded_bytes) = (blobs.uploaded, blobs.uploaded_bytes);
     Ok(staged)
+}
+
+/// Blobs read from the mirror a batch at a time and uploaded, each batch going up while the next is read.
+struct BlobPipe<'a> {
+    storage: &'a Storage,
+    store: &'a crate::storage::StoreSettings,
+    mirror: &'a Mirror,
+    /// Read, not yet uploaded.
+    pending: Vec<(String, Vec<u8>)>,
+    uploaded: usize,
+    uploaded_bytes: u64,
+}
+
+impl<'a> BlobPipe<'a> {
+    fn new(storage: &'a Storage, store: &'a crate::storage::StoreSettings, mirror: &'a Mirror) -> Self {
+        Self { storage, store, mirror, pending: Vec::new(), uploaded: 0, uploaded_bytes: 0 }
+    }
+
+    /// Reads blobs from the front of `ids` until a batch's bytes are spent (at least one) while the batch read
+    /// before goes up; what it read, with each blob's size and SHA-256 digest.
+    async fn read(&mut self, ids: &[String]) -> Result<Vec<(String, (u64, String))>, StageError> {
+        let reading = {
+            let (mirror, ids) = (self.mirror.clone(), ids.to_vec());
+            async move { tokio::task::spawn_blocking(move || read_batch(&mirror, ids)).await }
+        };
+        let previous = std::mem::take(&mut self.pending);
+        let (read, uploaded) = tokio::join!(reading, self.upload(previous));
+        uploaded?;
+        let read = read.map_err(StageError::Join)??;
+        let mut out = Vec::with_capacity(read.len());
+        for (id, content, sha256) in read {
+            out.push((id.clone(), (content.len() as u64, sha256)));
+            self.pending.push((id, content));
+        }
+        Ok(out)
+    }
+
+    /// Uploads what was read and is not up yet.
+    async fn flush(&mut self) -> Result<(), StorageError> {
+        let pending = std::mem::take(&mut self.pending);
+        self.upload(pending).await
+    }
+
+    async fn upload(&mut self, blobs: Vec<(String, Vec<u8>)>) -> Result<(), StorageError> {
+        if !blobs.is_empty() {
+            let (count, written) = self.storage.upload(self.store, blobs).await?;
+            self.uploaded += count;
+            self.uploaded_bytes += written;
+        }
+        Ok(())
+    }
 }
 
 /// Stages a store whose every file is listed (a first sync, other folders, a live commit the mirror lacks), a batch
@@ -191,8 +225,17 @@ async fn stage_every(
     let missing: HashSet<&str> = live.missing.iter().map(|(_, blob)| blob.as_str()).collect();
     let mut stored = LiveFiles::new(storage, store, &live.parts);
     let mut cutter = manifest::Cutter::default();
-    let (mut refs, mut new_parts, mut uploaded_blobs, mut uploaded_bytes) = (Vec::new(), 0, 0, 0_u64);
-    let mut pending: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut blobs = BlobPipe::new(storage, store, mirror);
+    let (mut refs, mut new_parts) = (Vec::new(), 0);
+    // Writes cut parts (unless the live manifest has them) and keeps their references.
+    let mut put = async |parts: Vec<Vec<ManifestFile>>| {
+        for files in parts {
+            let (part, written) = storage.put_part(store, slug, files, &live.parts).await?;
+            new_parts += usize::from(written);
+            refs.push(part);
+        }
+        Ok::<_, StorageError>(())
+    };
     for chunk in all.chunks(BATCH_FILES) {
         let mut known: HashMap<String, (u64, String)> = HashMap::new();
         for (path, blob) in chunk {
@@ -207,51 +250,25 @@ async fn stage_every(
             chunk.iter().map(|(_, blob)| blob).filter(|b| !known.contains_key(*b)).cloned().collect();
         wanted.sort();
         wanted.dedup();
-        // This batch's blobs are read from the mirror while the last batch's go up.
         let mut rest = wanted.as_slice();
         while !rest.is_empty() {
-            let reading = {
-                let (mirror, ids) = (mirror.clone(), rest.to_vec());
-                async move { tokio::task::spawn_blocking(move || read_batch(&mirror, ids)).await }
-            };
-            let previous = std::mem::take(&mut pending);
-            let uploading =
-                async { if previous.is_empty() { Ok((0, 0)) } else { storage.upload(store, previous).await } };
-            let (read, uploaded) = tokio::join!(reading, uploading);
-            let (count, written) = uploaded?;
-            uploaded_blobs += count;
-            uploaded_bytes += written;
-            let read = read.map_err(StageError::Join)??;
+            let read = blobs.read(rest).await?;
             rest = &rest[read.len()..];
-            for (id, content, sha256) in read {
-                known.insert(id.clone(), (content.len() as u64, sha256));
-                pending.push((id, content));
-            }
+            known.extend(read);
         }
         for (path, blob) in chunk {
             cutter.push(entry(&known, store, path.clone(), blob.clone())?);
         }
-        for files in cutter.drain() {
-            let (part, written) = storage.put_part(store, slug, files, &live.parts).await?;
-            new_parts += usize::from(written);
-            refs.push(part);
-        }
+        put(cutter.drain()).await?;
     }
-    for files in cutter.finish() {
-        let (part, written) = storage.put_part(store, slug, files, &live.parts).await?;
-        new_parts += usize::from(written);
-        refs.push(part);
-    }
-    let (count, written) = storage.upload(store, pending).await?;
-    uploaded_blobs += count;
-    uploaded_bytes += written;
+    put(cutter.finish()).await?;
+    blobs.flush().await?;
     phases.mark("storage: blobs");
     let mut staged = storage.put_manifest(target, slug, head, refs.into_iter().map(Part::Kept).collect(), live).await?;
     phases.mark("storage: manifest and last blobs");
     staged.from_live = false;
     staged.new_parts = new_parts;
-    staged.uploaded_blobs = uploaded_blobs;
-    staged.uploaded_bytes = uploaded_bytes;
+    (staged.uploaded_blobs, staged.uploaded_bytes) = (blobs.uploaded, blobs.uploaded_bytes);
     Ok(staged)
 }
 
