@@ -68,9 +68,7 @@ pub(super) async fn apply_full(
     context: &LoadContext,
     log: &JobLog<'_>,
 ) -> Step<bool> {
-    let db_error =
-        |what: String| move |e: tokio_postgres::Error| StepError::db(&format!("{what} of {}", owner.name), e);
-    loaded::forget(db, repo.id).await.map_err(db_error("the recorded loads".into()))?;
+    loaded::forget(db, repo.id).await.map_err(db_error("the recorded loads", owner))?;
 
     let (send, mut pieces) = tokio::sync::mpsc::channel::<Piece>(AHEAD);
     let loader = {
@@ -106,9 +104,15 @@ pub(super) async fn apply_full(
             doc_bytes: i64::try_from(state.doc_bytes).unwrap_or(i64::MAX),
             files: state.files,
         };
-        loaded::set_state(db, repo.id, &state).await.map_err(db_error("the recorded loads".into()))?;
+        loaded::set_state(db, repo.id, &state).await.map_err(db_error("the recorded loads", owner))?;
     }
     Ok(state.failed)
+}
+
+/// A refusal by the database while saving `what` of the repository.
+fn db_error(what: &str, owner: Owner<'_>) -> impl FnOnce(tokio_postgres::Error) -> StepError {
+    let what = format!("{what} of {}", owner.name);
+    move |e| StepError::db(&what, e)
 }
 
 /// What the transaction has taken so far.
@@ -134,10 +138,6 @@ impl Consumed {
         log: &JobLog<'_>,
         piece: Piece,
     ) -> Step<()> {
-        let db_error = |what: &str| {
-            let what = format!("{what} of {}", owner.name);
-            move |e: tokio_postgres::Error| StepError::db(&what, e)
-        };
         match piece {
             Piece::Lines(lines) => self.write(log, &lines).await?,
             Piece::Type { identifier, loaded, row } => {
@@ -148,11 +148,11 @@ impl Consumed {
                 }
                 if let Some(row) = row {
                     self.files += row.files;
-                    loaded::insert_files(db, owner.id, &[row]).await.map_err(db_error("the recorded loads"))?;
+                    loaded::insert_files(db, owner.id, &[row]).await.map_err(db_error("the recorded loads", owner))?;
                 }
             }
             Piece::Files(files) => {
-                self.start_staging(db).await.map_err(db_error("config contexts"))?;
+                self.start_staging(db).await.map_err(db_error("config contexts", owner))?;
                 let lines: Vec<LogEntry> = files.iter().flat_map(|f| f.load.logs.iter().cloned()).collect();
                 let rows: Vec<FileRow> = files.iter().map(|f| file_row(&f.load, &f.load.logs)).collect();
                 let (mut contexts, mut locals) = (Vec::new(), Vec::new());
@@ -177,14 +177,14 @@ impl Consumed {
                 };
                 let (written, staged) = tokio::join!(written, staged);
                 written?;
-                staged.map_err(db_error("config contexts"))?;
+                staged.map_err(db_error("config contexts", owner))?;
             }
             Piece::ContextsEnd { own, bytes } => {
-                self.start_staging(db).await.map_err(db_error("config contexts"))?;
+                self.start_staging(db).await.map_err(db_error("config contexts", owner))?;
                 self.doc_bytes += bytes;
                 let row = type_row(CONTEXTS, &own, 0, 0);
-                loaded::insert_files(db, owner.id, &[row]).await.map_err(db_error("the recorded loads"))?;
-                let refused = staged::refused(db, self.refused).await.map_err(db_error("config contexts"))?;
+                loaded::insert_files(db, owner.id, &[row]).await.map_err(db_error("the recorded loads", owner))?;
+                let refused = staged::refused(db, self.refused).await.map_err(db_error("config contexts", owner))?;
                 self.write(log, &refused.lines).await?;
                 let enforcement = ctx.schema_enforcement;
                 let what = format!("config contexts of {}", owner.name);
