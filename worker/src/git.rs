@@ -399,17 +399,16 @@ impl Mirror {
     /// where the path does not exist). A rename is a deletion and an addition; a file that became a folder (or a
     /// link) shows its old and new paths.
     pub fn changes(&self, old: &str, new: &str) -> Result<Vec<PathChange>, GitError> {
-        let memo = self.last_changes.lock().map(|m| m.clone()).unwrap_or_default();
-        if let Some((o, n, changes)) = memo
+        // Held while the trees are diffed: the load and storage, which ask at once, diff them once.
+        let mut memo = self.last_changes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((o, n, changes)) = memo.as_ref()
             && o == old
             && n == new
         {
-            return Ok(changes);
+            return Ok(changes.clone());
         }
         let changes = self.diff_trees(old, new)?;
-        if let Ok(mut memo) = self.last_changes.lock() {
-            *memo = Some((old.to_owned(), new.to_owned(), changes.clone()));
-        }
+        *memo = Some((old.to_owned(), new.to_owned(), changes.clone()));
         Ok(changes)
     }
 
@@ -417,18 +416,9 @@ impl Mirror {
         let repo = Repository::open_bare(self.path())?;
         let old_tree = repo.find_commit(Oid::from_str(old)?)?.tree()?;
         let new_tree = repo.find_commit(Oid::from_str(new)?)?.tree()?;
-        let mut options = git2::DiffOptions::new();
-        options.include_typechange(false).ignore_submodules(false);
-        let diff = repo.diff_tree_to_tree(Some(&old_tree), Some(&new_tree), Some(&mut options))?;
-        let side =
-            |file: git2::DiffFile<'_>| (!file.id().is_zero()).then(|| (file.id().to_string(), u32::from(file.mode())));
         let mut out = Vec::new();
-        for delta in diff.deltas() {
-            let (old_file, new_file) = (delta.old_file(), delta.new_file());
-            let path = new_file.path().or(old_file.path()).map(|p| p.to_string_lossy().into_owned());
-            let Some(path) = path else { continue };
-            out.push(PathChange { path, old: side(old_file), new: side(new_file) });
-        }
+        diff_tree(&repo, "", Some(&old_tree), Some(&new_tree), &mut out)?;
+        out.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
 
@@ -582,6 +572,82 @@ impl PathChange {
             |side: &Option<(String, u32)>| side.as_ref().is_none_or(|(_, mode)| matches!(mode, 0o100_644 | 0o100_755));
         regular(&self.old) && regular(&self.new)
     }
+}
+
+/// Appends the changes from `old` to `new` (either absent: an empty tree) under `prefix`. Both trees' entries are
+/// walked side by side in git's order, and only subtrees whose ids differ are opened: a change costs a pass over
+/// the folders it is in, not a diff of every path (libgit2's tree diff builds and compares each path, 90 ms for a
+/// folder of 100,000 files). As libgit2's diff without type changes: a path that changed between file and folder is
+/// a deletion and additions (or the reverse), so is one between file, link and submodule; a mode change is a
+/// modification.
+fn diff_tree(
+    repo: &Repository,
+    prefix: &str,
+    old: Option<&git2::Tree<'_>>,
+    new: Option<&git2::Tree<'_>>,
+    out: &mut Vec<PathChange>,
+) -> Result<(), git2::Error> {
+    let is_tree = |e: &git2::TreeEntry<'_>| e.filemode() == 0o040_000;
+    let side = |e: &git2::TreeEntry<'_>| (e.id().to_string(), e.filemode() as u32);
+    let path = |e: &git2::TreeEntry<'_>| format!("{prefix}{}", String::from_utf8_lossy(e.name_bytes()));
+    // One side's entry alone: a file added or removed, or every file of a folder.
+    let alone = |e: &git2::TreeEntry<'_>, removed: bool, out: &mut Vec<PathChange>| {
+        if is_tree(e) {
+            let tree = repo.find_tree(e.id())?;
+            let sub = format!("{}/", path(e));
+            let (o, n) = if removed { (Some(&tree), None) } else { (None, Some(&tree)) };
+            return diff_tree(repo, &sub, o, n, out);
+        }
+        let (o, n) = if removed { (Some(side(e)), None) } else { (None, Some(side(e))) };
+        out.push(PathChange { path: path(e), old: o, new: n });
+        Ok(())
+    };
+    let mut olds = old.into_iter().flat_map(git2::Tree::iter).peekable();
+    let mut news = new.into_iter().flat_map(git2::Tree::iter).peekable();
+    loop {
+        let order = match (olds.peek(), news.peek()) {
+            (None, None) => return Ok(()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(o), Some(n)) => git_order((o.name_bytes(), is_tree(o)), (n.name_bytes(), is_tree(n))),
+        };
+        match order {
+            std::cmp::Ordering::Less => {
+                let o = olds.next().unwrap_or_else(|| unreachable!("peeked"));
+                alone(&o, true, out)?;
+            }
+            std::cmp::Ordering::Greater => {
+                let n = news.next().unwrap_or_else(|| unreachable!("peeked"));
+                alone(&n, false, out)?;
+            }
+            std::cmp::Ordering::Equal => {
+                let (o, n) = (olds.next(), news.next());
+                let (Some(o), Some(n)) = (o, n) else { unreachable!("peeked") };
+                if o.id() == n.id() && o.filemode() == n.filemode() {
+                    continue;
+                }
+                if is_tree(&o) {
+                    let (ot, nt) = (repo.find_tree(o.id())?, repo.find_tree(n.id())?);
+                    diff_tree(repo, &format!("{}/", path(&o)), Some(&ot), Some(&nt), out)?;
+                } else if o.filemode() & 0o170_000 == n.filemode() & 0o170_000 {
+                    out.push(PathChange { path: path(&n), old: Some(side(&o)), new: Some(side(&n)) });
+                } else {
+                    // A file that became a link or a submodule (or the reverse): a deletion and an addition.
+                    out.push(PathChange { path: path(&o), old: Some(side(&o)), new: None });
+                    out.push(PathChange { path: path(&n), old: None, new: Some(side(&n)) });
+                }
+            }
+        }
+    }
+}
+
+/// git's order of tree entries: by name, a folder's name compared as if it ended in `/`.
+fn git_order((a, a_tree): (&[u8], bool), (b, b_tree): (&[u8], bool)) -> std::cmp::Ordering {
+    let common = a.len().min(b.len());
+    a[..common].cmp(&b[..common]).then_with(|| {
+        let next = |name: &[u8], tree: bool| name.get(common).copied().unwrap_or(if tree { b'/' } else { 0 });
+        next(a, a_tree).cmp(&next(b, b_tree))
+    })
 }
 
 /// Reads one blob into the tree (oversized files as entries only). The outer error is git's; the inner, the tree's.
@@ -970,6 +1036,100 @@ mod tests {
         ids.push(git(dir, &["rev-parse", "HEAD"]));
         git(dir, &["checkout", "-q", "main"]);
         [ids[0].clone(), ids[1].clone(), ids[2].clone(), ids[3].clone()]
+    }
+
+    /// libgit2's tree diff, as the mirror used it before it walked the trees itself: the oracle.
+    fn libgit2_changes(repo: &Repository, old: &str, new: &str) -> Vec<PathChange> {
+        let tree = |id: &str| repo.find_commit(Oid::from_str(id).unwrap()).unwrap().tree().unwrap();
+        let mut options = git2::DiffOptions::new();
+        options.include_typechange(false).ignore_submodules(false);
+        let diff = repo.diff_tree_to_tree(Some(&tree(old)), Some(&tree(new)), Some(&mut options)).unwrap();
+        let side = |f: git2::DiffFile<'_>| (!f.id().is_zero()).then(|| (f.id().to_string(), u32::from(f.mode())));
+        let mut out: Vec<PathChange> = diff
+            .deltas()
+            .map(|d| {
+                let path = d.new_file().path().or(d.old_file().path()).unwrap().to_string_lossy().into_owned();
+                PathChange { path, old: side(d.old_file()), new: side(d.new_file()) }
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.path, &a.old, &a.new).cmp(&(&b.path, &b.old, &b.new)));
+        out
+    }
+
+    #[test]
+    fn tree_walk_diff_equals_libgit2s_diff() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("w");
+        fs::create_dir(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        let write = |path: &str, body: &str| {
+            let path = dir.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, body).unwrap();
+        };
+        let remove = |path: &str| {
+            let path = dir.join(path);
+            if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) }.unwrap();
+        };
+        let commit = |n: usize| {
+            git(&dir, &["add", "-A"]);
+            git(&dir, &["commit", "-qm", &format!("c{n}"), "--allow-empty"]);
+            git(&dir, &["rev-parse", "HEAD"])
+        };
+        // Names that sort differently as files and as folders ("a" < "a-b" < "a.b" < "a/" < "a0").
+        for (i, name) in ["a", "a-b", "a.b", "a0", "b/c/d.json", "b/c.json", "z/y/x/w.json"].iter().enumerate() {
+            write(name, &format!("{i}"));
+        }
+        for i in 0..300 {
+            write(&format!("many/f{i:03}.json"), &format!("{i}"));
+        }
+        let mut ids = vec![commit(0)];
+        // Each step: the changes one push might bring.
+        let steps: Vec<Box<dyn Fn()>> = vec![
+            Box::new(|| write("many/f100.json", "changed")),
+            Box::new(|| {
+                remove("a");
+                write("a/inner.json", "a folder now");
+                write("many/new.json", "added");
+                remove("many/f007.json");
+            }),
+            Box::new(|| {
+                let file = dir.join("a.b");
+                let mut perms = fs::metadata(&file).unwrap().permissions();
+                std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+                fs::set_permissions(&file, perms).unwrap();
+                remove("a0");
+                std::os::unix::fs::symlink("a.b", dir.join("a0")).unwrap();
+            }),
+            Box::new(|| {
+                remove("b/c");
+                write("b/c", "a file where a folder was");
+                fs::rename(dir.join("many/f200.json"), dir.join("many/moved.json")).unwrap();
+            }),
+            Box::new(|| remove("z")),
+            // A file that sorts before the folder "a" only in git's order goes, the folder changes.
+            Box::new(|| {
+                remove("a.b");
+                write("a/inner.json", "changed");
+            }),
+            Box::new(|| {}),
+        ];
+        for (n, step) in steps.iter().enumerate() {
+            step();
+            ids.push(commit(n + 1));
+        }
+        let mirror = Mirror::new(root.path(), "w/.git");
+        let repo = Repository::open(&dir).unwrap();
+        let mut pairs: Vec<(usize, usize)> = (1..ids.len()).map(|i| (i - 1, i)).collect();
+        pairs.extend([(0, ids.len() - 1), (ids.len() - 1, 0), (2, 4)]);
+        for (a, b) in pairs {
+            let mut ours = mirror.diff_trees(&ids[a], &ids[b]).unwrap();
+            ours.sort_by(|x, y| (&x.path, &x.old, &x.new).cmp(&(&y.path, &y.old, &y.new)));
+            let theirs = libgit2_changes(&repo, &ids[a], &ids[b]);
+            assert_eq!(ours, theirs, "commit {a} to {b}");
+            // Only the last step (an empty commit) changes nothing.
+            assert_eq!(ours.is_empty(), (a, b) == (ids.len() - 2, ids.len() - 1), "commit {a} to {b}");
+        }
     }
 
     /// Fetches, then resolves `b` with an optional pinned commit checked against it.
