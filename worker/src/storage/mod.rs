@@ -38,6 +38,43 @@ pub use settings::{StorageSettings, StoreSettings};
 pub struct Storage {
     pub settings: StorageSettings,
     client: Option<aws_sdk_s3::Client>,
+    /// The manifest parts written or read last, shared by every clone.
+    parts: std::sync::Arc<PartCache>,
+}
+
+/// The files of the manifest parts this worker wrote or read last, up to [`PartCache::FILES`] entries in all. A
+/// part is stored under the digest of its body, so what its key names never changes: the next sync of a
+/// repository finds the parts its change falls in here instead of asking the store (one round trip less).
+#[derive(Debug, Default)]
+struct PartCache(std::sync::Mutex<std::collections::VecDeque<(String, std::sync::Arc<Vec<ManifestFile>>)>>);
+
+impl PartCache {
+    /// About 250 bytes an entry: a few MiB.
+    const FILES: usize = 16_384;
+
+    fn name(store: &StoreSettings, key: &str) -> String {
+        format!("{}\n{key}", store.bucket_name.as_deref().unwrap_or_default())
+    }
+
+    fn get(&self, store: &StoreSettings, key: &str) -> Option<Vec<ManifestFile>> {
+        let name = Self::name(store, key);
+        let parts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        parts.iter().find(|(n, _)| *n == name).map(|(_, files)| files.to_vec())
+    }
+
+    fn put(&self, store: &StoreSettings, key: &str, files: Vec<ManifestFile>) {
+        let name = Self::name(store, key);
+        let mut parts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if parts.iter().any(|(n, _)| *n == name) || files.len() > Self::FILES {
+            return;
+        }
+        parts.push_back((name, std::sync::Arc::new(files)));
+        let mut held: usize = parts.iter().map(|(_, f)| f.len()).sum();
+        while held > Self::FILES {
+            let Some((_, oldest)) = parts.pop_front() else { break };
+            held -= oldest.len();
+        }
+    }
 }
 
 /// One line of a manifest: a file of a provided data type at a commit.
@@ -196,7 +233,7 @@ impl Storage {
             Some(s3) => Some(backend::s3_client(s3).await),
             None => None,
         };
-        Self { settings, client }
+        Self { settings, client, parts: std::sync::Arc::default() }
     }
 
     pub fn backend(&self, store: &StoreSettings) -> Backend {
@@ -337,10 +374,15 @@ impl Storage {
             .map(|key| {
                 let backend = backend.clone();
                 async move {
+                    if let Some(files) = self.parts.get(store, &key) {
+                        return Ok(files);
+                    }
                     let body = backend.get(&key).await?.unwrap_or_default();
-                    serde_json::from_slice::<PartBody>(&body)
-                        .map(|b| b.files)
-                        .map_err(|e| StorageError::Refused { what: key, message: format!("not a manifest part: {e}") })
+                    let files = serde_json::from_slice::<PartBody>(&body).map(|b| b.files).map_err(|e| {
+                        StorageError::Refused { what: key.clone(), message: format!("not a manifest part: {e}") }
+                    })?;
+                    self.parts.put(store, &key, files.clone());
+                    Ok(files)
                 }
             })
             .buffered(self.settings.upload_concurrency.max(1))
@@ -395,7 +437,8 @@ impl Storage {
             match part {
                 Part::Kept(kept) => refs.push(kept),
                 Part::New(files) => {
-                    let (part, body) = Self::part_object(store, slug, files)?;
+                    let (part, body) = Self::part_object(store, slug, &files)?;
+                    self.parts.put(store, &part.key, files);
                     if !live_keys.contains(part.key.as_str()) {
                         bodies.push((part.key.clone(), body));
                     }
@@ -443,10 +486,14 @@ impl Storage {
     fn part_object(
         store: &StoreSettings,
         slug: &str,
-        files: Vec<ManifestFile>,
+        files: &[ManifestFile],
     ) -> Result<(PartRef, Vec<u8>), StorageError> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            files: &'a [ManifestFile],
+        }
         let (first, count) = (files.first().map(|f| f.path.clone()).unwrap_or_default(), files.len());
-        let body = serde_json::to_vec(&PartBody { files }).unwrap_or_default();
+        let body = serde_json::to_vec(&Body { files }).unwrap_or_default();
         let name = format!("{}/{slug}/manifest-parts/{}.json", store.upload_to, sha256_hex(&body));
         let key = Self::key(store, &name)?;
         Ok((PartRef { key, first, files: count }, body))
@@ -462,13 +509,14 @@ impl Storage {
         files: Vec<ManifestFile>,
         live: &[PartRef],
     ) -> Result<(PartRef, bool), StorageError> {
-        let (part, body) = Self::part_object(store, slug, files)?;
-        if live.iter().any(|p| p.key == part.key) {
-            return Ok((part, false));
+        let (part, body) = Self::part_object(store, slug, &files)?;
+        let written = !live.iter().any(|p| p.key == part.key);
+        if written {
+            let (acl, threshold) = (store.default_acl.as_deref(), self.settings.multipart_threshold);
+            self.backend(store).put(&part.key, body, "application/json", acl, threshold).await?;
         }
-        let acl = store.default_acl.as_deref();
-        self.backend(store).put(&part.key, body, "application/json", acl, self.settings.multipart_threshold).await?;
-        Ok((part, true))
+        self.parts.put(store, &part.key, files);
+        Ok((part, written))
     }
 
     /// The sync report, from a local file, in the default store: `{location}/reports/{job_result_id}.json`.
@@ -672,12 +720,41 @@ mod tests {
         assert!(failed.is_err());
     }
 
+    #[tokio::test]
+    async fn a_part_read_or_written_lately_is_not_asked_for_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars = [("GITFLEET_STORAGE_ROOT".to_owned(), dir.path().display().to_string())];
+        let settings = StorageSettings::from_vars(vars).unwrap();
+        let store = settings.default.clone();
+        let file = |path: &str| ManifestFile {
+            path: path.to_owned(),
+            blob: "b".repeat(40),
+            size: 1,
+            sha256: "0".repeat(64),
+            key: format!("blobs/{path}"),
+        };
+        let files = vec![file("config_contexts/a.json"), file("config_contexts/b.json")];
+        let storage = Storage::new(settings.clone()).await;
+        let (part, written) = storage.put_part(&store, "repo", files.clone(), &[]).await.unwrap();
+        assert!(written);
+        // Another worker, which never saw the part, reads it from the store.
+        let other = Storage::new(settings).await;
+        assert_eq!(other.load_parts(&store, std::slice::from_ref(&part)).await.unwrap(), std::slice::from_ref(&files));
+        // Once the object is gone, only the workers that hold the part still read it.
+        let backend = storage.backend(&store);
+        backend.delete(&part.key).await.unwrap();
+        assert_eq!(storage.load_parts(&store, std::slice::from_ref(&part)).await.unwrap(), std::slice::from_ref(&files));
+        assert_eq!(other.load_parts(&store, std::slice::from_ref(&part)).await.unwrap(), [files]);
+        let fresh = Storage::new(other.settings.clone()).await;
+        assert!(fresh.load_parts(&store, &[part]).await.is_err(), "a part neither held nor stored");
+    }
+
     #[test]
     fn targets_group_folders_by_store() {
         let mut settings = StorageSettings::from_vars(Vec::<(String, String)>::new()).unwrap();
         let jobs = StoreSettings { bucket_name: Some("jobs".into()), ..settings.default.clone() };
         settings.overrides.insert("extras.job".into(), jobs.clone());
-        let storage = Storage { settings, client: None };
+        let storage = Storage { settings, client: None, parts: Default::default() };
         let targets = storage.targets([("extras.configcontext", "config_contexts"), ("extras.job", "jobs"), ("x", "")]);
         assert_eq!(targets.len(), 2);
         assert_eq!(targets[0].folders, ["config_contexts"]);
