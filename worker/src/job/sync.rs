@@ -68,44 +68,77 @@ pub(super) async fn sync(run: &JobRun<'_>, lock: &mut RepoLock) -> Step<Notifica
 
     phases.mark("fingerprint");
     let base = coalesce::base_fingerprint(ctx, &repo, &context.inventory_stamp);
-    let load = incremental::load(ctx, &repo, &mirror, &head, &base, &context).await?;
-    phases.mark("load");
-
-    // The records, the files in storage, the report and pointers, the new head and the JobResult's end: one
-    // transaction. Any failure drops it (a rollback) before the ending runs.
-    let client = lock.client();
-    let tx = client.transaction().await?;
-    let owner = Owner { id: repo.id, name, slug: &repo.slug };
-    let failed = match &load {
-        SyncLoad::Full { reason } => {
-            if let Some(reason) = reason {
-                let line = format!("Loading every file of {name}: {reason}.");
-                run.log.write(LogEntry::info(grouping::MAIN, line)).await?;
-            }
-            let (heads, ctxs) = ((head.as_str(), base.as_str()), &context);
-            super::stream::apply_full(&*tx, ctx, owner, &repo, &mirror, heads, ctxs, &run.log).await?
-        }
-        SyncLoad::Increment(inc) => {
-            incremental::apply(&*tx, ctx, owner, &repo, &mirror, &context, (&head, &base), inc, &run.log).await?
-        }
-    };
-    // A full load reads, loads and writes its files in one stream: its "load" phase is only the plan.
-    phases.mark(if matches!(load, SyncLoad::Full { .. }) {
-        "load, reconcile and log (streamed)"
-    } else {
-        "reconcile and log"
-    });
-    if failed {
-        let message = format!("Failed to refresh data provided by {name}. Please see logs.");
-        return Err(StepError::Failed(Failure::new("RuntimeError", message, grouping::MAIN).reverted()));
-    }
-    // The records are written: what an incremental load held is let go before the storage stage.
-    drop(load);
-    let staged = store::stage(ctx, &repo, mirror.clone(), &head, &mut phases).await?;
+    let (tx, staged) =
+        apply_beside_storage(run, lock.client(), &repo, &mirror, (&head, &base), &context, &mut phases).await?;
     run.log.write_all(&[summary(name, false), LogEntry::success(grouping::POST_RUN, "Job completed")]).await?;
     let applied =
         Applied { head: &head, ref_kind: checkout.kind, fingerprint: &fingerprint, fetch_started, staged, mirror };
     commit(run, tx, &repo, applied, phases).await
+}
+
+/// Loads and writes the records in the sync's transaction while storage is staged beside them (it reads only the
+/// mirror, and nothing names what it uploads until the pointers are written): a sync takes the longer of the two,
+/// not their sum. Storage failing first ends the sync at once (the transaction is dropped: a rollback); the
+/// records failing first drop the staging (what it uploaded is named by nothing). The open transaction and what
+/// storage staged.
+async fn apply_beside_storage<'c>(
+    run: &JobRun<'_>,
+    client: &'c mut deadpool_postgres::Object,
+    repo: &RepositoryRow,
+    mirror: &crate::git::Mirror,
+    (head, base): (&str, &str),
+    context: &super::load::LoadContext,
+    phases: &mut Phases,
+) -> Step<(deadpool_postgres::Transaction<'c>, Vec<crate::storage::Staged>)> {
+    let (ctx, name) = (run.ctx, repo.name.as_str());
+    let mut storage_phases = phases.beside();
+    let staged = {
+        let mut staging = std::pin::pin!(store::stage(ctx, repo, mirror.clone(), head, &mut storage_phases));
+        let mut applying = std::pin::pin!(async {
+            let load = incremental::load(ctx, repo, mirror, head, base, context).await?;
+            phases.mark("load");
+            let client = client; // moved in: the transaction outlives this block
+            let tx = client.transaction().await?;
+            let owner = Owner { id: repo.id, name, slug: &repo.slug };
+            let failed = match &load {
+                SyncLoad::Full { reason } => {
+                    if let Some(reason) = reason {
+                        let line = format!("Loading every file of {name}: {reason}.");
+                        run.log.write(LogEntry::info(grouping::MAIN, line)).await?;
+                    }
+                    super::stream::apply_full(&*tx, ctx, owner, repo, mirror, (head, base), context, &run.log).await?
+                }
+                SyncLoad::Increment(inc) => {
+                    incremental::apply(&*tx, ctx, owner, repo, mirror, context, (head, base), inc, &run.log).await?
+                }
+            };
+            // A full load reads, loads and writes its files in one stream: its "load" phase is only the plan.
+            phases.mark(if matches!(load, SyncLoad::Full { .. }) {
+                "load, reconcile and log (streamed)"
+            } else {
+                "reconcile and log"
+            });
+            Step::Ok((tx, failed))
+        });
+        let mut staged = None;
+        let (tx, failed) = loop {
+            tokio::select! {
+                applied = &mut applying => break applied?,
+                done = &mut staging, if staged.is_none() => staged = Some(done?),
+            }
+        };
+        if failed {
+            let message = format!("Failed to refresh data provided by {name}. Please see logs.");
+            return Err(StepError::Failed(Failure::new("RuntimeError", message, grouping::MAIN).reverted()));
+        }
+        match staged {
+            Some(staged) => (tx, staged),
+            None => (tx, staging.await?),
+        }
+    };
+    phases.mark("storage (after the records)");
+    phases.absorb(storage_phases);
+    Ok(staged)
 }
 
 /// What a sync applies once its records are written.
@@ -234,6 +267,16 @@ impl Phases {
             spent: Vec::new(),
             parent: gitfleet_infra::telemetry::current_context(),
         }
+    }
+
+    /// Phases of work that runs beside this one's from now on (their own clock, the same parent span).
+    pub fn beside(&self) -> Self {
+        Self { spent: Vec::new(), parent: self.parent.clone(), ..Self::start() }
+    }
+
+    /// Adds the phases of work that ran beside these (so the phases may add up to more than the sync took).
+    fn absorb(&mut self, beside: Self) {
+        self.spent.extend(beside.spent);
     }
 
     /// Ends the phase that began at the last mark.
