@@ -15,7 +15,7 @@
 //! the storage) makes the sync load every file and say why; so does a change that would take the load over its
 //! budget, so that the limit's error names the file a full load would.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use gitfleet_infra::store::loaded::{self, FileRow, LoadedState};
@@ -150,6 +150,8 @@ async fn increment(
         .map(|t| t.identifier().to_owned())
         .collect();
     let mut context_paths = Vec::new();
+    // The changed files' blob ids at `head` (`None`: removed): read by id, not looked up in their folder again.
+    let mut known: BTreeMap<String, Option<String>> = BTreeMap::new();
     if let Some(contexts) = provided.iter().find(|t| t.identifier() == CONTEXTS)
         && touches(*contexts)
     {
@@ -161,6 +163,13 @@ async fn increment(
             return Ok(Err("besides files in the config context folders, the change touches those folders (a \
                            subfolder, a link, a dotfile) or the schemas the contexts link to"
                 .to_owned()));
+        }
+        for change in &mine {
+            let blob = change.new.as_ref().map(|(blob, _)| blob.clone());
+            let slot = known.entry(change.path.clone()).or_default();
+            if slot.is_none() {
+                *slot = blob;
+            }
         }
         context_paths = mine.iter().map(|c| c.path.clone()).collect();
         context_paths.sort_unstable();
@@ -188,7 +197,7 @@ async fn increment(
     let done = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
             let tree = tracing::info_span!("tree read", changed_paths = paths_c.len())
-                .in_scope(|| mirror_c.read_parts(&head_c, &read_prefixes, &paths_c, limits.max_bytes))?;
+                .in_scope(|| mirror_c.read_parts(&head_c, &read_prefixes, &paths_c, &known, limits.max_bytes))?;
             let input = super::load::input(&tree, &repo_c, &inventory, (limits, mode));
             input.spent.document_bytes.set(usize::try_from(kept_bytes).unwrap_or_default());
             let loaded = registry.load_where(&input, &|id| reload_c.contains(id));
@@ -447,7 +456,7 @@ async fn reread(
         (repo.clone(), ctx.limits, ctx.scope_mode, head.to_owned(), mirror.clone());
     let inventory: Arc<_> = context.inventory.clone();
     let done = tokio::task::spawn_blocking(move || {
-        let tree = mirror.read_parts(&head, &[], &paths, limits.max_bytes)?;
+        let tree = mirror.read_parts(&head, &[], &paths, &BTreeMap::new(), limits.max_bytes)?;
         let input = super::load::input(&tree, &repo, &inventory, (limits, mode));
         Ok::<_, crate::git::GitError>(context_files(&input, &tree, &paths))
     })

@@ -743,7 +743,10 @@ mod tests {
         // Once the object is gone, only the workers that hold the part still read it.
         let backend = storage.backend(&store);
         backend.delete(&part.key).await.unwrap();
-        assert_eq!(storage.load_parts(&store, std::slice::from_ref(&part)).await.unwrap(), std::slice::from_ref(&files));
+        assert_eq!(
+            storage.load_parts(&store, std::slice::from_ref(&part)).await.unwrap(),
+            std::slice::from_ref(&files)
+        );
         assert_eq!(other.load_parts(&store, std::slice::from_ref(&part)).await.unwrap(), [files]);
         let fresh = Storage::new(other.settings.clone()).await;
         assert!(fresh.load_parts(&store, &[part]).await.is_err(), "a part neither held nor stored");
