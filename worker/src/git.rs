@@ -803,15 +803,21 @@ impl Mirror {
         // libgit2's SSH transport replaces a refused host key's message with its own generic one: keep ours.
         let host_key_problem = std::cell::RefCell::new(None::<String>);
         let mut remote = repo.find_remote(REMOTE)?;
-        let mut options = FetchOptions::new();
-        options.prune(FetchPrune::On).download_tags(AutotagOption::None);
-        if let Some(depth) = depth {
-            options.depth(depth);
-        }
-        let callbacks = self.callbacks(url, credentials, &host_key_problem);
-        options.remote_callbacks(callbacks);
-        let fetched = remote.fetch(&REFSPECS, Some(&mut options), None);
-        drop(options);
+        // One connection: its ref advertisement first, then (unless the mirror has every ref already) the download.
+        let fetched = (|| {
+            let callbacks = self.callbacks(url, credentials, &host_key_problem);
+            let mut connection = remote.connect_auth(git2::Direction::Fetch, Some(callbacks), None)?;
+            if depth != Some(UNSHALLOW) && has_every_ref(repo, connection.list()?) {
+                return Ok(());
+            }
+            let mut options = FetchOptions::new();
+            options.prune(FetchPrune::On).download_tags(AutotagOption::None);
+            if let Some(depth) = depth {
+                options.depth(depth);
+            }
+            options.remote_callbacks(self.callbacks(url, credentials, &host_key_problem));
+            connection.remote().fetch(&REFSPECS, Some(&mut options), None)
+        })();
         let received = remote.stats().received_bytes() as u64;
         crate::metrics::METRICS.fetched_bytes.inc_by(received);
         tracing::Span::current().record("fetched_bytes", received);
@@ -915,6 +921,45 @@ impl Mirror {
             }
         }
     }
+}
+
+/// Whether the mirror already holds every ref the remote advertises, as [`REFSPECS`] name them, and no other: a
+/// fetch would bring nothing, yet still cost a negotiation (libgit2 asks for a shallow mirror's tips again, and
+/// indexes the empty pack the server sends: 30 to 40 ms for a folder of 100,000 files).
+fn has_every_ref(repo: &Repository, advertised: &[git2::RemoteHead<'_>]) -> bool {
+    let mappings: Vec<(&str, &str)> = REFSPECS
+        .iter()
+        .filter_map(|spec| {
+            let (src, dst) = spec.trim_start_matches('+').split_once(':')?;
+            Some((src.strip_suffix('*')?, dst.strip_suffix('*')?))
+        })
+        .collect();
+    let mut wanted = std::collections::HashMap::new();
+    for head in advertised.iter().filter(|h| !h.name().ends_with("^{}")) {
+        let Some(local) =
+            mappings.iter().find_map(|(src, dst)| head.name().strip_prefix(src).map(|r| format!("{dst}{r}")))
+        else {
+            continue;
+        };
+        wanted.insert(local, head.oid());
+    }
+    let (Ok(references), Ok(odb)) = (repo.references(), repo.odb()) else { return false };
+    let mut held = 0;
+    for reference in references {
+        let Ok(reference) = reference else { return false };
+        let Ok(name) = reference.name() else { return false };
+        if !mappings.iter().any(|(_, dst)| name.starts_with(dst))
+            || reference.kind() != Some(git2::ReferenceType::Direct)
+        {
+            continue;
+        }
+        match (wanted.get(name), reference.target()) {
+            (Some(want), Some(have)) if *want == have && odb.exists(have) => held += 1,
+            // A ref the remote moved or dropped: the fetch updates or prunes it.
+            _ => return false,
+        }
+    }
+    held == wanted.len()
 }
 
 /// git's own fetch for a local (`file://`) remote, when the `git` command is installed: libgit2's local transport

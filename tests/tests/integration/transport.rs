@@ -184,6 +184,31 @@ async fn shallow_fetch_deepened_for_a_pinned_commit() -> Result<()> {
     assert!(tip_mirror.join("shallow").exists());
     assert!(object_count(&tip_mirror)? <= 2, "no history beyond the tips was fetched");
 
+    // Nothing new: the ref advertisement says so, and nothing is downloaded (libgit2 alone would ask for the tips
+    // again and store an empty pack).
+    let packs = |mirror: &std::path::Path| -> Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(mirror.join("objects/pack"))?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        names.sort();
+        Ok(names)
+    };
+    let before = packs(&tip_mirror)?;
+    let view = env.wait_job(env.sync(&tip_name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(view.result.clone().unwrap()["up_to_date"], true);
+    assert_eq!(packs(&tip_mirror)?, before, "an unchanged remote downloads nothing");
+    // A tag is fetched, and once the remote drops it, pruned: the advertisement alone tells both apart.
+    let tags = |mirror: &std::path::Path| crate::support::git::git(mirror, &["tag", "--list"]);
+    remote.tag("v5")?;
+    let view = env.wait_job(env.sync(&tip_name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(tags(&tip_mirror)?.trim(), "v5");
+    crate::support::git::git(&remote.bare, &["tag", "-d", "v5"])?;
+    let view = env.wait_job(env.sync(&tip_name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(tags(&tip_mirror)?.trim(), "", "the tag the remote dropped is pruned");
+
     // A commit that exists nowhere still fails with git's message after the deepening.
     let missing = format!("Missing {}", env.id);
     let view = env.wait_job(env.create(&missing, &url, "abcdef1234").await?).await?;
