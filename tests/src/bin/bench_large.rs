@@ -400,7 +400,12 @@ async fn main() -> Result<()> {
             r.peak_kib as f64 / 1024.0
         )?;
     }
-    writeln!(table, "\nWhere the time goes (`phases_ms` of the JobResult; the commit is the rest):\n")?;
+    writeln!(
+        table,
+        "\nWhere the time goes (`phases_ms` of the JobResult; the `storage: ...` phases run beside the load, \
+         reconcile and log, on their own clock, and `storage (after the records)` is what the sync waited for them \
+         after its records were written; the commit is the rest):\n"
+    )?;
     writeln!(table, "| files | storage | sync | phases (ms) |")?;
     writeln!(table, "|---|---|---|---|")?;
     for r in &runs {
