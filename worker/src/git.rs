@@ -461,6 +461,64 @@ impl Mirror {
         Ok(out)
     }
 
+    /// Every regular file under `folders` at `commit` with its blob id, in path order, handed to `each` a chunk of
+    /// at most `chunk` files at a time while the trees are walked: a folder's tree is held while its files are
+    /// handed on, never the whole listing. `each` returning false stops the walk. Returns false when the paths did
+    /// not come in order (a name that is not UTF-8, read with replacement characters, can sort elsewhere): the
+    /// caller lists them again with [`Mirror::list_files`] and sorts.
+    pub fn walk_files(
+        &self,
+        commit: &str,
+        folders: &[String],
+        chunk: usize,
+        mut each: impl FnMut(Vec<(String, String)>) -> bool,
+    ) -> Result<bool, GitError> {
+        let repo = Repository::open_bare(self.path())?;
+        let root = repo.find_commit(Oid::from_str(commit)?)?.tree()?;
+        let mut folders: Vec<&String> = folders.iter().collect();
+        folders.sort();
+        folders.dedup();
+        let (mut batch, mut last) = (Vec::new(), None::<String>);
+        for folder in folders {
+            let Ok(entry) = root.get_path(Path::new(folder)) else { continue };
+            let Ok(tree) = repo.find_tree(entry.id()) else { continue };
+            // Depth first, each tree's entries in git's order (a folder sorts as its name and a `/`): the paths
+            // come sorted.
+            let mut stack = vec![(format!("{folder}/"), tree, 0_usize)];
+            while let Some((prefix, tree, next)) = stack.last_mut() {
+                let Some((path, id, kind, mode)) = tree.get(*next).map(|entry| {
+                    let path = format!("{prefix}{}", String::from_utf8_lossy(entry.name_bytes()));
+                    (path, entry.id(), entry.kind(), entry.filemode())
+                }) else {
+                    stack.pop();
+                    continue;
+                };
+                *next += 1;
+                match kind {
+                    Some(ObjectType::Tree) => {
+                        let sub = repo.find_tree(id)?;
+                        stack.push((format!("{path}/"), sub, 0));
+                    }
+                    Some(ObjectType::Blob) if mode != 0o120_000 => {
+                        if last.as_ref().is_some_and(|last| *last >= path) {
+                            return Ok(false);
+                        }
+                        last = Some(path.clone());
+                        batch.push((path, id.to_string()));
+                        if batch.len() >= chunk.max(1) && !each(std::mem::take(&mut batch)) {
+                            return Ok(true);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if !batch.is_empty() {
+            each(batch);
+        }
+        Ok(true)
+    }
+
     /// Reads blobs by id, the object database opened once for all of them.
     pub fn blobs(&self) -> Result<Blobs, GitError> {
         Ok(Blobs(Repository::open_bare(self.path())?))
@@ -1196,6 +1254,70 @@ mod tests {
             // Only the last step (an empty commit) changes nothing.
             assert_eq!(ours.is_empty(), (a, b) == (ids.len() - 2, ids.len() - 1), "commit {a} to {b}");
         }
+    }
+
+    #[test]
+    fn walked_files_come_in_path_order_a_chunk_at_a_time() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("w");
+        fs::create_dir(&dir).unwrap();
+        git(&dir, &["init", "-q", "-b", "main"]);
+        let write = |path: &str| {
+            let path = dir.join(path);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(path, "x").unwrap();
+        };
+        // Folders sort as their name and a `/`: "a.b" < "a/" < "a0".
+        for path in ["jobs/a.b", "jobs/a/x.py", "jobs/a/y/z.py", "jobs/a0", "jobs2/b", "other/c", "README"] {
+            write(path);
+        }
+        for i in 0..25 {
+            write(&format!("config_contexts/f{i}.json"));
+        }
+        std::os::unix::fs::symlink("a0", dir.join("jobs/link")).unwrap();
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-qm", "c"]);
+        let head = git(&dir, &["rev-parse", "HEAD"]);
+        let mirror = Mirror::new(root.path(), "w/.git");
+        let folders = ["jobs2".to_owned(), "jobs".to_owned(), "config_contexts".to_owned(), "missing".to_owned()];
+        let mut expected = Vec::new();
+        for folder in &folders {
+            expected.extend(mirror.list_files(&head, folder).unwrap());
+        }
+        expected.sort();
+        let mut chunks = Vec::new();
+        assert!(
+            mirror
+                .walk_files(&head, &folders, 4, |chunk| {
+                    chunks.push(chunk);
+                    true
+                })
+                .unwrap()
+        );
+        assert!(chunks.iter().all(|c| !c.is_empty() && c.len() <= 4));
+        assert_eq!(chunks.concat(), expected);
+        assert_eq!(expected.len(), 25 + 5, "every file, no link, no other folder");
+        // Stopped by the receiver: no more chunks.
+        let mut taken = 0;
+        assert!(
+            mirror
+                .walk_files(&head, &folders, 4, |_| {
+                    taken += 1;
+                    false
+                })
+                .unwrap()
+        );
+        assert_eq!(taken, 1);
+
+        // A name that is not UTF-8 reads as U+FFFD, which sorts before U+FFFF where its bytes sort after.
+        for name in [b"jobs/\xef\xbf\xbf".as_slice(), b"jobs/\xff".as_slice()] {
+            fs::write(dir.join(std::ffi::OsStr::from_bytes(name)), "x").unwrap();
+        }
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-qm", "not utf-8"]);
+        let head = git(&dir, &["rev-parse", "HEAD"]);
+        assert!(!mirror.walk_files(&head, &folders, 4, |_| true).unwrap(), "the walk says it is out of order");
     }
 
     /// Fetches, then resolves `b` with an optional pinned commit checked against it.
