@@ -21,7 +21,7 @@ use super::JobContext;
 use super::store::TempFile;
 use crate::git::Mirror;
 use crate::lock::RepoLock;
-use crate::storage::{ArtifactTarget, write_artifact};
+use crate::storage::{Artifact, ArtifactTarget, write_artifact};
 
 /// What the artifacts of one sync are built from.
 pub(super) struct Request {
@@ -70,16 +70,37 @@ impl Drop for Building<'_> {
 }
 
 /// Streams the files of the staged folders at `commit` (as the manifest lists them: sorted by path) into a tar.gz
-/// at `path`; returns its sha256.
+/// at `path`, walking the trees as it goes (the listing is never held); returns its sha256.
 fn archive(mirror: &Mirror, commit: &str, target: &ArtifactTarget, path: &Path) -> anyhow::Result<String> {
-    let mut files = Vec::new();
-    for folder in &target.folders {
-        files.extend(mirror.list_files(commit, folder)?);
-    }
-    files.sort();
     let blobs = mirror.blobs()?;
-    let out = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let (out, sha256) = write_artifact(&files, out, |blob| blobs.read(blob).map_err(std::io::Error::other))?;
+    let out = |path: &Path| anyhow::Ok(std::io::BufWriter::new(std::fs::File::create(path)?));
+    let mut artifact = Artifact::new(out(path)?);
+    let mut failed = None;
+    let ordered = mirror.walk_files(commit, &target.folders, 64, |batch| {
+        for (file, blob) in batch {
+            let added = blobs.read(&blob).map_err(std::io::Error::other).and_then(|bytes| artifact.add(&file, &bytes));
+            if let Err(err) = added {
+                failed = Some(err);
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(err) = failed {
+        return Err(err.into());
+    }
+    let (out, sha256) = if ordered {
+        artifact.finish()?
+    } else {
+        // Names that are not UTF-8 came out of order: the files listed whole and sorted, written again.
+        drop(artifact);
+        let mut files = Vec::new();
+        for folder in &target.folders {
+            files.extend(mirror.list_files(commit, folder)?);
+        }
+        files.sort();
+        write_artifact(&files, out(path)?, |blob| blobs.read(blob).map_err(std::io::Error::other))?
+    };
     out.into_inner().map_err(std::io::IntoInnerError::into_error)?.flush()?;
     Ok(sha256)
 }

@@ -1,11 +1,11 @@
-//! Store: the provided files staged in storage before the transaction (blobs, manifest), then the sync report and
-//! the `current.json` pointers inside it, just before the commit. The artifact is built after the commit
+//! Store: the provided files staged in storage beside the load and the records' writes (blobs, manifest), then the
+//! sync report and the `current.json` pointers inside the sync's transaction, just before the commit. The artifact is built after the commit
 //! (`artifact.rs`).
 //!
 //! A store's live manifest says what it holds: when it covers the same folders and its commit is in the mirror,
 //! the new manifest is the live one plus the change between the two commits, and only the changed files are read;
-//! otherwise every file is listed again. Files are read and uploaded in batches, so memory holds one batch, not the
-//! repository.
+//! otherwise every file is walked from the trees again. Files are listed, read and uploaded in batches, so memory
+//! holds a batch or two, not the repository.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -42,7 +42,8 @@ type Changed = BTreeMap<String, Option<String>>;
 /// file at `head` when there is no live manifest to build on (first sync, other folders, a commit the mirror lacks).
 enum Listing {
     Changes(Changed),
-    Every(Vec<(String, String)>),
+    /// Every file, walked from the trees as it is staged ([`every_file`]).
+    Every,
 }
 
 fn listing(mirror: &Mirror, head: &str, folders: &[String], live: &Live) -> Result<Listing, GitError> {
@@ -71,13 +72,46 @@ fn listing(mirror: &Mirror, head: &str, folders: &[String], live: &Live) -> Resu
         }
         return Ok(Listing::Changes(changed));
     }
-    let mut all = Vec::new();
-    for folder in folders {
-        all.extend(mirror.list_files(head, folder)?);
-    }
-    all.sort();
-    Ok(Listing::Every(all))
+    Ok(Listing::Every)
 }
+
+/// Every file of the target's folders at `head`, in path order, a batch at a time: walked from the trees on a
+/// thread of its own, a batch or two ahead of the staging (memory holds those, not the listing). Names that are
+/// not UTF-8 (read with replacement characters) could come out of order: a first walk, which holds nothing,
+/// checks, and such a tree is listed whole and sorted instead.
+fn every_file(mirror: &Mirror, head: &str, folders: &[String]) -> tokio::sync::mpsc::Receiver<Result<Batch, GitError>> {
+    let (send, receive) = tokio::sync::mpsc::channel(2);
+    let (mirror, head, folders) = (mirror.clone(), head.to_owned(), folders.to_vec());
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || {
+        let _entered = span.enter();
+        let pass = |batch| send.blocking_send(Ok(batch)).is_ok();
+        let walked = match mirror.walk_files(&head, &folders, BATCH_FILES, |_| true) {
+            Ok(true) => mirror.walk_files(&head, &folders, BATCH_FILES, pass).map(drop),
+            Ok(false) => (|| {
+                let mut all = Vec::new();
+                for folder in &folders {
+                    all.extend(mirror.list_files(&head, folder)?);
+                }
+                all.sort();
+                for batch in all.chunks(BATCH_FILES) {
+                    if !pass(batch.to_vec()) {
+                        break;
+                    }
+                }
+                Ok(())
+            })(),
+            Err(err) => Err(err),
+        };
+        if let Err(err) = walked {
+            let _ = send.blocking_send(Err(err));
+        }
+    });
+    receive
+}
+
+/// Paths and blob ids, in path order.
+type Batch = Vec<(String, String)>;
 
 /// Stages one store: lists what changed, reads the manifest parts it falls in, reads and uploads the new blobs in
 /// batches, writes the new parts and the root.
@@ -99,7 +133,10 @@ async fn stage_target(
     };
     phases.mark("storage: listing");
     let changed = match listed {
-        Listing::Every(all) => return stage_every(storage, mirror, slug, head, target, live, all, phases).await,
+        Listing::Every => {
+            let files = every_file(mirror, head, &target.folders);
+            return stage_every(storage, mirror, slug, head, target, live, files, phases).await;
+        }
         Listing::Changes(changed) => changed,
     };
     // What the store holds: the files of the live parts a change falls in, less the blobs found missing. Which
@@ -206,7 +243,7 @@ impl<'a> BlobPipe<'a> {
     }
 }
 
-/// Stages a store whose every file is listed (a first sync, other folders, a live commit the mirror lacks), a batch
+/// Stages a store whose every file is walked (a first sync, other folders, a live commit the mirror lacks), a batch
 /// at a time in path order: each batch's new blobs read, digested and uploaded, its entries cut into manifest parts
 /// that go up as soon as they are cut. What the live manifest says of a path (the same blob: stored already) is
 /// read a few parts at a time as the paths advance. Memory holds a batch and a few parts, never every entry.
@@ -218,7 +255,7 @@ async fn stage_every(
     head: &str,
     target: &Target,
     live: Live,
-    all: Vec<(String, String)>,
+    mut files: tokio::sync::mpsc::Receiver<Result<Batch, GitError>>,
     phases: &mut super::sync::Phases,
 ) -> Result<Staged, StageError> {
     let store = &target.store;
@@ -236,9 +273,10 @@ async fn stage_every(
         }
         Ok::<_, StorageError>(())
     };
-    for chunk in all.chunks(BATCH_FILES) {
+    while let Some(chunk) = files.recv().await {
+        let chunk = chunk?;
         let mut known: HashMap<String, (u64, String)> = HashMap::new();
-        for (path, blob) in chunk {
+        for (path, blob) in &chunk {
             if let Some(file) = stored.at(path).await?
                 && file.blob == *blob
                 && !missing.contains(blob.as_str())
@@ -257,7 +295,7 @@ async fn stage_every(
             known.extend(read);
         }
         for (path, blob) in chunk {
-            cutter.push(entry(&known, store, path.clone(), blob.clone())?);
+            cutter.push(entry(&known, store, path, blob)?);
         }
         put(cutter.drain()).await?;
     }

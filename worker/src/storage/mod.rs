@@ -206,20 +206,39 @@ pub fn write_artifact<W: std::io::Write>(
     out: W,
     mut read: impl FnMut(&str) -> std::io::Result<Vec<u8>>,
 ) -> std::io::Result<(W, String)> {
-    let encoder = flate2::write::GzEncoder::new(Digesting::new(out), flate2::Compression::default());
-    let mut tar = tar::Builder::new(encoder);
+    let mut artifact = Artifact::new(out);
     for (path, blob) in files {
-        let bytes = read(blob)?;
+        artifact.add(path, &read(blob)?)?;
+    }
+    artifact.finish()
+}
+
+/// A deterministic tar.gz written a file at a time (mode 0644, mtime 0, in the order added, which is sorted).
+pub struct Artifact<W: std::io::Write> {
+    tar: tar::Builder<flate2::write::GzEncoder<Digesting<W>>>,
+}
+
+impl<W: std::io::Write> Artifact<W> {
+    pub fn new(out: W) -> Self {
+        let encoder = flate2::write::GzEncoder::new(Digesting::new(out), flate2::Compression::default());
+        Self { tar: tar::Builder::new(encoder) }
+    }
+
+    pub fn add(&mut self, path: &str, bytes: &[u8]) -> std::io::Result<()> {
         let mut header = tar::Header::new_gnu();
         header.set_size(bytes.len() as u64);
         header.set_mode(0o644);
         header.set_mtime(0);
         header.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut header, path, bytes.as_slice())?;
+        self.tar.append_data(&mut header, path, bytes)
     }
-    let mut gz = tar.into_inner()?;
-    gz.flush()?;
-    Ok(gz.finish()?.finish())
+
+    /// The writer and the archive's sha256.
+    pub fn finish(self) -> std::io::Result<(W, String)> {
+        let mut gz = self.tar.into_inner()?;
+        gz.flush()?;
+        Ok(gz.finish()?.finish())
+    }
 }
 
 /// Reads a JSON object, or `None` when it is absent or not JSON (an unreadable pointer or manifest is not built on).
