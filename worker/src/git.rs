@@ -1180,17 +1180,25 @@ mod tests {
         out
     }
 
-    #[test]
-    fn tree_walk_diff_equals_libgit2s_diff() {
+    /// A temporary folder holding a new repository with a work tree at `w`, and a writer of its files.
+    fn work_tree() -> (tempfile::TempDir, PathBuf) {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("w");
         fs::create_dir(&dir).unwrap();
         git(&dir, &["init", "-q", "-b", "main"]);
-        let write = |path: &str, body: &str| {
-            let path = dir.join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, body).unwrap();
-        };
+        (root, dir)
+    }
+
+    fn write_file(dir: &Path, path: &str, body: &str) {
+        let path = dir.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, body).unwrap();
+    }
+
+    #[test]
+    fn tree_walk_diff_equals_libgit2s_diff() {
+        let (root, dir) = work_tree();
+        let write = |path: &str, body: &str| write_file(&dir, path, body);
         let remove = |path: &str| {
             let path = dir.join(path);
             if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) }.unwrap();
@@ -1259,15 +1267,8 @@ mod tests {
     #[test]
     fn walked_files_come_in_path_order_a_chunk_at_a_time() {
         use std::os::unix::ffi::OsStrExt as _;
-        let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("w");
-        fs::create_dir(&dir).unwrap();
-        git(&dir, &["init", "-q", "-b", "main"]);
-        let write = |path: &str| {
-            let path = dir.join(path);
-            fs::create_dir_all(path.parent().unwrap()).unwrap();
-            fs::write(path, "x").unwrap();
-        };
+        let (root, dir) = work_tree();
+        let write = |path: &str| write_file(&dir, path, "x");
         // Folders sort as their name and a `/`: "a.b" < "a/" < "a0".
         for path in ["jobs/a.b", "jobs/a/x.py", "jobs/a/y/z.py", "jobs/a0", "jobs2/b", "other/c", "README"] {
             write(path);
