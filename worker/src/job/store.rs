@@ -394,8 +394,8 @@ enum StageError {
     Join(tokio::task::JoinError),
 }
 
-/// Reads the provided files from the mirror and uploads what storage does not hold yet, before the transaction:
-/// nothing points at them until the pointers are written.
+/// Reads the provided files from the mirror and uploads what storage does not hold yet, beside the load and the
+/// records' writes: nothing points at them until the pointers are written.
 pub(super) async fn stage(
     ctx: &JobContext,
     repo: &RepositoryRow,

@@ -9,10 +9,11 @@
 //! {location}/reports/{job_result_id}.json                 the sync report (records changed, log entries)
 //! {location}/{upload_to}/{slug}/current.json              written last: commit, manifest, then artifact, digest
 //! ```
-//! Blobs and manifest are staged before the sync's database transaction; the report and `current.json` are
-//! written inside it, before the commit, and `current.json` is put back if the commit fails. A failed upload
-//! leaves the previous commit live in both PostgreSQL and storage. The artifact is built after the commit, from
-//! the manifest, and `current.json` names it only once it is complete (until then its `artifact` is null).
+//! Blobs and manifest are staged beside the load and the records' writes, before anything names them; the
+//! report and `current.json` are written inside the sync's database transaction, before the commit, and
+//! `current.json` is put back if the commit fails. A failed upload leaves the previous commit live in both
+//! PostgreSQL and storage. The artifact is built after the commit, from the commit's trees, and `current.json`
+//! names it only once it is complete (until then its `artifact` is null).
 //!
 //! What a store holds is known from the live manifest: a sync lists the change since the live commit, uploads
 //! only the changed files' blobs, and writes the new manifest as the old one plus the change: the parts the
