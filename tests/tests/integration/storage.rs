@@ -324,6 +324,46 @@ async fn delete_and_gc(env: &TestEnv, storage: &Storage, slug: &str) -> Result<(
     Ok(())
 }
 
+/// A multipart upload stopped half way (its sync ended, as when the records fail while storage is staged beside
+/// them) is aborted: no parts stay behind in the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_stopped_half_way_leaves_no_parts() -> Result<()> {
+    let env = TestEnv::new().await?;
+    let client = raw_client(&env).await?;
+    let bucket = format!("stopped-{}", env.id);
+    create_buckets(&client, &[&bucket]).await?;
+    let settings = s3_settings(&env, s3_port(), &bucket, &bucket)?;
+    let storage = Storage::new(settings.clone()).await;
+    let backend = storage.backend(&settings.default);
+    let uploads =
+        async || -> Result<usize> { Ok(client.list_multipart_uploads().bucket(&bucket).send().await?.uploads().len()) };
+    let body: Vec<u8> = (0..48 * 1024 * 1024).map(|n: u32| (n % 251) as u8).collect();
+    {
+        let put = backend.put("nautobot/big.bin", body, "application/octet-stream", None, 5 * 1024 * 1024);
+        tokio::pin!(put);
+        let started = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                done = &mut put => anyhow::bail!("the upload ended before it could be stopped: {done:?}"),
+                () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
+                    if uploads().await? > 0 {
+                        break;
+                    }
+                    anyhow::ensure!(started.elapsed().as_secs() < 30, "the upload never began");
+                }
+            }
+        }
+        // The upload is under way: dropping it here stops it.
+    }
+    for _ in 0..100 {
+        if uploads().await? == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the stopped upload's parts are still in the bucket")
+}
+
 async fn create_buckets(client: &Client, names: &[&str]) -> Result<()> {
     for name in names {
         client.create_bucket().bucket(*name).send().await?;

@@ -395,6 +395,7 @@ impl Backend {
         }
         let upload = create.send().await.map_err(|e| sdk(step("create"), e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_owned();
+        let mut unfinished = Unfinished(Some((client.clone(), bucket.to_owned(), key.to_owned(), upload_id.clone())));
         let mut parts = Vec::new();
         let result = async {
             let mut number = 0_i32;
@@ -426,6 +427,7 @@ impl Backend {
             Ok(())
         }
         .await;
+        unfinished.0 = None;
         if result.is_err() {
             let _ = client.abort_multipart_upload().bucket(bucket).key(key).upload_id(&upload_id).send().await;
         }
@@ -517,6 +519,24 @@ fn write_file(path: &Path, body: &[u8]) -> Result<(), StorageError> {
         std::fs::create_dir_all(parent).map_err(|source| StorageError::Io { path: path.to_owned(), source })?;
     }
     write_new(path, body)
+}
+
+/// A multipart upload under way: dropped before it completed or failed (its sync stopped it, say when the sync's
+/// records failed while storage was staged beside them), it is aborted in the background, so that no parts are
+/// left in the bucket.
+struct Unfinished(Option<(aws_sdk_s3::Client, String, String, String)>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some((client, bucket, key, upload_id)) = self.0.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        runtime.spawn(async move {
+            let aborted = client.abort_multipart_upload().bucket(&bucket).key(&key).upload_id(upload_id).send().await;
+            if let Err(err) = aborted {
+                tracing::warn!(key = %key, error = %err, "could not abort a stopped multipart upload");
+            }
+        });
+    }
 }
 
 /// Writes a content-addressed blob into a folder that exists, unless the store holds it; whether it wrote it. The
