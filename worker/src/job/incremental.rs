@@ -339,13 +339,17 @@ pub(super) async fn apply(
 
     let mut failed = false;
     let mut start = 0;
+    // Lines wait here and go to the log in one write (an incremental sync writes few), before a reloaded type's
+    // reconcile writes its own and at the end.
+    let mut pending: Vec<LogEntry> = Vec::new();
     for (identifier, end) in &inc.loaded.sections {
         let mut batch: Vec<LogEntry> = inc.loaded.logs[start..*end].to_vec();
         start = *end;
         let Some(data_type) = ctx.registry.get(identifier) else { continue };
         if inc.reload.contains(identifier) {
             failed |= super::apply::has_error(&batch);
-            log.write_all(&batch).await?;
+            pending.extend(batch);
+            log.write_all(&std::mem::take(&mut pending)).await?;
             failed |= super::apply::reconcile_and_log(db, ctx, owner, data_type, &inc.loaded, log).await?;
             continue;
         } else if identifier == CONTEXTS
@@ -363,10 +367,10 @@ pub(super) async fn apply(
             batch.extend(reconciled.into_iter().map(|change| change.line));
         }
         failed |= super::apply::has_error(&batch);
-        log.write_all(&batch).await?;
+        pending.extend(batch);
     }
     let reused = inc.state.files - inc.old_types.1 - i64::try_from(inc.old_files.len()).unwrap_or(i64::MAX);
-    log.write(LogEntry::info(
+    pending.push(LogEntry::info(
         grouping::MAIN,
         format!(
             "Incremental load: {} paths changed since commit {}; {read} files read, what {reused} unchanged files \
@@ -374,11 +378,11 @@ pub(super) async fn apply(
             inc.changed,
             short(&inc.state.commit)
         ),
-    ))
-    .await?;
+    ));
     let rest = &inc.loaded.logs[start..];
     failed |= super::apply::has_error(rest);
-    log.write_all(rest).await?;
+    pending.extend_from_slice(rest);
+    log.write_all(&pending).await?;
     if !failed {
         let state = LoadedState {
             commit: head.to_owned(),
