@@ -461,11 +461,22 @@ impl Mirror {
         Ok(out)
     }
 
+    /// Every regular file under `folders` at `commit` with its blob id, listed whole and sorted by path: for trees
+    /// whose names [`Mirror::walk_files`] cannot hand on in order.
+    pub fn list_sorted(&self, commit: &str, folders: &[String]) -> Result<Vec<(String, String)>, GitError> {
+        let mut all = Vec::new();
+        for folder in folders {
+            all.extend(self.list_files(commit, folder)?);
+        }
+        all.sort();
+        Ok(all)
+    }
+
     /// Every regular file under `folders` at `commit` with its blob id, in path order, handed to `each` a chunk of
     /// at most `chunk` files at a time while the trees are walked: a folder's tree is held while its files are
     /// handed on, never the whole listing. `each` returning false stops the walk. Returns false when the paths did
     /// not come in order (a name that is not UTF-8, read with replacement characters, can sort elsewhere): the
-    /// caller lists them again with [`Mirror::list_files`] and sorts.
+    /// caller lists them with [`Mirror::list_sorted`] instead.
     pub fn walk_files(
         &self,
         commit: &str,

@@ -94,11 +94,7 @@ fn archive(mirror: &Mirror, commit: &str, target: &ArtifactTarget, path: &Path) 
     } else {
         // Names that are not UTF-8 came out of order: the files listed whole and sorted, written again.
         drop(artifact);
-        let mut files = Vec::new();
-        for folder in &target.folders {
-            files.extend(mirror.list_files(commit, folder)?);
-        }
-        files.sort();
+        let files = mirror.list_sorted(commit, &target.folders)?;
         write_artifact(&files, out(path)?, |blob| blobs.read(blob).map_err(std::io::Error::other))?
     };
     out.into_inner().map_err(std::io::IntoInnerError::into_error)?.flush()?;

@@ -1,6 +1,6 @@
 //! Store: the provided files staged in storage beside the load and the records' writes (blobs, manifest), then the
-//! sync report and the `current.json` pointers inside the sync's transaction, just before the commit. The artifact is built after the commit
-//! (`artifact.rs`).
+//! sync report and the `current.json` pointers inside the sync's transaction, just before the commit. The artifact
+//! is built after the commit (`artifact.rs`).
 //!
 //! A store's live manifest says what it holds: when it covers the same folders and its commit is in the mirror,
 //! the new manifest is the live one plus the change between the two commits, and only the changed files are read;
@@ -88,19 +88,13 @@ fn every_file(mirror: &Mirror, head: &str, folders: &[String]) -> tokio::sync::m
         let pass = |batch| send.blocking_send(Ok(batch)).is_ok();
         let walked = match mirror.walk_files(&head, &folders, BATCH_FILES, |_| true) {
             Ok(true) => mirror.walk_files(&head, &folders, BATCH_FILES, pass).map(drop),
-            Ok(false) => (|| {
-                let mut all = Vec::new();
-                for folder in &folders {
-                    all.extend(mirror.list_files(&head, folder)?);
-                }
-                all.sort();
+            Ok(false) => mirror.list_sorted(&head, &folders).map(|all| {
                 for batch in all.chunks(BATCH_FILES) {
                     if !pass(batch.to_vec()) {
                         break;
                     }
                 }
-                Ok(())
-            })(),
+            }),
             Err(err) => Err(err),
         };
         if let Err(err) = walked {

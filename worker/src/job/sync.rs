@@ -270,8 +270,8 @@ impl Phases {
     }
 
     /// Phases of work that runs beside this one's from now on (their own clock, the same parent span).
-    pub fn beside(&self) -> Self {
-        Self { spent: Vec::new(), parent: self.parent.clone(), ..Self::start() }
+    fn beside(&self) -> Self {
+        Self { parent: self.parent.clone(), ..Self::start() }
     }
 
     /// Adds the phases of work that ran beside these (so the phases may add up to more than the sync took).
