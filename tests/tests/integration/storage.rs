@@ -337,17 +337,25 @@ async fn a_multipart_upload_stopped_half_way_leaves_no_parts() -> Result<()> {
     let backend = storage.backend(&settings.default);
     let uploads =
         async || -> Result<usize> { Ok(client.list_multipart_uploads().bucket(&bucket).send().await?.uploads().len()) };
+    // A part is up only once the worker holds the upload's id (an upload stopped before its creation is answered
+    // cannot be named, hence aborted: a bucket's lifecycle rule is what removes those).
+    let parts_up = async || -> Result<usize> {
+        let listed = client.list_multipart_uploads().bucket(&bucket).send().await?;
+        let Some(upload) = listed.uploads().first() else { return Ok(0) };
+        let (key, id) = (upload.key().unwrap_or_default(), upload.upload_id().unwrap_or_default());
+        Ok(client.list_parts().bucket(&bucket).key(key).upload_id(id).send().await?.parts().len())
+    };
     let body: Vec<u8> = (0..48 * 1024 * 1024).map(|n: u32| (n % 251) as u8).collect();
     {
         let put = backend.put("nautobot/big.bin", body, "application/octet-stream", None, 5 * 1024 * 1024);
         tokio::pin!(put);
-        // Until the upload shows in the bucket (up to a deadline), then stop it.
+        // Until a part of the upload is in the bucket (up to a deadline), then stop it.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             tokio::select! {
                 done = &mut put => anyhow::bail!("the upload ended before it could be stopped: {done:?}"),
                 () = tokio::time::sleep(std::time::Duration::from_millis(10)) => {
-                    if uploads().await? > 0 {
+                    if parts_up().await? > 0 {
                         break;
                     }
                     anyhow::ensure!(std::time::Instant::now() < deadline, "the upload never began");
