@@ -242,6 +242,7 @@ impl Mirror {
         branch: &Branch,
         credentials: Option<&Credentials>,
     ) -> Result<String, GitError> {
+        crate::git_protocol::register();
         let host_key_problem = std::cell::RefCell::new(None::<String>);
         let mut remote = git2::Remote::create_detached(url)?;
         let callbacks = self.callbacks(url, credentials, &host_key_problem);
@@ -761,6 +762,7 @@ fn add_blob(
 pub fn set_network_timeouts(timeout: std::time::Duration) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
+        crate::git_protocol::set_timeout(timeout);
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         // SAFETY: both calls only store an integer in libgit2's global options. `Once` makes this a single write,
         // and it happens when a worker starts, before that worker (the only code here that fetches) fetches.
@@ -869,6 +871,7 @@ impl Mirror {
         if let Some(local) = fetch_local(repo, url, depth) {
             return local;
         }
+        crate::git_protocol::register();
         // libgit2's SSH transport replaces a refused host key's message with its own generic one: keep ours.
         let host_key_problem = std::cell::RefCell::new(None::<String>);
         let mut remote = repo.find_remote(REMOTE)?;

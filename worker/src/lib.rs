@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod fleet;
 pub mod git;
 pub mod git_cache;
+pub mod git_protocol;
 pub mod job;
 pub mod known_hosts;
 pub mod lock;

@@ -233,22 +233,25 @@ async fn a_stalled_server_hits_the_repository_timeout() -> Result<()> {
     env.start_fleet(1);
     // Accepts and holds connections, silently, until the test ends.
     let (port, server) = crate::support::silent_server().await?;
-    let new = gitfleet_producer::commands::NewRepo {
-        name: format!("Stalled {}", env.id),
-        remote_url: format!("http://127.0.0.1:{port}/stalled.git"),
-        git_timeout_secs: Some(2),
-        ..Default::default()
-    };
-    let job = gitfleet_producer::commands::create(&env.pool, new, gitfleet_shared::event::RequestedBy::cli())
-        .await?
-        .job_result_id()
-        .unwrap();
-    let view = env.wait_job(job).await?;
-    assert_eq!(view.status, "FAILURE");
-    assert_log(&view, "error", "ensure_git_repository", "Fetching from the remote timed out after 2 seconds");
-    assert_eq!(view.result.clone().unwrap()["exc_type"], "TimeoutError");
-    let took = view.date_done.unwrap() - view.date_started.unwrap();
-    assert!(took.num_milliseconds() >= 2000 && took.num_seconds() < 10, "cut off at the timeout: {took}");
+    // Over HTTP (libgit2's transport) and git:// (the worker's own).
+    for scheme in ["http", "git"] {
+        let new = gitfleet_producer::commands::NewRepo {
+            name: format!("Stalled {scheme} {}", env.id),
+            remote_url: format!("{scheme}://127.0.0.1:{port}/stalled.git"),
+            git_timeout_secs: Some(2),
+            ..Default::default()
+        };
+        let job = gitfleet_producer::commands::create(&env.pool, new, gitfleet_shared::event::RequestedBy::cli())
+            .await?
+            .job_result_id()
+            .unwrap();
+        let view = env.wait_job(job).await?;
+        assert_eq!(view.status, "FAILURE", "{scheme}");
+        assert_log(&view, "error", "ensure_git_repository", "Fetching from the remote timed out after 2 seconds");
+        assert_eq!(view.result.clone().unwrap()["exc_type"], "TimeoutError");
+        let took = view.date_done.unwrap() - view.date_started.unwrap();
+        assert!(took.num_milliseconds() >= 2000 && took.num_seconds() < 10, "{scheme}: cut off at the timeout: {took}");
+    }
     server.abort();
     env.teardown().await
 }
