@@ -233,12 +233,19 @@ pub async fn reconcile_contexts_in(
     Ok(changes.list)
 }
 
-/// Which of `names` some row of `table` already uses (one query for the whole batch).
+/// Which of `names` some row of `table` already uses (one query for the whole batch, one index probe per name).
+///
+/// Lookups of the keys a load names are written as a lateral probe per key: with `name = ANY($1)` the planner
+/// may scan the table instead, which it does while the sync's own inserts are missing from its statistics, and a
+/// full load of 100,000 files then scans a growing table once per batch.
 async fn names_taken(db: &impl GenericClient, table: &str, names: &[&str]) -> Result<HashSet<String>, Db> {
     if names.is_empty() {
         return Ok(HashSet::new());
     }
-    let sql = format!("SELECT name FROM {table} WHERE name = ANY($1)");
+    let sql = format!(
+        "SELECT t.name FROM unnest($1::text[]) AS u(name)
+         CROSS JOIN LATERAL (SELECT name FROM {table} WHERE name = u.name LIMIT 1) t"
+    );
     Ok(db.query(&sql, &[&names]).await?.iter().map(|r| r.get(0)).collect())
 }
 
@@ -332,11 +339,18 @@ async fn contexts(
         contexts_chunk(db, owner, chunk, logs, &schemas, &mut checker).await?;
         logs.flush().await;
     }
-    let select = "SELECT id, name FROM config_context WHERE owner_repository_id = $1";
-    let order = "ORDER BY name COLLATE \"C\"";
     let rows = match scope {
-        None => db.query(&format!("{select} {order}"), &[&owner.id]).await?,
-        Some(names) => db.query(&format!("{select} AND name = ANY($2) {order}"), &[&owner.id, &names]).await?,
+        None => {
+            let sql = "SELECT id, name FROM config_context WHERE owner_repository_id = $1 ORDER BY name COLLATE \"C\"";
+            db.query(sql, &[&owner.id]).await?
+        }
+        Some(names) => {
+            let sql = "SELECT c.id, c.name FROM unnest($2::text[]) AS u(name)
+                       CROSS JOIN LATERAL (SELECT id, name FROM config_context
+                                           WHERE name = u.name AND owner_repository_id = $1 LIMIT 1) c
+                       ORDER BY c.name COLLATE \"C\"";
+            db.query(sql, &[&owner.id, &names]).await?
+        }
     };
     let mut stale = Vec::new();
     for row in rows.iter().filter(|r| !seen.contains(r.get::<_, &str>(1))) {
@@ -484,8 +498,9 @@ async fn owned_contexts(
     let rows = db
         .query(
             "SELECT c.id, c.name, c.weight, c.description, c.is_active, s.name, c.data, c.scope, c.scope_resolved
-             FROM config_context c LEFT JOIN config_context_schema s ON s.id = c.config_context_schema_id
-             WHERE c.owner_repository_id = $1 AND c.name = ANY($2)",
+             FROM unnest($2::text[]) AS u(name)
+             CROSS JOIN LATERAL (SELECT * FROM config_context WHERE name = u.name AND owner_repository_id = $1 LIMIT 1) c
+             LEFT JOIN config_context_schema s ON s.id = c.config_context_schema_id",
             &[&owner.id, &names],
         )
         .await?;
@@ -628,8 +643,8 @@ async fn local_chunk(
     let rows = db
         .query(
             "SELECT l.kind, l.name, l.owner_repository_id, l.data, l.target_object_id
-             FROM local_context l JOIN unnest($1::text[], $2::text[]) AS u(kind, name)
-             ON l.kind = u.kind AND l.name = u.name",
+             FROM unnest($1::text[], $2::text[]) AS u(kind, name)
+             CROSS JOIN LATERAL (SELECT * FROM local_context WHERE kind = u.kind AND name = u.name LIMIT 1) l",
             &[&kinds, &names],
         )
         .await?;
