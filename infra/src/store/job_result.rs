@@ -90,26 +90,34 @@ pub async fn log(db: &impl GenericClient, job_result_id: Uuid, entry: &LogEntry)
     Ok(())
 }
 
-/// Appends several entries in one statement, in order.
+/// Appends several entries in order, in one `COPY` (binary): a large sync logs two lines per file, and a row
+/// copied costs the database about half what a row inserted by a statement does.
 pub async fn log_many(
     db: &impl GenericClient,
     job_result_id: Uuid,
     entries: &[LogEntry],
 ) -> Result<(), tokio_postgres::Error> {
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
     if entries.is_empty() {
         return Ok(());
     }
-    let levels: Vec<&str> = entries.iter().map(|e| e.level.as_str()).collect();
-    let groupings: Vec<&str> = entries.iter().map(|e| e.grouping.as_str()).collect();
-    let messages: Vec<&str> = entries.iter().map(|e| e.message.as_str()).collect();
-    let objects: Vec<&str> = entries.iter().map(|e| e.log_object.as_str()).collect();
-    db.execute(
-        "INSERT INTO job_log_entry (id, job_result_id, log_level, grouping, message, log_object)
-         SELECT gen_random_uuid(), $1, l, g, m, o
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS t(l, g, m, o, n) ORDER BY n",
-        &[&job_result_id, &levels, &groupings, &messages, &objects],
-    )
-    .await?;
+    let sink = db
+        .client()
+        .copy_in(
+            "COPY job_log_entry (id, job_result_id, log_level, grouping, message, log_object) FROM STDIN (FORMAT binary)",
+        )
+        .await?;
+    let types = [Type::UUID, Type::UUID, Type::VARCHAR, Type::VARCHAR, Type::TEXT, Type::VARCHAR];
+    let mut writer = std::pin::pin!(BinaryCopyInWriter::new(sink, &types));
+    for e in entries {
+        let level = e.level.as_str();
+        writer
+            .as_mut()
+            .write(&[&Uuid::new_v4(), &job_result_id, &level, &e.grouping, &e.message, &e.log_object])
+            .await?;
+    }
+    writer.finish().await?;
     Ok(())
 }
 
@@ -533,13 +541,16 @@ pub async fn report_lines(
         )
         .await?;
     let last = rows.last().map(|r| (r.get(4), r.get(5)));
-    let lines = rows
-        .iter()
-        .map(|r| {
-            let (level, grouping, message, object): (String, String, String, String) =
-                (r.get(0), r.get(1), r.get(2), r.get(3));
-            serde_json::json!({ "level": level, "grouping": grouping, "message": message, "object": object })
-        })
-        .collect();
+    let lines = rows.iter().map(|r| report_line(r.get(0), r.get(1), r.get(2), r.get(3))).collect();
     Ok((lines, last))
+}
+
+/// One line of the sync report.
+pub fn report_line(level: &str, grouping: &str, message: &str, object: &str) -> Value {
+    serde_json::json!({ "level": level, "grouping": grouping, "message": message, "object": object })
+}
+
+/// How many lines the JobResult's log holds.
+pub async fn log_count(db: &impl GenericClient, id: Uuid) -> Result<i64, tokio_postgres::Error> {
+    Ok(db.query_one("SELECT count(*) FROM job_log_entry WHERE job_result_id = $1", &[&id]).await?.get(0))
 }
