@@ -130,8 +130,13 @@ async fn remove_orphan_mirrors(ctx: &JobContext) -> anyhow::Result<()> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if !entry.file_type()?.is_dir() {
-            // An artifact or a report a stopped worker was writing.
-            if name.starts_with(".tmp-artifact-") || name.starts_with(".tmp-report-") {
+            // An artifact or a report a stopped worker was writing, or the copy of a log it kept (only an old one:
+            // a worker sharing the directory may be running that job now; its report would read the log back).
+            let old = || entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|m| m.elapsed().ok());
+            if name.starts_with(".tmp-artifact-")
+                || name.starts_with(".tmp-report-")
+                || (name.starts_with(".tmp-log-") && old().is_some_and(|age| age > Duration::from_secs(3600)))
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
             continue;

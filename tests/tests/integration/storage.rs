@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use aws_sdk_s3::Client;
+use gitfleet_infra::store::job_result::JobResultView;
 use gitfleet_producer::commands::{self, NewRepo};
 use gitfleet_shared::event::RequestedBy;
 use gitfleet_worker::storage::{Storage, StorageSettings};
@@ -103,9 +104,20 @@ async fn layout_and_increments(
     env.storage = settings.clone();
     let storage = Storage::new(settings).await;
     let remote = data_remote(env)?;
-    env.start_fleet(1);
     let name = format!("Stored {}", env.id);
-    let view = create_and_wait(env, &name, &remote, provided()).await?;
+    let new = NewRepo {
+        name: name.clone(),
+        remote_url: remote.file_url(),
+        provided_contents: provided(),
+        ..NewRepo::default()
+    };
+    let job = crate::support::accepted(commands::create(&env.pool, new, RequestedBy::cli()).await?)?;
+    // A line in the log before a worker runs the job, as an earlier try of a redelivered job leaves: the report
+    // cannot come from the run's own copy of its lines, and reads the log back from the database.
+    let before = gitfleet_shared::job_result::LogEntry::warning("main", "a line from an earlier try");
+    gitfleet_infra::store::job_result::log(&**env.pool.get().await?, job, &before).await?;
+    env.start_fleet(1);
+    let view = env.wait_job(job).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     let result = view.result.clone().unwrap();
     let head = result["current_head"].as_str().unwrap().to_owned();
@@ -155,14 +167,11 @@ async fn layout_and_increments(
     assert!(result["artifacts"][0]["sha256"].is_null(), "the JobResult ends before its artifact is built");
     assert_eq!(result["artifacts"][0]["manifest_from_live"], false, "a first sync lists every file");
     assert_eq!(result["report"], format!("nautobot/reports/{}.json", view.id));
-    // The report holds every log line of the sync, in order (written a page at a time).
-    let report: Value = serde_json::from_slice(&backend.get(result["report"].as_str().unwrap()).await?.unwrap())?;
+    // The report holds every log line of the sync, in order (read back from the log a page at a time).
+    let report = report_matches_log(&backend, &view).await?;
     assert_eq!((&report["commit"], &report["job_result_id"]), (&serde_json::json!(head), &serde_json::json!(view.id)));
-    let messages: Vec<&str> =
-        report["log"].as_array().unwrap().iter().map(|l| l["message"].as_str().unwrap()).collect();
-    let logged: Vec<&str> = view.logs.iter().map(|l| l.message.as_str()).collect();
-    assert_eq!(messages, logged);
-    assert!(logged.len() > 8, "the report spans pages: {}", logged.len());
+    assert!(view.logs.len() > 8, "the report spans pages: {}", view.logs.len());
+    assert_eq!(view.logs[0].message, "a line from an earlier try");
     let manifest: Value = serde_json::from_slice(&backend.get(current["manifest"].as_str().unwrap()).await?.unwrap())?;
     assert_eq!(manifest["files"], 3);
     let listed = storage.manifest_files(&stores[0], &manifest).await?;
@@ -206,6 +215,8 @@ async fn layout_and_increments(
         assert!(!sent.iter().any(|r| r.contains("list-type")), "{sent:#?}");
     }
     let result = view.result.clone().unwrap();
+    // This report comes from the run's copy of its lines: the same lines.
+    assert_eq!(report_matches_log(&backend, &view).await?["commit"], second.as_str());
     assert_eq!(result["artifacts"][0]["manifest_from_live"], true, "the live manifest plus the change");
     assert_eq!(result["artifacts"][0]["uploaded_blobs"], 1);
     assert_eq!(result["artifacts"][1]["uploaded_blobs"], 0, "the unchanged job files are not uploaded again");
@@ -213,6 +224,22 @@ async fn layout_and_increments(
         serde_json::from_slice(&backend.get(&format!("nautobot/git/{slug}/current.json")).await?.unwrap())?;
     assert_eq!(current["commit"], second.as_str());
     Ok((slug, storage))
+}
+
+/// The sync report of `view`: its lines are the JobResult's log, level, grouping, message and object, in order.
+async fn report_matches_log(backend: &gitfleet_worker::storage::Backend, view: &JobResultView) -> Result<Value> {
+    let key = view.result.as_ref().and_then(|r| r["report"].as_str()).context("a report")?;
+    let report: Value = serde_json::from_slice(&backend.get(key).await?.context("the report")?)?;
+    let lines: Vec<[&str; 4]> = report["log"]
+        .as_array()
+        .context("the report's log")?
+        .iter()
+        .map(|l| ["level", "grouping", "message", "object"].map(|k| l[k].as_str().unwrap_or("?")))
+        .collect();
+    let logged: Vec<[&str; 4]> =
+        view.logs.iter().map(|l| [&*l.level, &*l.grouping, &*l.message, &*l.log_object]).collect();
+    assert_eq!(lines, logged);
+    Ok(report)
 }
 
 /// A blob removed behind gitfleet's back, and another cut short (as a write a crash interrupted leaves it):

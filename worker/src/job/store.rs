@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::JobContext;
 use super::error::{Failure, Step, StepError, TransientError};
+use super::run::JobLog;
 use crate::git::{GitError, Mirror};
 use crate::storage::{Live, ManifestFile, Part, Staged, Storage, StorageError, Target, manifest, sha256_hex};
 
@@ -416,10 +417,12 @@ pub(super) async fn stage(
 const REPORT_PAGE: i64 = if cfg!(debug_assertions) { 4 } else { 5_000 };
 
 /// Writes the sync report (`job_result_id`, `repository`, `commit`, `artifacts`, then every log line so far as
-/// `log`) to `path`, a page of lines at a time: memory holds one page, not the whole log.
+/// `log`) to `path`: from the run's copy of its lines when the log holds those lines and no others (a redelivered
+/// job's log also holds the earlier tries'), else read back from the database a page of lines at a time. Memory
+/// holds one page, not the whole log.
 async fn write_report(
     ctx: &JobContext,
-    id: Uuid,
+    (id, log): (Uuid, &JobLog<'_>),
     repo: &RepositoryRow,
     head: &str,
     artifacts: &[Value],
@@ -431,8 +434,18 @@ async fn write_report(
     })
     .to_string();
     // The header object, reopened for the log: `{...,"log":[` then the lines, then `]}`.
-    let open = header.strip_suffix('}').unwrap_or(&header);
-    let mut chunk = format!("{open},\"log\":[").into_bytes();
+    let open = format!("{},\"log\":[", header.strip_suffix('}').unwrap_or(&header));
+    if let Some((spool, bytes, lines)) = log.spooled_lines().await {
+        let count = job_result::log_count(&**ctx.pool.get().await?, id).await?;
+        if u64::try_from(count).ok() == Some(lines) {
+            let (path, open) = (path.to_owned(), open.clone());
+            match tokio::task::spawn_blocking(move || copy_report(&path, &open, &spool, bytes)).await? {
+                Ok(()) => return Ok(()),
+                Err(err) => tracing::warn!(error = %err, "could not copy the log's spool; reading the log back"),
+            }
+        }
+    }
+    let mut chunk = open.into_bytes();
     let file = std::fs::File::create(path).map_err(|e| report_io(path, e))?;
     let mut out = std::io::BufWriter::new(file);
     let (mut after, mut first) = (None, true);
@@ -467,6 +480,26 @@ async fn write_report(
     Ok(())
 }
 
+/// The report from the header's opening, the first `bytes` of the spool and the closing brackets.
+pub(super) fn copy_report(
+    path: &std::path::Path,
+    open: &str,
+    spool: &std::path::Path,
+    bytes: u64,
+) -> std::io::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    out.write_all(open.as_bytes())?;
+    if bytes > 0 {
+        let copied = std::io::copy(&mut std::fs::File::open(spool)?.take(bytes), &mut out)?;
+        if copied != bytes {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the spool is shorter than written"));
+        }
+    }
+    out.write_all(b"]}")?;
+    out.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()
+}
+
 fn report_io(path: &std::path::Path, err: std::io::Error) -> StepError {
     TransientError::Storage(format!("could not write the sync report at {}: {err}", path.display())).into()
 }
@@ -475,7 +508,7 @@ fn report_io(path: &std::path::Path, err: std::io::Error) -> StepError {
 /// failure here says they were reverted. Returns the report's key.
 pub(super) async fn report_and_point(
     ctx: &JobContext,
-    id: Uuid,
+    (id, log): (Uuid, &JobLog<'_>),
     repo: &RepositoryRow,
     head: &str,
     staged: &[Staged],
@@ -483,7 +516,7 @@ pub(super) async fn report_and_point(
     phases: &mut super::sync::Phases,
 ) -> Step<String> {
     let report = TempFile(ctx.git_root.join(format!(".tmp-report-{}", Uuid::new_v4().simple())));
-    write_report(ctx, id, repo, head, artifacts, &report.0).await?;
+    write_report(ctx, (id, log), repo, head, artifacts, &report.0).await?;
     // The report is not named by the pointers: both go up at once.
     let written =
         tokio::try_join!(ctx.storage.put_report(id, &report.0), ctx.storage.point(staged, &repo.slug, head, id));

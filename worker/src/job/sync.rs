@@ -162,7 +162,9 @@ async fn commit(
 ) -> Step<Notification> {
     let (ctx, event, head) = (run.ctx, run.event, applied.head);
     let artifacts: Vec<serde_json::Value> = applied.staged.iter().map(crate::storage::Staged::describe).collect();
-    let report = store::report_and_point(ctx, run.id(), repo, head, &applied.staged, &artifacts, &mut phases).await?;
+    let report =
+        store::report_and_point(ctx, (run.id(), &run.log), repo, head, &applied.staged, &artifacts, &mut phases)
+            .await?;
     let result = json!({
         "current_head": head, "applied_version": repo.version, "ref_kind": format!("{:?}", applied.ref_kind),
         "artifacts": artifacts, "report": report, "phases_ms": phases.to_json(),
