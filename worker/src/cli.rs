@@ -49,12 +49,11 @@ enum StorageCommand {
     },
 }
 
-/// Bounds the C library's allocator to one arena before any thread starts. glibc gives threads that allocate at once
-/// arenas of their own (up to eight per core), and memory freed in one arena serves only the threads that use it:
-/// the load runs on one blocking thread, the storage stage on others, so a sync of 100,000 files peaked at 584 MiB
-/// with the default, 361 MiB with two arenas and 234 MiB with one (BENCHMARKS.md, "Large repositories"). The cost
-/// is contention when the reconcile and the log writer allocate at once: that first sync took 27.5 s with the
-/// default and 31.6 to 45.8 s with one arena. `MALLOC_ARENA_MAX`, when set, still wins.
+/// Bounds the C library's allocator to one arena before any thread starts. The worker's own allocations go to
+/// mimalloc ([`crate::Allocator`]); libgit2 and zlib allocate with glibc's `malloc`, which gives threads that allocate
+/// at once arenas of their own (up to eight per core), and memory freed in one arena serves only the threads that
+/// use it: with every allocation on glibc, a sync of 100,000 files peaked at 584 MiB with the default and 234 MiB
+/// with one arena. `MALLOC_ARENA_MAX`, when set, still wins.
 fn limit_malloc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
