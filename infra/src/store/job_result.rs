@@ -90,8 +90,10 @@ pub async fn log(db: &impl GenericClient, job_result_id: Uuid, entry: &LogEntry)
     Ok(())
 }
 
-/// Appends several entries in order, in one `COPY` (binary): a large sync logs two lines per file, and a row
-/// copied costs the database about half what a row inserted by a statement does.
+/// Appends several entries in order, in one `COPY` (binary): a large sync logs two lines per file, and a copy
+/// streams them with no statement to plan and no arrays to build and unnest. The database's own cost per row is
+/// about the same either way (200,000 lines: 1.4 s copied, 1.5 s inserted by one statement, most of it the index
+/// entries and the check of the JobResult each line refers to).
 pub async fn log_many(
     db: &impl GenericClient,
     job_result_id: Uuid,
