@@ -23,6 +23,10 @@ use gitfleet_tests::{git, git_daemon, write_section};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The worker runs in this process: with the allocator its binaries run with.
+#[global_allocator]
+static ALLOCATOR: gitfleet_worker::Allocator = gitfleet_worker::Allocator;
+
 /// Config contexts in the generated repository: 10,000, or `GITFLEET_BENCH_CONTEXTS` to look at a larger one.
 fn contexts() -> usize {
     std::env::var("GITFLEET_BENCH_CONTEXTS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000)
