@@ -65,10 +65,38 @@ fn limit_malloc_arena() {
     }
 }
 
+/// mimalloc's options that keep the worker's memory near what it uses: arenas committed as they are used rather
+/// than at once, and freed memory given back at once rather than a second or more later. mimalloc reads them from
+/// the environment when the process loads, before `main` (set later, the first arena is already committed), so a
+/// worker started without them runs itself again, once, with them added (the same process: `exec`). With its
+/// defaults, a worker of the fleet benchmark peaked at 147 MiB (35.7 MiB with glibc's allocator); with these, at
+/// 53 MiB, at the same speed. Values already in the environment are kept.
+const MIMALLOC_OPTIONS: [(&str, &str); 2] = [("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")];
+
+fn with_mimalloc_options() {
+    #[cfg(unix)]
+    if MIMALLOC_OPTIONS.iter().any(|(name, _)| std::env::var_os(name).is_none()) {
+        use std::os::unix::process::CommandExt as _;
+        let Ok(exe) = std::env::current_exe() else { return };
+        let mut args = std::env::args_os();
+        let mut again = std::process::Command::new(exe);
+        again.arg0(args.next().unwrap_or_default()).args(args);
+        for (name, value) in MIMALLOC_OPTIONS {
+            if std::env::var_os(name).is_none() {
+                again.env(name, value);
+            }
+        }
+        // Returns only if the exec failed (the binary replaced on disk, say): run on with the defaults.
+        let err = again.exec();
+        eprintln!("worker: could not run again with mimalloc's options ({err}); going on with its defaults");
+    }
+}
+
 /// Parses the command line and runs the chosen command on a Tokio runtime. The runtime is shut down without
 /// waiting for git threads still blocked on a remote: after the grace period, what did not finish has been handed
 /// back, and the process exits (libgit2's own timeouts would otherwise hold it for minutes).
 pub fn main() -> ExitCode {
+    with_mimalloc_options();
     limit_malloc_arena();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

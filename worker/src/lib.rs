@@ -23,6 +23,6 @@ pub use config::WorkerSettings;
 pub use consumer::{Parts, run, run_with};
 /// The allocator the worker's binaries run with (`#[global_allocator]`): mimalloc. A large sync allocates and frees
 /// small strings and JSON values by the million on several threads at once; with it, the first sync of 100,000
-/// files took 7.4 s instead of 11 to 12.5 s with glibc's allocator, and peaked at 189 MiB instead of 123 to
-/// 147 MiB (BENCHMARKS.md, "Large repositories").
+/// files took 7.4 to 8.8 s instead of 11 to 12.5 s with glibc's allocator (BENCHMARKS.md, "Large repositories").
+/// The worker runs it with options that give memory back at once (see [`cli::main`]).
 pub use mimalloc::MiMalloc as Allocator;

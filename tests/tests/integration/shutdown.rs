@@ -39,6 +39,11 @@ async fn sigterm_finishes_in_flight_work_within_the_grace_period_and_exits_0() -
     let mut worker = env.spawn_worker_process("graceful", &[("GITFLEET_SHUTDOWN_GRACE_SECS", "20".into())])?;
     let first = env.create(&format!("Slow {}", env.id), &url, "main").await?;
     wait_status(&env, first, "STARTED").await?;
+    // The worker ran itself again with mimalloc's options (the same process: what SIGTERM reaches below).
+    let environ = environ_of(worker.pid())?;
+    for option in ["MIMALLOC_ARENA_EAGER_COMMIT=0", "MIMALLOC_PURGE_DELAY=0"] {
+        assert!(environ.iter().any(|v| v == option), "{option} missing from {environ:?}");
+    }
     worker.terminate()?;
     let second = env.create(&format!("Later {}", env.id), &url, "main").await?;
     let status = worker.wait_exit(Duration::from_secs(30))?.expect("the worker exits within the grace period");
@@ -52,8 +57,16 @@ async fn sigterm_finishes_in_flight_work_within_the_grace_period_and_exits_0() -
     // Grace 1 s with a fetch held for 60 s: the sync is handed back, the worker still exits 0, and the next worker
     // finishes the event.
     delay.store(60_000, Ordering::SeqCst);
-    let mut impatient = env.spawn_worker_process("impatient", &[("GITFLEET_SHUTDOWN_GRACE_SECS", "1".into())])?;
+    let mut impatient = env.spawn_worker_process(
+        "impatient",
+        &[("GITFLEET_SHUTDOWN_GRACE_SECS", "1".into()), ("MIMALLOC_PURGE_DELAY", "5".into())],
+    )?;
     wait_status(&env, second, "STARTED").await?;
+    // An option already set is kept; the other is added.
+    let environ = environ_of(impatient.pid())?;
+    assert!(environ.iter().any(|v| v == "MIMALLOC_PURGE_DELAY=5"), "{environ:?}");
+    assert!(!environ.iter().any(|v| v == "MIMALLOC_PURGE_DELAY=0"), "{environ:?}");
+    assert!(environ.iter().any(|v| v == "MIMALLOC_ARENA_EAGER_COMMIT=0"), "{environ:?}");
     let stopped = Instant::now();
     impatient.terminate()?;
     let status = impatient.wait_exit(Duration::from_secs(20))?.expect("the worker exits after its grace period");
@@ -143,4 +156,10 @@ async fn events_running_when_a_worker_dies_come_back_one_at_a_time() -> Result<(
     proxy.abort();
     drop(daemon);
     env.teardown().await
+}
+
+/// The environment a running process has now (`/proc/PID/environ`).
+fn environ_of(pid: u32) -> Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))?;
+    Ok(raw.split(|b| *b == 0).filter(|v| !v.is_empty()).map(|v| String::from_utf8_lossy(v).into_owned()).collect())
 }
