@@ -31,8 +31,8 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
 /// `git daemon` serving every repository under `base` on a free loopback port, once it accepts connections.
 pub fn git_daemon(base: &Path) -> Result<(Child, u16)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut child = Command::new("git")
-        .args(["daemon", "--listen=127.0.0.1", &format!("--port={port}"), "--export-all", "--reuseaddr"])
+    let mut child = Command::new(git_daemon_program()?)
+        .args(["--listen=127.0.0.1", &format!("--port={port}"), "--export-all", "--reuseaddr"])
         .arg(format!("--base-path={}", base.display()))
         .arg(base)
         .stdout(Stdio::null())
@@ -47,6 +47,14 @@ pub fn git_daemon(base: &Path) -> Result<(Child, u16)> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok((child, port))
+}
+
+/// The `git-daemon` program itself: `git daemon` runs it as a child of its own, which killing `git` leaves behind
+/// still listening.
+pub fn git_daemon_program() -> Result<std::path::PathBuf> {
+    let out = Command::new("git").arg("--exec-path").output()?;
+    anyhow::ensure!(out.status.success(), "git --exec-path failed");
+    Ok(std::path::PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("git-daemon"))
 }
 
 /// Replaces the `<!-- bench:NAME -->` ... `<!-- /bench:NAME -->` section of `path` with `table` (which carries the

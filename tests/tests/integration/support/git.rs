@@ -91,9 +91,8 @@ pub async fn git_daemon(base: &Path) -> Result<Server> {
 
 /// The same on a given port.
 pub async fn git_daemon_on(base: &Path, port: u16) -> Result<Server> {
-    let child = Command::new("git")
+    let child = Command::new(gitfleet_tests::git_daemon_program()?)
         .args([
-            "daemon",
             "--listen=127.0.0.1",
             &format!("--port={port}"),
             "--export-all",
