@@ -65,14 +65,15 @@ fn limit_malloc_arena() {
     }
 }
 
+/// The options [`with_mimalloc_options`] gives mimalloc.
+const MIMALLOC_OPTIONS: [(&str, &str); 2] = [("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")];
+
 /// mimalloc's options that keep the worker's memory near what it uses: arenas committed as they are used rather
 /// than at once, and freed memory given back at once rather than a second or more later. mimalloc reads them from
 /// the environment when the process loads, before `main` (set later, the first arena is already committed), so a
 /// worker started without them runs itself again, once, with them added (the same process: `exec`). With its
 /// defaults, a worker of the fleet benchmark peaked at 147 MiB (35.7 MiB with glibc's allocator); with these, at
 /// 53 MiB, at the same speed. Values already in the environment are kept.
-const MIMALLOC_OPTIONS: [(&str, &str); 2] = [("MIMALLOC_ARENA_EAGER_COMMIT", "0"), ("MIMALLOC_PURGE_DELAY", "0")];
-
 fn with_mimalloc_options() {
     #[cfg(unix)]
     if MIMALLOC_OPTIONS.iter().any(|(name, _)| std::env::var_os(name).is_none()) {

@@ -62,15 +62,14 @@ impl<'a> JobLog<'a> {
     }
 
     /// The lines written so far, as the report's comma-separated JSON objects: the spool's path, how many bytes of
-    /// it hold them, and how many lines they are. `None` when the log keeps no spool or could not write it.
+    /// it hold them, and how many lines they are. `None` when the log keeps no spool (or none yet), or could not
+    /// write it.
     pub async fn spooled_lines(&self) -> Option<(std::path::PathBuf, u64, u64)> {
         let mut spool = self.spool.lock().await;
         if spool.broken {
             return None;
         }
-        let Some((file, out)) = spool.file.as_mut() else {
-            return spool.dir.is_some().then(|| (std::path::PathBuf::new(), 0, 0));
-        };
+        let (file, out) = spool.file.as_mut()?;
         let path = file.0.clone();
         if let Err(err) = std::io::Write::flush(out) {
             tracing::warn!(error = %err, "could not write the log's spool; the report reads the log back");

@@ -490,11 +490,9 @@ pub(super) fn copy_report(
     use std::io::{Read as _, Write as _};
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     out.write_all(open.as_bytes())?;
-    if bytes > 0 {
-        let copied = std::io::copy(&mut std::fs::File::open(spool)?.take(bytes), &mut out)?;
-        if copied != bytes {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the spool is shorter than written"));
-        }
+    let copied = std::io::copy(&mut std::fs::File::open(spool)?.take(bytes), &mut out)?;
+    if copied != bytes {
+        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the spool is shorter than written"));
     }
     out.write_all(b"]}")?;
     out.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()
