@@ -155,16 +155,18 @@ s3_up() {
     hash -r
     installed=1
   fi
-  # A server this script started with another version is restarted on the pinned one.
-  if [ "$installed" = 1 ] && s3_ready && [ -f "$STATE/moto.pid" ]; then
-    log "restarting moto on version $MOTO_VERSION"
-    kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true
+  # A server this script started with another version, or as `moto_server` (every service behind a dispatcher),
+  # is restarted as S3 alone on the pinned version.
+  local pid; pid=$(cat "$STATE/moto.pid" 2>/dev/null || true)
+  if s3_ready && [ -n "$pid" ] && { [ "$installed" = 1 ] || grep -q moto_server "/proc/$pid/cmdline" 2>/dev/null; }; then
+    log "restarting moto as its S3 server alone, on version $MOTO_VERSION"
+    kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do s3_ready || break; sleep 0.1; done
   fi
   if ! s3_ready; then
     mkdir -p "$STATE"
     log "starting moto (S3) on 127.0.0.1:$S3_PORT"
-    nohup moto_server -H 127.0.0.1 -p "$S3_PORT" >"$STATE/moto.log" 2>&1 &
+    nohup python3 "$(dirname "${BASH_SOURCE[0]}")/s3-server.py" 127.0.0.1 "$S3_PORT" >"$STATE/moto.log" 2>&1 &
     echo $! >"$STATE/moto.pid"
     mark_started moto
     wait_for 30 "moto S3 server" s3_ready

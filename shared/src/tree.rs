@@ -28,11 +28,6 @@ enum Node {
     Dir,
     Symlink,
     Submodule,
-    /// A file whose content is read apart from the tree, a batch at a time (a full sync of config contexts):
-    /// listed as a file, never read through the tree.
-    Deferred {
-        blob_id: String,
-    },
     /// A file over the size limit: its content was never read.
     Oversized {
         size: usize,
@@ -55,8 +50,6 @@ pub enum TreeError {
     Submodule(String),
     #[error("file is {size} bytes, over the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
-    #[error("'{0}' is read apart from the tree")]
-    Deferred(String),
 }
 
 /// One directory entry.
@@ -69,6 +62,11 @@ pub struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct RepoTree {
     nodes: BTreeMap<String, Node>,
+}
+
+/// Whether `name` can be an entry of a folder: a tree refuses a path with an empty component, `.`, `..` or `\\`.
+pub fn is_safe_name(name: &str) -> bool {
+    check_path(name).is_ok() && !name.contains('/')
 }
 
 fn check_path(path: &str) -> Result<(), TreeError> {
@@ -104,11 +102,6 @@ impl RepoTree {
         self.add(path, Node::File { bytes: bytes.into(), blob_id })
     }
 
-    /// A file listed with its blob id whose content is read elsewhere, a batch at a time.
-    pub fn add_deferred(&mut self, path: &str, blob_id: String) -> Result<(), TreeError> {
-        self.add(path, Node::Deferred { blob_id })
-    }
-
     /// A file too large to read: loaders that need it report the size instead.
     pub fn add_oversized(&mut self, path: &str, size: usize, limit: usize) -> Result<(), TreeError> {
         self.add(path, Node::Oversized { size, limit })
@@ -131,7 +124,7 @@ impl RepoTree {
             return Some(EntryKind::Dir);
         }
         self.nodes.get(path).map(|n| match n {
-            Node::File { .. } | Node::Deferred { .. } | Node::Oversized { .. } => EntryKind::File,
+            Node::File { .. } | Node::Oversized { .. } => EntryKind::File,
             Node::Dir => EntryKind::Dir,
             Node::Symlink => EntryKind::Symlink,
             Node::Submodule => EntryKind::Submodule,
@@ -167,7 +160,7 @@ impl RepoTree {
         self.nodes
             .range(prefix.clone()..)
             .take_while(|(path, _)| path.starts_with(&prefix))
-            .filter(|(_, node)| matches!(node, Node::File { .. } | Node::Deferred { .. } | Node::Oversized { .. }))
+            .filter(|(_, node)| matches!(node, Node::File { .. } | Node::Oversized { .. }))
             .map(|(path, _)| path.clone())
             .collect()
     }
@@ -179,7 +172,6 @@ impl RepoTree {
             Some(Node::Symlink) => Err(TreeError::Symlink(path.to_owned())),
             Some(Node::Submodule) => Err(TreeError::Submodule(path.to_owned())),
             Some(Node::Oversized { size, limit }) => Err(TreeError::TooLarge { size: *size, limit: *limit }),
-            Some(Node::Deferred { .. }) => Err(TreeError::Deferred(path.to_owned())),
             None => Err(TreeError::NotFound(path.to_owned())),
         }
     }
@@ -187,17 +179,13 @@ impl RepoTree {
     pub fn blob_id(&self, path: &str) -> Option<&str> {
         match self.nodes.get(path) {
             Some(Node::File { blob_id, .. }) => blob_id.as_deref(),
-            Some(Node::Deferred { blob_id }) => Some(blob_id),
             _ => None,
         }
     }
 
     /// Number of files.
     pub fn file_count(&self) -> usize {
-        self.nodes
-            .values()
-            .filter(|n| matches!(n, Node::File { .. } | Node::Deferred { .. } | Node::Oversized { .. }))
-            .count()
+        self.nodes.values().filter(|n| matches!(n, Node::File { .. } | Node::Oversized { .. })).count()
     }
 }
 

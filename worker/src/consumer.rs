@@ -93,6 +93,7 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
         heartbeat: Duration::from_secs(settings.heartbeat_secs.max(1)),
         artifact_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         artifacts_building: Arc::default(),
+        artifacts_latest: Arc::default(),
     });
     crate::git::set_network_timeouts(ctx.git_timeout);
     if ctx.host_keys == crate::known_hosts::HostKeyPolicy::AcceptAny {

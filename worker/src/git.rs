@@ -14,7 +14,7 @@ use git2::{
     RepositoryInitOptions, TreeWalkMode, TreeWalkResult,
 };
 use gitfleet_shared::repo::{Branch, RefError, check_ref};
-use gitfleet_shared::tree::RepoTree;
+use gitfleet_shared::tree::{Entry, EntryKind, RepoTree, is_safe_name};
 use thiserror::Error;
 
 use crate::known_hosts::{self, HostKeyPolicy};
@@ -281,9 +281,9 @@ impl Mirror {
         self.read_tree_deferring(commit, max_file_bytes, None)
     }
 
-    /// As [`Mirror::read_tree`], but the files under the folder `defer` are listed with their blob ids and not
-    /// read: their contents are read a batch at a time with [`Mirror::blobs`] (a full load of 100,000 config
-    /// context files never holds them all).
+    /// As [`Mirror::read_tree`], but the files under the folder `defer` are left out (its folders are kept): they
+    /// are listed a folder at a time with [`Blobs::entries`] and read a batch at a time with [`Blobs::add_to`], so a
+    /// full load of 100,000 config context files never holds them, nor a list of them.
     pub fn read_tree_deferring(
         &self,
         commit: &str,
@@ -304,7 +304,7 @@ impl Mirror {
                 Some(ObjectType::Blob)
                     if defer.is_some_and(|d| root.strip_prefix(d).is_some_and(|r| r.starts_with('/'))) =>
                 {
-                    out.add_deferred(&path, entry.id().to_string())
+                    Ok(())
                 }
                 Some(ObjectType::Blob) => match repo.find_blob(entry.id()) {
                     Ok(blob) if blob.size() > max_file_bytes => out.add_oversized(&path, blob.size(), max_file_bytes),
@@ -633,6 +633,57 @@ pub struct Blobs(Repository);
 impl Blobs {
     pub fn read(&self, id: &str) -> Result<Vec<u8>, GitError> {
         Ok(self.0.find_blob(Oid::from_str(id)?)?.content().to_vec())
+    }
+
+    /// Visits the entries of the folder `dir` of `commit` as [`RepoTree::list`] orders them (by name; git orders a
+    /// folder as if its name ended in `/`), with blob ids, until `visit` returns false; returns whether every entry
+    /// was visited. Nothing is collected but the names of the folder's subfolders: the folder's own tree object is
+    /// the largest thing held, however many files it has. An absent folder, or a path that is no folder, has no
+    /// entries; a name a tree refuses is skipped, as [`Mirror::read_tree`] skips it.
+    pub fn entries(
+        &self,
+        commit: &str,
+        dir: &str,
+        visit: &mut dyn FnMut(Entry, Option<String>) -> bool,
+    ) -> Result<bool, GitError> {
+        let root = self.0.find_commit(Oid::from_str(commit)?)?.tree()?;
+        let folder = if dir.is_empty() {
+            root
+        } else {
+            match root.get_path(Path::new(dir)) {
+                Ok(entry) if entry.kind() == Some(ObjectType::Tree) => self.0.find_tree(entry.id())?,
+                Ok(_) => return Ok(true),
+                Err(err) if err.code() == git2::ErrorCode::NotFound => return Ok(true),
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let name = |e: &git2::TreeEntry<'_>| String::from_utf8_lossy(e.name_bytes()).into_owned();
+        let mut dirs: Vec<String> =
+            folder.iter().filter(|e| e.kind() == Some(ObjectType::Tree)).map(|e| name(&e)).collect();
+        dirs.sort_unstable();
+        let mut dirs = dirs.into_iter().filter(|d| is_safe_name(d)).peekable();
+        let dir_entry = |name| Entry { name, kind: EntryKind::Dir };
+        for e in folder.iter().filter(|e| e.kind() != Some(ObjectType::Tree)) {
+            let name = name(&e);
+            if !is_safe_name(&name) {
+                continue;
+            }
+            while let Some(d) = dirs.next_if(|d| *d < name) {
+                if !visit(dir_entry(d), None) {
+                    return Ok(false);
+                }
+            }
+            let (kind, id) = match e.kind() {
+                Some(ObjectType::Commit) => (EntryKind::Submodule, None),
+                Some(ObjectType::Blob) if e.filemode() == 0o120_000 => (EntryKind::Symlink, None),
+                Some(ObjectType::Blob) => (EntryKind::File, Some(e.id().to_string())),
+                _ => continue,
+            };
+            if !visit(Entry { name, kind }, id) {
+                return Ok(false);
+            }
+        }
+        Ok(dirs.all(|d| visit(dir_entry(d), None)))
     }
 
     /// Adds the blob `id` to `tree` at `path` as [`Mirror::read_tree`] would: an oversized file as an entry only.
@@ -1333,6 +1384,71 @@ mod tests {
         git(&dir, &["commit", "-qm", "not utf-8"]);
         let head = git(&dir, &["rev-parse", "HEAD"]);
         assert!(!mirror.walk_files(&head, &folders, 4, |_| true).unwrap(), "the walk says it is out of order");
+    }
+
+    #[test]
+    fn folder_entries_come_as_the_tree_lists_them() {
+        use gitfleet_shared::loaders::Folders as _;
+        let (root, dir) = work_tree();
+        let write = |path: &str| write_file(&dir, path, path);
+        // Folders sort as their name and a `/` in git: "a-b" < "a.b" < "a/" < "a0", and "b-/" < "b/".
+        for path in ["d/a-b", "d/a.b", "d/a/x.json", "d/a0", "d/.gitkeep", "d/b/y", "d/b-/z", "d/c.json", "top"] {
+            write(path);
+        }
+        std::os::unix::fs::symlink("c.json", dir.join("d/link")).unwrap();
+        git(&dir, &["add", "-A"]);
+        git(&dir, &["commit", "-qm", "c"]);
+        let head = git(&dir, &["rev-parse", "HEAD"]);
+        let mirror = Mirror::new(root.path(), "w/.git");
+        let tree = mirror.read_tree(&head, 1 << 20).unwrap();
+        let blobs = mirror.blobs().unwrap();
+        type Listed = Vec<(String, EntryKind, Option<String>)>;
+        let git_lists = |dir: &str| -> Listed {
+            let mut out = Vec::new();
+            assert!(
+                blobs
+                    .entries(&head, dir, &mut |e, id| {
+                        out.push((e.name, e.kind, id));
+                        true
+                    })
+                    .unwrap()
+            );
+            out
+        };
+        let tree_lists = |dir: &str| -> Listed {
+            let mut out = Vec::new();
+            assert!(
+                tree.entries(dir, &mut |e, id| {
+                    out.push((e.name, e.kind, id));
+                    true
+                })
+                .unwrap()
+            );
+            out
+        };
+        for folder in ["d", "", "d/a", "missing", "top"] {
+            assert_eq!(git_lists(folder), tree_lists(folder), "{folder}");
+        }
+        let names: Vec<String> = git_lists("d").into_iter().map(|e| e.0).collect();
+        assert_eq!(names, [".gitkeep", "a", "a-b", "a.b", "a0", "b", "b-", "c.json", "link"]);
+
+        // Left out of a tree read deferring them, the files are still listed with their ids; folders stay.
+        let deferring = mirror.read_tree_deferring(&head, 1 << 20, Some("d")).unwrap();
+        assert!(deferring.is_dir("d/a") && !deferring.is_file("d/c.json") && deferring.is_file("top"));
+        let c = git_lists("d").into_iter().find(|e| e.0 == "c.json");
+        assert_eq!(c.and_then(|e| e.2).as_deref(), tree.blob_id("d/c.json"));
+
+        // The visitor stops the listing.
+        let mut seen = 0;
+        assert!(
+            !blobs
+                .entries(&head, "d", &mut |_, _| {
+                    seen += 1;
+                    seen < 3
+                })
+                .unwrap()
+        );
+        assert_eq!(seen, 3);
     }
 
     /// Fetches, then resolves `b` with an optional pinned commit checked against it.

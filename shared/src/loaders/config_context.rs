@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{DataType, LoadInput, Loaded, Log, ScopeMode, data_files, django, metadata, parse_file};
+use super::{DataType, LoadInput, Loaded, Log, ScopeMode, data_entry, django, metadata, parse_file};
 use crate::inventory::{FILTERS, LOCAL_KINDS, python_repr};
 use crate::job_result::LogEntry;
 use crate::json_text::JsonText;
@@ -100,7 +100,7 @@ impl DataType for ConfigContexts {
                     folder_lines.push((*line).clone());
                     out.logs.push(*line);
                 }
-                Step::File { section, file, kind } => {
+                Step::File { section, file, kind, .. } => {
                     let mut loaded = load_file(input, section, &file, kind);
                     let at = out.logs.len();
                     out.logs.append(&mut loaded.logs);
@@ -128,16 +128,36 @@ pub enum Step {
         section: Section,
         file: String,
         kind: EntryKind,
+        /// The file's blob id, when the listing knows it.
+        blob_id: Option<String>,
     },
 }
 
 /// What loading the config contexts type does, in order, from the tree's listing alone (no file is read): a full
 /// load runs the files of this plan in batches, reading each batch's contents as it goes.
 pub fn plan(input: &LoadInput<'_>) -> Vec<Step> {
-    let root = "config_contexts";
     let mut steps = Vec::new();
+    match plan_each(input, input.tree, &mut |step| {
+        steps.push(step);
+        true
+    }) {
+        Ok(_) => steps,
+        Err(never) => match never {},
+    }
+}
+
+/// [`plan`] a step at a time, the section folders listed by `folders` (the tree's folders themselves, or a
+/// repository's objects for a folder of many files: nothing here holds a list of them), until `step` returns
+/// false; returns whether every step was taken. Each folder is listed twice: first for the lines about entries it
+/// skips, which come before its files, then for the files.
+pub fn plan_each<F: super::Folders>(
+    input: &LoadInput<'_>,
+    folders: &F,
+    step: &mut dyn FnMut(Step) -> bool,
+) -> Result<bool, F::Error> {
+    let root = "config_contexts";
     if !input.tree.is_dir(root) {
-        return steps;
+        return Ok(true);
     }
     let mut sections = vec![(Section::Explicit, root.to_owned())];
     sections.extend((0..FILTERS.len()).map(|i| (Section::Implicit(i), format!("{root}/{}", FILTERS[i].0))));
@@ -147,16 +167,33 @@ pub fn plan(input: &LoadInput<'_>) -> Vec<Step> {
         let mut lines = Vec::new();
         if section != Section::Explicit {
             misplaced(input, section.folder(), &mut Log { out: &mut lines, grouping: GROUPING });
-            if !input.tree.is_dir(&dir) {
-                steps.extend(lines.into_iter().map(|l| Step::Line(Box::new(l))));
-                continue;
+        }
+        let listed = section == Section::Explicit || input.tree.is_dir(&dir);
+        if listed {
+            let mut log = Log { out: &mut lines, grouping };
+            folders.entries(&dir, &mut |entry, _| {
+                data_entry(&dir, &entry, &mut log, section.has_dirs());
+                true
+            })?;
+        }
+        if !lines.into_iter().all(|line| step(Step::Line(Box::new(line)))) {
+            return Ok(false);
+        }
+        if listed {
+            let mut quiet = Vec::new();
+            let going = folders.entries(&dir, &mut |entry, blob_id| {
+                if !data_entry(&dir, &entry, &mut Log { out: &mut quiet, grouping }, section.has_dirs()) {
+                    quiet.clear();
+                    return true;
+                }
+                step(Step::File { section, file: entry.name, kind: entry.kind, blob_id })
+            })?;
+            if !going {
+                return Ok(false);
             }
         }
-        let listed = data_files(input.tree, &dir, &mut Log { out: &mut lines, grouping }, section.has_dirs());
-        steps.extend(lines.into_iter().map(|l| Step::Line(Box::new(l))));
-        steps.extend(listed.into_iter().map(|(file, kind)| Step::File { section, file, kind }));
     }
-    steps
+    Ok(true)
 }
 
 /// Where a config context file sits, which says what it defines and whose definition wins: explicit files in

@@ -22,13 +22,13 @@ use serde_json::{Map, Value};
 
 use crate::inventory::Inventory;
 use crate::job_result::{LogEntry, LogLevel};
-use crate::tree::{EntryKind, RepoTree};
+use crate::tree::{Entry, EntryKind, RepoTree};
 use crate::yaml::{self, Limits};
 
 pub use config_context::GROUPING as CONTEXTS_GROUPING;
 pub use config_context::{
     ConfigContext, ContextFiles, FileLoad, LocalContext, Section, Step as ContextStep, context_key,
-    load_file as load_context_file, local_key, plan as context_plan,
+    load_file as load_context_file, local_key, plan as context_plan, plan_each as context_plan_each,
 };
 pub use export_template::{ExportTemplate, mime_type};
 pub use fields::{context_problem, local_problem};
@@ -376,25 +376,53 @@ pub(crate) fn data_files(
     log: &mut Log<'_>,
     include_dirs: bool,
 ) -> Vec<(String, EntryKind)> {
-    let mut files = Vec::new();
-    for entry in tree.list(dir) {
-        if entry.name.starts_with('.') {
-            log.warning(format!("Skipping `{dir}/{}`: dotfiles in data folders are ignored", entry.name));
-            continue;
+    tree.list(dir)
+        .into_iter()
+        .filter(|entry| data_entry(dir, entry, log, include_dirs))
+        .map(|entry| (entry.name, entry.kind))
+        .collect()
+}
+
+/// Whether a loader reads `entry` of the data folder `dir` as a file; a skipped dotfile, link or submodule is
+/// logged as a warning.
+pub(crate) fn data_entry(dir: &str, entry: &Entry, log: &mut Log<'_>, include_dirs: bool) -> bool {
+    let name = &entry.name;
+    if name.starts_with('.') {
+        log.warning(format!("Skipping `{dir}/{name}`: dotfiles in data folders are ignored"));
+        return false;
+    }
+    match entry.kind {
+        EntryKind::File => true,
+        EntryKind::Dir => include_dirs,
+        EntryKind::Symlink => {
+            log.warning(format!("Skipping `{dir}/{name}`: symbolic links are not followed"));
+            false
         }
-        match entry.kind {
-            EntryKind::File => files.push((entry.name, entry.kind)),
-            EntryKind::Dir if include_dirs => files.push((entry.name, entry.kind)),
-            EntryKind::Dir => {}
-            EntryKind::Symlink => {
-                log.warning(format!("Skipping `{dir}/{}`: symbolic links are not followed", entry.name));
-            }
-            EntryKind::Submodule => {
-                log.warning(format!("Skipping `{dir}/{}`: git submodules are not read", entry.name));
-            }
+        EntryKind::Submodule => {
+            log.warning(format!("Skipping `{dir}/{name}`: git submodules are not read"));
+            false
         }
     }
-    files
+}
+
+/// Where a plan lists folders from: the loaded tree itself, or (for a folder too large to hold as a list) the
+/// repository's own objects, read one folder at a time.
+pub trait Folders {
+    type Error;
+    /// Visits the entries directly inside `dir` in name order, each with its blob id when known, until `visit`
+    /// returns false; returns whether every entry was visited. A folder that does not exist has no entries.
+    fn entries(&self, dir: &str, visit: &mut dyn FnMut(Entry, Option<String>) -> bool) -> Result<bool, Self::Error>;
+}
+
+impl Folders for RepoTree {
+    type Error = std::convert::Infallible;
+    fn entries(&self, dir: &str, visit: &mut dyn FnMut(Entry, Option<String>) -> bool) -> Result<bool, Self::Error> {
+        Ok(self.list(dir).into_iter().all(|entry| {
+            let path = if dir.is_empty() { entry.name.clone() } else { format!("{dir}/{}", entry.name) };
+            let id = self.blob_id(&path).map(str::to_owned);
+            visit(entry, id)
+        }))
+    }
 }
 
 /// Reads and parses a YAML or JSON file with the YAML 1.1 loader, within the load's total budget. Nautobot opens

@@ -556,3 +556,55 @@ fn a_load_is_bounded_in_all_not_only_per_file() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn a_plan_taken_a_step_at_a_time_is_the_whole_plan_and_stops_when_asked() {
+    let mut t = tree(&[
+        ("config_contexts/a.json", "{}"),
+        ("config_contexts/.gitkeep", ""),
+        ("config_contexts/roles/edge.yaml", "{}"),
+        ("config_contexts/roles/inner/x.yaml", "{}"),
+        ("config_contexts/devices/d1.json", "{}"),
+        ("roles/misplaced.yaml", "{}"),
+    ]);
+    t.add_symlink("config_contexts/devices/link.json").unwrap();
+    let provided = vec!["extras.configcontext".to_owned()];
+    let input = LoadInput {
+        tree: &t,
+        repo_name: "Repo",
+        slug: "repo",
+        provided: &provided,
+        inventory: None,
+        scope_mode: ScopeMode::Strict,
+        limits: Limits::default(),
+        spent: Default::default(),
+    };
+    let describe = |step: &ContextStep| match step {
+        ContextStep::Line(line) => format!("line {}", line.message),
+        ContextStep::File { file, kind, .. } => format!("file {file} {kind:?}"),
+    };
+    let whole: Vec<String> = context_plan(&input).iter().map(describe).collect();
+    // Each folder's skipped entries are logged before its files; a folder inside a filter's folder is a step.
+    let at = |prefix: &str| whole.iter().position(|s| s.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}"));
+    assert!(at("line Skipping `config_contexts/.gitkeep`") < at("file a.json"), "{whole:#?}");
+    assert!(at("line Found \"roles\" directory") < at("file edge.yaml"), "{whole:#?}");
+    assert!(at("file edge.yaml") < at("file inner Dir"), "{whole:#?}");
+    assert!(at("line Skipping `config_contexts/devices/link.json`") < at("file d1.json"), "{whole:#?}");
+
+    let mut taken = Vec::new();
+    let all = context_plan_each(&input, &t, &mut |step| {
+        taken.push(describe(&step));
+        true
+    });
+    assert!(matches!(all, Ok(true)));
+    assert_eq!(taken, whole);
+    for stop in 1..whole.len() {
+        let mut count = 0;
+        let finished = context_plan_each(&input, &t, &mut |_| {
+            count += 1;
+            count < stop
+        });
+        assert!(matches!(finished, Ok(false)), "stopped at step {stop}");
+        assert_eq!(count, stop);
+    }
+}

@@ -6,7 +6,9 @@
 //! task streams the provided files from the mirror into a temporary file (one file in memory at a time),
 //! uploads it (in parts when large), then, under the repository lock that every writer of the pointer takes,
 //! names it in `current.json` and in `git_repository.artifacts` only if they still name its commit. A newer sync
-//! supersedes it: an artifact whose commit is no longer live is not built, or not named. One build at a time per
+//! supersedes it: an artifact whose commit is no longer live is not built, or not named, and a build under way
+//! stops within 64 files once this worker is asked for a newer commit's (a push every few seconds to a large
+//! repository does not keep a core busy archiving commits nobody will read). One build at a time per
 //! worker; a worker that stops first leaves the pointer's artifact null until the repository's next sync, which
 //! builds it again even when it finds the live commit up to date.
 
@@ -37,6 +39,9 @@ pub(super) struct Request {
 /// already).
 pub(super) fn spawn(ctx: &JobContext, request: Request) {
     let building = (request.slug.clone(), request.commit.clone());
+    if let Ok(mut latest) = ctx.artifacts_latest.lock() {
+        latest.insert(request.slug.clone(), request.commit.clone());
+    }
     if !ctx.artifacts_building.lock().is_ok_and(|mut b| b.insert(building.clone())) {
         return;
     }
@@ -58,7 +63,7 @@ pub(super) fn spawn(ctx: &JobContext, request: Request) {
     });
 }
 
-/// Marks a build done when dropped, however it ends.
+/// Marks a build done when dropped, however it ends (and forgets its commit as the latest asked for).
 struct Building<'a>(&'a JobContext, (String, String));
 
 impl Drop for Building<'_> {
@@ -66,17 +71,40 @@ impl Drop for Building<'_> {
         if let Ok(mut building) = self.0.artifacts_building.lock() {
             building.remove(&self.1);
         }
+        let (slug, commit) = &self.1;
+        if let Ok(mut latest) = self.0.artifacts_latest.lock()
+            && latest.get(slug) == Some(commit)
+        {
+            latest.remove(slug);
+        }
     }
 }
 
+/// Whether this worker was asked for a newer commit's artifacts of `slug` than `commit`.
+fn superseded(ctx: &JobContext, slug: &str, commit: &str) -> bool {
+    ctx.artifacts_latest.lock().is_ok_and(|latest| latest.get(slug).is_some_and(|newest| newest != commit))
+}
+
 /// Streams the files of the staged folders at `commit` (as the manifest lists them: sorted by path) into a tar.gz
-/// at `path`, walking the trees as it goes (the listing is never held); returns its sha256.
-fn archive(mirror: &Mirror, commit: &str, target: &ArtifactTarget, path: &Path) -> anyhow::Result<String> {
+/// at `path`, walking the trees as it goes (the listing is never held); returns its sha256, or `None` when
+/// `superseded` said to stop (checked every 64 files).
+fn archive(
+    mirror: &Mirror,
+    commit: &str,
+    target: &ArtifactTarget,
+    path: &Path,
+    superseded: &dyn Fn() -> bool,
+) -> anyhow::Result<Option<String>> {
     let blobs = mirror.blobs()?;
     let out = |path: &Path| anyhow::Ok(std::io::BufWriter::new(std::fs::File::create(path)?));
     let mut artifact = Artifact::new(out(path)?);
     let mut failed = None;
+    let mut stopped = false;
     let ordered = mirror.walk_files(commit, &target.folders, 64, |batch| {
+        if superseded() {
+            stopped = true;
+            return false;
+        }
         for (file, blob) in batch {
             let added = blobs.read(&blob).map_err(std::io::Error::other).and_then(|bytes| artifact.add(&file, &bytes));
             if let Err(err) = added {
@@ -89,6 +117,9 @@ fn archive(mirror: &Mirror, commit: &str, target: &ArtifactTarget, path: &Path) 
     if let Some(err) = failed {
         return Err(err.into());
     }
+    if stopped {
+        return Ok(None);
+    }
     let (out, sha256) = if ordered {
         artifact.finish()?
     } else {
@@ -98,7 +129,7 @@ fn archive(mirror: &Mirror, commit: &str, target: &ArtifactTarget, path: &Path) 
         write_artifact(&files, out(path)?, |blob| blobs.read(blob).map_err(std::io::Error::other))?
     };
     out.into_inner().map_err(std::io::IntoInnerError::into_error)?.flush()?;
-    Ok(sha256)
+    Ok(Some(sha256))
 }
 
 /// Builds and uploads each store's artifact, then names them. Returns whether the pointers named them (false:
@@ -112,8 +143,14 @@ async fn build(ctx: &JobContext, request: &Request) -> anyhow::Result<bool> {
         let temp = TempFile(ctx.git_root.join(format!(".tmp-artifact-{}", Uuid::new_v4().simple())));
         let sha256 = {
             let (mirror, target, path) = (request.mirror.clone(), target.clone(), temp.0.clone());
+            let (ctx, slug, commit) = (ctx.clone(), request.slug.clone(), request.commit.clone());
+            let superseded = move || superseded(&ctx, &slug, &commit);
             let commit = request.commit.clone();
-            tokio::task::spawn_blocking(move || archive(&mirror, &commit, &target, &path)).await??
+            tokio::task::spawn_blocking(move || archive(&mirror, &commit, &target, &path, &superseded)).await??
+        };
+        let Some(sha256) = sha256 else {
+            tracing::info!(slug = %request.slug, commit = %request.commit, "artifact superseded by a newer commit's");
+            return Ok(false);
         };
         let (acl, part) = (target.store.default_acl.as_deref(), ctx.storage.settings.multipart_threshold);
         target.backend.put_file(&target.key, &temp.0, "application/gzip", acl, part).await?;
@@ -195,5 +232,53 @@ pub(super) async fn resume_unbuilt(
             spawn(ctx, request);
         }
         Err(err) => tracing::warn!(slug = %repo.slug, error = %err, "could not name the live commit's artifacts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::{Backend, StoreSettings};
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git").current_dir(dir).args(args).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn a_superseded_build_stops_and_the_rest_finish() {
+        let root = tempfile::tempdir().unwrap();
+        let work = root.path().join("w");
+        std::fs::create_dir_all(work.join("config_contexts")).unwrap();
+        git(&work, &["init", "-q", "-b", "main"]);
+        for i in 0..200 {
+            std::fs::write(work.join(format!("config_contexts/f{i:03}.json")), format!("{{\"n\": {i}}}")).unwrap();
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]);
+        let head = git(&work, &["rev-parse", "HEAD"]);
+        let mirror = Mirror::new(root.path(), "w/.git");
+        let store =
+            StoreSettings { bucket_name: None, location: String::new(), default_acl: None, upload_to: "git".into() };
+        let target = ArtifactTarget {
+            store,
+            backend: Backend::Fs { dir: root.path().join("store") },
+            key: "a.tar.gz".into(),
+            folders: vec!["config_contexts".into()],
+        };
+        let out = root.path().join("artifact.tar.gz");
+
+        let built = archive(&mirror, &head, &target, &out, &|| false).unwrap();
+        assert_eq!(built.map(|d| d.len()), Some(64), "a sha256 when nothing newer was asked for");
+
+        // Asked for a newer commit after the first 64 files: the build stops at the next batch.
+        let calls = std::cell::Cell::new(0);
+        let newer_after_one_batch = || {
+            calls.set(calls.get() + 1);
+            calls.get() > 1
+        };
+        assert_eq!(archive(&mirror, &head, &target, &out, &newer_after_one_batch).unwrap(), None);
+        assert_eq!(calls.get(), 2, "checked before each batch of 64 files, stopped at the second");
     }
 }

@@ -40,6 +40,9 @@ pub struct JobContext {
     pub artifact_slots: Arc<tokio::sync::Semaphore>,
     /// The `(slug, commit)` whose artifacts this worker is building or about to.
     pub artifacts_building: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
+    /// Each repository's (slug's) commit whose artifacts this worker was last asked to build: a build of an older
+    /// commit stops as soon as a newer one is asked for.
+    pub artifacts_latest: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 impl JobContext {
