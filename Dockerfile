@@ -10,7 +10,7 @@ ARG BASE=docker.io/library/debian:bookworm-slim
 
 FROM ${BUILDER} AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev make pkg-config perl libssl-dev zlib1g-dev \
+ && apt-get install -y --no-install-recommends gcc libc6-dev make cmake pkg-config perl libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./

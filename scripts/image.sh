@@ -45,11 +45,11 @@ fi
 
 toolchain=$(rustc --print sysroot)
 rust=$(rustc --version | awk '{print $2}')
-builder=localhost/gitfleet-builder:$rust
+builder=localhost/gitfleet-builder:$rust-cmake
 if ! exists "$builder"; then
     log "making $builder: $base with the build's C dependencies and the Rust toolchain at $toolchain"
     ctr=$(buildah from "$base")
-    buildah run "$ctr" -- sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev make pkg-config perl libssl-dev zlib1g-dev >/dev/null && rm -rf /var/lib/apt/lists/*'
+    buildah run "$ctr" -- sh -c 'apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev make cmake pkg-config perl libssl-dev >/dev/null && rm -rf /var/lib/apt/lists/*'
     buildah copy "$ctr" "$toolchain" /usr/local/rust >/dev/null
     buildah config --env PATH=/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
         --env CARGO_HOME=/usr/local/cargo "$ctr"

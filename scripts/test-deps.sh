@@ -3,7 +3,7 @@
 # compiler (build-essential: libgit2-sys, libssh2-sys, openssl-sys and ring build C code), git (file://, git daemon,
 # http-backend), lighttpd with TLS (the HTTP(S) front for `git http-backend`), openssl (test certificates),
 # OpenSSH's sshd and ssh-keygen (the ssh:// test server and its keys), libssl-dev + pkg-config (git2's HTTPS and
-# SSH support build against OpenSSL; libssh2 itself is vendored) and promtool (Debian's prometheus package, for the
+# SSH support build against OpenSSL; libssh2 itself is vendored), cmake (builds the vendored zlib-ng) and promtool (Debian's prometheus package, for the
 # alerting rules), Chromium and its ChromeDriver (the UI's browser test) and, from the npm registry, axe-core (the
 # accessibility check that test runs in the browser). Idempotent; uses Debian packages.
 set -euo pipefail
@@ -18,6 +18,7 @@ command -v git >/dev/null || missing+=(git)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+command -v cmake >/dev/null || missing+=(cmake)
 [ -e /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh-keygen >/dev/null || missing+=(openssh-client)
