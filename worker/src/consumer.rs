@@ -96,6 +96,7 @@ pub async fn run_with(settings: WorkerSettings, parts: Parts, shutdown: Cancella
         artifacts_latest: Arc::default(),
     });
     crate::git::set_network_timeouts(ctx.git_timeout);
+    crate::git::trust_indexed_objects();
     if ctx.host_keys == crate::known_hosts::HostKeyPolicy::AcceptAny {
         tracing::warn!(
             "SSH host-key checking is off (GITFLEET_SSH_STRICT_HOST_KEY_CHECKING=no): any host key is accepted"
