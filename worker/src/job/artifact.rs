@@ -144,9 +144,10 @@ async fn build(ctx: &JobContext, request: &Request) -> anyhow::Result<bool> {
         let sha256 = {
             let (mirror, target, path) = (request.mirror.clone(), target.clone(), temp.0.clone());
             let (ctx, slug, commit) = (ctx.clone(), request.slug.clone(), request.commit.clone());
-            let superseded = move || superseded(&ctx, &slug, &commit);
-            let commit = request.commit.clone();
-            tokio::task::spawn_blocking(move || archive(&mirror, &commit, &target, &path, &superseded)).await??
+            tokio::task::spawn_blocking(move || {
+                archive(&mirror, &commit, &target, &path, &|| superseded(&ctx, &slug, &commit))
+            })
+            .await??
         };
         let Some(sha256) = sha256 else {
             tracing::info!(slug = %request.slug, commit = %request.commit, "artifact superseded by a newer commit's");
