@@ -3,7 +3,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-ops helm-test helm-docs services-cluster services-cluster-stop test-chaos-cluster image test-image bench-scale test-chaos test-fixtures demo bench openapi clean
+.PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-ops helm-test helm-docs services-cluster services-cluster-stop test-chaos-cluster image test-image bench-scale bench-s3s-fs test-chaos test-fixtures demo bench openapi clean
 
 help: ## List every target
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -84,6 +84,10 @@ test-image: services ## Build the image and run its producer and worker read-onl
 bench-scale: services test-deps ## The scale-out benchmark alone: 1 to 8 workers behind a 100 ms round trip, then a scale-down
 	$(CARGO) build --profile perf -p gitfleet-tests --bins
 	$(CARGO) run --profile perf -p gitfleet-tests --bin bench_scale -- --write BENCHMARKS.md
+
+bench-s3s-fs: services test-deps ## The large-repository S3 runs against s3s-fs (a Rust S3 server, installed with cargo) instead of moto
+	$(CARGO) build --profile perf -p gitfleet-tests --bins
+	scripts/bench-s3s-fs.sh
 
 demo: ## Start services, two workers and the relay; sync the example repository, print its JobResult and the UI's address (DEMO_UI=1: keep it running)
 	@scripts/demo.sh

@@ -3,6 +3,8 @@
 //! synced by one worker process (so its peak memory is its own) against the real PostgreSQL and RabbitMQ, with
 //! filesystem storage, and at 10,000 files (`GITFLEET_BENCH_LARGE_S3_SIZE`) again against the S3 server of
 //! `make services` directly and behind a loopback proxy that adds 20 ms to every request, as a real region would.
+//! Another S3 server: `GITFLEET_S3_PORT` (its credentials are `bench`/`bench`) and `GITFLEET_BENCH_S3_SERVER`, the
+//! name the tables give it.
 //!
 //! Per run: the first sync, unchanged re-syncs, one-file changes (incremental), and a full load of the same
 //! commit (a definition change makes the sync load every file), each timed from the JobResult's start to its end
@@ -121,11 +123,14 @@ enum Store {
 }
 
 impl Store {
-    fn describe(self) -> &'static str {
+    /// The store as the tables name it; the S3 server is `make services`' unless `GITFLEET_BENCH_S3_SERVER` names
+    /// another one (served at `GITFLEET_S3_PORT`).
+    fn describe(self) -> String {
+        let server = var("GITFLEET_BENCH_S3_SERVER", "moto on loopback");
         match self {
-            Self::Filesystem => "filesystem",
-            Self::S3 => "S3 (moto on loopback)",
-            Self::S3Slow => "S3 + 20 ms per request",
+            Self::Filesystem => "filesystem".to_owned(),
+            Self::S3 => format!("S3 ({server})"),
+            Self::S3Slow => format!("S3 ({server}) + 20 ms per request"),
         }
     }
 }
@@ -377,8 +382,11 @@ async fn main() -> Result<()> {
     }
 
     let profile = if cfg!(debug_assertions) { "debug build" } else { "optimized build" };
+    // `GITFLEET_BENCH_SECTION` names the section of BENCHMARKS.md the table replaces (`make bench-s3s-fs` writes its
+    // own beside the main one).
+    let section = var("GITFLEET_BENCH_SECTION", "large");
     let mut table = String::new();
-    writeln!(table, "<!-- bench:large -->")?;
+    writeln!(table, "<!-- bench:{section} -->")?;
     writeln!(
         table,
         "Generated repositories of config context files (one commit, then {CHANGES} commits changing one file each), \
@@ -427,10 +435,10 @@ async fn main() -> Result<()> {
             writeln!(table, "| {} | {} | {what} | {} |", r.files, r.store.describe(), phases.unwrap_or_default())?;
         }
     }
-    writeln!(table, "<!-- /bench:large -->")?;
+    writeln!(table, "<!-- /bench:{section} -->")?;
     print!("{table}");
     if let Some(path) = write_to {
-        write_section(&path, "large", "Large repositories: a push costs what it changed", &table)?;
+        write_section(&path, &section, "Large repositories: a push costs what it changed", &table)?;
     }
     Ok(())
 }

@@ -202,7 +202,7 @@ impl StorageSettings {
             multipart_threshold: number("GITFLEET_STORAGE_MULTIPART_THRESHOLD", DEFAULT_MULTIPART_THRESHOLD)?
                 .max(5 * 1024 * 1024),
             retention_days: u32::try_from(number("GITFLEET_STORAGE_RETENTION_DAYS", 0)?).unwrap_or(u32::MAX),
-            upload_concurrency: usize::try_from(number("GITFLEET_STORAGE_UPLOAD_CONCURRENCY", 16)?)
+            upload_concurrency: usize::try_from(number("GITFLEET_STORAGE_UPLOAD_CONCURRENCY", 64)?)
                 .unwrap_or(usize::MAX)
                 .clamp(1, 256),
         })
@@ -269,7 +269,7 @@ mod tests {
     #[test]
     fn upload_concurrency_has_a_default_and_bounds() {
         let of = |v: &str| StorageSettings::from_vars(vars(&[("GITFLEET_STORAGE_UPLOAD_CONCURRENCY", v)]));
-        assert_eq!(StorageSettings::from_vars(vars(&[])).unwrap().upload_concurrency, 16);
+        assert_eq!(StorageSettings::from_vars(vars(&[])).unwrap().upload_concurrency, 64);
         assert_eq!(of("4").unwrap().upload_concurrency, 4);
         assert_eq!(of("0").unwrap().upload_concurrency, 1);
         assert_eq!(of("100000").unwrap().upload_concurrency, 256);
