@@ -22,6 +22,10 @@ use crate::known_hosts::{self, HostKeyPolicy};
 const REMOTE: &str = "origin";
 /// libgit2's `GIT_FETCH_DEPTH_UNSHALLOW`: fetch the whole history of a shallow mirror.
 const UNSHALLOW: i32 = i32::MAX;
+/// Packs a mirror may hold before a sync rewrites it as one ([`Mirror::compact`]): git's own threshold for
+/// `git gc --auto` (`gc.autoPackLimit`). Every fetch adds a pack, and one that completes a thin pack carries a whole
+/// copy of each tree the push changed: 2.5 MB a push for a folder of 100,000 files.
+pub const MAX_PACKS: usize = 50;
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"];
 
 /// Why a fetch or checkout failed. `Display` is the message the user sees (spec b.4, b.12); `exc_type` names the
@@ -581,6 +585,68 @@ impl Mirror {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io(&path)(e)),
         }
+    }
+
+    /// The mirror's packs (their `.pack` files), those marked `.keep` aside.
+    pub fn packs(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(self.path().join("objects").join("pack")) else { return Vec::new() };
+        let mut packs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pack") && !p.with_extension("keep").exists())
+            .collect();
+        packs.sort();
+        packs
+    }
+
+    /// Rewrites what the mirror's refs reach as one pack and removes the packs it held, when it holds more than
+    /// `max_packs`: a mirror's size then follows its repository, not the number of fetches it took. Objects no ref
+    /// reaches (history a force-push left behind) go with the old packs; a sync that asks for one fetches it again.
+    /// The new pack is in place before any old one goes, and an old one goes index first, so the objects stay
+    /// readable throughout; still, nothing may read the mirror meanwhile: the sync runs this under the repository's
+    /// lock, before its fetch. Returns how many packs it replaced (0: none).
+    pub fn compact(&self, max_packs: usize) -> Result<usize, GitError> {
+        let old = self.packs();
+        if old.len() <= max_packs {
+            return Ok(0);
+        }
+        let repo = Repository::open_bare(self.path())?;
+        // What the rewrite may hold at once, which libgit2 reads from the repository's configuration: 64 MiB of
+        // objects in its delta window and 16 MiB of cached deltas, and no delta for an object over 16 MiB (libgit2
+        // takes that threshold from `pack.deltaCacheSize` too). Its own defaults allow 256 MiB of deltas and an
+        // unbounded window: a repository of large files would take the worker's memory.
+        let mut config = repo.config()?;
+        config.set_i64("pack.windowMemory", 64 << 20)?;
+        config.set_i64("pack.deltaCacheSize", 16 << 20)?;
+        let mut builder = repo.packbuilder()?;
+        builder.set_threads(1);
+        let mut walk = repo.revwalk()?;
+        for reference in repo.references()? {
+            let Some(target) = reference?.target() else { continue }; // a symbolic ref names one listed here
+            // What the ref names as it is (an annotated tag and its target, a commit and its tree); the history
+            // behind a commit through the walk, which stops where a shallow mirror's history does.
+            builder.insert_recursive(target, None)?;
+            if let Ok(commit) = repo.find_object(target, None)?.peel(ObjectType::Commit) {
+                walk.push(commit.id())?;
+            }
+        }
+        builder.insert_walk(&mut walk)?;
+        let dir = self.path().join("objects").join("pack");
+        builder.write(&dir, 0o444)?;
+        let kept = builder.name()?.map(|name| dir.join(format!("pack-{name}.pack")));
+        let mut replaced = 0;
+        for pack in old.iter().filter(|p| Some(*p) != kept.as_ref()) {
+            for ext in ["idx", "pack", "rev", "bitmap", "mtimes", "promisor"] {
+                let file = pack.with_extension(ext);
+                match fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io(&file)(e)),
+                }
+            }
+            replaced += 1;
+        }
+        Ok(replaced)
     }
 
     fn open_or_clone(&self, url: &str, credentials: Option<&Credentials>) -> Result<(Repository, bool), GitError> {
@@ -1493,6 +1559,65 @@ mod tests {
         }
         let (head, kind) = resolve(&Repository::open_bare(mirror.path())?, &branch, pinned)?;
         Ok(Checkout { head, kind, cloned: fetched.cloned })
+    }
+
+    #[test]
+    fn a_mirror_fetched_into_many_packs_is_compacted_into_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let [_, c1, _, side] = remote(&src);
+        let url = format!("file://{}", src.display());
+        let mirror = Mirror::new(tmp.path().join("root"), "r");
+        checkout(&mirror, &url, "main", None).unwrap();
+        // Every object in a pack (the local fetch left them loose), then each fetch kept as a pack of its own, as
+        // the worker's network fetches are.
+        let git_dir = mirror.path().display().to_string();
+        git(tmp.path(), &["--git-dir", &git_dir, "repack", "-q", "-a", "-d"]);
+        let mut heads = Vec::new();
+        for n in 0..5 {
+            fs::write(src.join("f.txt"), format!("round {n}")).unwrap();
+            fs::write(src.join(format!("n{n}.txt")), n.to_string()).unwrap();
+            git(&src, &["add", "."]);
+            git(&src, &["commit", "-qm", &format!("round {n}")]);
+            heads.push(git(&src, &["rev-parse", "HEAD"]));
+            let mut args = vec!["-c", "fetch.unpackLimit=1", "--git-dir", &git_dir, "fetch", "-q", REMOTE];
+            args.extend(REFSPECS);
+            git(tmp.path(), &args);
+        }
+        let before = mirror.packs();
+        assert_eq!(before.len(), 6, "{before:?}");
+
+        assert_eq!(mirror.compact(before.len()).unwrap(), 0, "at the limit nothing is rewritten");
+        assert_eq!(mirror.packs(), before);
+        assert_eq!(mirror.compact(2).unwrap(), before.len());
+        let after = mirror.packs();
+        assert_eq!(after.len(), 1, "{after:?}");
+        let mut left: Vec<String> = fs::read_dir(mirror.path().join("objects/pack"))
+            .unwrap()
+            .map(|e| e.unwrap().path().extension().unwrap().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["idx", "pack"], "no index or pack of the old ones is left");
+
+        // Everything the refs reach is there: history, the annotated tag, the side branch, every file.
+        git(tmp.path(), &["--git-dir", &git_dir, "fsck", "--connectivity-only", "--no-dangling"]);
+        let repo = Repository::open_bare(mirror.path()).unwrap();
+        assert_eq!(repo.revparse_single("refs/tags/v1^{commit}").unwrap().id().to_string(), c1);
+        assert_eq!(repo.find_reference("refs/tags/v1").unwrap().peel_to_tag().unwrap().name().ok(), Some("v1"));
+        assert_eq!(checkout(&mirror, &url, "side", None).unwrap().head, side);
+        let tree = mirror.read_tree(heads.last().unwrap(), 1 << 20).unwrap();
+        assert_eq!(tree.read("n4.txt").unwrap(), b"4");
+        assert_eq!(tree.read("f.txt").unwrap(), b"round 4");
+        let changes = mirror.changes(&heads[0], &heads[4]).unwrap();
+        let paths: Vec<&str> = changes.iter().map(|c| c.path.as_str()).collect();
+        assert_eq!(paths, ["f.txt", "n1.txt", "n2.txt", "n3.txt", "n4.txt"]);
+
+        // And the compacted mirror goes on fetching.
+        fs::write(src.join("f.txt"), "after").unwrap();
+        git(&src, &["commit", "-qam", "after"]);
+        let head = git(&src, &["rev-parse", "HEAD"]);
+        assert_eq!(checkout(&mirror, &url, "main", None).unwrap().head, head);
     }
 
     #[test]

@@ -217,3 +217,58 @@ async fn shallow_fetch_deepened_for_a_pinned_commit() -> Result<()> {
     drop(daemon);
     env.teardown().await
 }
+
+/// A mirror that fetches left in more packs than git's `gc --auto` allows is rewritten as one pack before the next
+/// fetch: shallow, its history and tags as they were, and the sync goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_of_many_packs_is_compacted_before_the_next_fetch() -> Result<()> {
+    let mut env = TestEnv::new().await?;
+    let served = env.tmp.path().join("served");
+    std::fs::create_dir_all(&served)?;
+    let remote = Remote::new(&served, "packs")?;
+    remote.commit("first", &[("README.md", "first")])?;
+    remote.tag("v1")?;
+    let daemon = git_daemon(&served).await?;
+    let url = format!("git://127.0.0.1:{}/packs.git", daemon.port);
+    env.start_fleet(1);
+    let name = format!("Packs {}", env.id);
+    let view = env.wait_job(env.create(&name, &url, "main").await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    let mirror = env.git_root().join(slug_of(&env, &name).await?);
+    let pack_dir = mirror.join("objects/pack");
+    let packs = || -> Result<Vec<std::path::PathBuf>> {
+        let mut packs = Vec::new();
+        for entry in std::fs::read_dir(&pack_dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|x| x == "pack") {
+                packs.push(path);
+            }
+        }
+        packs.sort();
+        Ok(packs)
+    };
+    // As many fetches would leave it: copies of its pack under other names (the same objects in each).
+    let first = packs()?;
+    assert_eq!(first.len(), 1, "{first:?}");
+    for n in 0..gitfleet_worker::git::MAX_PACKS {
+        for ext in ["pack", "idx"] {
+            std::fs::copy(first[0].with_extension(ext), pack_dir.join(format!("pack-{n:040x}.{ext}")))?;
+        }
+    }
+    assert_eq!(packs()?.len(), gitfleet_worker::git::MAX_PACKS + 1);
+
+    let second = remote.commit("second", &[("README.md", "second")])?;
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(view.result.clone().unwrap()["current_head"], second.as_str());
+    assert_eq!(packs()?.len(), 2, "one pack for what the mirror held, one for the fetch");
+    assert!(mirror.join("shallow").exists(), "still shallow");
+    crate::support::git::git(&mirror, &["fsck", "--connectivity-only", "--no-dangling"])?;
+    assert_eq!(crate::support::git::git(&mirror, &["tag", "--list"])?.trim(), "v1");
+
+    let third = remote.commit("third", &[("README.md", "third")])?;
+    let view = env.wait_job(env.sync(&name).await?).await?;
+    assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
+    assert_eq!(view.result.clone().unwrap()["current_head"], third.as_str());
+    Ok(())
+}

@@ -85,13 +85,21 @@ pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirro
     let (mirror, timeout) = mirror(ctx, repo);
     // Held until the last reader of the mirror (the artifact built after the commit, say) lets it go.
     let mirror = mirror.leased_from(&ctx.git_cache);
+    // The repository's lock keeps other syncs out of the mirror; an artifact build of an earlier commit may still
+    // read it, and then the mirror is compacted at a later sync.
+    let compact = !ctx.artifacts_building.lock().is_ok_and(|b| b.iter().any(|(slug, _)| *slug == repo.slug));
     let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
         Ok(branch) => {
-            let (mirror, url) = (mirror.clone(), repo.remote_url.clone());
+            let (mirror, url, slug) = (mirror.clone(), repo.remote_url.clone(), repo.slug.clone());
             let span = tracing::Span::current();
             let task = tokio::task::spawn_blocking(move || {
-                span.in_scope(|| mirror.fetch_and_checkout_as(&url, &branch, credentials.as_ref()))
+                span.in_scope(|| {
+                    if compact {
+                        compact_packs(&mirror, &slug);
+                    }
+                    mirror.fetch_and_checkout_as(&url, &branch, credentials.as_ref())
+                })
             });
             // git2 cannot be interrupted while it waits on a stalled server: the sync gives up here, and libgit2's
             // read timeout (set at start-up) ends the abandoned thread.
@@ -114,5 +122,19 @@ pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirro
             Err(TransientError::Git(sanitize(&secrets::redact(&err.to_string(), group))).into())
         }
         Err(err) => Err(failed(err.exc_type(), secrets::redact(&err.to_string(), group))),
+    }
+}
+
+/// Rewrites a mirror that fetches left in more than [`crate::git::MAX_PACKS`] packs as one pack. A failure is logged
+/// and changes nothing: the old packs stay until a compaction succeeds.
+fn compact_packs(mirror: &Mirror, slug: &str) {
+    let started = std::time::Instant::now();
+    match mirror.compact(crate::git::MAX_PACKS) {
+        Ok(0) => {}
+        Ok(packs) => {
+            let took_ms = started.elapsed().as_millis();
+            tracing::info!(slug, packs, took_ms, "mirror compacted: its packs rewritten as one");
+        }
+        Err(err) => tracing::warn!(slug, error = %err, "could not compact the mirror; it keeps its packs"),
     }
 }
