@@ -234,8 +234,21 @@ async fn a_mirror_of_many_packs_is_compacted_before_the_next_fetch() -> Result<(
     let name = format!("Packs {}", env.id);
     let view = env.wait_job(env.create(&name, &url, "main").await?).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
-    let mirror = env.git_root().join(slug_of(&env, &name).await?);
+    let slug = slug_of(&env, &name).await?;
+    let mirror = env.git_root().join(&slug);
     let pack_dir = mirror.join("objects/pack");
+    // The sync's artifact is built from the mirror after its commit, and a compaction waits while it is: so does
+    // the test, until `current.json` names it.
+    let current = env.tmp.path().join("storage/default/git").join(&slug).join("current.json");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read(&current)
+        .ok()
+        .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
+        .is_some_and(|current| current["sha256"].is_string())
+    {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the first sync's artifact was not named in 30 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let packs = || -> Result<Vec<std::path::PathBuf>> {
         let mut packs = Vec::new();
         for entry in std::fs::read_dir(&pack_dir)? {

@@ -86,20 +86,19 @@ pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirro
     // Held until the last reader of the mirror (the artifact built after the commit, say) lets it go.
     let mirror = mirror.leased_from(&ctx.git_cache);
     // The repository's lock keeps other syncs out of the mirror; an artifact build of an earlier commit may still
-    // read it, and then the mirror is compacted at a later sync.
-    let compact = !ctx.artifacts_building.lock().is_ok_and(|b| b.iter().any(|(slug, _)| *slug == repo.slug));
+    // read it, and then the mirror is compacted at a later sync. Awaited whole, outside the fetch's timeout: a
+    // compaction abandoned mid-way would go on under the next sync's fetch.
+    if !ctx.artifacts_building.lock().is_ok_and(|b| b.iter().any(|(slug, _)| *slug == repo.slug)) {
+        let (mirror, slug, span) = (mirror.clone(), repo.slug.clone(), tracing::Span::current());
+        tokio::task::spawn_blocking(move || span.in_scope(|| compact_packs(&mirror, &slug))).await?;
+    }
     let fetched = match Branch::parse(repo.branch.clone()) {
         Err(err) => Err(GitError::InvalidRef(err)),
         Ok(branch) => {
-            let (mirror, url, slug) = (mirror.clone(), repo.remote_url.clone(), repo.slug.clone());
+            let (mirror, url) = (mirror.clone(), repo.remote_url.clone());
             let span = tracing::Span::current();
             let task = tokio::task::spawn_blocking(move || {
-                span.in_scope(|| {
-                    if compact {
-                        compact_packs(&mirror, &slug);
-                    }
-                    mirror.fetch_and_checkout_as(&url, &branch, credentials.as_ref())
-                })
+                span.in_scope(|| mirror.fetch_and_checkout_as(&url, &branch, credentials.as_ref()))
             });
             // git2 cannot be interrupted while it waits on a stalled server: the sync gives up here, and libgit2's
             // read timeout (set at start-up) ends the abandoned thread.
