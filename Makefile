@@ -6,7 +6,7 @@ CARGO ?= cargo
 .PHONY: help services services-stop services-status test-deps build lint fmt  test test-unit test-integration test-api test-ops helm-test helm-docs services-cluster services-cluster-stop test-chaos-cluster image test-image bench-scale bench-s3s-fs test-chaos test-fixtures demo bench openapi clean
 
 help: ## List every target
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 services: ## Install (if missing) and start PostgreSQL, RabbitMQ and S3 (moto) on loopback; create db, vhost, bucket
 	@scripts/services.sh up
