@@ -20,6 +20,12 @@ if [ "$("$BIN" --version 2>/dev/null)" != "s3s-fs $VERSION" ]; then
   "${CARGO:-cargo}" install s3s-fs --version "$VERSION" --features binary --locked
 fi
 
+# Another server on the port would answer in its place, and the tables would name the wrong one.
+if curl -s -m 2 -o /dev/null "http://127.0.0.1:$PORT/"; then
+  log "something already listens on 127.0.0.1:$PORT; stop it or set GITFLEET_BENCH_S3S_PORT"
+  exit 1
+fi
+
 base=/dev/shm where="data on tmpfs"
 if [ ! -d "$base" ] || [ ! -w "$base" ]; then base=${TMPDIR:-/tmp} where="data on disk"; fi
 data=$(mktemp -d "$base/gitfleet-s3s-fs.XXXXXX")

@@ -587,9 +587,13 @@ impl Mirror {
         }
     }
 
+    fn pack_dir(&self) -> PathBuf {
+        self.path().join("objects").join("pack")
+    }
+
     /// The mirror's packs (their `.pack` files), those marked `.keep` aside.
     pub fn packs(&self) -> Vec<PathBuf> {
-        let Ok(entries) = fs::read_dir(self.path().join("objects").join("pack")) else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(self.pack_dir()) else { return Vec::new() };
         let mut packs: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
@@ -631,7 +635,7 @@ impl Mirror {
             }
         }
         builder.insert_walk(&mut walk)?;
-        let dir = self.path().join("objects").join("pack");
+        let dir = self.pack_dir();
         builder.write(&dir, 0o444)?;
         let kept = builder.name()?.map(|name| dir.join(format!("pack-{name}.pack")));
         let mut replaced = 0;
