@@ -22,10 +22,28 @@ use crate::known_hosts::{self, HostKeyPolicy};
 const REMOTE: &str = "origin";
 /// libgit2's `GIT_FETCH_DEPTH_UNSHALLOW`: fetch the whole history of a shallow mirror.
 const UNSHALLOW: i32 = i32::MAX;
-/// Packs a mirror may hold before a sync rewrites it as one ([`Mirror::compact`]): git's own threshold for
-/// `git gc --auto` (`gc.autoPackLimit`). Every fetch adds a pack, and one that completes a thin pack carries a whole
-/// copy of each tree the push changed: 2.5 MB a push for a folder of 100,000 files.
-pub const MAX_PACKS: usize = 50;
+/// When a sync rewrites a mirror as one pack ([`Mirror::compact`]): past any of these.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactAt {
+    /// More packs than this. Every fetch of 100 objects or more adds a pack.
+    pub packs: usize,
+    /// More loose objects than this. A fetch of fewer objects adds them loose (see [`crate::git_unpack`]).
+    pub loose_objects: usize,
+    /// Loose objects of more bytes than this: a push into a folder of 100,000 files adds that folder's new tree
+    /// object, 2.3 MB of it once deflated.
+    pub loose_bytes: u64,
+}
+
+/// git's own thresholds for `git gc --auto` (`gc.autoPackLimit`, `gc.auto`), and 128 MiB of loose objects: about 55
+/// pushes into a folder of 100,000 files, where the rewrite takes 3 s.
+pub const COMPACT_AT: CompactAt = CompactAt { packs: 50, loose_objects: 6700, loose_bytes: 128 << 20 };
+
+/// What a compaction replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub packs: usize,
+    pub loose_objects: usize,
+}
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/remotes/origin/*", "+refs/tags/*:refs/tags/*"];
 
 /// Why a fetch or checkout failed. `Display` is the message the user sees (spec b.4, b.12); `exc_type` names the
@@ -603,16 +621,34 @@ impl Mirror {
         packs
     }
 
-    /// Rewrites what the mirror's refs reach as one pack and removes the packs it held, when it holds more than
-    /// `max_packs`: a mirror's size then follows its repository, not the number of fetches it took. Objects no ref
-    /// reaches (history a force-push left behind) go with the old packs; a sync that asks for one fetches it again.
-    /// The new pack is in place before any old one goes, and an old one goes index first, so the objects stay
-    /// readable throughout; still, nothing may read the mirror meanwhile: the sync runs this under the repository's
-    /// lock, before its fetch. Returns how many packs it replaced (0: none).
-    pub fn compact(&self, max_packs: usize) -> Result<usize, GitError> {
+    /// The mirror's loose objects (the files of `objects/xx/`), with their sizes.
+    pub fn loose_objects(&self) -> Vec<(PathBuf, u64)> {
+        let hex = |name: &std::ffi::OsStr, len: usize| {
+            name.len() == len && name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        let Ok(dirs) = fs::read_dir(self.path().join("objects")) else { return Vec::new() };
+        let mut out = Vec::new();
+        for dir in dirs.flatten().filter(|d| hex(&d.file_name(), 2)) {
+            let Ok(files) = fs::read_dir(dir.path()) else { continue };
+            for file in files.flatten().filter(|f| hex(&f.file_name(), 38)) {
+                out.push((file.path(), file.metadata().map_or(0, |m| m.len())));
+            }
+        }
+        out
+    }
+
+    /// Rewrites what the mirror's refs reach as one pack and removes the packs and loose objects it held, once it
+    /// holds more of either than `at` allows: a mirror's size then follows its repository, not the number of
+    /// fetches it took. Objects no ref reaches (history a force-push left behind) go with the old packs; a sync that
+    /// asks for one fetches it again. The new pack is in place before any old one goes, and an old one goes index
+    /// first, so the objects stay readable throughout; still, nothing may read the mirror meanwhile: the sync runs
+    /// this under the repository's lock, before its fetch. Returns what it replaced (None: nothing was due).
+    pub fn compact(&self, at: &CompactAt) -> Result<Option<Compacted>, GitError> {
         let old = self.packs();
-        if old.len() <= max_packs {
-            return Ok(0);
+        let loose = self.loose_objects();
+        let loose_bytes: u64 = loose.iter().map(|(_, size)| size).sum();
+        if old.len() <= at.packs && loose.len() <= at.loose_objects && loose_bytes <= at.loose_bytes {
+            return Ok(None);
         }
         let repo = Repository::open_bare(self.path())?;
         // What the rewrite may hold at once, which libgit2 reads from the repository's configuration: 64 MiB of
@@ -638,19 +674,24 @@ impl Mirror {
         let dir = self.pack_dir();
         builder.write(&dir, 0o444)?;
         let kept = builder.name()?.map(|name| dir.join(format!("pack-{name}.pack")));
+        let remove = |file: &Path| match fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(file)(e)),
+            _ => Ok(()),
+        };
         let mut replaced = 0;
         for pack in old.iter().filter(|p| Some(*p) != kept.as_ref()) {
             for ext in ["idx", "pack", "rev", "bitmap", "mtimes", "promisor"] {
-                let file = pack.with_extension(ext);
-                match fs::remove_file(&file) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(io(&file)(e)),
-                }
+                remove(&pack.with_extension(ext))?;
             }
             replaced += 1;
         }
-        Ok(replaced)
+        for (file, _) in &loose {
+            remove(file)?;
+        }
+        for dir in loose.iter().filter_map(|(file, _)| file.parent()) {
+            let _ = fs::remove_dir(dir); // once empty; another name may still hold a file libgit2 left behind
+        }
+        Ok(Some(Compacted { packs: replaced, loose_objects: loose.len() }))
     }
 
     fn open_or_clone(&self, url: &str, credentials: Option<&Credentials>) -> Result<(Repository, bool), GitError> {
@@ -658,6 +699,7 @@ impl Mirror {
         if path.exists() {
             match Repository::open_bare(&path) {
                 Ok(repo) => {
+                    crate::git_unpack::install(&repo)?;
                     if repo.find_remote(REMOTE).ok().and_then(|r| r.url().ok().map(str::to_owned)).as_deref()
                         != Some(url)
                     {
@@ -682,6 +724,7 @@ impl Mirror {
             let mut opts = RepositoryInitOptions::new();
             opts.bare(true).no_reinit(true);
             let repo = Repository::init_opts(&tmp, &opts)?;
+            crate::git_unpack::install(&repo)?;
             repo.config()?.set_bool("gc.autoDetach", false)?;
             repo.remote(REMOTE, url)?;
             self.fetch(&repo, url, credentials, self.first_depth(url)).map_err(|e| self.size_error(e))?;
@@ -902,7 +945,7 @@ pub fn set_network_timeouts(timeout: std::time::Duration) {
 /// default (git does not): a sync of one changed file into a folder of 100,000 reads that folder's 4.3 MB tree
 /// object several times (to complete the fetched pack, to compare the commits, to list the files to store), and
 /// a full load reads every blob. Every object in a mirror was hashed when libgit2 indexed the pack that brought
-/// it, which it always does; zlib's checksum still catches a damaged object. Process-wide, set once.
+/// it or wrote it loose (see [`crate::git_unpack`]), which it always does; zlib's checksum still catches a damaged object. Process-wide, set once.
 pub fn trust_indexed_objects() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| git2::opts::strict_hash_verification(false));
@@ -1266,12 +1309,13 @@ fn find_commit(repo: &Repository, c: &str) -> Result<Oid, GitError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::process::Command;
 
-    fn git(dir: &Path, args: &[&str]) -> String {
+    /// The `git` command in `dir`, with an author; its output, trimmed.
+    pub(crate) fn git(dir: &Path, args: &[&str]) -> String {
         let out = Command::new("git")
             .args(args)
             .current_dir(dir)
@@ -1592,9 +1636,10 @@ mod tests {
         let before = mirror.packs();
         assert_eq!(before.len(), 6, "{before:?}");
 
-        assert_eq!(mirror.compact(before.len()).unwrap(), 0, "at the limit nothing is rewritten");
+        let at = |packs| CompactAt { packs, loose_objects: usize::MAX, loose_bytes: u64::MAX };
+        assert_eq!(mirror.compact(&at(before.len())).unwrap(), None, "at the limit nothing is rewritten");
         assert_eq!(mirror.packs(), before);
-        assert_eq!(mirror.compact(2).unwrap(), before.len());
+        assert_eq!(mirror.compact(&at(2)).unwrap(), Some(Compacted { packs: before.len(), loose_objects: 0 }));
         let after = mirror.packs();
         assert_eq!(after.len(), 1, "{after:?}");
         let mut left: Vec<String> = fs::read_dir(mirror.path().join("objects/pack"))
@@ -1622,6 +1667,41 @@ mod tests {
         git(&src, &["commit", "-qam", "after"]);
         let head = git(&src, &["rev-parse", "HEAD"]);
         assert_eq!(checkout(&mirror, &url, "main", None).unwrap().head, head);
+    }
+
+    #[test]
+    fn loose_objects_past_the_limits_are_packed_with_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        let [_, c1, c2, _] = remote(&src);
+        let url = format!("file://{}", src.display());
+        let mirror = Mirror::new(tmp.path().join("root"), "r");
+        checkout(&mirror, &url, "main", None).unwrap();
+        // git's own fetch of fewer than 100 objects leaves them loose, as the worker's does.
+        let loose = mirror.loose_objects();
+        assert!(loose.len() > 10 && mirror.packs().is_empty(), "{loose:?}");
+        let count = |n| CompactAt { packs: 50, loose_objects: n, loose_bytes: u64::MAX };
+        assert_eq!(mirror.compact(&count(loose.len())).unwrap(), None, "at the limit nothing is rewritten");
+        assert_eq!(mirror.compact(&count(5)).unwrap(), Some(Compacted { packs: 0, loose_objects: loose.len() }));
+        assert!(mirror.loose_objects().is_empty());
+        assert_eq!(mirror.packs().len(), 1);
+        let git_dir = mirror.path().display().to_string();
+        git(tmp.path(), &["--git-dir", &git_dir, "fsck", "--connectivity-only", "--no-dangling"]);
+        assert!(mirror.changes(&c1, &c2).unwrap().iter().any(|c| c.path == "f.txt"));
+
+        // By their bytes too, and the pack that was there is replaced with them.
+        fs::write(src.join("g.txt"), "new").unwrap();
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-qm", "g"]);
+        let head = git(&src, &["rev-parse", "HEAD"]);
+        checkout(&mirror, &url, "main", None).unwrap();
+        let bytes: u64 = mirror.loose_objects().iter().map(|(_, size)| size).sum();
+        let size = |n| CompactAt { packs: 50, loose_objects: 6700, loose_bytes: n };
+        assert_eq!(mirror.compact(&size(bytes)).unwrap(), None);
+        assert_eq!(mirror.compact(&size(bytes - 1)).unwrap(), Some(Compacted { packs: 1, loose_objects: 3 }));
+        assert_eq!((mirror.packs().len(), mirror.loose_objects().len()), (1, 0));
+        assert_eq!(mirror.read_tree(&head, 1 << 20).unwrap().read("g.txt").unwrap(), b"new");
     }
 
     #[test]

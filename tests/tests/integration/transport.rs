@@ -226,7 +226,14 @@ async fn a_mirror_of_many_packs_is_compacted_before_the_next_fetch() -> Result<(
     let served = env.tmp.path().join("served");
     std::fs::create_dir_all(&served)?;
     let remote = Remote::new(&served, "packs")?;
-    remote.commit("first", &[("README.md", "first")])?;
+    // A first fetch of 100 objects or more is kept as the pack the server sent (fewer are unpacked loose).
+    let files = |folder: &str| -> Vec<(String, String)> {
+        (0..120).map(|n| (format!("{folder}/{n}.txt"), format!("{folder} {n}"))).collect()
+    };
+    let first = files("f");
+    let mut first: Vec<(&str, &str)> = first.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect();
+    first.push(("README.md", "first"));
+    remote.commit("first", &first)?;
     remote.tag("v1")?;
     let daemon = git_daemon(&served).await?;
     let url = format!("git://127.0.0.1:{}/packs.git", daemon.port);
@@ -263,25 +270,33 @@ async fn a_mirror_of_many_packs_is_compacted_before_the_next_fetch() -> Result<(
     // As many fetches would leave it: copies of its pack under other names (the same objects in each).
     let first = packs()?;
     assert_eq!(first.len(), 1, "{first:?}");
-    for n in 0..gitfleet_worker::git::MAX_PACKS {
+    for n in 0..gitfleet_worker::git::COMPACT_AT.packs {
         for ext in ["pack", "idx"] {
             std::fs::copy(first[0].with_extension(ext), pack_dir.join(format!("pack-{n:040x}.{ext}")))?;
         }
     }
-    assert_eq!(packs()?.len(), gitfleet_worker::git::MAX_PACKS + 1);
+    assert_eq!(packs()?.len(), gitfleet_worker::git::COMPACT_AT.packs + 1);
 
     let second = remote.commit("second", &[("README.md", "second")])?;
     let view = env.wait_job(env.sync(&name).await?).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     assert_eq!(view.result.clone().unwrap()["current_head"], second.as_str());
-    assert_eq!(packs()?.len(), 2, "one pack for what the mirror held, one for the fetch");
+    // The fetch brought three objects, unpacked loose as `git fetch` does with fewer than 100: no pack for them.
+    assert_eq!(packs()?.len(), 1, "one pack for what the mirror held");
+    let loose = || gitfleet_worker::git::Mirror::new(env.git_root(), &slug).loose_objects().len();
+    assert_eq!(loose(), 3, "the commit, its tree and the new README");
     assert!(mirror.join("shallow").exists(), "still shallow");
     crate::support::git::git(&mirror, &["fsck", "--connectivity-only", "--no-dangling"])?;
     assert_eq!(crate::support::git::git(&mirror, &["tag", "--list"])?.trim(), "v1");
 
-    let third = remote.commit("third", &[("README.md", "third")])?;
+    // So is a later one.
+    let many = files("g");
+    let third = remote.commit("third", &many.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect::<Vec<_>>())?;
     let view = env.wait_job(env.sync(&name).await?).await?;
     assert_eq!(view.status, "SUCCESS", "{:#?}", view.logs);
     assert_eq!(view.result.clone().unwrap()["current_head"], third.as_str());
+    assert_eq!((packs()?.len(), loose()), (2, 3));
+    crate::support::git::git(&mirror, &["fsck", "--connectivity-only", "--no-dangling"])?;
+    drop(daemon);
     Ok(())
 }

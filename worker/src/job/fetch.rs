@@ -124,15 +124,22 @@ pub(super) async fn fetch(ctx: &JobContext, repo: &RepositoryRow) -> Step<(Mirro
     }
 }
 
-/// Rewrites a mirror that fetches left in more than [`crate::git::MAX_PACKS`] packs as one pack. A failure is logged
-/// and changes nothing: the old packs stay until a compaction succeeds.
+/// Rewrites a mirror that fetches left in more packs or loose objects than [`crate::git::COMPACT_AT`] allows as one
+/// pack. A failure is logged and changes nothing: the old packs and objects stay until a compaction succeeds.
 fn compact_packs(mirror: &Mirror, slug: &str) {
     let started = std::time::Instant::now();
-    match mirror.compact(crate::git::MAX_PACKS) {
-        Ok(0) => {}
-        Ok(packs) => {
+    match mirror.compact(&crate::git::COMPACT_AT) {
+        Ok(None) => {}
+        Ok(Some(replaced)) => {
             let took_ms = started.elapsed().as_millis();
-            tracing::info!(slug, packs, took_ms, "mirror compacted: its packs rewritten as one");
+            let (packs, loose_objects) = (replaced.packs, replaced.loose_objects);
+            tracing::info!(
+                slug,
+                packs,
+                loose_objects,
+                took_ms,
+                "mirror compacted: its packs and loose objects rewritten as one pack"
+            );
         }
         Err(err) => tracing::warn!(slug, error = %err, "could not compact the mirror; it keeps its packs"),
     }
