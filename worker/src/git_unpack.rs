@@ -682,6 +682,66 @@ mod tests {
         assert_eq!(unpack(&thin, &odb).unwrap().objects, new_objects(&src, &c1, &c2).len());
     }
 
+    /// Sends `pack` through the object database's pack writer (as a fetch does) in pieces of 4 KiB; the mirror's
+    /// pack files after.
+    fn write_pack(mirror: &Path, pack: &[u8]) -> (Result<i32, git2::Error>, usize) {
+        let repo = Repository::open_bare(mirror).unwrap();
+        install(&repo).unwrap();
+        let odb = repo.odb().unwrap();
+        let mut writer = odb.packwriter().unwrap();
+        for piece in pack.chunks(4096) {
+            writer.write_all(piece).unwrap();
+        }
+        let committed = writer.commit();
+        let packs = fs::read_dir(mirror.join("objects/pack")).unwrap().flatten();
+        (committed, packs.filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count())
+    }
+
+    #[test]
+    fn the_backend_unpacks_small_packs_and_hands_the_others_to_the_indexer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, mirror) = (tmp.path().join("src"), tmp.path().join("mirror.git"));
+        let (c1, c2) = source_and_mirror(&src, &mirror);
+        // git's fetch kept the first commit's 300 objects as one pack.
+        // Small: unpacked, no pack added.
+        let thin = pack_of(&src, &format!("{c2}\n^{c1}\n"), &["--thin", "--delta-base-offset"]);
+        assert_eq!(write_pack(&mirror, &thin), (Ok(0), 1));
+        let repo = Repository::open_bare(&mirror).unwrap();
+        assert!(new_objects(&src, &c1, &c2).iter().all(|id| repo.odb().unwrap().exists(*id)));
+
+        // 100 objects or more: the indexer's pack, from the header on.
+        let many = tmp.path().join("many.git");
+        Repository::init_bare(&many).unwrap();
+        assert_eq!(write_pack(&many, &pack_of(&src, &format!("{c2}\n"), &[])), (Ok(0), 1));
+        git(&many, &["fsck", "--no-dangling", &c2]);
+
+        // Few objects but over 8 MiB: handed over once past it, with what was held.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64; // xorshift: bytes that do not deflate
+        let noise: Vec<u8> = (0..9 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state.to_le_bytes()[0]
+            })
+            .collect();
+        fs::write(src.join("large.bin"), noise).unwrap();
+        git(&src, &["add", "."]);
+        git(&src, &["commit", "-qm", "c3"]);
+        let c3 = git(&src, &["rev-parse", "HEAD"]);
+        let large = pack_of(&src, &format!("{c3}\n^{c2}\n"), &["--thin"]);
+        assert!(large.len() > MAX_PACK_BYTES);
+        assert_eq!(write_pack(&mirror, &large), (Ok(0), 2));
+        repo.reference("refs/heads/main", Oid::from_str(&c3).unwrap(), true, "test").unwrap();
+        git(&mirror, &["fsck", "--no-dangling"]);
+
+        // One it cannot take goes to the indexer too, whose error stands.
+        let orphan = tmp.path().join("orphan.git");
+        Repository::init_bare(&orphan).unwrap();
+        let (committed, packs) = write_pack(&orphan, &thin);
+        assert!(committed.is_err() && packs == 0, "{committed:?}");
+    }
+
     #[test]
     fn deltas_that_overreach_are_refused() {
         let mut budget = 1 << 20;
