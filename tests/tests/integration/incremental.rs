@@ -1,7 +1,7 @@
 //! Incremental loading equals a full load: random sequences of changes (files added, modified, deleted and
 //! renamed, names that collide, files broken and fixed, scopes changed, schemas changed, a data type switched off
-//! and on) are pushed to a repository, which one worker syncs incrementally; after every step a fresh schema
-//! loads the same commit from scratch, and the two must hold the same records, the same per-file facts, the same
+//! and on) are pushed to a repository, which one worker syncs incrementally over `git://` (its small fetches
+//! unpacked by the worker); after every step a fresh schema loads the same commit from scratch, fetched by git, and the two must hold the same records, the same per-file facts, the same
 //! budget and file counts, and end with the same status and the same error lines.
 //!
 //! `GITFLEET_INCREMENTAL_CASES` (default 2) sequences of `GITFLEET_INCREMENTAL_STEPS` (default 10) steps each.
@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::TestEnv;
-use crate::support::git::{Remote, git};
+use crate::support::git::{Remote, git, git_daemon};
 
 const NAME: &str = "Incremental";
 const SLUG: &str = "incremental";
@@ -244,12 +244,12 @@ async fn outcome(env: &TestEnv, repo: Uuid, view: &JobResultView) -> Result<Outc
     Ok(Outcome { status: view.status.clone(), errors, records, facts, keys, totals, manifests })
 }
 
-/// Creates the repository on `remote`, starts a worker and a relay, and waits for the first sync.
-async fn create_and_sync(env: &mut TestEnv, remote: &Remote, provided: &[String]) -> Result<(Uuid, JobResultView)> {
+/// Creates the repository at `url`, starts a worker and a relay, and waits for the first sync.
+async fn create_and_sync(env: &mut TestEnv, url: String, provided: &[String]) -> Result<(Uuid, JobResultView)> {
     let new = NewRepo {
         name: NAME.to_owned(),
         slug: Some(SLUG.to_owned()),
-        remote_url: remote.file_url(),
+        remote_url: url,
         branch: Some("main".to_owned()),
         provided_contents: provided.to_vec(),
         ..NewRepo::default()
@@ -262,13 +262,14 @@ async fn create_and_sync(env: &mut TestEnv, remote: &Remote, provided: &[String]
     Ok((repo.context("the repository")?.id, view))
 }
 
-/// The same commit loaded from scratch in a schema of its own.
+/// The same commit loaded from scratch in a schema of its own, fetched by git's own `fetch` over `file://` (the
+/// syncs it is compared with fetch over `git://`, their small fetches unpacked by the worker).
 async fn full_load(remote: &Remote, provided: &[String]) -> Result<Outcome> {
     let mut env = TestEnv::new().await?;
     // Batches of a few files: the repository's files stream through several, as 100,000 files do through 500s.
     env.load_batch_files = 2;
     import_inventory(&env).await?;
-    let (repo, view) = create_and_sync(&mut env, remote, provided).await?;
+    let (repo, view) = create_and_sync(&mut env, remote.file_url(), provided).await?;
     let result = outcome(&env, repo, &view).await;
     env.teardown().await?;
     result
@@ -278,13 +279,15 @@ async fn run_case(seed: u64, steps: usize) -> Result<(usize, usize)> {
     let mut env = TestEnv::new().await?;
     import_inventory(&env).await?;
     let remote = Remote::new(env.tmp.path(), "incremental")?;
+    let daemon = git_daemon(env.tmp.path()).await?;
+    let url = format!("git://127.0.0.1:{}/incremental.git", daemon.port);
     let mut rng = Rng(seed);
     let mut files = BTreeMap::new();
     files.insert("config_contexts/c0.yaml".to_owned(), context(&mut rng));
     files.insert("config_contexts/devices/dev-1.yaml".to_owned(), local(&mut rng));
     commit(&remote, &files, "initial")?;
     let mut provided: Vec<String> = TYPES.iter().map(|t| (*t).to_owned()).collect();
-    let (repo, _) = create_and_sync(&mut env, &remote, &provided).await?;
+    let (repo, _) = create_and_sync(&mut env, url, &provided).await?;
     let (mut incremental, mut failures) = (0, 0);
     for step in 0..steps {
         let before = provided.clone();
@@ -397,7 +400,7 @@ async fn a_full_load_in_small_batches_equals_one_batch() -> Result<()> {
             commit(&remote, &files, &format!("step {step}"))?;
             let view = match repo {
                 None => {
-                    let (id, view) = create_and_sync(&mut env, &remote, &provided).await?;
+                    let (id, view) = create_and_sync(&mut env, remote.file_url(), &provided).await?;
                     repo = Some(id);
                     view
                 }
