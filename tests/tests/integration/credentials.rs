@@ -86,8 +86,7 @@ async fn private_http_remote_with_secrets_groups() -> Result<()> {
     }
 
     // The token is nowhere: not in the mirrors, not in any JobResult or log entry, not in the outbox.
-    for entry in walk(&env.git_root()) {
-        let bytes = std::fs::read(&entry)?;
+    for (entry, bytes) in read_all(&env.git_root())? {
         for secret in [TOKEN, GITHUB_TOKEN, GITLAB_TOKEN] {
             assert!(!contains(&bytes, secret.as_bytes()), "token found in {}", entry.display());
         }
@@ -115,7 +114,21 @@ pub(crate) async fn everything_stored(env: &TestEnv) -> Result<String> {
         .get(0))
 }
 
-pub(crate) fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+/// Every file under `dir` with its bytes, but those gone since the walk found them: the artifact a sync builds
+/// after its JobResult is written to a temporary file beside the mirrors and removed once stored.
+pub(crate) fn read_all(dir: &std::path::Path) -> Result<Vec<(std::path::PathBuf, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for path in walk(dir) {
+        match std::fs::read(&path) {
+            Ok(bytes) => out.push((path, bytes)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(out)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     if let Ok(entries) = std::fs::read_dir(dir) {
         for entry in entries.flatten() {

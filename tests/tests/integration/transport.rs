@@ -96,8 +96,8 @@ async fn ssh_remote_with_keys_and_known_hosts() -> Result<()> {
     let stored = crate::credentials::everything_stored(&env).await?;
     for secret in [key_line.as_str(), "open sesame"] {
         assert!(!stored.contains(secret), "a secret reached the database");
-        for file in crate::credentials::walk(&env.git_root()) {
-            assert!(!String::from_utf8_lossy(&std::fs::read(&file)?).contains(secret), "{}", file.display());
+        for (file, bytes) in crate::credentials::read_all(&env.git_root())? {
+            assert!(!String::from_utf8_lossy(&bytes).contains(secret), "{}", file.display());
         }
     }
     env.teardown().await?;
