@@ -30,7 +30,7 @@ pub struct CompactAt {
     /// More loose objects than this. A fetch of fewer objects adds them loose (see [`crate::git_unpack`]).
     pub loose_objects: usize,
     /// Loose objects of more bytes than this: a push into a folder of 100,000 files adds that folder's new tree
-    /// object, 2.3 MB of it once deflated.
+    /// object, 2.4 MB of it once deflated.
     pub loose_bytes: u64,
 }
 
@@ -945,7 +945,8 @@ pub fn set_network_timeouts(timeout: std::time::Duration) {
 /// default (git does not): a sync of one changed file into a folder of 100,000 reads that folder's 4.3 MB tree
 /// object several times (to complete the fetched pack, to compare the commits, to list the files to store), and
 /// a full load reads every blob. Every object in a mirror was hashed when libgit2 indexed the pack that brought
-/// it or wrote it loose (see [`crate::git_unpack`]), which it always does; zlib's checksum still catches a damaged object. Process-wide, set once.
+/// it or wrote it loose (see [`crate::git_unpack`]), which it always does; zlib's checksum still catches a damaged
+/// object. Process-wide, set once.
 pub fn trust_indexed_objects() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| git2::opts::strict_hash_verification(false));
