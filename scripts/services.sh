@@ -142,24 +142,37 @@ s3_ready() { command -v curl >/dev/null && curl -fs -m 5 -o /dev/null "http://12
 
 # moto 5.2 answers CompleteMultipartUpload with the wrong XML root (aws-sdk-s3 refuses it); 5.1.22 is right.
 MOTO_VERSION=5.1.22
+# The WSGI server moto's S3 application runs in (scripts/s3-server.py says why not werkzeug's).
+WAITRESS_VERSION=3.0.2
 moto_version() { python3 -c 'import moto; print(moto.__version__)' 2>/dev/null; }
+waitress_version() { python3 -c 'import importlib.metadata as m; print(m.version("waitress"))' 2>/dev/null; }
+# What answers on the S3 port: scripts/s3-server.py names itself in the Server header.
+s3_server() { curl -fs -m 5 -o /dev/null -D - "http://127.0.0.1:$S3_PORT/" | tr -d '\r' | awk -F': ' 'tolower($1)=="server" {print $2}'; }
+
+pip_install() {
+  command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
+  log "installing $1 from PyPI"
+  "$(command -v pip3 || command -v pip)" install -q "$1" 2>/dev/null \
+    || "$(command -v pip3 || command -v pip)" install -q --break-system-packages "$1"
+  hash -r
+}
 
 s3_up() {
   local installed=0
   command -v curl >/dev/null || apt_install curl
   if [ "$(moto_version)" != "$MOTO_VERSION" ]; then
-    command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
-    log "installing moto[server]==$MOTO_VERSION from PyPI"
-    "$(command -v pip3 || command -v pip)" install -q "moto[server]==$MOTO_VERSION" 2>/dev/null \
-      || "$(command -v pip3 || command -v pip)" install -q --break-system-packages "moto[server]==$MOTO_VERSION"
-    hash -r
+    pip_install "moto[server]==$MOTO_VERSION"
     installed=1
   fi
-  # A server this script started with another version, or as `moto_server` (every service behind a dispatcher),
-  # is restarted as S3 alone on the pinned version.
+  if [ "$(waitress_version)" != "$WAITRESS_VERSION" ]; then
+    pip_install "waitress==$WAITRESS_VERSION"
+    installed=1
+  fi
+  # A server this script started with other versions, or another server (`moto_server`, or moto in werkzeug's
+  # development server as this script ran it before), is restarted as moto's S3 alone in waitress.
   local pid; pid=$(cat "$STATE/moto.pid" 2>/dev/null || true)
-  if s3_ready && [ -n "$pid" ] && { [ "$installed" = 1 ] || grep -q moto_server "/proc/$pid/cmdline" 2>/dev/null; }; then
-    log "restarting moto as its S3 server alone, on version $MOTO_VERSION"
+  if s3_ready && [ -n "$pid" ] && { [ "$installed" = 1 ] || [ "$(s3_server)" != moto-waitress ]; }; then
+    log "restarting moto as its S3 server alone in waitress, on moto $MOTO_VERSION"
     kill "$pid" 2>/dev/null || true
     for _ in $(seq 50); do s3_ready || break; sleep 0.1; done
   fi
