@@ -11,6 +11,7 @@ pub mod fleet;
 pub mod git;
 pub mod git_cache;
 pub mod git_protocol;
+pub mod git_tree;
 pub mod git_unpack;
 pub mod job;
 pub mod known_hosts;
