@@ -31,13 +31,13 @@ pub struct CompactAt {
     /// More loose objects than this. A fetch of fewer objects adds them loose (see [`crate::git_unpack`]).
     pub loose_objects: usize,
     /// Loose objects of more bytes than this: a push into a folder of 100,000 files adds that folder's new tree
-    /// object, 2.4 MB of it once deflated.
+    /// object, 4.7 MB of it (a large object is written loose without deflating it, see `git_unpack`).
     pub loose_bytes: u64,
 }
 
-/// git's own thresholds for `git gc --auto` (`gc.autoPackLimit`, `gc.auto`), and 128 MiB of loose objects: about 55
+/// git's own thresholds for `git gc --auto` (`gc.autoPackLimit`, `gc.auto`), and 256 MiB of loose objects: about 55
 /// pushes into a folder of 100,000 files, where the rewrite takes 3 s.
-pub const COMPACT_AT: CompactAt = CompactAt { packs: 50, loose_objects: 6700, loose_bytes: 128 << 20 };
+pub const COMPACT_AT: CompactAt = CompactAt { packs: 50, loose_objects: 6700, loose_bytes: 256 << 20 };
 
 /// What a compaction replaced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -763,22 +763,34 @@ impl Blobs {
     ) -> Result<bool, GitError> {
         let root = self.0.find_commit(Oid::from_str(commit)?)?.tree()?;
         let folder = if dir.is_empty() {
-            root
+            root.id()
         } else {
             match root.get_path(Path::new(dir)) {
-                Ok(entry) if entry.kind() == Some(ObjectType::Tree) => self.0.find_tree(entry.id())?,
+                Ok(entry) if entry.kind() == Some(ObjectType::Tree) => entry.id(),
                 Ok(_) => return Ok(true),
                 Err(err) if err.code() == git2::ErrorCode::NotFound => return Ok(true),
                 Err(err) => return Err(err.into()),
             }
         };
-        let name = |e: &git2::TreeEntry<'_>| String::from_utf8_lossy(e.name_bytes()).into_owned();
-        let mut dirs: Vec<String> =
-            folder.iter().filter(|e| e.kind() == Some(ObjectType::Tree)).map(|e| name(&e)).collect();
+        // The folder's tree object as stored (kept in memory when large, for the next sync's comparison).
+        let odb = self.0.odb()?;
+        let folder = git_tree::read(&odb, folder)?;
+        let name = |e: &git_tree::Entry<'_>| String::from_utf8_lossy(e.name).into_owned();
+        let mut dirs = Vec::new();
+        for e in git_tree::entries(&folder, 0) {
+            let e = e?;
+            if e.is_tree() {
+                dirs.push(name(&e));
+            }
+        }
         dirs.sort_unstable();
         let mut dirs = dirs.into_iter().filter(|d| is_safe_name(d)).peekable();
         let dir_entry = |name| Entry { name, kind: EntryKind::Dir };
-        for e in folder.iter().filter(|e| e.kind() != Some(ObjectType::Tree)) {
+        for e in git_tree::entries(&folder, 0) {
+            let e = e?;
+            if e.is_tree() {
+                continue;
+            }
             let name = name(&e);
             if !is_safe_name(&name) {
                 continue;
@@ -788,11 +800,10 @@ impl Blobs {
                     return Ok(false);
                 }
             }
-            let (kind, id) = match e.kind() {
-                Some(ObjectType::Commit) => (EntryKind::Submodule, None),
-                Some(ObjectType::Blob) if e.filemode() == 0o120_000 => (EntryKind::Symlink, None),
-                Some(ObjectType::Blob) => (EntryKind::File, Some(e.id().to_string())),
-                _ => continue,
+            let (kind, id) = match e.mode {
+                0o160_000 => (EntryKind::Submodule, None),
+                0o120_000 => (EntryKind::Symlink, None),
+                _ => (EntryKind::File, Some(e.oid().to_string())),
             };
             if !visit(Entry { name, kind }, id) {
                 return Ok(false);

@@ -28,14 +28,14 @@ static KEPT: LazyLock<Mutex<Kept>> = LazyLock::new(Mutex::default);
 
 #[derive(Default)]
 struct Kept {
-    trees: HashMap<Oid, Arc<[u8]>>,
+    trees: HashMap<Oid, Arc<Vec<u8>>>,
     /// Ids in the order they were kept, oldest first.
     order: VecDeque<Oid>,
     bytes: usize,
 }
 
 /// Keeps the content of tree `id` when it is large enough to be worth it; drops the oldest past [`CAPACITY`].
-pub fn remember(id: Oid, data: Arc<[u8]>) {
+pub fn remember(id: Oid, data: Arc<Vec<u8>>) {
     if data.len() < KEEP_FROM || data.len() > CAPACITY / 2 {
         return;
     }
@@ -55,13 +55,13 @@ pub fn remember(id: Oid, data: Arc<[u8]>) {
 }
 
 /// The content of tree `id`, if it is kept.
-pub fn kept(id: Oid) -> Option<Arc<[u8]>> {
+pub fn kept(id: Oid) -> Option<Arc<Vec<u8>>> {
     KEPT.lock().unwrap_or_else(PoisonError::into_inner).trees.get(&id).cloned()
 }
 
 /// A tree object's content: kept in memory, or read from the object database.
 pub enum TreeData<'a> {
-    Kept(Arc<[u8]>),
+    Kept(Arc<Vec<u8>>),
     Read(git2::OdbObject<'a>),
 }
 
@@ -85,7 +85,7 @@ pub fn read<'a>(odb: &'a Odb<'_>, id: Oid) -> Result<TreeData<'a>, git2::Error> 
         return Err(git2::Error::from_str(&format!("object {id} is not a tree")));
     }
     if object.len() >= KEEP_FROM {
-        let data: Arc<[u8]> = Arc::from(object.data());
+        let data = Arc::new(object.data().to_vec());
         remember(id, data.clone());
         return Ok(TreeData::Kept(data));
     }
@@ -425,14 +425,14 @@ mod tests {
         let size = CAPACITY / 4 + 1;
         let ids: Vec<Oid> = (0..6u8).map(|i| Oid::from_bytes(&[i + 100; ID_LEN]).unwrap()).collect();
         for (i, id) in ids.iter().enumerate() {
-            remember(*id, Arc::from(vec![u8::try_from(i).unwrap(); size]));
+            remember(*id, Arc::new(vec![u8::try_from(i).unwrap(); size]));
         }
         let held: Vec<bool> = ids.iter().map(|id| kept(*id).is_some()).collect();
         // Three of a quarter each fit (other tests may keep trees too, so at most three).
         assert!(!held[0] && !held[1] && !held[2] && held[5], "{held:?}");
         assert_eq!(kept(ids[5]).unwrap()[0], 5);
         let small = Oid::from_bytes(&[99; ID_LEN]).unwrap();
-        remember(small, Arc::from(vec![0; 10]));
+        remember(small, Arc::new(vec![0; 10]));
         assert!(kept(small).is_none());
     }
 }

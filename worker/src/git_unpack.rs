@@ -36,7 +36,7 @@ const MAX_PACK_BYTES: usize = 8 << 20;
 /// Most bytes the objects of one unpacking (and the bases read from the mirror for them) may hold at once.
 const MAX_OBJECT_BYTES: usize = 64 << 20;
 
-/// Objects this large or larger are written by [`write_loose`], hashed and deflated at once.
+/// Objects this large or larger are written by [`write_loose`]: hashed and stored at once, not deflated.
 const WRITE_APART_FROM: usize = 1 << 20;
 
 /// The length of a SHA-1 object id, and of a pack's trailing checksum.
@@ -75,7 +75,7 @@ pub fn unpack(pack: &[u8], odb: &Odb<'_>, objects_dir: &Path) -> Result<Unpacked
     let mut entries = parse(pack, &mut budget)?;
     let deltas = entries.iter().filter(|e| !matches!(e.base, Base::None(_))).count();
     // Resolved objects, kept while a later delta may need them as its base.
-    let mut objects: Vec<Option<(ObjectType, Vec<u8>)>> = (0..entries.len()).map(|_| None).collect();
+    let mut objects: Vec<Option<(ObjectType, Arc<Vec<u8>>)>> = (0..entries.len()).map(|_| None).collect();
     let mut by_id: HashMap<Oid, usize> = HashMap::new();
     let mut outside: HashMap<Oid, Outside<'_>> = HashMap::new();
     let mut pending: Vec<usize> = (0..entries.len()).collect();
@@ -109,8 +109,9 @@ pub fn unpack(pack: &[u8], odb: &Odb<'_>, objects_dir: &Path) -> Result<Unpacked
             } else {
                 odb.write(kind, &data).map_err(|e| format!("writing an object: {}", e.message()))?
             };
+            let data = Arc::new(data);
             if kind == ObjectType::Tree && data.len() >= git_tree::KEEP_FROM {
-                git_tree::remember(id, Arc::from(data.as_slice()));
+                git_tree::remember(id, data.clone());
             }
             by_id.insert(id, i);
             objects[i] = Some((kind, data));
@@ -138,7 +139,7 @@ pub fn unpack(pack: &[u8], odb: &Odb<'_>, objects_dir: &Path) -> Result<Unpacked
 
 /// A delta's base outside the pack: a tree kept in memory, or an object read from the mirror.
 enum Outside<'a> {
-    Kept(Arc<[u8]>),
+    Kept(Arc<Vec<u8>>),
     Read(git2::OdbObject<'a>),
 }
 
@@ -162,50 +163,56 @@ fn read_base<'a>(odb: &'a Odb<'_>, id: Oid, budget: &mut usize) -> Result<Option
     *budget = budget.checked_sub(size).ok_or_else(|| format!("the base {id} of a delta is too large to unpack"))?;
     let Ok(object) = odb.read(id) else { return Ok(None) };
     if object.kind() == ObjectType::Tree && object.len() >= git_tree::KEEP_FROM {
-        let data: Arc<[u8]> = Arc::from(object.data());
+        let data = Arc::new(object.data().to_vec());
         git_tree::remember(id, data.clone());
         return Ok(Some(Outside::Kept(data)));
     }
     Ok(Some(Outside::Read(object)))
 }
 
-/// Writes a large object loose as libgit2 would (`objects/ab/cdef...`, zlib at its fastest level, read-only),
-/// hashing it (SHA-1 with collision detection, libgit2's) on one thread while deflating it on this one: for the
-/// 4.7 MB tree of a folder of 100,000 files, the two take 9 and 20 ms. An object already there is left as it is.
+/// Writes a large object loose, where libgit2 would (`objects/ab/cdef...`, read-only), hashing it (SHA-1 with
+/// collision detection, libgit2's) on one core while the other wraps it in a zlib stream of stored blocks, not
+/// deflated. A large loose object lives only until the mirror's next compaction, which packs it as a delta of its
+/// neighbours (a few hundred bytes for a folder's tree that changed by one entry), so deflating it first is
+/// wasted: for the 4.7 MB tree of a folder of 100,000 files, libgit2's writer takes 30 ms on one core (9 to hash,
+/// 21 to deflate at zlib's fastest level), this 9 ms. The mirror keeps the 4.7 MB instead of 2.7 until then
+/// ([`crate::git::COMPACT_AT`] counts them). An object already there is left as it is.
 fn write_loose(objects_dir: &Path, kind: ObjectType, data: &[u8]) -> Result<Oid, String> {
-    use std::io::Write as _;
-    let (hashed, deflated) = std::thread::scope(|scope| {
+    // Written under a temporary name beside the object folders while it is hashed, then moved to its id's.
+    let tmp = objects_dir.join(format!("tmp_object_gitfleet_{}", uuid::Uuid::new_v4().simple()));
+    let (hashed, stored) = std::thread::scope(|scope| {
         let hashing = scope.spawn(|| Oid::hash_object(kind, data));
-        let mut out = flate2::write::ZlibEncoder::new(Vec::with_capacity(data.len() / 2), flate2::Compression::fast());
-        let deflated = out
-            .write_all(format!("{} {}\0", kind.str(), data.len()).as_bytes())
-            .and_then(|()| out.write_all(data))
-            .and_then(|()| out.finish());
-        (hashing.join(), deflated)
+        (hashing.join(), store(&tmp, kind, data))
     });
-    let id = hashed
-        .map_err(|_| "hashing an object failed".to_owned())?
-        .map_err(|e| format!("hashing an object: {}", e.message()))?;
-    let deflated = deflated.map_err(|e| format!("deflating an object: {e}"))?;
-    let hex = id.to_string();
-    let dir = objects_dir.join(&hex[..2]);
-    let path = dir.join(&hex[2..]);
-    if path.exists() {
-        return Ok(id);
-    }
-    let written = (|| {
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!("tmp_object_gitfleet_{}", uuid::Uuid::new_v4().simple()));
-        let result = std::fs::write(&tmp, &deflated)
-            .and_then(|()| std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o444)))
-            .and_then(|()| std::fs::rename(&tmp, &path));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
+    let placed = (|| {
+        stored.map_err(|e| format!("writing an object: {e}"))?;
+        let id = hashed
+            .map_err(|_| "hashing an object failed".to_owned())?
+            .map_err(|e| format!("hashing an object: {}", e.message()))?;
+        let hex = id.to_string();
+        let dir = objects_dir.join(&hex[..2]);
+        let path = dir.join(&hex[2..]);
+        if !path.exists() {
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o444)))
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| format!("writing object {id}: {e}"))?;
         }
-        result
+        Ok(id)
     })();
-    written.map_err(|e| format!("writing object {id}: {e}"))?;
-    Ok(id)
+    // Gone once moved; otherwise (the object was there already, or a step failed) removed.
+    let _ = std::fs::remove_file(&tmp);
+    placed
+}
+
+/// Writes a loose object's content (its header, then `data`) to `path` as a zlib stream of stored blocks.
+fn store(path: &Path, kind: ObjectType, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let file = std::io::BufWriter::with_capacity(256 << 10, std::fs::File::create(path)?);
+    let mut out = flate2::write::ZlibEncoder::new(file, flate2::Compression::none());
+    out.write_all(format!("{} {}\0", kind.str(), data.len()).as_bytes())?;
+    out.write_all(data)?;
+    out.finish()?.flush()
 }
 
 /// The entries of a pack, inflated, after its checksum and header are checked.
@@ -720,7 +727,7 @@ mod tests {
         let odb = repo.odb().unwrap();
         let unpacked = unpack(&pack, &odb, &mirror.join("objects")).unwrap();
         assert_eq!((unpacked.objects, unpacked.bases), (4, 1), "{unpacked:?}");
-        // Written loose by this module's writer: readable, read-only, the same bytes as the source's.
+        // Written loose by this module's writer: readable, read-only, the same bytes as the source's, stored.
         let hex = new_many.to_string();
         let file = mirror.join("objects").join(&hex[..2]).join(&hex[2..]);
         let mode = fs::metadata(&file).unwrap().permissions();
@@ -728,10 +735,11 @@ mod tests {
         let source_odb = source.odb().unwrap();
         let (ours, theirs) = (odb.read(new_many).unwrap(), source_odb.read(new_many).unwrap());
         assert_eq!((ours.kind(), ours.data()), (theirs.kind(), theirs.data()));
+        assert!(fs::metadata(&file).unwrap().len() > theirs.len() as u64, "stored, not deflated");
         repo.reference("refs/heads/main", c2, true, "test").unwrap();
         git(&mirror, &["fsck", "--strict", "--no-dangling"]);
         // Both versions of the folder are kept in memory for the comparison that follows.
-        assert_eq!(git_tree::kept(new_many).as_deref(), Some(theirs.data()));
+        assert_eq!(git_tree::kept(new_many).as_deref().map(Vec::as_slice), Some(theirs.data()));
         assert!(git_tree::kept(old_many).is_some());
 
         // A second mirror holding the old version: its base is the tree kept in memory, whatever the mirror
@@ -744,6 +752,11 @@ mod tests {
         assert_eq!(other_repo.odb().unwrap().read(new_many).unwrap().data(), theirs.data());
         // Written again where it is: left as it is.
         assert_eq!(unpack(&pack, &odb, &mirror.join("objects")).unwrap().objects, 4);
+        let names = fs::read_dir(mirror.join("objects")).unwrap().flatten().map(|e| e.file_name());
+        assert!(
+            names.map(|n| n.to_string_lossy().into_owned()).all(|n| !n.starts_with("tmp")),
+            "no temporary file left"
+        );
     }
 
     #[test]
