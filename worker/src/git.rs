@@ -928,7 +928,7 @@ pub fn set_network_timeouts(timeout: std::time::Duration) {
 }
 
 /// Reads objects from the mirrors without hashing each one again. libgit2 verifies every object it reads by
-/// default (git does not): a sync of one changed file into a folder of 100,000 reads that folder's 4.3 MB tree
+/// default (git does not): a sync of one changed file into a folder of 100,000 reads that folder's 4.7 MB tree
 /// object several times (to complete the fetched pack, to compare the commits, to list the files to store), and
 /// a full load reads every blob. Every object in a mirror was hashed when libgit2 indexed the pack that brought
 /// it or wrote it loose (see [`crate::git_unpack`]), which it always does; zlib's checksum still catches a damaged
