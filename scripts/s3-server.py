@@ -13,6 +13,7 @@ threads. The behaviour is moto's own: the same S3 handlers and in-memory store a
 Usage: python3 scripts/s3-server.py HOST PORT
 """
 
+import logging
 import sys
 
 import waitress
@@ -23,6 +24,8 @@ def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__.strip().splitlines()[-1])
     host, port = sys.argv[1], int(sys.argv[2])
+    # With every thread busy, waitress logs a warning per queued request: a line for most requests of a large sync.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     # The worker keeps up to 64 uploads in flight per store; several workers and tests share this server.
     waitress.serve(
         create_backend_app("s3"),
