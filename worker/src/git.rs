@@ -846,9 +846,9 @@ impl PathChange {
 /// trees' entries are walked side by side in git's order, past the bytes the two share at their start and end
 /// ([`git_tree::diff`]), and only subtrees whose ids differ are opened: a change costs a pass over the bytes of
 /// the folders it is in, not a diff of every path (libgit2's tree diff builds and compares each path, 90 ms for a
-/// folder of 100,000 files; its tree parser, an index of every entry, 35 ms for two versions). As libgit2's diff without type changes: a path that changed between file and folder is
-/// a deletion and additions (or the reverse), so is one between file, link and submodule; a mode change is a
-/// modification.
+/// folder of 100,000 files; its tree parser, an index of every entry, 35 ms for two versions). As libgit2's diff
+/// without type changes: a path that changed between file and folder is a deletion and additions (or the
+/// reverse), so is one between file, link and submodule; a mode change is a modification.
 fn diff_tree(
     odb: &git2::Odb<'_>,
     prefix: &str,

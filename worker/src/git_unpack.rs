@@ -9,9 +9,9 @@
 //! mirror's own, which takes the pack libgit2 downloads. A small pack is held in memory, checked against its
 //! checksum, its deltas resolved against each other and the mirror (a large tree the last sync held comes from
 //! [`crate::git_tree`]'s memory), and every object written loose: by libgit2's own writer (which hashes it, and
-//! deflates at zlib's fastest level), or, from 1 MiB, by [`write_loose`] on two cores. Any other pack, or one this module will not
-//! take (too large, damaged, a base missing), goes to libgit2's indexer as before, from its first byte: the
-//! indexer reports a fault in it as it always has.
+//! deflates at zlib's fastest level), or, from 1 MiB, by [`write_loose`] on two cores. Any other pack, or one
+//! this module will not take (too large, damaged, a base missing), goes to libgit2's indexer as before, from its
+//! first byte: the indexer reports a fault in it as it always has.
 
 #![allow(unsafe_code)] // The backend is a C structure of callbacks that libgit2 calls; `install` explains its safety.
 
