@@ -26,6 +26,13 @@ def main():
     host, port = sys.argv[1], int(sys.argv[2])
     # With every thread busy, waitress logs a warning per queued request: a line for most requests of a large sync.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    try:
+        serve(host, port)
+    except OSError as err:
+        sys.exit(f"s3-server: cannot listen on {host}:{port}: {err.strerror}")
+
+
+def serve(host, port):
     # The worker keeps up to 64 uploads in flight per store; several workers and tests share this server.
     waitress.serve(
         create_backend_app("s3"),
